@@ -1,0 +1,88 @@
+"""Typed configs from YAML/dicts: every key checked against a dataclass before any work starts.
+
+`from_dict(PPOConfig, {"lr": 1e-5}, where="ppo")` builds the dataclass; an unknown key or a value of
+the wrong type is an `InputError` that names the key path and lists the keys that exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from rewardlab.errors import InputError
+
+T = TypeVar("T")
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    """Whether `value` fits the annotation `tp` (loosely: ints pass for floats, lists for tuples)."""
+    if tp is Any or value is None and _is_optional(tp):
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(tp))
+    if origin in (list, tuple, typing.Sequence):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_accepts(args[0], v) for v in value) if args else (
+            isinstance(value, (list, tuple)))
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def from_dict(cls: type[T], values: dict | None, where: str) -> T:
+    """Build dataclass `cls` from `values`, checking keys and types; nested dataclasses recurse."""
+    values = dict(values or {})
+    if not isinstance(values, dict):
+        raise InputError(f"expected a mapping, got {type(values).__name__}", where)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in values:
+        if key not in names:
+            raise InputError(f"unknown key {key!r}", f"{where}.{key}", f"known keys: {', '.join(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        tp = hints[key]
+        if not _accepts(tp, value):
+            raise InputError(f"{value!r} is not a valid {getattr(tp, '__name__', tp)}", f"{where}.{key}")
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, f"{where}.{key}")
+        elif isinstance(value, list) and typing.get_origin(tp) is tuple:
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise InputError(str(e), where) from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", str(path), "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", where) from None
+    if not isinstance(data, dict):
+        raise InputError("the config must be a mapping of sections", str(path))
+    return data
