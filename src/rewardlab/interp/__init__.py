@@ -1,0 +1,1 @@
+"""Automatic feature explanations: activation records, explainers, simulators, scorers, LLM clients."""

@@ -1,0 +1,1 @@
+"""Sparse autoencoders and crosscoders for model diffing: training, metrics, comparison, export."""

@@ -1,0 +1,413 @@
+"""The seed's SAE model-diffing pipeline, fixed, plus a crosscoder and the acceptance figures.
+
+`compare_models(base, post, tokenizer, records, out)`:
+ 1. rank blocks by parameter divergence (rewardlab.diff.params, the seed's sum of per-tensor L2
+    norms) and keep the top `n_layers` (or the given `layers`);
+ 2. cache per-token completion activations of both models at each chosen site (same records, so
+    token i of base and post is the same token); split rows by prompt into train and held-out test;
+ 3. per model and layer, train SAEs at `expansions` x d_model (default 1x, 2x) with the same
+    sparsity, plus the smallest size again with another seed; held-out metrics for each;
+ 4. MCS/MMCS of the decoder rows, 1x vs 2x, max and one-to-one with matched pairs; baselines:
+    random unit dictionaries of the same shapes and the other-seed SAE of the same size;
+ 5. explain the top-k most similar features (offline lexical explainer unless another is given),
+    and reward relevance: the seed's |VADER valence| of the explanation words, and the activation
+    metric (top-k summed |Pearson| between a feature's mean completion activation and the reward,
+    post minus base with a paired bootstrap CI over held-out completions);
+ 6. on the top layer: the acceptance SAE (BatchTopK, 4x, k=16) per model with CE loss recovered,
+    a BatchTopK crosscoder with Latent Scaling, and auto-interpretation scores vs wrong features.
+Everything lands in `out/sae_compare.json`; SAEs are saved as SAELens folders under `out/saes/`;
+`out/features.json` is the input of `rewardlab interp`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rewardlab import stats
+from rewardlab.acts import ActivationStore, CacheConfig, cache_activations
+from rewardlab.diff.params import parameter_divergence
+from rewardlab.errors import InputError
+from rewardlab.io import write_json
+from rewardlab.probes.splits import grouped_split
+from rewardlab.sae.compare import compare_dictionaries, random_baseline, summary
+from rewardlab.sae.crosscoder import Crosscoder, diff_summary
+from rewardlab.sae.export import save_sae
+from rewardlab.sae.metrics import reconstruction_metrics, spliced_metrics
+from rewardlab.sae.model import SAEConfig, SparseAutoencoder
+from rewardlab.sae.train import TrainConfig, train_sae
+
+
+@dataclass
+class DiffConfig:
+    n_layers: int = 1  # how many of the most-diverged blocks to analyse
+    layers: list[int] | None = None  # explicit blocks (overrides the ranking)
+    site_kind: str = "hook_resid_post"  # the seed used MLP output: hook_mlp_out
+    architecture: str = "batchtopk"
+    k: int = 16  # same sparsity for every dictionary
+    l1_coefficient: float = 1e-3
+    tied: bool = False
+    expansions: tuple[int, ...] = (1, 2)
+    shared_threshold: float = 0.9
+    top_k: int = 30  # features explained and summed for reward relevance (the seed's 30)
+    acceptance_expansion: int = 4  # the acceptance SAE: batchtopk at this width with k
+    crosscoder_expansion: int = 4
+    scaling_threshold: float = 0.5
+    reward_field: str = "reward"  # numeric field of the records; computed with `reward` when missing
+    reward: str = "utility"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+@dataclass
+class TokenActs:
+    acts: torch.Tensor  # [n_tokens, d]
+    row_ids: torch.Tensor  # [n_tokens]
+    token_ids: torch.Tensor  # [n_tokens]
+
+
+def load_tokens(store: ActivationStore, site: str) -> TokenActs:
+    parts = list(store.iter_batches(site, 1 << 30))
+    return TokenActs(torch.cat([p["acts"] for p in parts]), torch.cat([p["row_ids"] for p in parts]),
+                     torch.cat([p["token_ids"] for p in parts]))
+
+
+def rank_layers(base, post) -> list[dict]:
+    """Blocks ranked by the seed's divergence measure (rank 1 = changed most)."""
+    return [asdict(r) for r in parameter_divergence(base, post) if r.group.startswith("blocks.")]
+
+
+def row_means(feature_acts: torch.Tensor, row_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean activation of each feature over each row's tokens: [n_tokens, F] -> [n_rows, F]."""
+    sums = torch.zeros(n_rows, feature_acts.shape[1]).index_add_(0, row_ids, feature_acts)
+    counts = torch.bincount(row_ids, minlength=n_rows).clamp_min(1).unsqueeze(1)
+    return sums / counts
+
+
+def _abs_corr_topk(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Sum of the k largest |Pearson(x[:, j], y)| (constant columns count 0). x [n, F], y [n]."""
+    xc, yc = x - x.mean(0), y - y.mean()
+    denom = np.sqrt((xc ** 2).sum(0) * (yc ** 2).sum())
+    r = np.divide(xc.T @ yc, denom, out=np.zeros(x.shape[1]), where=denom > 0)
+    return float(np.sort(np.abs(r))[::-1][:k].sum())
+
+
+def activation_relevance(base_feats: np.ndarray, post_feats: np.ndarray, reward: np.ndarray, k: int,
+                         groups: Sequence | None = None, seed: int = 0) -> dict:
+    """Top-k summed |corr(feature, reward)| per model and post - base with a paired bootstrap CI.
+
+    base_feats, post_feats [n_completions, F] (row means), reward [n_completions]. The top-k
+    features are re-chosen inside every bootstrap resample, so selection is part of the interval.
+    """
+    idx = np.arange(len(reward))
+
+    def one(feats):
+        return lambda i: _abs_corr_topk(feats[i.astype(int)], reward[i.astype(int)], k)
+
+    return {"k": k, "base": stats.bootstrap(one(base_feats), idx, groups=groups, seed=seed).to_dict(),
+            "post": stats.bootstrap(one(post_feats), idx, groups=groups, seed=seed).to_dict(),
+            "post_minus_base": stats.bootstrap(lambda i: one(post_feats)(i) - one(base_feats)(i), idx,
+                                               groups=groups, seed=seed).to_dict()}
+
+
+def description_relevance(explanations: Sequence[str]) -> float:
+    """The seed's metric: sum over explanations of the |VADER valence| of their words."""
+    from rewardlab.interp.explain import explanation_words
+    from rewardlab.rewards import load_lexicon
+
+    lexicon = load_lexicon()
+    return float(sum(abs(lexicon.get(w, 0.0)) for e in explanations for w in explanation_words(e)))
+
+
+def _batches(store: ActivationStore, rows: Sequence[int], pad: int, batch_size: int = 32):
+    for start in range(0, len(rows), batch_size):
+        ids = [store.rows[int(r)]["token_ids"] for r in rows[start:start + batch_size]]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for j, x in enumerate(ids):
+            input_ids[j, :len(x)] = torch.tensor(x)
+            mask[j, :len(x)] = 1
+        yield {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _feature_records(tokenizer, store: ActivationStore, tokens: TokenActs, sae: SparseAutoencoder,
+                     rows: Sequence[int], features: list[int], seed: int):
+    from rewardlab.interp.records import build_records
+
+    keep = torch.isin(tokens.row_ids, torch.as_tensor(np.asarray(rows), dtype=torch.long))
+    f = sae.encode(tokens.acts[keep])[:, features]
+    row_ids, token_ids = tokens.row_ids[keep], tokens.token_ids[keep]
+    seqs, acts = [], []
+    for r in rows:
+        sel = row_ids == int(r)
+        seqs.append(tokenizer.convert_ids_to_tokens(token_ids[sel].tolist()))
+        acts.append(f[sel])
+    return build_records(seqs, acts, list(range(len(features))), seed=seed), seqs, acts
+
+
+def _top_examples(seqs: list[list[str]], acts: list[torch.Tensor], col: int, n: int = 5, context: int = 6):
+    """The n strongest activations of feature column `col`: token, activation and preceding context."""
+    hits = [(float(a[t, col]), i, t) for i, a in enumerate(acts) for t in range(len(a)) if a[t, col] > 0]
+    hits.sort(reverse=True)
+    return [{"token": seqs[i][t], "activation": v, "context": " ".join(seqs[i][max(0, t - context):t + 1])}
+            for v, i, t in hits[:n]]
+
+
+def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
+                   cfg: DiffConfig = DiffConfig(), explainer=None, simulator=None, detector=None,
+                   base_name: str = "base", post_name: str = "post") -> dict:
+    """Run the pipeline (module docstring); returns the results dict also written to out/sae_compare.json."""
+    from rewardlab.diff.logprobs import _pad_id
+    from rewardlab.interp.score import interpret_features
+    from rewardlab.sites import n_layers
+
+    out = Path(out)
+    ranking = rank_layers(base, post)
+    depth = n_layers(base)
+    layers = cfg.layers if cfg.layers is not None else [int(r["group"].split(".")[1]) for r in ranking[:cfg.n_layers]]
+    bad = [L for L in layers if not 0 <= L < depth]
+    if bad:
+        raise InputError(f"layer(s) {bad} do not exist", fix=f"the models have blocks 0..{depth - 1}")
+    sites = [f"blocks.{L}.{cfg.site_kind}" for L in layers]
+    records, stores, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, sites, cfg)
+    prompt_ids = stores["base"].prompt_ids
+    reward = stores["base"].field(cfg.reward_field)
+    d_model = stores["base"].d_model
+    results: dict = {"config": {**asdict(cfg), "train": asdict(cfg.train)}, "base": base_name, "post": post_name,
+                     "layer_ranking": ranking, "layers": layers, "n_rows": len(records),
+                     "n_train_rows": len(train_rows), "n_test_rows": len(test_rows), "by_layer": {}}
+    features_for_interp = []
+    for L, site in zip(layers, sites):
+        layer_out: dict = {"site": site, "models": {}}
+        tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+        is_train = {name: torch.isin(t.row_ids, torch.as_tensor(train_rows, dtype=torch.long))
+                    for name, t in tokens.items()}
+        sizes = [e * d_model for e in cfg.expansions]
+        row_feats = {}
+        for name in ("base", "post"):
+            x_train, x_test = tokens[name].acts[is_train[name]], tokens[name].acts[~is_train[name]]
+            saes, metrics = {}, {}
+            runs = [(f"{e}x", e, cfg.seed) for e in cfg.expansions] + [(f"{cfg.expansions[0]}x-seed{cfg.seed + 1}",
+                                                                       cfg.expansions[0], cfg.seed + 1)]
+            for tag, e, seed in runs:
+                sae_cfg = SAEConfig(d_in=d_model, d_sae=e * d_model, architecture=cfg.architecture, k=cfg.k,
+                                    l1_coefficient=cfg.l1_coefficient, tied=cfg.tied, hook_name=site)
+                sae = train_sae(x_train, sae_cfg, replace(cfg.train, seed=seed)).sae
+                saes[tag] = sae
+                metrics[tag] = reconstruction_metrics(sae, x_test)
+                save_sae(sae, out / "saes" / name / f"L{L}" / tag, {"model_name": name})
+            small, big, other = (saes[f"{cfg.expansions[0]}x"], saes[f"{cfg.expansions[-1]}x"],
+                                 saes[f"{cfg.expansions[0]}x-seed{cfg.seed + 1}"])
+            comp = compare_dictionaries(small.W_dec, big.W_dec, cfg.shared_threshold)
+            seed_base = summary(compare_dictionaries(small.W_dec, other.W_dec, cfg.shared_threshold))
+            rand = random_baseline(sizes[0], sizes[-1], d_model, seed=cfg.seed, threshold=cfg.shared_threshold)
+            top = [i for i in np.argsort(-np.asarray(comp["mcs_max"]), kind="stable")[:cfg.top_k].tolist()]
+            fr, seqs, acts = _feature_records(tokenizer, stores[name], tokens[name], small,
+                                              np.arange(len(records)), top, cfg.seed)
+            interp = interpret_features(fr, explainer, simulator, detector)
+            explanations = [r["explanation"] for r in interp["features"]]
+            feats_all = small.encode(tokens[name].acts[~is_train[name]])
+            test_row_ids = tokens[name].row_ids[~is_train[name]]
+            row_feats[name] = row_means(feats_all, test_row_ids, len(records))[test_rows].numpy()
+            layer_out["models"][name] = {
+                "metrics": metrics, "mmcs": summary(comp), "matched_pairs": comp["pairs"][:cfg.top_k],
+                "baseline_random": rand, "baseline_other_seed": seed_base,
+                "mmcs_minus_random": comp["mmcs_max"] - rand["mmcs_max"],
+                "top_features": [{"feature": top[r["feature"]], "mcs": comp["mcs_max"][top[r["feature"]]],
+                                  **{k: v for k, v in r.items() if k != "feature"}} for r in interp["features"]],
+                "interp_summary": interp["summary"],
+                "description_relevance": description_relevance(explanations)}
+            features_for_interp.append({"model": name, "layer": L, "site": site,
+                                        "store": str((out / f"acts-{name}").resolve()),
+                                        "sae": str((out / "saes" / name / f"L{L}" / f"{cfg.expansions[0]}x").resolve()),
+                                        "features": top})
+        layer_out["activation_relevance"] = activation_relevance(
+            row_feats["base"], row_feats["post"], reward[test_rows], cfg.top_k,
+            groups=[prompt_ids[i] for i in test_rows], seed=cfg.seed)
+        results["by_layer"][str(L)] = layer_out
+    best = layers[0]
+    results["acceptance"] = acceptance(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
+                                       explainer, simulator, detector, out, _pad_id(tokenizer))
+    results["acceptance"]["layer"] = best
+    results["acceptance_summary"] = acceptance_summary(results)
+    write_json(out / "sae_compare.json", results)
+    tokenizer.save_pretrained(out / "tokenizer")
+    write_json(out / "features.json", {"tokenizer": str((out / "tokenizer").resolve()),
+                                       "features": features_for_interp})
+    return results
+
+
+def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_rows, cfg: DiffConfig,
+               explainer, simulator, detector, out: Path, pad: int) -> dict:
+    """The acceptance SAE per model (CE recovered), the crosscoder, and explainer vs wrong features."""
+    from rewardlab.interp.score import interpret_features
+
+    res: dict = {"site": site, "sae": {}}
+    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
+    d_model = tokens["base"].acts.shape[1]
+    sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.acceptance_expansion * d_model, architecture="batchtopk", k=cfg.k,
+                        hook_name=site)
+    for name, model in (("base", base), ("post", post)):
+        result = train_sae(tokens[name].acts[train_mask], sae_cfg, cfg.train)
+        sae = result.sae
+        save_sae(sae, out / "saes" / name / "acceptance", {"model_name": name})
+        m = reconstruction_metrics(sae, tokens[name].acts[~train_mask])
+        m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site))
+        m["train_tokens_per_second"] = result.tokens_per_second
+        res["sae"][name] = m
+        if name == "post":
+            top = torch.argsort(-(sae.encode(tokens[name].acts[~train_mask]) > 0).float().mean(0))[:cfg.top_k].tolist()
+            fr, _, _ = _feature_records(tokenizer, stores[name], tokens[name], sae, test_rows, top, cfg.seed)
+            res["interp"] = interpret_features(fr, explainer, simulator, detector)["summary"]
+    res["crosscoder"] = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg)
+    return res
+
+
+def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tensor, test_rows, site: str,
+                   cfg: DiffConfig, out: Path | None = None) -> dict:
+    """Train the BatchTopK crosscoder on paired train tokens; counts by relative norm before and after
+    Latent Scaling on held-out tokens; post-only latents with their top held-out examples."""
+    paired = torch.cat([tokens["base"].acts, tokens["post"].acts], dim=1)
+    d_model = tokens["base"].acts.shape[1]
+    cc_cfg = SAEConfig(d_in=2 * d_model, d_sae=cfg.crosscoder_expansion * d_model, architecture="batchtopk",
+                       k=cfg.k, hook_name=site)
+    cc = train_sae(paired[train_mask], cc_cfg, cfg.train, model_cls=Crosscoder).sae
+    if out is not None:
+        from rewardlab.io import save_tensors
+
+        save_tensors(out / "crosscoder.safetensors", dict(cc.state_dict()), {"config": cc.config_dict()})
+    diff = diff_summary(cc, paired[~train_mask], cfg.scaling_threshold)
+    post_only = [l["latent"] for l in diff["latents"] if l["class"] == "post_only"]
+    if post_only:
+        fr_tokens = TokenActs(paired, tokens["post"].row_ids, tokens["post"].token_ids)
+        _, seqs, acts = _feature_records(tokenizer, stores["post"], fr_tokens, cc, [int(r) for r in test_rows],
+                                         post_only, cfg.seed)
+        for j, latent in enumerate(post_only):
+            diff["latents"][latent]["top_examples"] = _top_examples(seqs, acts, j)
+    return {"site": site, "counts_before": diff["counts_before"], "counts_after": diff["counts_after"],
+            "scaling_threshold": diff["scaling_threshold"], "post_only": [diff["latents"][j] for j in post_only]}
+
+
+def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[str], cfg: DiffConfig):
+    """Records with rewards, both models' activation stores, and the grouped train/test row split."""
+    from rewardlab.rewards import get_reward
+
+    if cfg.reward_field not in records[0]:
+        rewards = get_reward(cfg.reward)([r["completion"] for r in records])
+        records = [dict(r, **{cfg.reward_field: v}) for r, v in zip(records, rewards)]
+    stores = {name: cache_activations(model, tokenizer, records, out / f"acts-{name}",
+                                      CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
+              for name, model in (("base", base), ("post", post))}
+    split = grouped_split(stores["base"].prompt_ids, (0.7, 0.1, 0.2), seed=cfg.seed)
+    return records, stores, np.concatenate([split.train, split.val]), split.test
+
+
+def crosscoder_models(base, post, tokenizer, records: list[dict], out: str | Path, site: str,
+                      cfg: DiffConfig = DiffConfig()) -> dict:
+    """`rewardlab sae crosscoder`: the crosscoder alone at one site; writes out/crosscoder.json."""
+    out = Path(out)
+    _, stores, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
+    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
+    res = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, out)
+    write_json(out / "crosscoder.json", res)
+    return res
+
+
+def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | Path, sae_cfg: SAEConfig,
+                   train_cfg: TrainConfig = TrainConfig(), splice: bool = True) -> dict:
+    """`rewardlab sae train`: one SAE on the completion tokens of `records` at `site`, held-out
+    metrics (with spliced CE/KL), saved as a SAELens folder out/sae plus out/metrics.json."""
+    from rewardlab.diff.logprobs import _pad_id
+
+    out = Path(out)
+    store = cache_activations(model, tokenizer, records, out / "acts", CacheConfig(sites=[site], positions=["tokens"]))
+    split = grouped_split(store.prompt_ids, (0.7, 0.1, 0.2), seed=train_cfg.seed)
+    train_rows = np.concatenate([split.train, split.val])
+    tokens = load_tokens(store, site)
+    is_train = torch.isin(tokens.row_ids, torch.as_tensor(train_rows, dtype=torch.long))
+    result = train_sae(tokens.acts[is_train], sae_cfg, train_cfg)
+    metrics = reconstruction_metrics(result.sae, tokens.acts[~is_train])
+    if splice:
+        metrics.update(spliced_metrics(model, result.sae, _batches(store, split.test, _pad_id(tokenizer)), site))
+    metrics["train_tokens_per_second"] = result.tokens_per_second
+    save_sae(result.sae, out / "sae")
+    write_json(out / "metrics.json", {"config": asdict(sae_cfg), "train": asdict(train_cfg), "metrics": metrics,
+                                      "history": result.history})
+    return metrics
+
+
+def interp_features_file(path: str | Path, out: str | Path, explainer=None, simulator=None, detector=None,
+                         workers: int = 8) -> dict:
+    """`rewardlab interp`: explain and score the features listed in a features.json (as written by
+    compare_models: tokenizer, and per entry an activation store, SAE folder, site and feature ids)."""
+    from rewardlab.interp.score import interpret_features
+    from rewardlab.io import read_json
+    from rewardlab.models import load_tokenizer
+    from rewardlab.sae.export import load_sae
+
+    spec = read_json(path)
+    if "features" not in spec or "tokenizer" not in spec:
+        raise InputError("a features file needs 'tokenizer' and 'features'", str(path),
+                         "use the features.json written by `rewardlab sae compare`")
+    tokenizer = load_tokenizer(spec["tokenizer"])
+    results = []
+    for entry in spec["features"]:
+        store = ActivationStore(entry["store"])
+        sae = load_sae(entry["sae"])
+        tokens = load_tokens(store, entry["site"])
+        fr, _, _ = _feature_records(tokenizer, store, tokens, sae, np.arange(len(store)), entry["features"], 0)
+        res = interpret_features(fr, explainer, simulator, detector, workers)
+        for row in res["features"]:
+            row["feature"] = entry["features"][row["feature"]]
+        results.append({k: entry[k] for k in ("model", "layer", "site", "sae")} | res)
+    write_json(out, {"source": str(path), "results": results})
+    return {"results": results}
+
+
+def acceptance_summary(results: dict) -> dict:
+    """The issue's acceptance figures from a compare_models result, each with its target and verdict.
+
+    For the pipeline's results.json: the acceptance SAE (post model, BatchTopK 4x, k) FVU, dead
+    fraction, CE recovered; MMCS(1x, 2x) minus the random baseline beside the other-seed baseline
+    (post model, first layer); activation-based reward relevance post - base (CI must exclude 0)
+    with the seed's description metric; crosscoder counts; offline explainer vs wrong features.
+    """
+    acc = results["acceptance"]
+    layer = results["by_layer"][str(results["layers"][0])]
+    post_sae = acc["sae"]["post"]
+    mm = layer["models"]["post"]
+    rel = layer["activation_relevance"]
+    interp = acc.get("interp", {})
+    sim, wrong = interp.get("simulation", {}).get("value"), interp.get("wrong_simulation", {}).get("value")
+    checks = {
+        "fvu": {"value": post_sae["fvu"], "target": "<= 0.15", "pass": post_sae["fvu"] <= 0.15},
+        "dead_fraction": {"value": post_sae["dead_fraction"], "target": "<= 0.1",
+                          "pass": post_sae["dead_fraction"] <= 0.1},
+        "ce_loss_recovered": {"value": post_sae["ce_loss_recovered"], "target": ">= 0.8",
+                              "pass": post_sae["ce_loss_recovered"] >= 0.8},
+        "mmcs_minus_random": {"value": mm["mmcs_minus_random"], "mmcs": mm["mmcs"]["mmcs_max"],
+                              "random": mm["baseline_random"]["mmcs_max"],
+                              "other_seed": mm["baseline_other_seed"]["mmcs_max"], "target": ">= 0.3",
+                              "pass": mm["mmcs_minus_random"] >= 0.3},
+        "reward_relevance_post_minus_base": {**rel["post_minus_base"], "base": rel["base"], "post": rel["post"],
+                                             "description_metric": {m: layer["models"][m]["description_relevance"]
+                                                                    for m in ("base", "post")},
+                                             "target": "> 0 with CI excluding 0",
+                                             "pass": rel["post_minus_base"]["ci"][0] > 0},
+        "crosscoder": {"counts_before": acc["crosscoder"]["counts_before"],
+                       "counts_after": acc["crosscoder"]["counts_after"],
+                       "post_only_top_tokens": [[e["token"] for e in l.get("top_examples", [])]
+                                                for l in acc["crosscoder"]["post_only"][:10]]},
+        "explainer_vs_wrong": {"simulation": interp.get("simulation"), "wrong": interp.get("wrong_simulation"),
+                               "difference": interp.get("simulation_minus_wrong"), "target": "simulation > wrong",
+                               "pass": sim is not None and wrong is not None and sim > wrong},
+    }
+    return {"layer": acc["layer"], "site": acc["site"], "checks": checks,
+            "all_pass": all(c.get("pass", True) for c in checks.values())}

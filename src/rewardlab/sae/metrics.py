@@ -1,0 +1,85 @@
+"""SAE quality on held-out tokens: sparsity, reconstruction, and the model's loss with the SAE spliced in.
+
+- L0: mean number of active latents per token.
+- FVU: sum |x - x_hat|^2 / sum |x - mean(x)|^2 over the whole set (SAELens' explained variance is
+  1 - FVU; the old per-token average of ratios is not used).
+- dead fraction: latents that never fire on the set; dense fraction: latents firing on more than
+  `dense_threshold` of its tokens.
+- CE loss recovered: (CE_zero - CE_sae) / (CE_zero - CE_clean), where CE_sae splices the SAE's
+  reconstruction in at the SAE's site and CE_zero replaces that site by zeros (zero ablation);
+  KL is the mean per-token KL(clean || spliced) in nats, also reported for zero ablation.
+  Only next-token predictions between two real (unpadded) tokens count.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from rewardlab import sites
+from rewardlab.sae.model import SparseAutoencoder
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae: SparseAutoencoder, acts: torch.Tensor, batch_size: int = 8192,
+                           dense_threshold: float = 0.1) -> dict:
+    """acts [n_tokens, d_in] held-out activations -> dict of scalar metrics (and n_tokens)."""
+    acts = acts.float()
+    mean = acts.mean(0)
+    resid_ss, total_ss, active, fired = 0.0, 0.0, 0.0, torch.zeros(sae.cfg.d_sae)
+    for start in range(0, len(acts), batch_size):
+        x = acts[start:start + batch_size]
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        resid_ss += float(((x - x_hat) ** 2).sum())
+        total_ss += float(((x - mean) ** 2).sum())
+        on = f > 0
+        active += float(on.sum())
+        fired += on.sum(0).float()
+    density = fired / len(acts)
+    return {"n_tokens": len(acts), "l0": active / len(acts), "fvu": resid_ss / total_ss,
+            "mse": resid_ss / len(acts), "dead_fraction": float((density == 0).float().mean()),
+            "dense_fraction": float((density > dense_threshold).float().mean())}
+
+
+def _next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor,
+                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prediction CE [m] and log-probs [m, vocab] at positions whose input and target are real."""
+    valid = (mask[:, :-1] & mask[:, 1:]).bool()
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)[valid]
+    ce = -logp.gather(-1, input_ids[:, 1:][valid].unsqueeze(-1)).squeeze(-1)
+    return ce, logp
+
+
+@torch.no_grad()
+def spliced_metrics(model: torch.nn.Module, sae: SparseAutoencoder, batches: Iterable[dict],
+                    site: str | None = None) -> dict:
+    """CE loss and KL with the SAE spliced in at `site` (default sae.cfg.hook_name) vs zero ablation.
+
+    batches: dicts with input_ids and attention_mask [batch, seq] (right or left padded).
+    """
+    site = site or sae.cfg.hook_name
+    if site is None:
+        raise ValueError("the SAE has no hook_name; pass site=")
+    device = next(model.parameters()).device
+    sae = sae.to(device)
+    edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "sae": lambda a: sae(a.float()).to(a.dtype), "zero": torch.zeros_like}
+    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
+    n = 0
+    for batch in batches:
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        ce_clean, logp_clean = _next_token_losses(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+        sums["clean"] += float(ce_clean.sum())
+        for name, edit in edits.items():
+            with sites.intervene(model, site, edit):
+                ce, logp = _next_token_losses(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+            sums[name] += float(ce.sum())
+            sums[f"kl_{name}"] += float((logp_clean.exp() * (logp_clean - logp)).sum())
+        n += len(ce_clean)
+    ce = {k: v / n for k, v in sums.items()}
+    return {"n_predictions": n, "ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"],
+            "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
+            "kl_sae": ce["kl_sae"], "kl_zero": ce["kl_zero"]}

@@ -1,0 +1,145 @@
+"""SAE architectures, training, metrics and SAELens export on synthetic sparse data."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: one thread avoids OpenMP spin contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+from rewardlab.sae.compare import compare_dictionaries, random_baseline
+from rewardlab.sae.export import load_sae, save_sae
+from rewardlab.sae.metrics import reconstruction_metrics
+from rewardlab.sae.model import SAEConfig, SparseAutoencoder
+from rewardlab.sae.train import TrainConfig, _aux_k_loss, train_sae
+
+
+def sparse_data(n=20_000, d=32, n_true=64, active=3, seed=0):
+    """Tokens that are sums of `active` random unit features (of n_true) with random magnitudes."""
+    gen = torch.Generator().manual_seed(seed)
+    true = torch.randn(n_true, d, generator=gen)
+    true = true / true.norm(dim=1, keepdim=True)
+    idx = torch.rand(n, n_true, generator=gen).topk(active, dim=1).indices
+    codes = torch.zeros(n, n_true).scatter_(1, idx, 1 + 4 * torch.rand(n, active, generator=gen))
+    return codes @ true + 3.0, true  # an offset, so b_dec matters
+
+
+@pytest.fixture(scope="module")
+def data():
+    return sparse_data()
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "topk", "relu"])
+def test_sae_recovers_sparse_features(data, arch):
+    acts, true = data
+    cfg = SAEConfig(d_in=32, d_sae=128, architecture=arch, k=3, l1_coefficient=3e-3)
+    res = train_sae(acts[:16_000], cfg, TrainConfig(batch_size=256, n_tokens=300_000, dead_window=20_000))
+    m = reconstruction_metrics(res.sae, acts[16_000:])
+    assert m["fvu"] < 0.1, m
+    if arch != "relu":
+        assert abs(m["l0"] - 3) < 1.0, m
+    # decoder rows stay unit norm
+    assert torch.allclose(res.sae.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)
+    # the true features are found: each has a close SAE decoder row
+    assert compare_dictionaries(true, res.sae.W_dec)["mmcs_max"] > 0.9
+
+
+def test_training_is_deterministic(data):
+    acts, _ = data
+    cfg = SAEConfig(d_in=32, d_sae=64, k=3)
+    tc = TrainConfig(batch_size=256, n_tokens=20_000, seed=3)
+    a, b = train_sae(acts, cfg, tc).sae, train_sae(acts, cfg, tc).sae
+    assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.threshold, b.threshold)
+    c = train_sae(acts, cfg, TrainConfig(batch_size=256, n_tokens=20_000, seed=4)).sae
+    assert not torch.equal(a.W_dec, c.W_dec)
+
+
+def test_metrics_match_reference():
+    gen = torch.Generator().manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2), generator=gen)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(16, generator=gen))
+        sae.b_enc[0] = -100  # latent 0 can never fire
+    x = torch.randn(500, 8, generator=gen)
+    m = reconstruction_metrics(sae, x, batch_size=64)
+    f = sae.encode(x)
+    x_hat = sae.decode(f)
+    x_hat = x_hat.detach()
+    assert m["fvu"] == pytest.approx(float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()), rel=1e-5)
+    assert m["l0"] == pytest.approx(2.0)
+    density = (f > 0).float().mean(0)
+    assert m["dead_fraction"] == pytest.approx(float((density == 0).float().mean()))
+    assert m["dead_fraction"] >= 1 / 16
+    assert m["dense_fraction"] == pytest.approx(float((density > 0.1).float().mean()))
+
+
+def test_batchtopk_keeps_k_per_token_on_average():
+    gen = torch.Generator().manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, k=4), generator=gen)
+    pre = torch.randn(50, 32, generator=gen)
+    f = sae.activate(pre, batch_level=True)
+    assert int((f > 0).sum()) == 200
+    assert float(f[f > 0].min()) >= float(pre.reshape(-1).topk(200).values.min())
+
+
+def test_aux_k_loss_reaches_only_dead_latents():
+    gen = torch.Generator().manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2), generator=gen)
+    with torch.no_grad():
+        sae.b_enc.fill_(-5.0)  # every pre-activation negative: fully dead latents still get a gradient
+    x = torch.randn(64, 8, generator=gen)
+    pre = sae.pre_activations(x)
+    residual = torch.randn(64, 8, generator=gen)
+    dead = torch.zeros(16, dtype=torch.bool)
+    dead[[1, 5, 9]] = True
+    loss = _aux_k_loss(sae, pre, residual, dead, aux_k=2)
+    # reference: each token's two largest dead pre-activations (before ReLU) reconstruct the residual
+    dead_pre = pre[:, dead]
+    vals, idx = dead_pre.topk(2, dim=1)
+    f = torch.zeros_like(dead_pre).scatter(1, idx, vals)
+    ref = ((f @ sae.W_dec[dead] - residual) ** 2).sum(-1).mean() / (residual ** 2).sum(-1).mean()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    loss.backward()
+    grad_rows = sae.W_dec.grad.norm(dim=1) > 0
+    assert grad_rows[dead].all() and not grad_rows[~dead].any()
+    assert (sae.W_enc.grad[:, ~dead] == 0).all() and (sae.W_enc.grad[:, dead] != 0).any()
+
+
+def test_random_baseline_is_low():
+    b = random_baseline(128, 256, 128)
+    assert 0.1 < b["mmcs_max"] < 0.4 and b["n_shared"] == 0
+
+
+def test_compare_dictionaries_one_to_one():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(10, 6, generator=gen)
+    perm = torch.randperm(10, generator=gen)
+    b = torch.cat([a[perm] * 2.0, torch.randn(5, 6, generator=gen)])
+    r = compare_dictionaries(a, b)
+    assert r["mmcs_one_to_one"] == pytest.approx(1.0) and r["n_shared"] == 10
+    for i, j, c in r["pairs"]:
+        assert perm[j] == i and c == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "topk", "relu"])
+def test_saelens_export_roundtrip(tmp_path, data, arch):
+    sae_lens = pytest.importorskip("sae_lens")
+    acts, _ = data
+    cfg = SAEConfig(d_in=32, d_sae=64, architecture=arch, k=3, tied=arch == "relu",
+                    hook_name="blocks.1.hook_resid_post")
+    sae = train_sae(acts, cfg, TrainConfig(batch_size=256, n_tokens=20_000)).sae
+    save_sae(sae, tmp_path / "sae", metadata={"model_name": "tiny"})
+    loaded = sae_lens.SAE.load_from_disk(tmp_path / "sae")
+    assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    x = acts[:300]
+    ours = sae.encode(x)
+    assert (ours > 0).any()
+    torch.testing.assert_close(loaded.encode(x), ours, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loaded.decode(ours), sae.decode(ours), rtol=1e-5, atol=1e-5)
+    back = load_sae(tmp_path / "sae")
+    torch.testing.assert_close(back.encode(x), ours)

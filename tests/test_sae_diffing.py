@@ -1,0 +1,150 @@
+"""Spliced CE/KL metrics on a tiny GPT-2, the seed pipeline end to end, and reward relevance."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rewardlab.sae.diffing import DiffConfig, _abs_corr_topk, activation_relevance, compare_models
+from rewardlab.sae.metrics import spliced_metrics
+from rewardlab.sae.model import SAEConfig, SparseAutoencoder
+from rewardlab.sae.train import TrainConfig
+from tiny_lm import WORDS, tiny_pair
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def identity_sae(d: int, site: str) -> SparseAutoencoder:
+    """relu(x) - relu(-x) = x: a ReLU SAE with 2d latents that reconstructs exactly."""
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", hook_name=site))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae
+
+
+def batches():
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, len(WORDS), (4, 10), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    return [{"input_ids": ids, "attention_mask": mask}]
+
+
+def test_spliced_metrics_identity_and_zero():
+    base, _, _ = tiny_pair()
+    site = "blocks.1.hook_resid_post"
+    m = spliced_metrics(base, identity_sae(32, site), batches())
+    assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert m["kl_sae"] == pytest.approx(0.0, abs=1e-5) and m["kl_zero"] > 0
+    assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5)
+    assert m["n_predictions"] == 4 * 9 - 3  # predictions between two real tokens only
+    zero = identity_sae(32, site)
+    with torch.no_grad():
+        zero.W_dec.zero_()
+    mz = spliced_metrics(base, zero, batches())  # reconstructs zeros = zero ablation
+    assert mz["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_activation_relevance_prefers_reward_correlated_features():
+    rng = np.random.default_rng(0)
+    reward = rng.normal(size=200)
+    noise = rng.normal(size=(200, 20))
+    post = noise.copy()
+    post[:, :3] += 2 * reward[:, None]
+    rel = activation_relevance(noise, post, reward, k=3)
+    xc = post - post.mean(0)
+    r = (xc.T @ (reward - reward.mean())) / np.sqrt((xc ** 2).sum(0) * ((reward - reward.mean()) ** 2).sum())
+    assert rel["post"]["value"] == pytest.approx(np.sort(np.abs(r))[-3:].sum())
+    assert rel["post_minus_base"]["ci"][0] > 0.5
+    assert _abs_corr_topk(np.ones((5, 2)), np.arange(5.0), 2) == 0.0
+
+
+def test_compare_models_end_to_end(tmp_path):
+    base, post, tok = tiny_pair(scale=0.2, layer=1)
+    rng = np.random.default_rng(0)
+    content = WORDS[4:]
+    records = [{"prompt": " ".join(rng.choice(content, 3)), "completion": " " + " ".join(rng.choice(content, 8))}
+               for _ in range(60)]
+    cfg = DiffConfig(k=4, top_k=5, train=TrainConfig(batch_size=64, n_tokens=6_000, dead_window=2_000),
+                     acceptance_expansion=2, crosscoder_expansion=2)
+    res = compare_models(base, post, tok, records, tmp_path, cfg)
+    assert res["layers"] == [1]  # the perturbed block ranks first
+    layer = res["by_layer"]["1"]
+    for name in ("base", "post"):
+        m = layer["models"][name]
+        assert set(m["metrics"]) == {"1x", "2x", "1x-seed1"}
+        assert 0 <= m["metrics"]["1x"]["fvu"] < 1.5
+        assert m["mmcs"]["n_a"] == 32 and m["mmcs"]["n_b"] == 64
+        assert m["baseline_random"]["mmcs_max"] < m["mmcs"]["mmcs_max"]
+        assert len(m["top_features"]) <= 5
+    assert set(layer["activation_relevance"]) == {"k", "base", "post", "post_minus_base"}
+    acc = res["acceptance"]
+    assert set(acc["sae"]) == {"base", "post"} and "ce_loss_recovered" in acc["sae"]["post"]
+    counts = acc["crosscoder"]["counts_before"]
+    assert sum(counts.values()) == 64
+    saved = json.loads((tmp_path / "sae_compare.json").read_text())
+    assert saved["layers"] == [1]
+    feats = json.loads((tmp_path / "features.json").read_text())
+    assert json.loads((Path(feats["features"][0]["sae"]) / "cfg.json").read_text())["d_sae"] == 32
+
+
+def _records_file(path, n=60):
+    rng = np.random.default_rng(1)
+    content = WORDS[4:]
+    rows = [{"prompt": " ".join(rng.choice(content, 3)), "completion": " " + " ".join(rng.choice(content, 8))}
+            for _ in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_cli_sae_commands_and_interp(tmp_path, capsys):
+    from rewardlab.cli import main
+    from tiny_lm import save_pair
+
+    base, post = save_pair(tmp_path, scale=0.2)
+    data = _records_file(tmp_path / "data.jsonl")
+    small = ["--k", "4", "--batch-size", "64", "--n-tokens", "4000"]
+    assert main(["sae", "compare", "--base", base, "--post", post, "--in", data, "--out", str(tmp_path / "cmp"),
+                 "--top-k", "4", *small]) == 0
+    assert "MMCS(1x,2x)" in capsys.readouterr().out
+    assert main(["interp", "--features", str(tmp_path / "cmp" / "features.json"),
+                 "--out", str(tmp_path / "interp.json"), "--workers", "1"]) == 0
+    res = json.loads((tmp_path / "interp.json").read_text())["results"]
+    assert {r["model"] for r in res} == {"base", "post"}
+    assert all(row["explanation"].startswith("words:") for r in res for row in r["features"])
+    assert main(["sae", "crosscoder", "--base", base, "--post", post, "--in", data, "--out", str(tmp_path / "cc"),
+                 "--site", "blocks.1.hook_resid_post", "--expansion", "2", *small]) == 0
+    assert "before Latent Scaling" in capsys.readouterr().out
+    assert main(["sae", "train", "--model", post, "--in", data, "--site", "blocks.0.hook_mlp_out",
+                 "--out", str(tmp_path / "one"), "--expansion", "2", *small]) == 0
+    metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())["metrics"]
+    assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl_sae"} <= set(metrics)
+    assert main(["sae", "compare", "--base", base, "--post", post, "--in", data, "--out", str(tmp_path / "bad"),
+                 "--layers", "7", *small]) == 2
+    assert "layer(s) [7] do not exist" in capsys.readouterr().err
+
+
+def test_acceptance_summary_reads_compare_results(tmp_path):
+    from rewardlab.sae.diffing import acceptance_summary
+
+    base, post, tok = tiny_pair(scale=0.2, layer=1)
+    rng = np.random.default_rng(0)
+    records = [{"prompt": " ".join(rng.choice(WORDS[4:], 3)), "completion": " " + " ".join(rng.choice(WORDS[4:], 8))}
+               for _ in range(40)]
+    cfg = DiffConfig(k=4, top_k=5, train=TrainConfig(batch_size=64, n_tokens=3_000),
+                     acceptance_expansion=2, crosscoder_expansion=2)
+    summary = acceptance_summary(compare_models(base, post, tok, records, tmp_path, cfg))
+    assert summary["layer"] == 1
+    assert set(summary["checks"]) >= {"fvu", "dead_fraction", "ce_loss_recovered", "mmcs_minus_random",
+                                      "reward_relevance_post_minus_base", "crosscoder", "explainer_vs_wrong"}
+    assert isinstance(summary["all_pass"], bool)
