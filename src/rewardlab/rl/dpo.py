@@ -1,0 +1,133 @@
+"""DPO through TRL's DPOTrainer, with the PPO output layout and a summary scored on the known reward.
+
+summary.json: `pair_accuracy` (held-out pairs: implicit reward r = beta * (log pi(y|x) - log ref(y|x)),
+summed over completion tokens, correct when r(chosen) > r(rejected); ties count as wrong), `reward_base`,
+`reward_base_std`, `reward_policy` (means over `eval_samples` fresh samples each), `kl_exact` (mean
+nats per completion against the base), `grammatical_rate` (review world only), `seconds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rewardlab.errors import InputError
+from rewardlab.io import read_jsonl, write_json, write_jsonl
+from rewardlab.rl.config import DPOTrainConfig
+
+
+def _with_eos(text: str, tokenizer) -> str:
+    """`text` + EOS such that the EOS stays its own token (a word-level tokenizer needs a space before it)."""
+    eos = tokenizer.eos_token
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for joined in (text + eos, f"{text} {eos}"):
+        if tokenizer(joined, add_special_tokens=False)["input_ids"] == ids + [tokenizer.eos_token_id]:
+            return joined
+    raise InputError("cannot append EOS to a completion as its own token", fix="check the tokenizer")
+
+
+@torch.no_grad()
+def sequence_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch: int = 64
+                      ) -> torch.Tensor:
+    """Sum of log p(completion tokens | prompt) [N], tokenized as TRL's DPOTrainer does (prompt + completion)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        seqs, starts = [], []
+        for p, c in zip(prompts[i:i + batch], completions[i:i + batch]):
+            prompt_ids = tokenizer(p)["input_ids"]
+            full = tokenizer(p + c)["input_ids"]
+            seqs.append(full)
+            starts.append(len(prompt_ids))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, s in enumerate(seqs):
+            ids[j, :len(s)], mask[j, :len(s)] = torch.tensor(s), 1
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+        token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        positions = torch.arange(1, width)[None, :]
+        keep = (positions >= torch.tensor(starts)[:, None]) & mask[:, 1:].bool()
+        out.append(torch.where(keep, token_logp, 0.0).sum(1))
+    return torch.cat(out)
+
+
+def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
+    """Train with TRL's DPOTrainer into `out_dir` (policy/, config.json, metrics.jsonl, summary.json)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from rewardlab.rewards import get_reward
+    from rewardlab.rl.ppo import (PPOConfig, evaluate, generation_defaults, grammar_checker,
+                                  load_policy_and_tokenizer, load_prompts)
+    from rewardlab.stats import mean
+
+    t_start = time.perf_counter()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    rows = read_jsonl(cfg.pairs, required=("prompt", "chosen", "rejected"))
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_test = max(1, int(round(cfg.held_out * len(rows))))
+    if len(rows) - n_test < 1:
+        raise InputError(f"{len(rows)} pairs are too few to hold {n_test} out", cfg.pairs, "give more pairs")
+    test, train = [rows[i] for i in order[:n_test]], [rows[i] for i in order[n_test:]]
+
+    policy, tokenizer = load_policy_and_tokenizer(cfg.base)
+    ref, _ = load_policy_and_tokenizer(cfg.base)
+    ref.requires_grad_(False)
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": _with_eos(r["chosen"], tokenizer),
+                                  "rejected": _with_eos(r["rejected"], tokenizer)} for r in train])
+    args = DPOConfig(
+        output_dir=str(out / "trl"), beta=cfg.beta, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, use_cpu=True, report_to=[], save_strategy="no",
+        logging_steps=10, seed=cfg.seed, disable_tqdm=True, lr_scheduler_type="constant",
+        bf16=False, gradient_checkpointing=False,  # TRL 1.x turns both on by default: ~5x slower on CPU
+    )
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    policy = trainer.model.eval()
+    train_seconds = time.perf_counter() - t_start
+
+    prompts_t = [r["prompt"] for r in test]
+    margins = []
+    for key in ("chosen", "rejected"):
+        completions = [_with_eos(r[key], tokenizer) for r in test]
+        margins.append(cfg.beta * (sequence_logprobs(policy, tokenizer, prompts_t, completions)
+                                   - sequence_logprobs(ref, tokenizer, prompts_t, completions)))
+    correct = (margins[0] > margins[1]).float().tolist()
+
+    located = PPOConfig(base=cfg.base, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens)
+    prompts, max_new_tokens = load_prompts(located), generation_defaults(located)
+    reward, is_grammatical = get_reward(cfg.reward), grammar_checker(cfg.base)
+    base_eval = evaluate(ref, ref, tokenizer, prompts, cfg, reward, is_grammatical, max_new_tokens,
+                         cfg.eval_samples, seed=cfg.seed + 10_000)
+    policy_eval = evaluate(policy, ref, tokenizer, prompts, cfg, reward, is_grammatical, max_new_tokens,
+                           cfg.eval_samples, seed=cfg.seed + 20_000)
+    base_rewards, policy_rewards = torch.tensor(base_eval["rewards"]), torch.tensor(policy_eval["rewards"])
+    summary = {
+        "reward": cfg.reward, "n_pairs_train": len(train), "n_pairs_held_out": len(test),
+        "pair_accuracy": sum(correct) / len(correct), "pair_accuracy_ci": mean(correct).to_dict(),
+        "reward_base": float(base_rewards.mean()), "reward_base_std": float(base_rewards.std()),
+        "reward_policy": float(policy_rewards.mean()), "reward_policy_std": float(policy_rewards.std()),
+        "reward_base_ci": mean(base_eval["rewards"]).to_dict(),
+        "reward_policy_ci": mean(policy_eval["rewards"]).to_dict(),
+        "kl_exact": sum(policy_eval["kl"]) / len(policy_eval["kl"]), "kl_exact_ci": mean(policy_eval["kl"]).to_dict(),
+        "n_eval": cfg.eval_samples, "train_seconds": train_seconds,
+    }
+    if is_grammatical is not None:
+        summary["grammatical_rate"] = sum(policy_eval["grammatical"]) / len(policy_eval["grammatical"])
+        summary["grammatical_rate_base"] = sum(base_eval["grammatical"]) / len(base_eval["grammatical"])
+    summary["seconds"] = time.perf_counter() - t_start
+    policy.save_pretrained(out / "policy")
+    tokenizer.save_pretrained(out / "policy")
+    write_json(out / "config.json", dataclasses.asdict(cfg))
+    write_jsonl(out / "metrics.jsonl", [dict(h) for h in trainer.state.log_history] or [{}])
+    write_jsonl(out / "eval_samples.jsonl", [
+        {"prompt": p, "completion": t, "reward": r, "kl_exact": k}
+        for p, t, r, k in zip(policy_eval["prompts"], policy_eval["texts"], policy_eval["rewards"], policy_eval["kl"])])
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,60 @@
+"""Reward-KL frontier: PPO at several KL coefficients, true reward against exact KL to the base.
+
+Writes one PPO run per coefficient into OUT/kl_{coef}/ (each resumable), then OUT/frontier.jsonl,
+OUT/frontier.md (a table) and OUT/frontier.png (reward against KL, base reward as a line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from rewardlab.io import atomic_path, write_jsonl
+from rewardlab.rl.config import PPOConfig
+
+COLUMNS = ("kl_coef", "reward_policy", "reward_base", "kl_exact", "grammatical_rate", "seconds")
+
+
+def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path) -> str:
+    """Train PPO at each KL coefficient; returns the frontier as a Markdown table."""
+    from rewardlab.rl.ppo import train_ppo
+
+    out = Path(out)
+    rows = []
+    for coef in kl_coefs:
+        summary = train_ppo(dataclasses.replace(cfg, kl_coef=coef), out / f"kl_{coef:g}")
+        rows.append({"kl_coef": coef, **{k: summary.get(k) for k in COLUMNS[1:]},
+                     "reward_policy_ci": summary["reward_policy_ci"]["ci"]})
+    write_jsonl(out / "frontier.jsonl", rows)
+    table = "\n".join(
+        ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        + ["| " + " | ".join("-" if r[c] is None else f"{r[c]:.3g}" for c in COLUMNS) + " |" for r in rows])
+    with atomic_path(out / "frontier.md") as tmp:
+        tmp.write_text(table + "\n", encoding="utf-8")
+    plot_frontier(rows, out / "frontier.png")
+    return table
+
+
+def plot_frontier(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    kl = [r["kl_exact"] for r in rows]
+    reward = [r["reward_policy"] for r in rows]
+    lo = [r["reward_policy"] - r["reward_policy_ci"][0] for r in rows]
+    hi = [r["reward_policy_ci"][1] - r["reward_policy"] for r in rows]
+    ax.errorbar(kl, reward, yerr=[lo, hi], fmt="o-")
+    for r in rows:
+        ax.annotate(f"{r['kl_coef']:g}", (r["kl_exact"], r["reward_policy"]), textcoords="offset points", xytext=(4, 4))
+    ax.axhline(rows[0]["reward_base"], color="gray", ls="--", label="base")
+    ax.set_xlabel("exact KL to base (nats per completion)")
+    ax.set_ylabel("true reward (mean, 95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

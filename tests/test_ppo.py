@@ -1,0 +1,159 @@
+"""PPO: masked statistics, the ratio check, a short training run, checkpoint/resume, value head IO."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from rewardlab.io import load_tensors, read_json, read_jsonl, write_jsonl
+from rewardlab.rl.config import PPOConfig
+from rewardlab.rl.ppo import masked_mean, masked_var, masked_whiten, train_ppo
+from rewardlab.rl.value_head import ValueHead, load_value_head
+
+WORDS = ["the", "movie", "film", "was", "is", "good", "great", "bad", "awful", "plot", "and", "boring",
+         "fun", "acting", "a", "very", "."]
+
+
+def make_tiny_lm(folder, seed: int = 0, n_embd: int = 32) -> str:
+    """A random 2-layer GPT-2 with the world's word-level tokenizer, saved as a Hugging Face folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rewardlab.world.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(WORDS)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=n_embd, n_layer=2, n_head=2,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def make_prompts(path) -> str:
+    write_jsonl(path, [{"prompt": p} for p in ["the movie was", "the plot is", "a film", "the acting was very"]])
+    return str(path)
+
+
+def tiny_config(tmp_path, **kw) -> PPOConfig:
+    base = make_tiny_lm(tmp_path / "base")
+    defaults = dict(base=base, prompts=make_prompts(tmp_path / "prompts.jsonl"), phases=2, batch_size=8,
+                    minibatch_size=4, ppo_epochs=2, max_new_tokens=6, eval_samples=16, lr=1e-3, threads=None)
+    defaults.update(kw)
+    return PPOConfig(**defaults)
+
+
+def test_masked_mean_var_whiten_ignore_pads():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    real = x[mask.bool()]
+    assert math.isclose(float(masked_mean(x, mask)), float(real.mean()), rel_tol=1e-6)
+    assert math.isclose(float(masked_var(x, mask)), float(real.var(unbiased=True)), rel_tol=1e-5)
+    assert math.isclose(float(masked_var(x, mask, unbiased=False)), float(real.var(unbiased=False)), rel_tol=1e-5)
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.stack([x[i, mask[i].bool()].mean() for i in range(3)]))
+    # pads hold garbage: changing them changes nothing
+    y = torch.where(mask.bool(), x, torch.full_like(x, 1e6))
+    w = masked_whiten(y, mask)
+    torch.testing.assert_close(w, masked_whiten(x, mask))
+    assert (w[~mask.bool()] == 0).all()
+    ref = (real - real.mean()) / real.std()
+    torch.testing.assert_close(w[mask.bool()], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_value_head_roundtrip(tmp_path):
+    for kind in ("linear", "mlp"):
+        head = ValueHead(8, kind, "blocks.1.hook_resid_post")
+        head.save(tmp_path / kind)
+        loaded = load_value_head(tmp_path / kind)
+        _, meta = load_tensors(tmp_path / kind / "value_head.safetensors")
+        assert meta == {"site": "blocks.1.hook_resid_post", "kind": kind, "d_model": 8}
+        h = torch.randn(2, 3, 8)
+        torch.testing.assert_close(loaded(h), head(h))
+
+
+def test_ppo_runs_and_writes_outputs(tmp_path):
+    cfg = tiny_config(tmp_path, value_head="linear", value_site="blocks.0.hook_resid_post")
+    summary = train_ppo(cfg, tmp_path / "out")
+    out = tmp_path / "out"
+    for name in ("policy/config.json", "policy/model.safetensors", "value_head.safetensors", "config.json",
+                 "metrics.jsonl", "samples.jsonl", "summary.json", "checkpoint/state.json"):
+        assert (out / name).is_file(), name
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["phase"] for m in metrics] == [0, 1]
+    for m in metrics:
+        assert m["first_ratio_max_dev"] <= 1e-4  # sampling and scoring agree
+        for key in ("reward_mean", "reward_std", "kl_exact", "entropy", "clipfrac", "approx_kl",
+                    "value_explained_variance", "grad_norm", "samples_per_s", "tokens_per_s",
+                    "gen_seconds", "learn_seconds"):
+            assert math.isfinite(m[key]), key
+    assert metrics[0]["kl_exact"] < 1e-5  # the first phase samples from the reference itself
+    samples = read_jsonl(out / "samples.jsonl")
+    assert sorted({s["phase"] for s in samples}) == [0, 1]  # history kept, not overwritten
+    for key in ("reward_base", "reward_base_std", "reward_policy", "kl_exact", "seconds"):
+        assert math.isfinite(summary[key]), key
+    assert read_json(out / "summary.json")["reward_policy"] == summary["reward_policy"]
+    assert load_value_head(out).site == "blocks.0.hook_resid_post"
+
+
+@pytest.mark.parametrize("estimator,kl_in,target,top_k", [("k3", "loss", None, 8), ("exact", "reward", 4.0, 8),
+                                                           ("exact_reverse", "loss", None, 0)])
+def test_ppo_kl_variants_run(tmp_path, estimator, kl_in, target, top_k):
+    cfg = tiny_config(tmp_path, phases=1, kl_estimator=estimator, kl_in=kl_in, kl_target=target, eval_samples=4,
+                      top_k=top_k, temperature=0.9)
+    train_ppo(cfg, tmp_path / "out")
+    (m,) = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert m["first_ratio_max_dev"] <= 1e-4 and math.isfinite(m[f"kl_{estimator}"])
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    cfg = tiny_config(tmp_path, phases=3)
+    full = train_ppo(cfg, tmp_path / "full")
+    train_ppo(dataclasses.replace(cfg, phases=1), tmp_path / "resumed")  # "interrupted" after phase 1
+    resumed = train_ppo(cfg, tmp_path / "resumed")
+    a, _ = load_tensors(tmp_path / "full" / "checkpoint" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "resumed" / "checkpoint" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full["reward_policy"] == resumed["reward_policy"]
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]
+    assert strip(read_jsonl(tmp_path / "full" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+
+
+def test_resume_refuses_other_config(tmp_path):
+    from rewardlab.errors import InputError
+
+    cfg = tiny_config(tmp_path, phases=1, eval_samples=4)
+    train_ppo(cfg, tmp_path / "out")
+    with pytest.raises(InputError, match="different config"):
+        train_ppo(dataclasses.replace(cfg, lr=5e-4), tmp_path / "out")
+
+
+def test_nan_reward_is_input_error(tmp_path, monkeypatch):
+    from rewardlab import rewards
+    from rewardlab.errors import InputError
+
+    class NaNReward(rewards.Reward):
+        name = "nan"
+
+        def _score(self, texts):
+            return [float("nan")] * len(texts)
+
+    monkeypatch.setattr(rewards, "get_reward", lambda spec, device=None: NaNReward())
+    with pytest.raises(InputError, match="returned nan for text"):
+        train_ppo(tiny_config(tmp_path, phases=1), tmp_path / "out")
+
+
+def test_kl_sweep_writes_frontier(tmp_path):
+    from rewardlab.rl.sweep import sweep_kl
+
+    cfg = tiny_config(tmp_path, phases=1, eval_samples=4)
+    table = sweep_kl(cfg, [0.0, 0.5], tmp_path / "sweep")
+    rows = read_jsonl(tmp_path / "sweep" / "frontier.jsonl")
+    assert [r["kl_coef"] for r in rows] == [0.0, 0.5]
+    for r in rows:
+        s = read_json(tmp_path / "sweep" / f"kl_{r['kl_coef']:g}" / "summary.json")
+        assert r["kl_exact"] == s["kl_exact"] and r["reward_policy"] == s["reward_policy"]
+    assert table.count("\n") == 3 and (tmp_path / "sweep" / "frontier.png").stat().st_size > 0
