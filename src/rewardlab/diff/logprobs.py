@@ -1,0 +1,125 @@
+"""Completion-token log-probabilities: the one implementation behind implicit reward, per-token KL
+and the DPO-policy audit.
+
+Tokenization follows TRL's convention: the prompt is tokenized with special tokens (so a BOS is
+added once, if the tokenizer adds one), the completion without, and the two id lists are joined.
+An optional chat template wraps the prompt as one user turn; it is applied to both models
+identically and recorded. Sequences are right-padded with an attention mask: a causal model never
+lets a real token see a pad, so a batched result equals the one-at-a-time result.
+
+Log-softmax is taken in float32 whatever the model's dtype. Position t of a completion of n tokens
+holds log p(y_t | x, y_<t).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from rewardlab.errors import InputError
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One prompt/completion as token ids; `ids[prompt_len:]` are the completion tokens."""
+
+    ids: list[int]
+    prompt_len: int
+
+    @property
+    def n_completion(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+def format_prompt(tokenizer, prompt: str, chat_template: bool = False) -> str:
+    """The prompt text as the model sees it: raw, or rendered as one user turn by the chat template."""
+    if not chat_template:
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InputError("the tokenizer has no chat template", fix="drop --chat-template for plain prompts")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str], chat_template: bool = False) -> list[Encoded]:
+    """Token ids of each prompt (with special tokens; a template already holds its own) + completion (without)."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+    out = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        prompt_ids = tokenizer(format_prompt(tokenizer, prompt, chat_template),
+                               add_special_tokens=not chat_template)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if not prompt_ids:
+            raise InputError("the prompt has no tokens, so the first completion token has no context",
+                             f"record {i}", "give a non-empty prompt (or a tokenizer that adds BOS)")
+        out.append(Encoded(list(prompt_ids) + list(completion_ids), len(prompt_ids)))
+    return out
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used to pad batches: pad, else eos, else 0 (padding never enters a result)."""
+    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tok_id is not None:
+            return tok_id
+    return 0
+
+
+def completion_log_softmax(model, encoded: Sequence[Encoded], batch_size: int = 16,
+                           pad_id: int = 0) -> Iterator[torch.Tensor]:
+    """For each sequence, float32 log-softmax over the vocabulary at its completion positions.
+
+    Yields one tensor of shape [n_completion, vocab] per sequence, in order.
+    """
+    device = next(model.parameters()).device
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max((len(e.ids) for e in encoded), default=0)
+    if limit is not None and longest > limit:
+        raise InputError(f"a prompt + completion has {longest} tokens, the model takes at most {limit}",
+                         fix="shorten the records")
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        width = max(len(e.ids) for e in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, e in enumerate(batch):
+            input_ids[row, :len(e.ids)] = torch.tensor(e.ids)
+            attention[row, :len(e.ids)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, e in enumerate(batch):
+            # logits at position p predict token p + 1
+            yield logits[row, e.prompt_len - 1:len(e.ids) - 1].float().log_softmax(-1).cpu()
+
+
+def sequence_logprobs(model, encoded: Sequence[Encoded], batch_size: int = 16, pad_id: int = 0) -> list[torch.Tensor]:
+    """log p(y_t | x, y_<t) for each completion token: one float32 tensor [n_completion] per sequence."""
+    out = []
+    for e, logp in zip(encoded, completion_log_softmax(model, encoded, batch_size, pad_id)):
+        targets = torch.tensor(e.ids[e.prompt_len:], dtype=torch.long)
+        out.append(logp.gather(-1, targets[:, None])[:, 0])
+    return out
+
+
+def completion_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
+                        batch_size: int = 16, chat_template: bool = False) -> list[torch.Tensor]:
+    """Per-token completion log-probs of `model`: one float32 tensor [n_completion] per record."""
+    model.eval()
+    return sequence_logprobs(model, encode(tokenizer, prompts, completions, chat_template), batch_size,
+                             pad_token_id(tokenizer))
+
+
+REF_FREE = ("sum", "mean", "norm")
+
+
+def reduce_logprobs(logp: torch.Tensor, how: str) -> float:
+    """A reference-free sequence score from per-token log-probs, as RewardBench: sum, mean, or -L2 norm."""
+    if how == "sum":
+        return float(logp.sum())
+    if how == "mean":
+        return float(logp.mean()) if len(logp) else 0.0
+    if how == "norm":
+        return -float(logp.norm(p=2))
+    raise InputError(f"unknown reference-free score {how!r}", fix=f"use one of: {', '.join(REF_FREE)}")
