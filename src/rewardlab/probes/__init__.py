@@ -1,0 +1,10 @@
+"""Reward probes: one idea per module.
+
+    splits     train/val/test split grouped by prompt id (no prompt in two splits)
+    linear     ridge (closed form), SGD (the seed's settings), logistic, Bradley-Terry, MLP probes
+    metrics    R^2, Pearson, Spearman (overall, within prompt), pairwise accuracy, AUC, with CIs
+    baselines  length, bag of words, control task (selectivity)
+    sweep      every site x position of one or more models, heatmaps, best cell on test prompts
+    cross      correlations among reward signals, difference-of-means direction, cosines
+    study      the review-world study behind the `probe` and `steering` results sections
+"""

@@ -1,0 +1,181 @@
+"""Probe sweeps: a ridge probe per site x position of each model, the best cell chosen on validation
+prompts and reported on test prompts, with baselines, the control task and heatmaps.
+
+    result = sweep({"post": ActivationStore(a), "base": ActivationStore(b)}, SweepConfig(target="reward"), out)
+
+Every model is split the same way (by prompt id, `grouped_split`), so their numbers compare. Per
+cell the ridge penalty is chosen from `l2_grid` by validation Spearman. The best cell (highest
+validation Spearman) is refitted on the training prompts and gets every metric of
+`probes.metrics.evaluate` on the test prompts, plus: its control-task Spearman and selectivity
+(real - control), the length and bag-of-tokens baselines, and the best `last_prompt` cell (the
+prompt-only probe: does the model know the expected reward before writing?).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rewardlab.errors import InputError
+from rewardlab.io import atomic_path, write_json
+from rewardlab.probes.baselines import baseline_scores, control_labels, length_features
+from rewardlab.probes.linear import Probe, fit_ridge
+from rewardlab.probes.metrics import as_dict, evaluate
+from rewardlab.probes.splits import Split, grouped_split
+
+
+@dataclass
+class SweepConfig:
+    target: str = "reward"  # record field to predict
+    l2_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)  # ridge penalties tried per cell
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of prompts
+    seed: int = 0  # split, control-task shuffle and bootstrap seed
+    n_boot: int = 1000
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
+
+
+def _site_layer(site: str) -> tuple[str, int]:
+    if site.startswith("blocks."):
+        _, layer, kind = site.split(".")
+        return kind.removeprefix("hook_"), int(layer)
+    return "ln_final", -1
+
+
+def fit_cell(x: np.ndarray, y: np.ndarray, split: Split, l2_grid, meta: dict) -> tuple[Probe, float]:
+    """The ridge probe (penalty chosen on validation) and its validation Spearman."""
+    best = None
+    for l2 in l2_grid:
+        probe = fit_ridge(x[split.train], y[split.train], l2=l2, meta=meta)
+        score = _spearman(y[split.val], probe.predict(x[split.val]))
+        if best is None or (np.isfinite(score) and not score <= best[1]):
+            best = (probe, score)
+    return best
+
+
+def _bag_of_tokens(store, split: Split) -> np.ndarray:
+    """[n, V] counts of completion token ids seen in training rows."""
+    completions = [r["token_ids"][r["n_prompt_tokens"]:] for r in store.rows]
+    vocab = sorted({t for i in split.train for t in completions[i]})
+    index = {t: j for j, t in enumerate(vocab)}
+    counts = np.zeros((len(completions), len(vocab)))
+    for i, toks in enumerate(completions):
+        for t in toks:
+            if t in index:
+                counts[i, index[t]] += 1
+    return counts
+
+
+def sweep_model(store, cfg: SweepConfig, split: Split, name: str, out: Path | None = None) -> dict:
+    """Sweep one model's store; returns cells, best cell with test metrics, prompt-only cell, baselines."""
+    y = store.field(cfg.target)
+    groups = np.asarray(store.prompt_ids)
+    test = split.test
+    cells, probes = [], {}
+    for site in store.sites:
+        for position in store.positions:
+            if position == "tokens":
+                continue
+            x = store.load(site, position).double().numpy()
+            meta = {"site": site, "position": position, "model": store.model, "target": cfg.target}
+            probe, val = fit_cell(x, y, split, cfg.l2_grid, meta)
+            kind, layer = _site_layer(site)
+            cells.append({"site": site, "kind": kind, "layer": layer, "position": position, "l2": probe.meta["l2"],
+                          "val_spearman": val, "test_spearman": _spearman(y[test], probe.predict(x[test]))})
+            probes[(site, str(position))] = probe
+    if not cells:
+        raise InputError("the store holds no per-record positions to probe", str(store.folder),
+                         "cache last_completion, last_prompt, mean_completion or an offset")
+    finite = [c for c in cells if np.isfinite(c["val_spearman"])]
+    if not finite:
+        raise InputError(f"target {cfg.target!r} is constant on the validation prompts", str(store.folder))
+    best = max(finite, key=lambda c: c["val_spearman"])
+    probe = probes[(best["site"], str(best["position"]))]
+    x = store.load(best["site"], best["position"]).double().numpy()
+    kw = dict(n_boot=cfg.n_boot, seed=cfg.seed)
+    metrics = evaluate(y[test], probe.predict(x[test]), groups[test], **kw)
+    y_control = control_labels(y, seed=cfg.seed)
+    control = fit_ridge(x[split.train], y_control[split.train], l2=probe.meta["l2"])
+    control_spearman = _spearman(y_control[test], control.predict(x[test]))
+    length = length_features([r["n_completion_tokens"] for r in store.rows])
+    baselines = {
+        "length": evaluate(y[test], baseline_scores(length, y, split.train)[test], groups[test], **kw),
+        "bag_of_tokens": evaluate(y[test], baseline_scores(_bag_of_tokens(store, split), y, split.train,
+                                                           l2=10.0)[test], groups[test], **kw),
+    }
+    result = {
+        "model": store.model, "n_rows": len(y), "split": split.sizes(),
+        "cells": cells,
+        "best": {**best, "test": as_dict(metrics), "control_spearman": control_spearman,
+                 "selectivity": metrics["spearman"].value - control_spearman},
+        "baselines": {k: as_dict(v) for k, v in baselines.items()},
+    }
+    prompt_cells = [c for c in finite if c["position"] == "last_prompt"]
+    if prompt_cells:
+        pbest = max(prompt_cells, key=lambda c: c["val_spearman"])
+        pprobe = probes[(pbest["site"], "last_prompt")]
+        px = store.load(pbest["site"], "last_prompt").double().numpy()
+        result["prompt_only"] = {**pbest, "test": as_dict(evaluate(y[test], pprobe.predict(px[test]),
+                                                                    groups[test], **kw))}
+    if out is not None:
+        probe.save(out / f"probe-{name}.safetensors")
+        heatmap(cells, out / f"heatmap-{name}.png", title=f"{name}: validation Spearman of {cfg.target}")
+    return result
+
+
+def sweep(stores: dict, cfg: SweepConfig = SweepConfig(), out: str | Path | None = None) -> dict:
+    """Sweep each named store (e.g. {"post": ..., "base": ...}) on one shared prompt split."""
+    first = next(iter(stores.values()))
+    for name, store in stores.items():
+        if store.prompt_ids != first.prompt_ids:
+            raise InputError(f"store {name!r} holds other records than the first store",
+                             fix="cache both models on the same records file")
+    split = grouped_split(first.prompt_ids, cfg.fractions, cfg.seed)
+    out = Path(out) if out is not None else None
+    results = {"config": asdict(cfg),
+               "models": {name: sweep_model(store, cfg, split, name, out) for name, store in stores.items()}}
+    if out is not None:
+        write_json(out / "sweep.json", results)
+    return results
+
+
+def heatmap(cells: list[dict], path: Path, title: str, value: str = "val_spearman") -> None:
+    """One panel per position: site kinds (rows) x layers (columns), colored by `value`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = list(dict.fromkeys(str(c["position"]) for c in cells))
+    kinds = list(dict.fromkeys(c["kind"] for c in cells))
+    layers = sorted({c["layer"] for c in cells if c["layer"] >= 0})
+    columns = [str(layer) for layer in layers] + (["final"] if "ln_final" in kinds else [])
+    fig, axes = plt.subplots(1, len(positions), squeeze=False, constrained_layout=True,
+                             figsize=(1.5 + len(positions) * (0.6 + 0.45 * len(columns)), 1.3 + 0.4 * len(kinds)))
+    for ax, position in zip(axes[0], positions):
+        grid = np.full((len(kinds), len(columns)), np.nan)
+        for c in cells:
+            if str(c["position"]) == position:
+                col = columns.index("final") if c["kind"] == "ln_final" else layers.index(c["layer"])
+                grid[kinds.index(c["kind"]), col] = c[value]
+        im = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu_r", aspect="auto")
+        ax.set_xticks(range(len(columns)), columns)
+        ax.set_yticks(range(len(kinds)), kinds if ax is axes[0][0] else [])
+        ax.set_xlabel("layer")
+        ax.set_title(position, fontsize=9)
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

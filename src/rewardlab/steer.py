@@ -1,0 +1,242 @@
+"""Steering with effect measurements: add alpha * unit direction at a site during generation.
+
+    result = dose_response(model, tokenizer, prompts, direction, SteerConfig(site=...), reward_fn, ...)
+
+alpha is in units of the site's typical activation norm (the mean L2 norm of the site's activation
+over the completion tokens the unsteered model writes for the prompts), so alpha 0.5 adds a vector
+half as long as a typical activation. `where="all"` edits every position (prompt and generated);
+`where="completion"` edits only the positions that pick new tokens (the last prompt token, then
+each generated token).
+
+For each alpha, on the same prompts and with the same sampling seed (common random numbers, so
+differences between alphas are not sampling noise): the mean true reward and its paired effect
+against alpha 0, the probe score and the implicit reward (if given), the grammatical rate (with a
+checker) or the perplexity under the unsteered model, and the KL from the unsteered to the
+steered next-token distribution on neutral prompts. `n_random` random unit directions at the same
+alphas are the control: an effect is only interesting beyond the largest random one. Every hook is
+removed when generation ends, also on an exception (`rewardlab.sites.intervene`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from rewardlab import stats
+from rewardlab.errors import InputError
+from rewardlab.io import atomic_path
+
+WHERE = ("all", "completion")
+
+
+@dataclass
+class SteerConfig:
+    site: str
+    alphas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0)  # multiples of the typical norm
+    where: str = "all"  # all | completion
+    n_random: int = 8  # random control directions
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 64
+    seed: int = 0  # sampling seed (same for every alpha and direction) and random-direction seed
+    n_boot: int = 1000
+
+
+def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_size: int = 64) -> float:
+    """Mean L2 norm of `site`'s activation over the completion tokens of prompt/completion `records`."""
+    from rewardlab.acts import collect_activations
+
+    acts = collect_activations(model, tokenizer, records, [site], ["tokens"], batch_size)[f"{site}|tokens"]
+    if not len(acts):
+        raise InputError("the unsteered completions are all empty: no activations to take a norm from",
+                         fix="raise max_new_tokens or check the prompts")
+    return float(acts.norm(dim=-1).mean())
+
+
+@contextmanager
+def steering(model, site: str, vector: torch.Tensor, where: str = "all"):
+    """Inside the block, `site`'s activation gets + vector ([d_model]) at the `where` positions."""
+    from rewardlab.sites import add_vector, intervene, last_position
+
+    if where not in WHERE:
+        raise InputError(f"unknown steering positions {where!r}", fix=f"use {' or '.join(WHERE)}")
+    with intervene(model, site, add_vector(vector, None if where == "all" else last_position)):
+        yield
+
+
+def steered_samples(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor | None, cfg: SteerConfig):
+    """Samples with `vector` added at cfg.site (None: unsteered), sampling seed cfg.seed."""
+    from rewardlab.sampling import generate
+
+    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+              generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
+    if vector is None:
+        return generate(model, tokenizer, prompts, **kw)
+    with steering(model, cfg.site, vector, cfg.where):
+        return generate(model, tokenizer, prompts, **kw)
+
+
+def next_token_kl(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor, cfg: SteerConfig) -> np.ndarray:
+    """Per prompt: KL(p_unsteered || p_steered) of the next-token distribution after the prompt (nats)."""
+    from rewardlab.diff.logprobs import pad_token_id
+    from rewardlab.sampling import left_pad
+
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prompts), cfg.batch_size):
+        ids = [tokenizer(p)["input_ids"] for p in prompts[i:i + cfg.batch_size]]
+        input_ids, mask, positions = left_pad(ids, pad_token_id(tokenizer), device)
+        with torch.no_grad():
+            clean = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            with steering(model, cfg.site, vector, cfg.where):
+                steered = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+        lp, lq = clean.log_softmax(-1), steered.log_softmax(-1)
+        out.append((lp.exp() * (lp - lq)).sum(-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def random_directions(d: int, n: int, seed: int) -> torch.Tensor:
+    """[n, d] random unit vectors (Gaussian, normalized) from torch.Generator(seed)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return (v / v.norm(dim=-1, keepdim=True)).float()
+
+
+def dose_response(model, tokenizer, prompts: Sequence[str], direction, cfg: SteerConfig,
+                  reward_fn: Callable[[list[str]], list[float]], *, probe=None, base=None,
+                  checker: Callable[[str, str], bool] | None = None, neutral_prompts: Sequence[str] | None = None,
+                  out: str | Path | None = None) -> dict:
+    """Steer along `direction` ([d], any norm) at each alpha of cfg, with random-direction controls.
+
+    probe: a `Probe` scored on the unsteered model's activations of each steered text; base: a base
+    model for the implicit reward of the (unsteered) model against it; checker(completion, prompt):
+    grammaticality, else perplexity under the unsteered model is reported; neutral_prompts: for the
+    next-token KL (default: the prompts). Returns per-alpha statistics and a summary; writes
+    `dose_response.png` into `out` if given.
+    """
+    from rewardlab.sites import parse_site, n_layers
+
+    parse_site(cfg.site, n_layers(model))
+    if 0.0 not in cfg.alphas:
+        raise InputError("the alphas must include 0 (the unsteered reference)", fix="add 0 to --alphas")
+    direction = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
+    direction = direction / direction.norm()
+    groups = list(prompts)
+    kw = dict(n_boot=cfg.n_boot, seed=cfg.seed)
+    neutral = list(neutral_prompts or prompts)
+
+    def rewards_for(vector) -> tuple[list, np.ndarray]:
+        samples = steered_samples(model, tokenizer, prompts, vector, cfg)
+        return samples, np.asarray(reward_fn([s.completion for s in samples]), dtype=np.float64)
+
+    reference_samples, reference = rewards_for(None)
+    scale = typical_norm(model, tokenizer, [{"prompt": s.prompt, "completion": s.completion}
+                                            for s in reference_samples], cfg.site, cfg.batch_size)
+    rows = []
+    for alpha in cfg.alphas:
+        vector = None if alpha == 0 else alpha * scale * direction
+        samples, reward = (reference_samples, reference) if alpha == 0 else rewards_for(vector)
+        row = {"alpha": alpha, "reward_mean": stats.mean(reward, groups=groups, **kw).to_dict(),
+               "effect": stats.mean(reward - reference, groups=groups, **kw).to_dict()}
+        row.update(_text_measures(model, tokenizer, samples, probe, base, checker, groups, kw))
+        row["kl_neutral"] = (0.0 if vector is None else
+                             stats.mean(next_token_kl(model, tokenizer, neutral, vector, cfg), **kw).to_dict())
+        rows.append(row)
+    controls = random_directions(direction.numel(), cfg.n_random, cfg.seed + 1)
+    random_effects = [[0.0 if alpha == 0 else float(np.mean(rewards_for(alpha * scale * v)[1] - reference))
+                       for alpha in cfg.alphas] for v in controls]
+    result = {"config": asdict(cfg), "typical_norm": scale, "n_prompts": len(prompts), "alphas": list(cfg.alphas),
+              "rows": rows, "random_effects": random_effects}
+    result["summary"] = summarize(result)
+    if out is not None:
+        plot_dose_response(result, Path(out) / "dose_response.png")
+    return result
+
+
+def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) -> dict:
+    """Probe score, implicit reward, grammatical rate or perplexity of generated samples."""
+    prompts = [s.prompt for s in samples]
+    completions = [s.completion for s in samples]
+    out = {}
+    if probe is not None:
+        from rewardlab.acts import collect_activations
+
+        site, position = probe.meta["site"], probe.meta["position"]
+        records = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
+        x = collect_activations(model, tokenizer, records, [site], [position])[f"{site}|{position}"].numpy()
+        out["probe_score"] = stats.mean(probe.predict(x), groups=groups, **kw).to_dict()
+    if base is not None:
+        from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
+
+        scores = implicit_rewards(base, model, tokenizer, prompts, completions, ScoreConfig())
+        out["implicit_reward"] = stats.mean([s["implicit_reward"] for s in scores], groups=groups, **kw).to_dict()
+    if checker is not None:
+        ok = [float(checker(c, p)) for c, p in zip(completions, prompts)]
+        out["grammatical_rate"] = stats.mean(ok, groups=groups, **kw).to_dict()
+    else:
+        from rewardlab.diff.logprobs import completion_logprobs
+
+        keep = [i for i, c in enumerate(completions) if c]
+        logps = completion_logprobs(model, tokenizer, [prompts[i] for i in keep], [completions[i] for i in keep])
+        nll = float(np.mean([-float(lp.mean()) for lp in logps if len(lp)])) if logps else float("nan")
+        out["perplexity"] = float(np.exp(nll))
+    return out
+
+
+def summarize(result: dict) -> dict:
+    """The acceptance numbers: monotone rise over positive alphas, the effect at the largest alpha
+    against the largest mean |effect| of the random directions there, and whether negative alphas lower it."""
+    alphas = np.asarray(result["alphas"], dtype=np.float64)
+    means = np.asarray([r["reward_mean"]["value"] for r in result["rows"]])
+    effects = np.asarray([r["effect"]["value"] for r in result["rows"]])
+    order = np.argsort(alphas)
+    alphas, means, effects = alphas[order], means[order], effects[order]
+    random_abs = np.abs(np.asarray(result["random_effects"], dtype=np.float64).reshape(-1, len(alphas)))[:, order]
+    nonneg = alphas >= 0
+    top = int(np.argmax(alphas))
+    random_max = float(random_abs[:, top].max()) if len(random_abs) else float("nan")
+    return {
+        "positive_alphas": int((alphas > 0).sum()),
+        "monotone_positive": bool(np.all(np.diff(means[nonneg]) > 0)),
+        "negative_lowers": bool(np.all(effects[alphas < 0] < 0)) if (alphas < 0).any() else None,
+        "effect_at_max_alpha": float(effects[top]),
+        "random_max_abs_effect": random_max,
+        "effect_over_random": float(effects[top] / random_max) if random_max > 0 else float("inf"),
+        "random_max_abs_effect_per_alpha": random_abs.max(0).tolist() if len(random_abs) else [],
+    }
+
+
+def plot_dose_response(result: dict, path: Path) -> None:
+    """Mean reward vs alpha with 95% CIs, random directions as grey lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = np.asarray(result["alphas"], dtype=np.float64)
+    order = np.argsort(alphas)
+    means = np.asarray([r["reward_mean"]["value"] for r in result["rows"]])
+    lo = np.asarray([r["reward_mean"]["ci"][0] for r in result["rows"]])
+    hi = np.asarray([r["reward_mean"]["ci"][1] for r in result["rows"]])
+    reference = means[list(alphas).index(0.0)]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, effects in enumerate(result["random_effects"]):
+        ax.plot(alphas[order], reference + np.asarray(effects)[order], color="0.7", lw=0.8,
+                label="random directions" if i == 0 else None)
+    ax.errorbar(alphas[order], means[order], yerr=[means[order] - lo[order], hi[order] - means[order]],
+                marker="o", color="C0", capsize=3, label="steering direction")
+    ax.set_xlabel("alpha (x typical activation norm)")
+    ax.set_ylabel("mean true reward")
+    ax.set_title(f"steering at {result['config']['site']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

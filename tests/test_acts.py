@@ -1,0 +1,134 @@
+"""Activation store: positions with padding, exclusion of special tokens, sharding, resume, streaming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewardlab.acts import ActivationStore, CacheConfig, cache_activations
+from rewardlab.errors import InputError
+from rewardlab.sites import run_with_capture
+
+SITES = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+RECORDS = [
+    {"prompt": "the movie", "completion": "was good .", "reward": 1.0, "source": "a"},
+    {"prompt": "the plot", "completion": "was bad", "reward": -1.0},
+    {"prompt": "the movie", "completion": "was great and good . <eos>", "reward": 2.0},
+    {"prompt": "acting", "completion": "", "reward": 0.0},
+    {"prompt": "the acting was", "completion": "bad but good", "reward": 0.5},
+]
+
+
+def _single(model, tok, prompt, completion):
+    """Activations of one unpadded sequence: {site: [seq, d]}, and the prompt length."""
+    p = tok(prompt)["input_ids"]
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    acts = run_with_capture(model, torch.tensor([p + c]), None, SITES)
+    return {k: v[0] for k, v in acts.items()}, len(p), p + c
+
+
+@pytest.fixture
+def setup(tiny_model, word_tokenizer):
+    return tiny_model("gpt2"), word_tokenizer()
+
+
+def test_positions_match_unpadded_forward(setup, tmp_path):
+    model, tok = setup
+    cfg = CacheConfig(sites=SITES, positions=["last_completion", "last_prompt", "mean_completion", 0, -2, "tokens"],
+                      batch_size=3, shard_rows=2)
+    store = cache_activations(model, tok, RECORDS, tmp_path / "c", cfg, model_name="tiny")
+    assert len(store.manifest["shards"]) == 3
+    for site in SITES:
+        loaded = {p: store.load(site, p) for p in ["last_completion", "last_prompt", "mean_completion", 0, -2]}
+        tokens = store.load(site, "tokens")
+        offset = 0
+        for i, r in enumerate(RECORDS):
+            act, plen, ids = _single(model, tok, r["prompt"], r["completion"])
+            act = act[site]
+            real = [j for j in range(plen, len(ids)) if ids[j] != tok.eos_token_id]  # <eos> is excluded
+            last_prompt = act[plen - 1]
+            torch.testing.assert_close(loaded["last_prompt"][i], last_prompt)
+            if not real:  # empty completion falls back to the last prompt token
+                torch.testing.assert_close(loaded["last_completion"][i], last_prompt)
+                continue
+            torch.testing.assert_close(loaded["last_completion"][i], act[real[-1]])
+            torch.testing.assert_close(loaded["mean_completion"][i], act[real].mean(0), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(loaded[0][i], act[real[0]])
+            torch.testing.assert_close(loaded[-2][i], act[real[max(-len(real), -2)]])
+            torch.testing.assert_close(tokens[offset:offset + len(real)], act[real])
+            offset += len(real)
+        assert offset == len(tokens)
+    assert store.rows[2]["n_completion_tokens"] == 5  # "<eos>" not counted
+    assert store.rows[0]["prompt_id"] == store.rows[2]["prompt_id"] != store.rows[1]["prompt_id"]
+    assert list(store.field("reward")) == [1.0, -1.0, 2.0, 0.0, 0.5]
+    assert "source" not in store.rows[0]  # only numeric fields are kept
+
+
+def test_iter_batches_streams_all_tokens(setup, tmp_path):
+    model, tok = setup
+    cfg = CacheConfig(sites=SITES[:1], positions=["tokens"], shard_rows=2)
+    store = cache_activations(model, tok, RECORDS, tmp_path / "c", cfg)
+    full = store.load(SITES[0], "tokens")
+    batches = list(store.iter_batches(SITES[0], batch_size=4))
+    assert [len(b["acts"]) for b in batches] == [4, 4, 4, len(full) - 12]
+    torch.testing.assert_close(torch.cat([b["acts"] for b in batches]), full)
+    row_ids = torch.cat([b["row_ids"] for b in batches]).tolist()
+    assert row_ids == sorted(row_ids) and set(row_ids) == {0, 1, 2, 4}
+    token_ids = torch.cat([b["token_ids"] for b in batches]).tolist()
+    assert token_ids[:3] == tok("was good .", add_special_tokens=False)["input_ids"]
+
+
+def test_resume_skips_finished_shards(setup, tmp_path, monkeypatch):
+    model, tok = setup
+    cfg = CacheConfig(sites=SITES, positions=["last_completion"], shard_rows=2, batch_size=2)
+    out = tmp_path / "c"
+    import rewardlab.sites as sites_mod
+
+    calls = {"n": 0}
+    real = sites_mod.run_with_capture
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third batch = the third shard dies
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sites_mod, "run_with_capture", failing)
+    with pytest.raises(KeyboardInterrupt):
+        cache_activations(model, tok, RECORDS, out, cfg)
+    with pytest.raises(InputError, match="incomplete"):
+        ActivationStore(out)
+    assert (out / "shard-00001.safetensors").is_file() and not (out / "shard-00002.safetensors").exists()
+    calls["n"] = -100
+    store = cache_activations(model, tok, RECORDS, out, cfg)
+    assert calls["n"] == -100 + 1  # only shard 2 (one batch) ran again
+    fresh = cache_activations(model, tok, RECORDS, tmp_path / "fresh", cfg)
+    torch.testing.assert_close(store.load(SITES[1]), fresh.load(SITES[1]))
+    with pytest.raises(InputError, match="other inputs"):
+        cache_activations(model, tok, RECORDS[:3], out, cfg)
+
+
+def test_bad_inputs(setup, tmp_path):
+    model, tok = setup
+    with pytest.raises(InputError, match="layer 7"):
+        cache_activations(model, tok, RECORDS, tmp_path / "c", CacheConfig(sites=["blocks.7.hook_resid_post"]))
+    with pytest.raises(InputError, match="position"):
+        CacheConfig(sites=SITES, positions=["middle"]) and cache_activations(
+            model, tok, RECORDS, tmp_path / "c", CacheConfig(sites=SITES, positions=["middle"]))
+    store = cache_activations(model, tok, RECORDS, tmp_path / "d", CacheConfig(sites=SITES[:1]))
+    with pytest.raises(InputError, match="not in this cache"):
+        store.load(SITES[1])
+    with pytest.raises(InputError, match="missing"):
+        store.field("score")
+
+
+def test_collect_in_memory_equals_store(setup, tmp_path):
+    from rewardlab.acts import collect_activations
+
+    model, tok = setup
+    store = cache_activations(model, tok, RECORDS, tmp_path / "c",
+                              CacheConfig(sites=SITES, positions=["last_prompt", "tokens"], batch_size=2))
+    mem = collect_activations(model, tok, RECORDS, SITES, ["last_prompt", "tokens"], batch_size=5)
+    for site in SITES:
+        torch.testing.assert_close(mem[f"{site}|last_prompt"], store.load(site, "last_prompt"))
+        torch.testing.assert_close(mem[f"{site}|tokens"], store.load(site, "tokens"))

@@ -1,0 +1,173 @@
+"""Probes against sklearn on fixed data, save/load, directions in the raw basis, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from rewardlab.probes.baselines import bag_of_words, control_labels
+from rewardlab.probes.linear import (fit_bradley_terry, fit_logistic, fit_mlp, fit_ridge, fit_sgd, load_probe,
+                                     standardizer)
+
+
+@pytest.fixture
+def xy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)) * np.array([1, 10, 0.1, 1, 3, 1]) + 5
+    w = np.array([1.0, -0.2, 4.0, 0.0, 0.5, 0.0])
+    y = x @ w + 2.0 + rng.normal(scale=0.3, size=200)
+    return x, y
+
+
+def _z(x):
+    mean, std = standardizer(x)
+    return (x - mean) / std
+
+
+def test_ridge_matches_sklearn(xy):
+    x, y = xy
+    for l2 in (0.0, 1.0, 50.0):
+        probe = fit_ridge(x, y, l2=l2)
+        ref = Ridge(alpha=l2).fit(_z(x), y) if l2 else Ridge(alpha=1e-12).fit(_z(x), y)
+        np.testing.assert_allclose(probe.predict(x), ref.predict(_z(x)), rtol=1e-7, atol=1e-7)
+    wide = np.hstack([x, np.random.default_rng(1).normal(size=(200, 300))])  # d > n: the dual solve
+    np.testing.assert_allclose(fit_ridge(wide, y, l2=3.0).predict(wide),
+                               Ridge(alpha=3.0).fit(_z(wide), y).predict(_z(wide)), rtol=1e-6, atol=1e-6)
+
+
+def test_direction_is_in_raw_basis(xy):
+    x, y = xy
+    probe = fit_ridge(x, y, l2=1e-6)
+    d = probe.direction()
+    assert np.linalg.norm(d) == pytest.approx(1.0)
+    # the score grows along the direction at rate |w/std|
+    step = probe.predict(x[:1] + d) - probe.predict(x[:1])
+    assert step[0] == pytest.approx(np.linalg.norm(probe.weight / probe.std))
+    true = np.array([1.0, -0.2, 4.0, 0.0, 0.5, 0.0])
+    assert np.dot(d, true / np.linalg.norm(true)) > 0.999
+
+
+def test_logistic_matches_sklearn(xy):
+    x, y = xy
+    labels = (y > np.median(y)).astype(float)
+    probe = fit_logistic(x, labels, l2=2.0)
+    ref = LogisticRegression(C=0.5, tol=1e-12, max_iter=10000).fit(_z(x), labels)
+    np.testing.assert_allclose(probe.weight, ref.coef_[0], rtol=1e-5, atol=1e-6)
+    assert probe.bias == pytest.approx(ref.intercept_[0], abs=1e-5)
+    np.testing.assert_allclose(probe.predict(x), ref.decision_function(_z(x)), atol=1e-5)
+
+
+def test_bradley_terry_matches_sklearn_on_symmetric_pairs(xy):
+    x, y = xy
+    chosen_first = y[:100] > y[100:]
+    xc = np.where(chosen_first[:, None], x[:100], x[100:])
+    xr = np.where(chosen_first[:, None], x[100:], x[:100])
+    probe = fit_bradley_terry(xc, xr, l2=1.0)
+    _, std = standardizer(np.vstack([xc, xr]))
+    diff = (xc - xr) / std
+    # sum over pairs counted twice (d, 1) and (-d, 0): C = 1 / (2 * l2)
+    ref = LogisticRegression(C=0.5, fit_intercept=False, tol=1e-12, max_iter=10000).fit(
+        np.vstack([diff, -diff]), np.r_[np.ones(100), np.zeros(100)])
+    np.testing.assert_allclose(probe.weight, ref.coef_[0], rtol=1e-5, atol=1e-6)
+    assert np.mean(probe.predict(xc) > probe.predict(xr)) > 0.9
+
+
+def test_sgd_is_seeded_and_learns(xy):
+    x, y = xy
+    a, b = fit_sgd(x, y, epochs=30, seed=0), fit_sgd(x, y, epochs=30, seed=0)
+    np.testing.assert_array_equal(a.weight, b.weight)
+    assert a.meta["lr"] == 1e-4 and a.meta["batch_size"] == 8 and a.meta["weight_decay"] == 1e-4
+    assert np.corrcoef(a.predict(x), y)[0, 1] > 0.9
+
+
+def test_mlp_fits_a_nonlinear_target():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 3))
+    y = x[:, 0] ** 2 + 0.1 * rng.normal(size=256)
+    mlp = fit_mlp(x, y, hidden=32, lr=1e-2, epochs=40, batch_size=64, seed=0)
+    ridge = fit_ridge(x, y)
+    mse = lambda p: np.mean((p.predict(x) - y) ** 2)  # noqa: E731
+    assert mse(mlp) < 0.3 * mse(ridge)
+
+
+def test_save_load_roundtrip(xy, tmp_path):
+    x, y = xy
+    for probe in (fit_ridge(x, y, meta={"site": "blocks.1.hook_resid_post", "position": "last_completion",
+                                          "model": "m"}),
+                  fit_mlp(x, y, epochs=2)):
+        probe.save(tmp_path / "p.safetensors")
+        back = load_probe(tmp_path / "p.safetensors")
+        np.testing.assert_allclose(back.predict(x), probe.predict(x), rtol=1e-6)
+        assert back.meta == probe.meta and back.kind == probe.kind
+
+
+def test_baseline_features():
+    texts = ["good good movie", "bad plot", "a great movie"]
+    counts = bag_of_words(texts, [0, 1])
+    assert counts.shape == (3, 4)  # bad good movie plot
+    assert counts[0].tolist() == [0, 2, 1, 0] and counts[2].tolist() == [0, 0, 1, 0]
+    y = np.arange(10.0)
+    shuffled = control_labels(y, seed=0)
+    assert sorted(shuffled) == list(y) and not np.array_equal(shuffled, y)
+
+
+def test_sweep_two_models_shared_split(tiny_model, word_tokenizer, tmp_path):
+    from rewardlab.acts import CacheConfig, cache_activations
+    from rewardlab.probes.sweep import SweepConfig, sweep
+
+    rng = np.random.default_rng(0)
+    vocab = ["good", "bad", "great", "plot", "movie", "acting", "and", "but"]
+    records = []
+    for p in range(24):
+        prompt = " ".join(rng.choice(["the", "movie", "plot", "acting"], size=2))
+        prompt = f"{prompt} {p % 7}"  # distinct prompts; the number is an <unk> word
+        for _ in range(4):
+            words = list(rng.choice(vocab, size=rng.integers(2, 7)))
+            reward = words.count("good") + 2 * words.count("great") - words.count("bad")
+            records.append({"prompt": prompt + " " + "x" * (p // 7), "completion": " ".join(words), "reward": reward})
+    tok = word_tokenizer()
+    cfg = CacheConfig(sites=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "ln_final.hook_normalized"],
+                      positions=["last_completion", "mean_completion", "last_prompt"])
+    stores = {name: cache_activations(tiny_model("gpt2", seed=seed), tok, records, tmp_path / name, cfg, name)
+              for name, seed in (("post", 0), ("base", 1))}
+    result = sweep(stores, SweepConfig(n_boot=100), tmp_path / "sweep")
+    post = result["models"]["post"]
+    assert len(post["cells"]) == 9 and post["split"] == result["models"]["base"]["split"]
+    best = post["best"]
+    assert best["val_spearman"] == max(c["val_spearman"] for c in post["cells"])
+    assert best["position"] == "mean_completion" and best["test"]["spearman"]["value"] > 0.6
+    assert best["selectivity"] == pytest.approx(best["test"]["spearman"]["value"] - best["control_spearman"])
+    assert post["prompt_only"]["position"] == "last_prompt"
+    assert set(post["baselines"]) == {"length", "bag_of_tokens"}
+    for name in ("post", "base"):
+        assert (tmp_path / "sweep" / f"heatmap-{name}.png").is_file()
+        assert load_probe(tmp_path / "sweep" / f"probe-{name}.safetensors").meta["model"] == name
+    assert (tmp_path / "sweep" / "sweep.json").is_file()
+
+
+@pytest.mark.slow
+def test_probe_study_end_to_end(tiny_model, word_tokenizer, tmp_path):
+    from rewardlab.probes.study import StudyConfig, run_probe_study
+    from rewardlab.rl.value_head import ValueHead
+
+    tok = word_tokenizer(("the", "movie", "was", "good", "bad", "great", "awful", "plot", "and", "."))
+    for name, seed in (("policy", 0), ("base", 1)):
+        model = tiny_model("gpt2", seed=seed, n_layers=2)
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    ValueHead(32, "linear").save(tmp_path / "policy")
+    prompts = [f"the {w} {v}" for w in ("movie", "plot") for v in ("was", "and", ".", "the", "good", "bad")]
+    cfg = StudyConfig(samples_per_prompt=3, max_new_tokens=6, sites="blocks.1.hook_resid_post,ln_final.hook_normalized",
+                      steer_alphas=(-1.0, 0.0, 0.5, 1.0), n_steer_prompts=4, n_random=2, n_boot=50)
+    res = run_probe_study(tmp_path / "policy", tmp_path / "base", prompts, prompts[:4], tmp_path / "out", cfg)
+    probe, steering = res["probe"], res["steering"]
+    for key in ("best_site", "best_position", "spearman", "ci", "selectivity", "prompt_only_spearman",
+                "base_model_spearman", "value_head_cosine"):
+        assert key in probe
+    assert -1 <= probe["value_head_cosine"] <= 1 and probe["value_head"]["kind"] == "linear"
+    assert "probe~true_reward" in probe["correlations_test"] and "true_reward~value_head" in probe["correlations_test"]
+    assert steering["alphas"] == [-1.0, 0.0, 0.5, 1.0] and len(steering["reward_mean"]) == 4
+    assert steering["random_max_abs_effect"] >= 0
+    assert (tmp_path / "out" / "steer-mean-diff" / "dose_response.png").is_file()
+    assert (tmp_path / "out" / "study.json").is_file()
