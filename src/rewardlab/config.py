@@ -32,6 +32,8 @@ def _accepts(tp: Any, value: Any) -> bool:
         return isinstance(value, dict)
     if origin is typing.Literal:
         return value in typing.get_args(tp)
+    if tp in (list, tuple):
+        return isinstance(value, (list, tuple))
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
@@ -62,7 +64,7 @@ def from_dict(cls: type[T], values: dict | None, where: str) -> T:
             raise InputError(f"{value!r} is not a valid {getattr(tp, '__name__', tp)}", f"{where}.{key}")
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = from_dict(tp, value, f"{where}.{key}")
-        elif isinstance(value, list) and typing.get_origin(tp) is tuple:
+        elif isinstance(value, list) and (tp is tuple or typing.get_origin(tp) is tuple):
             value = tuple(value)
         kwargs[key] = value
     try:

@@ -70,11 +70,16 @@ def implicit_vs_true(base_model, policy, tokenizer, samples: list[dict], batch_s
 
 
 def diffing_results(base: str | Path, ppo: str | Path | None = None, dpo: str | Path | None = None,
-                    cfg: DiffingConfig = DiffingConfig(), device: str | None = None) -> dict:
-    """The `implicit_reward`, `divergent`, `audit` and `params` sections (see the module docstring)."""
-    from rewardlab.audit import PairConfig, audit, get_scorer, make_pairs, world_sources, world_words
+                    cfg: DiffingConfig = DiffingConfig(), device: str | None = None,
+                    out_dir: str | Path | None = None) -> dict:
+    """The `implicit_reward`, `divergent`, `audit` and `params` sections (see the module docstring).
+
+    With `out_dir`, also writes the evidence: `divergent.jsonl` (per-token log-probs of both models),
+    `params.{json,csv,png}`, `audit_utility/` and `audit_dpo/` (results.json + scores.jsonl)."""
+    from rewardlab.audit import PairConfig, audit, get_scorer, make_pairs, world_sources, world_words, write_audit
     from rewardlab.diff.divergent import DivergentConfig, sample_divergent
-    from rewardlab.diff.params import parameter_divergence
+    from rewardlab.diff.params import parameter_divergence, write_divergence
+    from rewardlab.io import write_jsonl
     from rewardlab.models import load_model
     from rewardlab.rewards import UtilityReward
     from rewardlab.sampling import generate
@@ -98,14 +103,19 @@ def diffing_results(base: str | Path, ppo: str | Path | None = None, dpo: str | 
     policies = {name: model_folder(p) for name, p in (("ppo", ppo), ("dpo", dpo)) if p is not None}
     out: dict = {"implicit_reward": {}, "audit": {}}
     pairs = make_pairs(world_sources(cfg.n_audit_sources, cfg.seed, 3), world_words(), PairConfig(seed=cfg.seed))
-    utility_audit, _ = audit(get_scorer("utility"), pairs, seed=cfg.seed)
+    utility_audit, utility_rows = audit(get_scorer("utility"), pairs, seed=cfg.seed)
     out["audit"]["utility"] = utility_audit
+    if out_dir is not None:
+        write_audit(Path(out_dir) / "audit_utility", utility_audit, utility_rows)
     for name, folder in policies.items():
         policy, _ = load_model(folder, device=device, dtype="float32")
         out["implicit_reward"][name] = implicit_vs_true(base_model, policy, tokenizer, records, cfg.batch_size)
         if name == "dpo":
-            out["audit"]["dpo_implicit"], _ = audit(get_scorer(f"dpo:{folder}", ref=str(base), device=device),
-                                                    pairs, seed=cfg.seed)
+            dpo_audit, dpo_rows = audit(get_scorer(f"dpo:{folder}", ref=str(base), device=device), pairs,
+                                        seed=cfg.seed)
+            out["audit"]["dpo_implicit"] = dpo_audit
+            if out_dir is not None:
+                write_audit(Path(out_dir) / "audit_dpo", dpo_audit, dpo_rows)
         if name == "ppo":
             div_prompts = [prompts[i % len(prompts)] for i in range(cfg.n_divergent)]
             rows = sample_divergent(base_model, policy, tokenizer, div_prompts, DivergentConfig(
@@ -114,6 +124,9 @@ def diffing_results(base: str | Path, ppo: str | Path | None = None, dpo: str | 
                 seed=cfg.seed))
             out["divergent"] = divergent_summary(rows, cfg.alphas, utility, grammatical_rate)
             layers = parameter_divergence(base_model, policy)
+            if out_dir is not None:
+                write_jsonl(Path(out_dir) / "divergent.jsonl", rows)
+                write_divergence(layers, out_dir, "base", "ppo")
             out["params"] = {"top_layers": [r.group for r in layers if r.group.startswith("blocks.")][:5],
                              "layers": [vars(r) for r in layers]}
     # headline keys of the pipeline's results.json: the first policy present (PPO before DPO)

@@ -162,7 +162,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                    cfg: DiffConfig = DiffConfig(), explainer=None, simulator=None, detector=None,
                    base_name: str = "base", post_name: str = "post") -> dict:
     """Run the pipeline (module docstring); returns the results dict also written to out/sae_compare.json."""
-    from rewardlab.diff.logprobs import _pad_id
+    from rewardlab.diff.logprobs import pad_token_id
     from rewardlab.interp.score import interpret_features
     from rewardlab.sites import n_layers
 
@@ -232,7 +232,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
         results["by_layer"][str(L)] = layer_out
     best = layers[0]
     results["acceptance"] = acceptance(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
-                                       explainer, simulator, detector, out, _pad_id(tokenizer))
+                                       explainer, simulator, detector, out, pad_token_id(tokenizer))
     results["acceptance"]["layer"] = best
     results["acceptance_summary"] = acceptance_summary(results)
     write_json(out / "sae_compare.json", results)
@@ -324,7 +324,7 @@ def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | 
                    train_cfg: TrainConfig = TrainConfig(), splice: bool = True) -> dict:
     """`rewardlab sae train`: one SAE on the completion tokens of `records` at `site`, held-out
     metrics (with spliced CE/KL), saved as a SAELens folder out/sae plus out/metrics.json."""
-    from rewardlab.diff.logprobs import _pad_id
+    from rewardlab.diff.logprobs import pad_token_id
 
     out = Path(out)
     store = cache_activations(model, tokenizer, records, out / "acts", CacheConfig(sites=[site], positions=["tokens"]))
@@ -335,7 +335,7 @@ def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | 
     result = train_sae(tokens.acts[is_train], sae_cfg, train_cfg)
     metrics = reconstruction_metrics(result.sae, tokens.acts[~is_train])
     if splice:
-        metrics.update(spliced_metrics(model, result.sae, _batches(store, split.test, _pad_id(tokenizer)), site))
+        metrics.update(spliced_metrics(model, result.sae, _batches(store, split.test, pad_token_id(tokenizer)), site))
     metrics["train_tokens_per_second"] = result.tokens_per_second
     save_sae(result.sae, out / "sae")
     write_json(out / "metrics.json", {"config": asdict(sae_cfg), "train": asdict(train_cfg), "metrics": metrics,

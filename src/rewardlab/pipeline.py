@@ -1,0 +1,350 @@
+"""The resumable pipeline behind `rewardlab run CONFIG.yaml --out RUN` and `rewardlab demo`.
+
+Stages run in order, each in its own folder under RUN (see `rewardlab.runs.Stage`):
+
+    world -> ppo -> pairs -> dpo -> diffing -> probes -> sae -> (results.json, report.html)
+
+A stage is skipped when its manifest fingerprint (its config section, the seed, and the hashes of
+the stage folders it reads) matches; a stage killed midway restarts from its partial folder (PPO
+resumes from its last checkpoint). Each stage writes `results.json` in its folder with the
+sections it answers; the run's `results.json` merges them, so it is rebuilt identically from
+finished stages. The whole config is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rewardlab.config import from_dict, load_yaml
+from rewardlab.errors import InputError
+from rewardlab.io import read_json, write_json, write_jsonl
+from rewardlab.runs import Stage
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class WorldSection:
+    preset: str = "tiny"           # micro | tiny | small
+
+
+@dataclass
+class ModelsSection:
+    """Bring your own models instead of the review world: a base and, optionally, a post-trained one."""
+
+    base: str = ""                 # Hugging Face name or local folder
+    post: str | None = None        # the post-trained model to diff against base (skips ppo when set)
+    prompts: str | None = None     # JSONL of prompts for sampling (required outside the review world)
+
+
+@dataclass
+class RunConfig:
+    """One run. A section set to null (or left out, for optional stages) is not run."""
+
+    name: str = "rewardlab run"
+    seed: int = 0
+    world: dict | None = field(default_factory=dict)    # WorldSection; null when `models` is given
+    models: dict | None = None                          # ModelsSection
+    ppo: dict | None = field(default_factory=dict)      # rewardlab.rl.config.PPOConfig (base filled in)
+    pairs: dict | None = None                           # rewardlab.rl.config.PairsConfig (model filled in)
+    dpo: dict | None = None                             # rewardlab.rl.config.DPOTrainConfig
+    diffing: dict | None = None                         # rewardlab.diff.acceptance.DiffingConfig
+    probes: dict | None = None                          # rewardlab.probes.pipeline config
+    sae: dict | None = None                             # rewardlab.sae.diffing.DiffConfig
+    report: bool = True
+
+
+@dataclass
+class Plan:
+    """The validated configs of every stage that will run, with the folders they read and write."""
+
+    run_dir: Path
+    config: RunConfig
+    stages: list[tuple[str, Any, Callable[["Plan", Any, Path], dict], dict[str, Path]]]
+    models: dict[str, str]         # base, and ppo / dpo policies where the run has them
+
+    def path(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+# ------------------------------------------------------------------------------------------------
+# stage bodies: each reads earlier stage folders, writes into `out`, returns its results sections
+
+
+def _world(plan: Plan, cfg: WorldSection, out: Path) -> dict:
+    from rewardlab.world import build_world
+
+    info = build_world(out, preset=cfg.preset, seed=plan.config.seed)
+    est = info["estimates"]
+    return {"world": {"grammatical_rate": est["grammatical_rate"], "base_reward_mean": est["base_reward_mean"],
+                      "base_reward_std": est["base_reward_std"], "heldout_loss": info["heldout_loss"],
+                      "preset": info["preset"], "vocab_size": info["vocab_size"], "seconds": info["seconds"]}}
+
+
+def _with_cis(summary: dict, keys: tuple[str, ...]) -> dict:
+    """The summary's `keys`, each as its estimate (value, CI, n) where the summary has `KEY_ci`."""
+    return {k: summary.get(f"{k}_ci", summary[k]) for k in keys if k in summary}
+
+
+def _ppo(plan: Plan, cfg, out: Path) -> dict:
+    from rewardlab.rl.ppo import train_ppo
+
+    summary = train_ppo(cfg, out)
+    keys = ("reward_base", "reward_base_std", "reward_policy", "kl_exact", "grammatical_rate",
+            "grammatical_rate_base", "reward_gain_base_std", "seconds")
+    return {"ppo": _with_cis(summary, keys),
+            "artifacts": {"ppo_metrics": "ppo/metrics.jsonl", "ppo_samples": "ppo/samples.jsonl"}}
+
+
+def _pairs(plan: Plan, cfg, out: Path) -> dict:
+    from rewardlab.rl.pairs import make_pairs
+
+    return {"pairs": make_pairs(cfg, out / "pairs.jsonl")}
+
+
+def _dpo(plan: Plan, cfg, out: Path) -> dict:
+    from rewardlab.rl.dpo import train_dpo
+
+    summary = train_dpo(cfg, out)
+    keys = ("reward_base", "reward_policy", "pair_accuracy", "kl_exact", "grammatical_rate", "seconds")
+    return {"dpo": _with_cis(summary, keys)}
+
+
+def _diffing(plan: Plan, cfg, out: Path) -> dict:
+    from rewardlab.diff.acceptance import diffing_results
+
+    sections = diffing_results(plan.models["base"], ppo=plan.models.get("ppo"), dpo=plan.models.get("dpo"),
+                              cfg=cfg, out_dir=out)
+    sections["artifacts"] = {"divergent_samples": "diffing/divergent.jsonl", "param_divergence": "diffing/params.csv",
+                             "param_divergence_png": "diffing/params.png"}
+    sections["audit"]["by_attribute"] = sections["audit"]["utility"]["per_attribute"]
+    return sections
+
+
+def _probes(plan: Plan, cfg, out: Path) -> dict:
+    from rewardlab.probes.study import run_probe_study
+    from rewardlab.world import load_world
+
+    world = load_world(Path(plan.models["base"]).parent)
+    policy = Path(plan.models["ppo"])
+    value_head = policy.parent / "value_head.safetensors"
+    sections = run_probe_study(policy, plan.models["base"], world.prompts, world.heldout_prompts, out, cfg,
+                               value_head_path=value_head if value_head.is_file() else None)
+    sections.pop("config", None)
+    sections.pop("n_records", None)
+    sections["artifacts"] = {f"probe_heatmap_{i}_png": f"probes/{h}" for i, h in enumerate(sections["probe"]["heatmaps"])}
+    sections["artifacts"]["steering_png"] = f"probes/{sections['steering']['plot']}"
+    return sections
+
+
+def _sae(plan: Plan, cfg, out: Path) -> dict:
+    from rewardlab.io import read_jsonl
+    from rewardlab.models import ModelPair
+    from rewardlab.sae.diffing import acceptance_summary, compare_models
+
+    pair = ModelPair.load(plan.models["base"], plan.models["ppo"], dtype="float32")
+    records = read_jsonl(plan.run_dir / "probes" / "records.jsonl", required=("prompt", "completion"))
+    res = compare_models(pair.base, pair.post, pair.tokenizer, records, out, cfg)
+    acc, checks = res["acceptance"], acceptance_summary(res)["checks"]
+    layer = res["by_layer"][str(res["layers"][0])]
+    post = layer["models"]["post"]
+    relevance = layer["activation_relevance"]
+    counts_after = acc["crosscoder"]["counts_after"]
+    interp = acc.get("interp", {})
+    write_jsonl(out / "top_features.jsonl", [
+        {"model": name, "feature": f["feature"], "explanation": f.get("explanation"), "score": f.get("simulation"),
+         "mcs": f.get("mcs")} for name in ("post", "base") for f in layer["models"][name]["top_features"]])
+    return {
+        "sae": {"layer": acc["layer"], "site": acc["site"], "fvu": acc["sae"]["post"]["fvu"],
+                "l0": acc["sae"]["post"]["l0"], "dead_fraction": acc["sae"]["post"]["dead_fraction"],
+                "ce_loss_recovered": acc["sae"]["post"]["ce_loss_recovered"],
+                "mmcs": post["mmcs"]["mmcs_max"], "mmcs_one_to_one": post["mmcs"]["mmcs_one_to_one"],
+                "mmcs_random": post["baseline_random"]["mmcs_max"],
+                "mmcs_other_seed": post["baseline_other_seed"]["mmcs_max"],
+                "shared_features": post["mmcs"]["n_shared"], "checks": checks},
+        "crosscoder": {"post_only": counts_after.get("post_only", 0), "base_only": counts_after.get("base_only", 0),
+                       "shared": counts_after.get("shared", 0), "counts_before": acc["crosscoder"]["counts_before"],
+                       "counts_after": counts_after,
+                       "post_only_top_tokens": checks["crosscoder"]["post_only_top_tokens"]},
+        "interp": {"explainer": "lexical (offline)", "mean_score": interp.get("simulation"),
+                   "wrong_feature_score": interp.get("wrong_simulation"),
+                   "difference": interp.get("simulation_minus_wrong"), "detection": interp.get("detection")},
+        "reward_relevance": {"base": relevance["base"], "post": relevance["post"],
+                             "post_minus_base": relevance["post_minus_base"],
+                             "ci": relevance["post_minus_base"]["ci"],
+                             "description_metric": {m: layer["models"][m]["description_relevance"]
+                                                    for m in ("base", "post")}},
+        "artifacts": {"features": "sae/top_features.jsonl"},
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# planning: every config checked before any work
+
+
+def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
+    """Validate the whole config and resolve each stage's inputs; raises InputError naming the key."""
+    from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
+
+    run = from_dict(RunConfig, config, where)
+    run_dir = Path(run_dir)
+    stages: list = []
+    if run.models is not None:
+        models = from_dict(ModelsSection, run.models, f"{where}.models")
+        if not models.base:
+            raise InputError("models.base is required", f"{where}.models.base", "a model name or folder")
+        base, post, prompts = models.base, models.post, models.prompts
+    elif run.world is not None:
+        world = from_dict(WorldSection, run.world, f"{where}.world")
+        stages.append(("world", world, _world, {}))
+        base, post, prompts = str(run_dir / "world" / "base"), None, None
+    else:
+        raise InputError("a run needs either a world or a models section", where, "add `world: {preset: tiny}`")
+
+    def stage_cfg(cls, section: str, values: dict | None, **filled):
+        values = dict(values or {})
+        clash = set(values) & set(filled)
+        if clash:
+            raise InputError(f"{', '.join(clash)} is set by the pipeline", f"{where}.{section}", "remove the key")
+        cfg = from_dict(cls, {**values, **filled}, f"{where}.{section}")
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+        return cfg
+
+    models = {"base": base}
+    if post is not None:
+        models["ppo"] = post
+    elif run.ppo is not None:
+        ppo = stage_cfg(PPOConfig, "ppo", run.ppo, base=base, prompts=prompts, seed=run.seed)
+        stages.append(("ppo", ppo, _ppo, {"base": Path(base)}))
+        models["ppo"] = str(run_dir / "ppo" / "policy")
+    if run.dpo is not None:
+        pairs = stage_cfg(PairsConfig, "pairs", run.pairs, model=base, prompts=prompts, seed=run.seed)
+        stages.append(("pairs", pairs, _pairs, {"base": Path(base)}))
+        dpo = stage_cfg(DPOTrainConfig, "dpo", run.dpo, base=base, pairs=str(run_dir / "pairs" / "pairs.jsonl"),
+                        prompts=prompts, seed=run.seed)
+        stages.append(("dpo", dpo, _dpo, {"base": Path(base), "pairs": run_dir / "pairs"}))
+        models["dpo"] = str(run_dir / "dpo" / "policy")
+    model_inputs = {k: Path(v) for k, v in models.items()}
+    if run.diffing is not None:
+        from rewardlab.diff.acceptance import DiffingConfig
+
+        if run.world is None:
+            raise InputError("the diffing stage needs the review world (its held-out prompts and grammar)",
+                             f"{where}.diffing", "use a world section, or run `rewardlab score`/`diff` commands")
+        stages.append(("diffing", stage_cfg(DiffingConfig, "diffing", run.diffing, seed=run.seed), _diffing,
+                       model_inputs))
+    if run.probes is not None or run.sae is not None:
+        from rewardlab.probes.study import StudyConfig
+        from rewardlab.sae.diffing import DiffConfig
+
+        if run.world is None or "ppo" not in models:
+            raise InputError("the probe and SAE stages need the review world and a PPO policy",
+                             f"{where}.probes", "add world and ppo sections, or use `rewardlab probe`/`sae` commands")
+        probes = stage_cfg(StudyConfig, "probes", run.probes, seed=run.seed)
+        stages.append(("probes", probes, _probes, {"base": Path(base), "ppo": Path(models["ppo"])}))
+        if run.sae is not None:
+            stages.append(("sae", stage_cfg(DiffConfig, "sae", run.sae, seed=run.seed), _sae,
+                           {"base": Path(base), "ppo": Path(models["ppo"]), "probes": run_dir / "probes"}))
+    return Plan(run_dir, run, stages, models)
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+def _stage_inputs(plan: Plan, inputs: dict[str, Path]) -> dict[str, Path]:
+    """Inputs inside the run are identified by their stage folder (its manifest), not by files being written."""
+    resolved = {}
+    for key, path in inputs.items():
+        path = Path(path)
+        try:
+            rel = path.relative_to(plan.run_dir)
+            resolved[key] = plan.run_dir / rel.parts[0]
+        except ValueError:
+            resolved[key] = path
+    return resolved
+
+
+def run_plan(plan: Plan, log: Callable[[str], None] = print) -> dict:
+    """Run (or skip) every stage, then merge their results into RUN/results.json and write the report."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    for name, cfg, body, inputs in plan.stages:
+        cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+        stage = Stage(plan.run_dir, name, cfg_dict, _stage_inputs(plan, inputs), seed=plan.config.seed)
+        if stage.done():
+            log(f"[{name}] done already, skipped")
+            continue
+        log(f"[{name}] running")
+        t0 = time.perf_counter()
+        sections = body(plan, cfg, stage.work)
+        write_json(stage.work / "results.json", sections)
+        stage.commit()
+        log(f"[{name}] finished in {time.perf_counter() - t0:.0f} s")
+    results = merge_results(plan)
+    write_json(plan.run_dir / "results.json", results)
+    if plan.config.report:
+        from rewardlab.report import build_report
+
+        build_report(plan.run_dir)
+    return results
+
+
+def merge_results(plan: Plan) -> dict:
+    """RUN/results.json: the sections of every finished stage, artifacts merged, in stage order."""
+    results: dict = {"name": plan.config.name, "seed": plan.config.seed, "artifacts": {}}
+    for name, *_ in plan.stages:
+        sections = read_json(plan.path(name) / "results.json")
+        results["artifacts"].update(sections.pop("artifacts", {}))
+        results.update(sections)
+    return results
+
+
+def run_config_file(config_path: str | Path, run_dir: str | Path, seed: int | None = None) -> dict:
+    """Check the config, then run it into `run_dir` (re-using finished stages); `seed` overrides the config's."""
+    config = load_yaml(config_path)
+    if seed is not None:
+        config["seed"] = seed
+    return run_plan(plan_run(config, run_dir, where=str(config_path)))
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, dict) and "value" in x:
+        lo, hi = x["ci"]
+        return f"{x['value']:.3f} [{lo:.3f}, {hi:.3f}] n={x['n']}"
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x)
+
+
+SUMMARY_ROWS = [
+    ("world", "grammatical_rate"), ("world", "base_reward_mean"), ("world", "base_reward_std"),
+    ("ppo", "reward_base"), ("ppo", "reward_policy"), ("ppo", "kl_exact"), ("ppo", "grammatical_rate"),
+    ("dpo", "reward_policy"), ("dpo", "pair_accuracy"),
+    ("implicit_reward", "spearman_true"), ("probe", "spearman"), ("probe", "selectivity"),
+    ("probe", "prompt_only_spearman"), ("probe", "value_head_cosine"), ("steering", "random_max_abs_effect"),
+    ("sae", "fvu"), ("sae", "mmcs"), ("sae", "mmcs_random"), ("crosscoder", "post_only"),
+    ("interp", "mean_score"), ("interp", "wrong_feature_score"), ("reward_relevance", "ci"),
+    ("audit", "accuracy"), ("params", "top_layers"),
+]
+
+
+def summary_table(results: dict, run_dir: str | Path) -> str:
+    """One screen: the headline number of each section, then where the report is."""
+    lines = [f"{results.get('name', 'run')} (seed {results.get('seed')})"]
+    for section, key in SUMMARY_ROWS:
+        if key in results.get(section, {}):
+            lines.append(f"  {section + '.' + key:<34} {_fmt(results[section][key])}")
+    report = Path(run_dir) / "report.html"
+    lines.append(f"results: {Path(run_dir) / 'results.json'}")
+    if report.is_file():
+        lines.append(f"report:  {report}")
+    return "\n".join(lines)
+
+
+def demo_config(fast: bool = False) -> Path:
+    return CONFIG_DIR / ("demo-fast.yaml" if fast else "demo.yaml")

@@ -1,0 +1,199 @@
+"""Sampling from causal language models: the one decoding loop every stage shares.
+
+`process_logits` is the only place where temperature, top-k and top-p are applied. PPO scores its
+samples with the same function, so the probability ratio is exactly 1 at the first step (the
+mismatch behind trl#454 and #2358 cannot happen).
+
+`generate` is a KV-cached loop written out (no `model.generate`): prompts are left-padded, with an
+attention mask and explicit position ids (GPT-2 needs them under left padding), and a row stops at
+the tokenizer's eos. Each step builds a `StepState` (the tokens fed at this step, the mask over
+all positions so far, their position ids) and calls `model_step(model, state)`, which keeps the
+model's KV cache in `state.caches`. A `logits_fn(logits, state)` hook may replace the next-token
+logits before they are processed; to combine two models (divergent sampling) the hook steps the
+second model on the same state under its own cache key:
+
+    def amplify(post_logits, state):
+        base_logits = model_step(base_model, state, key="base")
+        return post_logits + alpha * (post_logits - base_logits)
+
+    generate(post_model, tokenizer, prompts, max_new_tokens=32, generator=g, logits_fn=amplify)
+
+Same prompts, settings, `batch_size` and generator seed give the same samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from rewardlab.errors import InputError
+
+
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """Next-token logits (..., V) -> processed logits (..., V); filtered entries are -inf.
+
+    Order: temperature (0 means greedy: only the arg-max survives), then top-k (0 = off; ties
+    with the k-th value are kept), then top-p (1 = off; keeps the smallest set of most likely
+    tokens whose probability reaches `top_p`, at least one token).
+    """
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise InputError(f"bad sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p}",
+                         fix="temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+    logits = logits.float()
+    neg_inf = float("-inf")
+    if temperature == 0:
+        top_k, temperature = 1, 1.0
+    if temperature != 1.0:
+        logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, neg_inf)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, neg_inf)
+    return logits
+
+
+@dataclass
+class StepState:
+    """What one decoding step feeds the model(s). B rows; P = positions seen so far, T = new ones.
+
+    input_ids (B, T): tokens fed at this step (the left-padded prompts at step 0, then 1 token);
+    attention_mask (B, P): 1 for real tokens, 0 for left padding, over all positions so far;
+    position_ids (B, T): position of each fed token counting real tokens only;
+    step: 0 for the prompt pass, then 1, 2, ...;  done (B,): rows that have emitted eos (what they
+    are fed and what is sampled for them afterwards is ignored);
+    caches: KV caches by key ("main" for the sampled model), owned by `model_step`.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    step: int
+    done: torch.Tensor
+    caches: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def model_step(model: torch.nn.Module, state: StepState, key: str = "main") -> torch.Tensor:
+    """Run `model` on the step's new tokens with its KV cache `state.caches[key]`; return the float32
+    next-token logits (B, V) at the last position and keep the updated cache."""
+    out = model(input_ids=state.input_ids, attention_mask=state.attention_mask,
+                position_ids=state.position_ids, past_key_values=state.caches.get(key), use_cache=True)
+    state.caches[key] = out.past_key_values
+    return out.logits[:, -1, :].float()
+
+
+@dataclass
+class Sample:
+    """One generated completion. `completion_ids` includes the eos when the row stopped there
+    (`finished`); `logprobs` (one per completion id) are under the processed distribution."""
+
+    prompt: str
+    completion: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    finished: bool
+    logprobs: list[float] | None = None
+
+
+LogitsFn = Callable[[torch.Tensor, StepState], torch.Tensor]
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    return 0
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists -> (input_ids, attention_mask, position_ids), each (B, T)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+@torch.no_grad()
+def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
+                    top_k: int, top_p: float, generator: torch.Generator, logits_fn: LogitsFn | None,
+                    return_logprobs: bool) -> list[Sample]:
+    device = next(model.parameters()).device
+    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    for p, ids in zip(prompts, prompt_ids):
+        if not ids:
+            raise InputError(f"prompt {p!r} encodes to no tokens", fix="give a non-empty prompt")
+    pad_id, eos_id = _pad_id(tokenizer), tokenizer.eos_token_id
+    input_ids, mask, positions = left_pad(prompt_ids, pad_id, device)
+    n = len(prompts)
+    state = StepState(input_ids, mask, positions, step=0, done=torch.zeros(n, dtype=torch.bool, device=device))
+    tokens, logprobs = [], []
+    for step in range(max_new_tokens):
+        logits = model_step(model, state)
+        if logits_fn is not None:
+            logits = logits_fn(logits, state)
+        logits = process_logits(logits, temperature, top_k, top_p)
+        probs = logits.softmax(dim=-1)
+        next_tok = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(device).squeeze(1)
+        next_tok = torch.where(state.done, torch.full_like(next_tok, pad_id), next_tok)
+        tokens.append(next_tok)
+        if return_logprobs:
+            logprobs.append(logits.log_softmax(dim=-1).gather(1, next_tok[:, None]).squeeze(1))
+        done = state.done | (next_tok == eos_id) if eos_id is not None else state.done
+        state = StepState(next_tok[:, None], torch.cat([state.attention_mask, torch.ones_like(next_tok)[:, None]], 1),
+                          state.position_ids[:, -1:] + 1, step=step + 1, done=done, caches=state.caches)
+        if bool(done.all()):
+            break
+    return _collect(tokenizer, prompts, prompt_ids, tokens, logprobs, eos_id, return_logprobs)
+
+
+def _collect(tokenizer, prompts, prompt_ids, tokens, logprobs, eos_id, return_logprobs) -> list[Sample]:
+    """Per-row completions from the per-step token columns: stop after the first eos."""
+    tok = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in prompts]
+    lps = torch.stack(logprobs, 1).tolist() if logprobs else None
+    samples = []
+    for i, prompt in enumerate(prompts):
+        ids = tok[i]
+        finished = eos_id is not None and eos_id in ids
+        length = ids.index(eos_id) + 1 if finished else len(ids)
+        ids = ids[:length]
+        samples.append(Sample(
+            prompt=prompt, completion=tokenizer.decode(ids, skip_special_tokens=True), prompt_ids=list(prompt_ids[i]),
+            completion_ids=ids, finished=finished, logprobs=lps[i][:length] if return_logprobs else None))
+    return samples
+
+
+def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator,
+             batch_size: int = 64, logits_fn: LogitsFn | None = None, return_logprobs: bool = False,
+             ) -> list[Sample]:
+    """Sample one completion per prompt (see the module docstring), `batch_size` prompts at a time."""
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    was_training = model.training
+    model.eval()
+    try:
+        samples = []
+        for i in range(0, len(prompts), batch_size):
+            samples += _generate_batch(
+                model, tokenizer, list(prompts[i:i + batch_size]), max_new_tokens=max_new_tokens,
+                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, logits_fn=logits_fn,
+                return_logprobs=return_logprobs)
+        return samples
+    finally:
+        model.train(was_training)
