@@ -130,6 +130,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(info, f, indent=2)
+    print(json.dumps({"results": table}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import json
 import tempfile
 import time
 
@@ -100,6 +101,9 @@ def main() -> None:
     print(f"TRL DPOTrainer.compute_ref_log_probs: {n_tokens / trl_time:,.0f} tokens/s ({trl_time:.2f} s)")
     print(f"rewardlab completion_logprobs:        {n_tokens / our_time:,.0f} tokens/s ({our_time:.2f} s)")
     print(f"ratio (rewardlab / TRL): {trl_time / our_time:.2f}")
+    print(json.dumps({"sequences": 2 * args.pairs, "tokens": n_tokens, "batch": args.batch, "max_abs_diff": max_diff,
+                      "rewardlab_tokens_per_s": n_tokens / our_time, "trl_tokens_per_s": n_tokens / trl_time,
+                      "ratio": trl_time / our_time}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""The pipeline: config errors before any work, stage skipping, kill -9 resume, and the fast demo."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rewardlab.cli import main
+from rewardlab.pipeline import demo_config, plan_run
+
+MICRO = {"name": "t", "seed": 0, "world": {"preset": "micro"}}
+
+
+def test_config_errors_name_the_key_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**MICRO, "ppo": {"phases": 2, "kl_estimatr": "k1"}}))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "c.yaml.ppo.kl_estimatr: unknown key 'kl_estimatr'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("config,match", [
+    ({**MICRO, "ppo": {"kl_estimator": "k9"}}, "unknown kl_estimator 'k9'"),
+    ({**MICRO, "ppo": {"base": "x"}}, "base is set by the pipeline"),
+    ({**MICRO, "diffing": {"alphas": "two"}}, r"config.diffing.alphas"),
+    ({"seed": 0, "world": None}, "needs either a world or a models section"),
+    ({"models": {"base": "gpt2"}, "ppo": None, "probes": {}}, "need the review world and a PPO policy"),
+])
+def test_config_errors(config, match):
+    from rewardlab.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        plan_run(config, "/nonexistent/run")
+
+
+def test_bundled_demo_configs_are_valid(tmp_path):
+    for fast in (False, True):
+        plan = plan_run(yaml.safe_load(demo_config(fast).read_text()), tmp_path)
+        assert [s[0] for s in plan.stages] == ["world", "ppo", "pairs", "dpo", "diffing", "probes", "sae"]
+
+
+def _run(config: Path, out: Path, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rewardlab.cli", "run", str(config), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_kill_during_post_training_then_rerun_gives_identical_results(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**MICRO, "ppo": {"phases": 6, "batch_size": 32, "eval_samples": 32}}))
+    straight = _run(config, tmp_path / "a")
+    assert straight.wait(600) == 0, straight.stdout.read()
+
+    killed = _run(config, tmp_path / "b")
+    partial = tmp_path / "b" / ".ppo.partial"
+    deadline = time.time() + 600
+    while not (partial / "metrics.jsonl").is_file() and time.time() < deadline:  # past the first phase
+        time.sleep(0.2)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "b" / "ppo").exists() and (tmp_path / "b" / "world" / "manifest.json").is_file()
+    resumed = _run(config, tmp_path / "b")
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log
+    assert "[world] done already, skipped" in log
+    a, b = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("a", "b"))
+    for section in ("world", "ppo"):
+        a[section].pop("seconds", None), b[section].pop("seconds", None)
+    assert a["ppo"] == b["ppo"] and a["world"] == b["world"]
+    metrics = [json.loads(line) for line in (tmp_path / "b" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in metrics] == list(range(6))
+
+
+@pytest.mark.slow
+def test_fast_demo_runs_every_stage_and_its_report_renders(tmp_path):
+    from test_report_browser import CHROMIUM, render
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for section in ("world", "ppo", "dpo", "implicit_reward", "divergent", "probe", "steering", "sae",
+                    "crosscoder", "interp", "reward_relevance", "audit", "params"):
+        assert section in results, section
+    assert results["probe"]["ci"][0] <= results["probe"]["spearman"] <= results["probe"]["ci"][1]
+    assert all((out / path).is_file() for path in results["artifacts"].values())
+    # a second run skips every stage and rewrites identical results
+    before = (out / "results.json").read_text()
+    assert main(["demo", "--fast", "--out", str(out)]) == 0
+    assert (out / "results.json").read_text() == before
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing: run scripts/setup-browser.sh")
+        return
+    dom, console = render(CHROMIUM, out / "report.html", tmp_path / "shot.png")
+    assert console == [] and 'data-rendered="ok"' in dom
