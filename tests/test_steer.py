@@ -132,3 +132,83 @@ def test_cli_acts_probe_steer(setup, tmp_path):
                  "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"), "--n-random", "1",
                  "--max-new-tokens", "3", "--reward", "char:.", "--out", str(tmp_path / "st")]) == 0
     assert len(read_json(tmp_path / "st" / "steering.json")["rows"]) == 3
+
+
+def test_stratified_mean_difference_against_brute_force():
+    from rewardlab.probes.cross import mean_difference_direction, project_out, stratified_mean_difference
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5))
+    label = rng.choice([-2.0, 0.0, 1.5], size=40)
+    strata = rng.integers(0, 4, size=40)
+    strata[label == 0] = 9  # a stratum with only unlabelled rows drops out
+    total, weight = np.zeros(5), 0.0
+    for s in range(4):
+        pos = [x[i] for i in range(40) if strata[i] == s and label[i] > 0]
+        neg = [x[i] for i in range(40) if strata[i] == s and label[i] < 0]
+        if pos and neg:
+            w = len(pos) * len(neg) / (len(pos) + len(neg))
+            total += w * (np.mean(pos, 0) - np.mean(neg, 0))
+            weight += w
+    np.testing.assert_allclose(stratified_mean_difference(x, label, strata), total / weight, rtol=1e-12)
+    # one stratum: the plain difference of means between the two signs
+    y = np.where(label > 0, 1.0, np.where(label < 0, -1.0, 0.0))
+    plain = x[y > 0].mean(0) - x[y < 0].mean(0)
+    np.testing.assert_allclose(stratified_mean_difference(x, label), plain, rtol=1e-12)
+    np.testing.assert_allclose(mean_difference_direction(x[y != 0], y[y != 0]), plain, rtol=1e-12)
+    with pytest.raises(ValueError):
+        stratified_mean_difference(x, np.abs(label), strata)
+    a = rng.normal(size=5)
+    assert abs(project_out(plain, a) @ a) < 1e-10
+    np.testing.assert_allclose(project_out(plain, np.zeros(5)), plain)
+
+
+def test_token_valences(word_tokenizer):
+    from rewardlab.probes.cross import token_valences
+
+    tok = word_tokenizer(WORDS)
+    ids = [tok.convert_tokens_to_ids(w) for w in ("good", "bad", "movie", "good")]
+    np.testing.assert_array_equal(token_valences(tok, ids, {"good": 1.9, "bad": -2.5}), [1.9, -2.5, 0.0, 1.9])
+
+
+def test_next_token_valence_direction_on_a_token_store(setup, tmp_path):
+    """Against a brute-force computation from the store's own rows."""
+    from rewardlab.acts import CacheConfig, cache_activations
+    from rewardlab.probes.cross import project_out
+    from rewardlab.probes.study import next_token_valence_direction
+
+    model, tok = setup
+    site = "blocks.1.hook_resid_post"
+    records = [{"prompt": p, "completion": c} for p in PROMPTS
+               for c in ("the movie was good .", "the plot was bad .", "acting was great and good",
+                         "the acting was bad but good")]
+    store = cache_activations(model, tok, records, tmp_path / "acts", CacheConfig(sites=[site], positions=["tokens"]))
+    table = {"good": 1.9, "bad": -2.5, "great": 3.1}
+    rows = [i for i in range(len(records)) if i % 4 != 3]
+    direction, strata = next_token_valence_direction(store, site, tok, table, rows)
+    assert strata == "current token"
+    # brute force: walk each training record's completion tokens
+    x = store.load(site, "tokens").double().numpy()
+    pairs, k = [], 0  # (current token, next token or None, activation)
+    for i, r in enumerate(records):
+        ids = tok(r["completion"], add_special_tokens=False)["input_ids"]
+        for j, t in enumerate(ids):
+            if i in rows:
+                pairs.append((t, ids[j + 1] if j + 1 < len(ids) else None, x[k]))
+            k += 1
+    assert k == len(x)
+
+    def contrast(side):  # side(next) -> +1 / -1 / 0, within current token
+        total, weight = 0.0, 0.0
+        for t in {p[0] for p in pairs}:
+            pos = [a for c, n, a in pairs if c == t and side(n) > 0]
+            neg = [a for c, n, a in pairs if c == t and side(n) < 0]
+            if pos and neg:
+                w = len(pos) * len(neg) / (len(pos) + len(neg))
+                total, weight = total + w * (np.mean(pos, 0) - np.mean(neg, 0)), weight + w
+        return total / weight
+
+    valence = {tok.convert_tokens_to_ids(w): v for w, v in table.items()}
+    toward_reward = contrast(lambda n: 0 if n is None else np.sign(valence.get(n, 0.0)))
+    toward_end = contrast(lambda n: 1 if n is None else -1)
+    np.testing.assert_allclose(direction, project_out(toward_reward, toward_end), rtol=1e-6, atol=1e-9)
