@@ -8,19 +8,19 @@ import pytest
 import torch
 
 from rewardlab.rl.config import DPOTrainConfig
-from rewardlab.rl.dpo import _with_eos, sequence_logprobs, train_dpo
+from rewardlab.rl.dpo import _with_eos, summed_logprobs, train_dpo
 from rewardlab.rl.config import PairsConfig
 from rewardlab.rl.pairs import make_pairs
 from test_ppo import make_prompts, make_tiny_lm
 
 
-def test_sequence_logprobs_brute_force(tmp_path):
+def test_summed_logprobs_brute_force(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = make_tiny_lm(tmp_path / "m")
     model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
     prompts, completions = ["the movie was", "a film"], [" good .", " very very bad and boring"]
-    got = sequence_logprobs(model, tok, prompts, completions)
+    got = summed_logprobs(model, tok, prompts, completions)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         ids = tok(p + c)["input_ids"]
         start = len(tok(p)["input_ids"])

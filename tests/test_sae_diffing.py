@@ -14,12 +14,7 @@ from rewardlab.sae.train import TrainConfig
 from tiny_lm import WORDS, tiny_pair
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def identity_sae(d: int, site: str) -> SparseAutoencoder:

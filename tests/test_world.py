@@ -24,6 +24,28 @@ def test_sentiment_words_are_in_the_lexicon_and_neutral_words_are_not():
     assert len(strong) >= 10
 
 
+def test_templates_and_classes_are_well_formed():
+    for template, _ in G.TEMPLATES:
+        assert template.split().count(G.SENTENCE_END) == 1 and template.endswith(" .")
+    for cls, cues in G.POLAR_CUES.items():
+        assert set(cues[True]) | set(cues[False]) == set(G.WORD_CLASSES[cls])
+    assert set(G.vocabulary()) == set(G.SYMBOL)
+
+
+def test_sentence_sentiment_follows_its_polarity():
+    lexicon, rng = load_lexicon(), random.Random(0)
+    for positive in (True, False) * 200:
+        words = G.sample_sentence(rng, positive)
+        signs = [lexicon[w] > 0 for w in words if w in lexicon]
+        assert signs
+        if "but" in words:
+            cut = sum(1 for w in words[:words.index("but")] if w in lexicon)
+            assert set(signs[:cut]) == {positive} and set(signs[cut:]) == {not positive}
+        else:
+            assert set(signs) == {positive}
+        assert not any(w in lexicon for w in G.sample_sentence(rng, None))
+
+
 def test_corpus_documents_are_grammatical_and_their_prefixes_too():
     docs = G.sample_corpus(500, seed=3)
     assert docs == G.sample_corpus(500, seed=3) and docs != G.sample_corpus(500, seed=4)
@@ -102,12 +124,12 @@ def test_tokenizer_round_trip(tmp_path):
 
 
 def test_pack_keeps_whole_sequences_in_order():
-    seqs = [[1] + [5] * n + [2] for n in (3, 10, 4, 7, 2, 9, 1)]
+    seqs = [[1] + [5] * n + [2] for n in (3, 6, 4, 7, 2, 9, 1)]  # lengths 5 8 6 9 4 11 3
     rows = pack(iter(seqs), n_rows=3, row_tokens=16)
     assert rows == [[seqs[0], seqs[1]], [seqs[2], seqs[3]], [seqs[4], seqs[5]]]  # seqs[6] did not fit, dropped
     assert pack(iter(seqs), n_rows=10, row_tokens=16)[-1] == [seqs[6]]  # the stream ran out
     with pytest.raises(ValueError):
-        pack(iter(seqs), n_rows=2, row_tokens=8)
+        pack(iter(seqs), n_rows=10, row_tokens=8)  # a sequence of 9 tokens
 
 
 def test_packed_forward_equals_separate_forwards():
@@ -175,7 +197,6 @@ def test_micro_world_folder(micro_world):
         assert s["grammatical"] == is_grammatical(s["completion"], s["prompt"])
 
 
-@pytest.mark.slow
 def test_same_seed_gives_identical_files(micro_world, tmp_path):
     out, info = micro_world
     again = tmp_path / "again"

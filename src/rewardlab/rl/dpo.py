@@ -30,29 +30,11 @@ def _with_eos(text: str, tokenizer) -> str:
     raise InputError("cannot append EOS to a completion as its own token", fix="check the tokenizer")
 
 
-@torch.no_grad()
-def sequence_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch: int = 64
-                      ) -> torch.Tensor:
-    """Sum of log p(completion tokens | prompt) [N], tokenized as TRL's DPOTrainer does (prompt + completion)."""
-    out = []
-    for i in range(0, len(prompts), batch):
-        seqs, starts = [], []
-        for p, c in zip(prompts[i:i + batch], completions[i:i + batch]):
-            prompt_ids = tokenizer(p)["input_ids"]
-            full = tokenizer(p + c)["input_ids"]
-            seqs.append(full)
-            starts.append(len(prompt_ids))
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for j, s in enumerate(seqs):
-            ids[j, :len(s)], mask[j, :len(s)] = torch.tensor(s), 1
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        positions = torch.arange(1, width)[None, :]
-        keep = (positions >= torch.tensor(starts)[:, None]) & mask[:, 1:].bool()
-        out.append(torch.where(keep, token_logp, 0.0).sum(1))
-    return torch.cat(out)
+def summed_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+    """log p(completion | prompt) summed over completion tokens [N] (rewardlab.diff.logprobs, TRL's convention)."""
+    from rewardlab.diff.logprobs import completion_logprobs
+
+    return torch.stack([lp.sum() for lp in completion_logprobs(model, tokenizer, prompts, completions, batch_size=64)])
 
 
 def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
@@ -96,8 +78,8 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
     margins = []
     for key in ("chosen", "rejected"):
         completions = [_with_eos(r[key], tokenizer) for r in test]
-        margins.append(cfg.beta * (sequence_logprobs(policy, tokenizer, prompts_t, completions)
-                                   - sequence_logprobs(ref, tokenizer, prompts_t, completions)))
+        margins.append(cfg.beta * (summed_logprobs(policy, tokenizer, prompts_t, completions)
+                                   - summed_logprobs(ref, tokenizer, prompts_t, completions)))
     correct = (margins[0] > margins[1]).float().tolist()
 
     located = PPOConfig(base=cfg.base, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens)

@@ -72,6 +72,7 @@ def _save_base(model, tokenizer, path: Path) -> None:
     """Write the Hugging Face folder to a temporary sibling, then swap it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -147,14 +148,14 @@ def describe_world(info: dict, path: str | os.PathLike) -> str:
     c = info["config"]
     lines = [
         f"review world ({info['preset']}, seed {info['seed']}) -> {path}",
-        f"  base model: GPT-2 {c['n_layer']} layers x {c['n_embd']}, vocabulary {info['vocab_size']}, "
+        f"  base model: GPT-2 with {c['n_layer']} layer(s) of width {c['n_embd']}, vocabulary {info['vocab_size']}, "
         f"trained on {info['corpus']['train_docs']} documents ({info['corpus']['train_tokens']} tokens)",
         f"  held-out loss {info['heldout_loss']:.3f} nats/token",
         f"  {info['n_samples']} samples of {info['generation']['max_new_tokens']} tokens: grammatical "
         f"{info['grammatical_rate']:.3f}, utility reward mean {info['base_reward_mean']:+.2f} "
         f"std {info['base_reward_std']:.2f}",
         f"  prompts: {info['prompts']['train']} training, {info['prompts']['heldout']} held-out openers",
-        f"  took {info['seconds']['total']:.0f} s",
+        f"  took {info['seconds']['total']:.1f} s ({info['seconds']['pretrain']:.1f} s pretraining)",
     ]
     for s in info["samples"][:3]:
         lines.append(f"  e.g. [{s['prompt']}] {s['completion']}")
