@@ -146,7 +146,7 @@ def collect_activations(model, tokenizer, records: Sequence[dict], sites: Sequen
                         positions: Sequence[str | int] = ("last_completion",), batch_size: int = 16,
                         chat_template: bool = False) -> dict[str, torch.Tensor]:
     """In memory: {"SITE|POSITION": float32 [n_rows, d] (or [n_tokens, d] for tokens)}."""
-    from rewardlab.diff.logprobs import pad_token_id
+    from rewardlab.models import pad_token_id
 
     sites, positions, encoded, layout = _encode(model, tokenizer, records, sites, positions, chat_template)
     parts = _collect(model, pad_token_id(tokenizer), encoded, layout, range(len(records)), sites, positions, batch_size)
@@ -156,7 +156,7 @@ def collect_activations(model, tokenizer, records: Sequence[dict], sites: Sequen
 def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path, cfg: CacheConfig,
                       model_name: str = "model") -> "ActivationStore":
     """Cache `cfg.sites` x `cfg.positions` for prompt/completion `records` into folder `out`."""
-    from rewardlab.diff.logprobs import pad_token_id
+    from rewardlab.models import pad_token_id
 
     out = Path(out)
     if cfg.dtype not in STORE_DTYPES:

@@ -166,3 +166,11 @@ def model_id(path_or_name: str | Path) -> str:
     text = str(path_or_name).rstrip("/\\")
     path = Path(text).expanduser()
     return path.resolve().name if path.exists() else text
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used to pad batches: pad, else eos, else 0 (padding never enters a result)."""
+    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tok_id is not None:
+            return tok_id
+    return 0

@@ -18,7 +18,10 @@ second model on the same state under its own cache key:
 
     generate(post_model, tokenizer, prompts, max_new_tokens=32, generator=g, logits_fn=amplify)
 
-Same prompts, settings, `batch_size` and generator seed give the same samples.
+The hook is called at every step, the prompt pass included, so a second model stepped this way
+sees exactly the tokens the sampled model sees. Same prompts, settings, `batch_size` and generator
+seed give the same samples. Tokens are drawn on the generator's device (a CPU generator with a
+GPU model moves one row of probabilities per prompt to the CPU each step).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from rewardlab.errors import InputError
+from rewardlab.models import pad_token_id
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -108,13 +112,6 @@ class Sample:
 LogitsFn = Callable[[torch.Tensor, StepState], torch.Tensor]
 
 
-def _pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return tid
-    return 0
-
-
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad token id lists -> (input_ids, attention_mask, position_ids), each (B, T)."""
@@ -138,7 +135,7 @@ def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     for p, ids in zip(prompts, prompt_ids):
         if not ids:
             raise InputError(f"prompt {p!r} encodes to no tokens", fix="give a non-empty prompt")
-    pad_id, eos_id = _pad_id(tokenizer), tokenizer.eos_token_id
+    pad_id, eos_id = pad_token_id(tokenizer), tokenizer.eos_token_id
     input_ids, mask, positions = left_pad(prompt_ids, pad_id, device)
     n = len(prompts)
     state = StepState(input_ids, mask, positions, step=0, done=torch.zeros(n, dtype=torch.bool, device=device))

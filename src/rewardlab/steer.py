@@ -85,7 +85,7 @@ def steered_samples(model, tokenizer, prompts: Sequence[str], vector: torch.Tens
 
 def next_token_kl(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor, cfg: SteerConfig) -> np.ndarray:
     """Per prompt: KL(p_unsteered || p_steered) of the next-token distribution after the prompt (nats)."""
-    from rewardlab.diff.logprobs import pad_token_id
+    from rewardlab.models import pad_token_id
     from rewardlab.sampling import left_pad
 
     device = next(model.parameters()).device

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from rewardlab.diff.logprobs import encode, pad_token_id, sequence_logprobs
+from rewardlab.diff.logprobs import encode, sequence_logprobs
+from rewardlab.models import pad_token_id
 
 
 @dataclass

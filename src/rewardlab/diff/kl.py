@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 
 from rewardlab import stats
-from rewardlab.diff.logprobs import completion_log_softmax, encode, pad_token_id
+from rewardlab.diff.logprobs import completion_log_softmax, encode
+from rewardlab.models import pad_token_id
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from rewardlab.errors import InputError
+from rewardlab.models import pad_token_id
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,6 @@ def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str], chat_t
                              f"record {i}", "give a non-empty prompt (or a tokenizer that adds BOS)")
         out.append(Encoded(list(prompt_ids) + list(completion_ids), len(prompt_ids)))
     return out
-
-
-def pad_token_id(tokenizer) -> int:
-    """The id used to pad batches: pad, else eos, else 0 (padding never enters a result)."""
-    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tok_id is not None:
-            return tok_id
-    return 0
 
 
 def completion_log_softmax(model, encoded: Sequence[Encoded], batch_size: int = 16,
