@@ -43,7 +43,7 @@ def test_config_errors(config, match):
 def test_bundled_demo_configs_are_valid(tmp_path):
     for fast in (False, True):
         plan = plan_run(yaml.safe_load(demo_config(fast).read_text()), tmp_path)
-        assert [s[0] for s in plan.stages] == ["world", "ppo", "pairs", "dpo", "diffing", "probes", "sae"]
+        assert [s[0] for s in plan.stages] == ["world", "ppo", "sweep", "pairs", "dpo", "diffing", "probes", "sae"]
 
 
 def _run(config: Path, out: Path, env=None) -> subprocess.Popen:

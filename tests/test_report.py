@@ -150,7 +150,7 @@ def test_full_report_renders_every_section_with_numbers(full_report):
     assert "0.420 [0.300, 0.530] (n=400)" in q["q2-prompt-probe"]
     # largest change along the probe: |2.5 - 0.3| = 2.2 at alpha 4 > random 0.4
     assert q["q3-steering"].startswith("3. Is that estimate causal?Yes:")
-    assert "largest change 2.200 at α = 4" in q["q3-steering"]
+    assert "a change of 2.200" in q["q3-steering"] and "random directions of the same norm is 0.400" in q["q3-steering"]
     assert "Positively" in q["q4-implicit-reward"] and "0.640 [0.580, 0.700] (n=512)" in q["q4-implicit-reward"]
     assert "from 3.100 [2.900, 3.300] (n=64) at α = 0 to 4.200" in q["q4-implicit-reward"]
     assert "layers 3, 2" in q["q5-model-diff"] and "4 post-only, 2 base-only and 90 shared" in q["q5-model-diff"]
@@ -219,7 +219,7 @@ def test_formatting_and_steering_effect():
     assert fmt(1234.56) == "1234.6" and fmt(3) == "3" and fmt(None) == "n/a" and fmt(0.00012) == "1.20e-04"
     s = {"alphas": [-2, 0, 2, 8], "reward_mean": [0.1, 0.5, 0.2, est(0.0, -0.1, 0.1, 8)],
          "random_max_abs_effect": [0.1, 0.0, 0.3, 0.6]}
-    assert steering_effect(s) == pytest.approx((0.5, 8.0, 0.6))
+    assert steering_effect(s) == pytest.approx((-0.5, 8.0, 0.6))
     assert steering_effect({"alphas": [0], "reward_mean": [1.0]}) is None
 
 

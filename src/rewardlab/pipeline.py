@@ -42,6 +42,15 @@ class ModelsSection:
 
 
 @dataclass
+class SweepSection:
+    """The reward-KL frontier: PPO (the ppo section's settings) at several KL coefficients."""
+
+    kl_coefs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    phases: int = 20               # per coefficient (the main PPO run has its own)
+    eval_samples: int = 256
+
+
+@dataclass
 class RunConfig:
     """One run. A section set to null (or left out, for optional stages) is not run."""
 
@@ -50,6 +59,7 @@ class RunConfig:
     world: dict | None = field(default_factory=dict)    # WorldSection; null when `models` is given
     models: dict | None = None                          # ModelsSection
     ppo: dict | None = field(default_factory=dict)      # rewardlab.rl.config.PPOConfig (base filled in)
+    sweep: dict | None = None                           # SweepSection: the reward-KL frontier
     pairs: dict | None = None                           # rewardlab.rl.config.PairsConfig (model filled in)
     dpo: dict | None = None                             # rewardlab.rl.config.DPOTrainConfig
     diffing: dict | None = None                         # rewardlab.diff.acceptance.DiffingConfig
@@ -98,6 +108,13 @@ def _ppo(plan: Plan, cfg, out: Path) -> dict:
             "grammatical_rate_base", "reward_gain_base_std", "seconds")
     return {"ppo": _with_cis(summary, keys),
             "artifacts": {"ppo_metrics": "ppo/metrics.jsonl", "ppo_samples": "ppo/samples.jsonl"}}
+
+
+def _sweep(plan: Plan, cfg, out: Path) -> dict:
+    from rewardlab.rl.sweep import sweep_kl
+
+    sweep_kl(cfg["ppo"], cfg["kl_coefs"], out)
+    return {"artifacts": {"frontier": "sweep/frontier.jsonl"}}
 
 
 def _pairs(plan: Plan, cfg, out: Path) -> dict:
@@ -222,6 +239,10 @@ def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
         ppo = stage_cfg(PPOConfig, "ppo", run.ppo, base=base, prompts=prompts, seed=run.seed)
         stages.append(("ppo", ppo, _ppo, {"base": Path(base)}))
         models["ppo"] = str(run_dir / "ppo" / "policy")
+        if run.sweep is not None:
+            sweep = from_dict(SweepSection, run.sweep, f"{where}.sweep")
+            swept = dataclasses.replace(ppo, phases=sweep.phases, eval_samples=sweep.eval_samples)
+            stages.append(("sweep", {"ppo": swept, "kl_coefs": sweep.kl_coefs}, _sweep, {"base": Path(base)}))
     if run.dpo is not None:
         pairs = stage_cfg(PairsConfig, "pairs", run.pairs, model=base, prompts=prompts, seed=run.seed)
         stages.append(("pairs", pairs, _pairs, {"base": Path(base)}))
@@ -270,11 +291,20 @@ def _stage_inputs(plan: Plan, inputs: dict[str, Path]) -> dict[str, Path]:
     return resolved
 
 
+def _config_dict(cfg: Any) -> Any:
+    """A stage's config as plain data for its fingerprint (a dataclass, or a dict holding some)."""
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, dict):
+        return {k: _config_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
 def run_plan(plan: Plan, log: Callable[[str], None] = print) -> dict:
     """Run (or skip) every stage, then merge their results into RUN/results.json and write the report."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     for name, cfg, body, inputs in plan.stages:
-        cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+        cfg_dict = _config_dict(cfg)
         stage = Stage(plan.run_dir, name, cfg_dict, _stage_inputs(plan, inputs), seed=plan.config.seed)
         if stage.done():
             log(f"[{name}] done already, skipped")

@@ -286,16 +286,21 @@ def curve(section: dict, key: str) -> list[tuple[float, Any]]:
 
 
 def steering_effect(s: dict) -> tuple[float, float, float] | None:
-    """(largest |reward(α) − reward(α≈0)| along the probe direction, its α, largest random effect or nan)."""
+    """(reward(largest α) − reward(α≈0), that α, largest mean |effect| of random directions at that α, or nan).
+
+    The random control is read at the same α when `random_max_abs_effect` is a list aligned with the
+    alphas (or `summary.random_max_abs_effect_per_alpha` exists), else it is the single number given."""
     points = [(a, value(r)) for a, r in curve(s, "reward_mean")]
     if len({a for a, _ in points}) < 2:
         return None
     a0, r0 = min(points, key=lambda p: abs(p[0]))
-    alpha, effect = max(((a, abs(r - r0)) for a, r in points if a != a0), key=lambda p: p[1])
-    rnd = s.get("random_max_abs_effect")
-    rnd_values = [value(v) for v in rnd] if isinstance(rnd, list) else [value(rnd)]
-    rnd_values = [v for v in rnd_values if v is not None]
-    return effect, alpha, max(rnd_values) if rnd_values else math.nan
+    alpha, r_max = max(points, key=lambda p: p[0])
+    rnd = s.get("summary", {}).get("random_max_abs_effect_per_alpha", s.get("random_max_abs_effect"))
+    if isinstance(rnd, list):
+        by_alpha = dict(zip([a for a, _ in curve(s, "reward_mean")], rnd))
+        rnd = by_alpha.get(alpha)
+    rnd = value(rnd)
+    return r_max - r0, alpha, math.nan if rnd is None else rnd
 
 
 def answer_q3(run: Run) -> str | None:
@@ -304,14 +309,22 @@ def answer_q3(run: Run) -> str | None:
     if eff is None:
         return None
     effect, alpha, rnd = eff
-    (a_lo, r_lo), (a_hi, r_hi) = curve(s, "reward_mean")[0], curve(s, "reward_mean")[-1]
-    moves = (f"steering along the probe direction moves the mean true reward from {fmt(r_lo)} at α = {num_g(a_lo)} "
-             f"to {fmt(r_hi)} at α = {num_g(a_hi)} (largest change {num(effect)} at α = {num_g(alpha)})")
+    points = curve(s, "reward_mean")
+    (a0, r0), (a_hi, r_hi) = min(points, key=lambda p: abs(p[0])), max(points, key=lambda p: p[0])
+    direction = s.get("direction", "probe").replace("_", " ")
+    gram = dict(zip([a for a, _ in points], s.get("grammatical_rate") or []))
+    moves = (f"adding the {direction} direction moves the mean true reward from {fmt(r0)} at α = {num_g(a0)} "
+             f"to {fmt(r_hi)} at α = {num_g(a_hi)}, a change of {num(effect)}")
+    if gram.get(a_hi) is not None:
+        moves += f" (grammatical rate there {fmt(gram[a_hi])})"
     if math.isnan(rnd):
         return f"Unknown: {moves}, but no random-direction control was run."
+    versus = f"the largest mean |change| from random directions of the same norm is {num(rnd)}"
+    if effect > 3 * rnd:
+        return f"Yes: {moves}; {versus}."
     if effect > rnd:
-        return f"Yes: {moves}, more than the largest change from any random direction of the same norm ({num(rnd)})."
-    return f"No: {moves}, no more than random directions of the same norm change it ({num(rnd)})."
+        return f"Weakly: {moves}, more than random directions but less than 3 times as much; {versus}."
+    return f"Not shown: {moves}; {versus}."
 
 
 def answer_q4(run: Run) -> str | None:

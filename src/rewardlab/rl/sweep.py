@@ -25,7 +25,7 @@ def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path) -> str:
     for coef in kl_coefs:
         summary = train_ppo(dataclasses.replace(cfg, kl_coef=coef), out / f"kl_{coef:g}")
         rows.append({"kl_coef": coef, **{k: summary.get(k) for k in COLUMNS[1:]},
-                     "reward_policy_ci": summary["reward_policy_ci"]["ci"]})
+                     "reward_mean": summary["reward_policy_ci"]})  # the policy's mean reward: value, ci, n
     write_jsonl(out / "frontier.jsonl", rows)
     table = "\n".join(
         ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -45,8 +45,8 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     kl = [r["kl_exact"] for r in rows]
     reward = [r["reward_policy"] for r in rows]
-    lo = [r["reward_policy"] - r["reward_policy_ci"][0] for r in rows]
-    hi = [r["reward_policy_ci"][1] - r["reward_policy"] for r in rows]
+    lo = [r["reward_policy"] - r["reward_mean"]["ci"][0] for r in rows]
+    hi = [r["reward_mean"]["ci"][1] - r["reward_policy"] for r in rows]
     ax.errorbar(kl, reward, yerr=[lo, hi], fmt="o-")
     for r in rows:
         ax.annotate(f"{r['kl_coef']:g}", (r["kl_exact"], r["reward_policy"]), textcoords="offset points", xytext=(4, 4))
