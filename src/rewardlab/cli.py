@@ -264,12 +264,9 @@ def _steer(a: argparse.Namespace) -> None:
         direction_probe = load_probe(a.direction)
         direction, site = direction_probe.direction(), a.site or direction_probe.meta.get("site")
         probe = probe or direction_probe
-    checker = None
-    if a.grammar:
-        from rewardlab.world import is_grammatical
+    from rewardlab.world import is_grammatical
 
-        def checker(completion: str, prompt: str) -> bool:
-            return is_grammatical(completion, prompt)
+    checker = is_grammatical if a.grammar else None  # called as checker(completion, prompt)
     base = load_model(a.base, device=a.device, dtype="float32")[0] if a.base else None
     prompts = [r["prompt"] for r in read_jsonl(a.prompts, required=("prompt",))]
     neutral = [r["prompt"] for r in read_jsonl(a.neutral, required=("prompt",))] if a.neutral else None
