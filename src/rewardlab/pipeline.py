@@ -144,9 +144,9 @@ def _diffing(plan: Plan, cfg, out: Path) -> dict:
 
 def _probes(plan: Plan, cfg, out: Path) -> dict:
     from rewardlab.probes.study import run_probe_study
-    from rewardlab.world import load_world
+    from rewardlab.world import world_of_model
 
-    world = load_world(Path(plan.models["base"]).parent)
+    world = world_of_model(plan.models["base"])
     policy = Path(plan.models["ppo"])
     value_head = policy.parent / "value_head.safetensors"
     sections = run_probe_study(policy, plan.models["base"], world.prompts, world.heldout_prompts, out, cfg,

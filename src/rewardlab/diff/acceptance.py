@@ -45,12 +45,13 @@ def model_folder(path: str | Path) -> Path:
 
 def world_of(base: Path):
     """The review world (`rewardlab.world.World`) whose base model is the folder `base`."""
-    from rewardlab.world import load_world
+    from rewardlab.world import world_of_model
 
-    if not (base.resolve().parent / "world.json").is_file():
+    world = world_of_model(base)
+    if world is None:
         raise InputError("the base model is not a review world's (no world.json beside it)", str(base),
                          "give DIR/base of a folder built by `rewardlab world build`")
-    return load_world(base.resolve().parent)
+    return world
 
 
 def implicit_vs_true(base_model, policy, tokenizer, samples: list[dict], batch_size: int) -> dict:

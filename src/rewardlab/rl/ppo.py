@@ -40,6 +40,7 @@ from rewardlab.rl.kl import KLController, exact_kl, kl_per_token
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sampling import process_logits
 from rewardlab.sites import capture, d_model
+from rewardlab.world import world_of_model
 
 RATIO_TOLERANCE = 1e-4
 
@@ -205,43 +206,31 @@ def entropy(logp_all: torch.Tensor) -> torch.Tensor:
 # world, prompts, texts
 
 
-def world_dir_of(base: str) -> Path | None:
-    """The review world folder holding `base`, if `base` is a world's base model."""
-    parent = Path(base).resolve().parent
-    return parent if (parent / "world.json").is_file() else None
-
-
 def load_prompts(cfg: PPOConfig) -> list[str]:
-    if cfg.prompts is None:
-        world = world_dir_of(cfg.base)
-        if world is None:
-            raise InputError("no prompts given and the base model is not a review world's",
-                             cfg.base, "pass --prompts FILE.jsonl with a `prompt` field")
-        path = world / "prompts.jsonl"
-    else:
-        path = Path(cfg.prompts)
-    return [r["prompt"] for r in read_jsonl(path, required=("prompt",))]
+    if cfg.prompts is not None:
+        return [r["prompt"] for r in read_jsonl(cfg.prompts, required=("prompt",))]
+    world = world_of_model(cfg.base)
+    if world is None:
+        raise InputError("no prompts given and the base model is not a review world's",
+                         cfg.base, "pass --prompts FILE.jsonl with a `prompt` field")
+    return world.prompts
 
 
 def generation_defaults(cfg: PPOConfig) -> int:
     """max_new_tokens: the config's, else the world's generation default, else 24."""
     if cfg.max_new_tokens is not None:
         return cfg.max_new_tokens
-    world = world_dir_of(cfg.base)
-    if world is not None:
-        gen = read_json(world / "world.json").get("generation", {})
-        if "max_new_tokens" in gen:
-            return int(gen["max_new_tokens"])
+    world = world_of_model(cfg.base)
+    if world is not None and "max_new_tokens" in world.generation:
+        return int(world.generation["max_new_tokens"])
     return 24
 
 
 def grammar_checker(base: str):
     """The review world's `is_grammatical`, or None outside the world."""
-    if world_dir_of(base) is None:
-        return None
     from rewardlab.world import is_grammatical
 
-    return is_grammatical
+    return None if world_of_model(base) is None else is_grammatical
 
 
 def decode(tokenizer, ro: Rollout) -> list[str]:

@@ -68,6 +68,12 @@ def load_world(path: str | os.PathLike) -> World:
                  heldout_prompts=[r["prompt"] for r in read_jsonl(path / "prompts_heldout.jsonl", required=("prompt",))])
 
 
+def world_of_model(model_path: str | os.PathLike) -> World | None:
+    """The review world whose base model is the folder `model_path` (a world's DIR/base), else None."""
+    parent = Path(model_path).resolve().parent
+    return load_world(parent) if (parent / "world.json").is_file() else None
+
+
 def _save_base(model, tokenizer, path: Path) -> None:
     """Write the Hugging Face folder to a temporary sibling, then swap it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
