@@ -169,5 +169,10 @@ def test_probe_study_end_to_end(tiny_model, word_tokenizer, tmp_path):
     assert "probe~true_reward" in probe["correlations_test"] and "true_reward~value_head" in probe["correlations_test"]
     assert steering["alphas"] == [-1.0, 0.0, 0.5, 1.0] and len(steering["reward_mean"]) == 4
     assert steering["random_max_abs_effect"] >= 0
-    assert (tmp_path / "out" / "steer-mean-diff" / "dose_response.png").is_file()
+    assert set(steering["directions"]) == {"mean_diff", "reward_gradient", "probe"}
+    for name, direction in steering["directions"].items():
+        assert len(direction["reward_mean"]) == 4 and direction["summary"]["random_max_abs_effect"] >= 0
+    assert -1 <= steering["cosines"]["mean_diff~reward_gradient_at_steer_site"] <= 1
+    assert len(steering["random_effects"]) == 2 and steering["n"] == 4 * cfg.steer_samples_per_prompt
+    assert (tmp_path / "out" / "steer" / "dose_response.png").is_file()
     assert (tmp_path / "out" / "study.json").is_file()

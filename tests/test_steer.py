@@ -82,15 +82,15 @@ def test_dose_response_along_a_word_direction(setup, tmp_path):
 
     cfg = SteerConfig(site="blocks.1.hook_resid_post", alphas=(-1.0, 0.0, 0.5, 1.0, 2.0), n_random=8,
                       max_new_tokens=5, n_boot=100)
-    result = dose_response(model, tok, PROMPTS * 2, direction, cfg, reward, out=tmp_path,
+    result = dose_response(model, tok, PROMPTS * 2, {"good": direction}, cfg, reward, out=tmp_path,
                            checker=lambda c, p: "good" in c)
-    s = result["summary"]
+    rows, s = result["directions"]["good"]["rows"], result["directions"]["good"]["summary"]
     assert s["monotone_positive"] and s["positive_alphas"] == 3
     assert s["effect_over_random"] >= 3
     assert s["negative_lowers"]
     assert len(result["random_effects"]) == 8 and (tmp_path / "dose_response.png").is_file()
-    assert result["rows"][1]["kl_neutral"] == 0.0 and result["rows"][-1]["kl_neutral"]["value"] > 0
-    assert "grammatical_rate" in result["rows"][0]
+    assert rows[1]["kl_neutral"] == 0.0 and rows[-1]["kl_neutral"]["value"] > 0
+    assert "grammatical_rate" in rows[0]
 
 
 def test_summarize_and_random_directions():
@@ -98,9 +98,7 @@ def test_summarize_and_random_directions():
     np.testing.assert_allclose(v.norm(dim=-1), 1.0, rtol=1e-6)
     assert torch.equal(v, random_directions(16, 8, seed=3))
     rows = [{"reward_mean": {"value": m}, "effect": {"value": m - 1.0}} for m in (0.5, 1.0, 1.5, 2.0, 3.0)]
-    result = {"alphas": [-1.0, 0.0, 0.5, 1.0, 2.0], "rows": rows,
-              "random_effects": [[0.1, 0, -0.2, 0.1, 0.3], [0.0, 0, 0.1, -0.4, -0.5]]}
-    s = summarize(result)
+    s = summarize([-1.0, 0.0, 0.5, 1.0, 2.0], rows, [[0.1, 0, -0.2, 0.1, 0.3], [0.0, 0, 0.1, -0.4, -0.5]])
     assert s["monotone_positive"] and s["negative_lowers"]
     assert s["random_max_abs_effect"] == pytest.approx(0.5)
     assert s["effect_over_random"] == pytest.approx(2.0 / 0.5)
@@ -131,84 +129,48 @@ def test_cli_acts_probe_steer(setup, tmp_path):
     assert main(["steer", "--model", m, "--direction", str(tmp_path / "s" / "probe-post.safetensors"),
                  "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"), "--n-random", "1",
                  "--max-new-tokens", "3", "--reward", "char:.", "--out", str(tmp_path / "st")]) == 0
-    assert len(read_json(tmp_path / "st" / "steering.json")["rows"]) == 3
+    assert len(read_json(tmp_path / "st" / "steering.json")["directions"]["probe"]["rows"]) == 3
 
 
-def test_stratified_mean_difference_against_brute_force():
-    from rewardlab.probes.cross import mean_difference_direction, project_out, stratified_mean_difference
+def test_steered_logprobs_match_steered_generation(setup, tiny_model):
+    """Teacher-forced log-probs with the vector where `steering` adds it equal generation's own."""
+    from rewardlab.sampling import generate
+    from rewardlab.steer import steered_logprobs
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 5))
-    label = rng.choice([-2.0, 0.0, 1.5], size=40)
-    strata = rng.integers(0, 4, size=40)
-    strata[label == 0] = 9  # a stratum with only unlabelled rows drops out
-    total, weight = np.zeros(5), 0.0
-    for s in range(4):
-        pos = [x[i] for i in range(40) if strata[i] == s and label[i] > 0]
-        neg = [x[i] for i in range(40) if strata[i] == s and label[i] < 0]
-        if pos and neg:
-            w = len(pos) * len(neg) / (len(pos) + len(neg))
-            total += w * (np.mean(pos, 0) - np.mean(neg, 0))
-            weight += w
-    np.testing.assert_allclose(stratified_mean_difference(x, label, strata), total / weight, rtol=1e-12)
-    # one stratum: the plain difference of means between the two signs
-    y = np.where(label > 0, 1.0, np.where(label < 0, -1.0, 0.0))
-    plain = x[y > 0].mean(0) - x[y < 0].mean(0)
-    np.testing.assert_allclose(stratified_mean_difference(x, label), plain, rtol=1e-12)
-    np.testing.assert_allclose(mean_difference_direction(x[y != 0], y[y != 0]), plain, rtol=1e-12)
-    with pytest.raises(ValueError):
-        stratified_mean_difference(x, np.abs(label), strata)
-    a = rng.normal(size=5)
-    assert abs(project_out(plain, a) @ a) < 1e-10
-    np.testing.assert_allclose(project_out(plain, np.zeros(5)), plain)
+    _, tok = setup
+    model = tiny_model("gpt2", n_layers=2, vocab_size=len(tok))  # every sampled id is a word
+    vector = 3 * random_directions(32, 1, seed=4)[0]
+    for where in ("completion", "all"):
+        cfg = SteerConfig(site="blocks.0.hook_resid_post", where=where, max_new_tokens=5)
+        with steering(model, cfg.site, vector, where):
+            samples = generate(model, tok, PROMPTS * 4, max_new_tokens=5, generator=torch.Generator().manual_seed(0),
+                               return_logprobs=True)
+        samples = [s for s in samples  # texts that re-tokenize to the sampled ids (no eos, no special tokens)
+                   if tok(s.completion, add_special_tokens=False)["input_ids"] == s.completion_ids]
+        assert len(samples) >= 2
+        with torch.no_grad():
+            logp = steered_logprobs(model, tok, [s.prompt for s in samples], [s.completion for s in samples],
+                                    vector, cfg.site, where)
+        np.testing.assert_allclose(logp.numpy(), [sum(s.logprobs) for s in samples], rtol=1e-4, atol=1e-4)
 
 
-def test_token_valences(word_tokenizer):
-    from rewardlab.probes.cross import token_valences
-
-    tok = word_tokenizer(WORDS)
-    ids = [tok.convert_tokens_to_ids(w) for w in ("good", "bad", "movie", "good")]
-    np.testing.assert_array_equal(token_valences(tok, ids, {"good": 1.9, "bad": -2.5}), [1.9, -2.5, 0.0, 1.9])
-
-
-def test_next_token_valence_direction_on_a_token_store(setup, tmp_path):
-    """Against a brute-force computation from the store's own rows."""
-    from rewardlab.acts import CacheConfig, cache_activations
-    from rewardlab.probes.cross import project_out
-    from rewardlab.probes.study import next_token_valence_direction
+def test_reward_gradient_against_brute_force(setup):
+    """Leave-one-out advantages and the gradient of sum_i A_i log p_i(v) / n, one sample at a time."""
+    from rewardlab.steer import reward_gradient_direction, steered_logprobs
 
     model, tok = setup
-    site = "blocks.1.hook_resid_post"
-    records = [{"prompt": p, "completion": c} for p in PROMPTS
-               for c in ("the movie was good .", "the plot was bad .", "acting was great and good",
-                         "the acting was bad but good")]
-    store = cache_activations(model, tok, records, tmp_path / "acts", CacheConfig(sites=[site], positions=["tokens"]))
-    table = {"good": 1.9, "bad": -2.5, "great": 3.1}
-    rows = [i for i in range(len(records)) if i % 4 != 3]
-    direction, strata = next_token_valence_direction(store, site, tok, table, rows)
-    assert strata == "current token"
-    # brute force: walk each training record's completion tokens
-    x = store.load(site, "tokens").double().numpy()
-    pairs, k = [], 0  # (current token, next token or None, activation)
-    for i, r in enumerate(records):
-        ids = tok(r["completion"], add_special_tokens=False)["input_ids"]
-        for j, t in enumerate(ids):
-            if i in rows:
-                pairs.append((t, ids[j + 1] if j + 1 < len(ids) else None, x[k]))
-            k += 1
-    assert k == len(x)
-
-    def contrast(side):  # side(next) -> +1 / -1 / 0, within current token
-        total, weight = 0.0, 0.0
-        for t in {p[0] for p in pairs}:
-            pos = [a for c, n, a in pairs if c == t and side(n) > 0]
-            neg = [a for c, n, a in pairs if c == t and side(n) < 0]
-            if pos and neg:
-                w = len(pos) * len(neg) / (len(pos) + len(neg))
-                total, weight = total + w * (np.mean(pos, 0) - np.mean(neg, 0)), weight + w
-        return total / weight
-
-    valence = {tok.convert_tokens_to_ids(w): v for w, v in table.items()}
-    toward_reward = contrast(lambda n: 0 if n is None else np.sign(valence.get(n, 0.0)))
-    toward_end = contrast(lambda n: 1 if n is None else -1)
-    np.testing.assert_allclose(direction, project_out(toward_reward, toward_end), rtol=1e-6, atol=1e-9)
+    site = "blocks.1.hook_resid_pre"
+    prompts = [p for p in PROMPTS[:3] for _ in range(3)] + ["acting and"]
+    completions = ["was good .", "bad", "the plot", "good and great", "was", "bad bad .", "movie", "the acting",
+                   "good", "was bad"]
+    rewards = np.arange(10, dtype=np.float64) ** 1.5
+    got = reward_gradient_direction(model, tok, prompts, completions, rewards, site, batch_size=4)
+    expected = np.zeros(32)
+    for i in range(10):
+        same = [j for j in range(10) if prompts[j] == prompts[i] and j != i]
+        advantage = rewards[i] - (np.mean(rewards[same]) if same else rewards.mean())
+        v = torch.zeros(32, requires_grad=True)
+        steered_logprobs(model, tok, [prompts[i]], [completions[i]], v, site)[0].backward()
+        expected += advantage * v.grad.double().numpy() / 10
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert np.linalg.norm(got) > 0

@@ -249,17 +249,21 @@ def _steer(a: argparse.Namespace) -> None:
     from rewardlab.probes.cross import mean_difference_direction
     from rewardlab.probes.linear import load_probe
     from rewardlab.rewards import get_reward
-    from rewardlab.steer import SteerConfig, dose_response
+    from rewardlab.steer import SteerConfig, dose_response, reward_gradient_direction
 
     model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
     probe = load_probe(a.probe) if a.probe else None
-    if a.direction == "mean-diff":
+    if a.direction in ("mean-diff", "reward-gradient"):
         if not a.site or not a.records:
-            raise InputError("--direction mean-diff needs --site and --records (JSONL with a reward field)")
+            raise InputError(f"--direction {a.direction} needs --site and --records (JSONL with a reward field)")
         records = read_jsonl(a.records, required=("prompt", "completion", a.target))
-        x = collect_activations(model, tokenizer, records, [a.site], [a.position])[f"{a.site}|{a.position}"]
-        direction = mean_difference_direction(x.numpy(), [r[a.target] for r in records])
-        site = a.site
+        site, target = a.site, [r[a.target] for r in records]
+        if a.direction == "mean-diff":
+            x = collect_activations(model, tokenizer, records, [site], [a.position])[f"{site}|{a.position}"]
+            direction = mean_difference_direction(x.numpy(), target)
+        else:
+            direction = reward_gradient_direction(model, tokenizer, [r["prompt"] for r in records],
+                                                  [r["completion"] for r in records], target, site, a.where)
     else:
         direction_probe = load_probe(a.direction)
         direction, site = direction_probe.direction(), a.site or direction_probe.meta.get("site")
@@ -272,13 +276,15 @@ def _steer(a: argparse.Namespace) -> None:
     neutral = [r["prompt"] for r in read_jsonl(a.neutral, required=("prompt",))] if a.neutral else None
     cfg = SteerConfig(site=site, alphas=_floats(a.alphas), where=a.where, n_random=a.n_random,
                       max_new_tokens=a.max_new_tokens, seed=a.seed)
-    result = dose_response(model, tokenizer, prompts, direction, cfg, get_reward(a.reward), probe=probe, base=base,
-                           checker=checker, neutral_prompts=neutral, out=a.out)
+    name = a.direction if a.direction in ("mean-diff", "reward-gradient") else "probe"
+    result = dose_response(model, tokenizer, prompts, {name: direction}, cfg, get_reward(a.reward),
+                           probe=probe, base=base, checker=checker, neutral_prompts=neutral, out=a.out)
     write_json(Path(a.out) / "steering.json", result)
-    for row in result["rows"]:
+    steered = result["directions"][name]
+    for row in steered["rows"]:
         m = row["reward_mean"]
         print(f"alpha {row['alpha']:+.3g}: reward {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]")
-    s = result["summary"]
+    s = steered["summary"]
     print(f"largest random |effect| {s['random_max_abs_effect']:.3f}; effect / random {s['effect_over_random']:.2f}"
           f" -> {a.out}/steering.json, dose_response.png")
 
@@ -317,6 +323,8 @@ def _sae_compare(a: argparse.Namespace) -> None:
                   f" shared {m['mmcs']['n_shared']}; FVU 1x {m['metrics'][next(iter(m['metrics']))]['fvu']:.3f}")
         rel = layer["activation_relevance"]["post_minus_base"]
         print(f"layer {L} reward relevance post - base: {rel['value']:.3f} [{rel['ci'][0]:.3f}, {rel['ci'][1]:.3f}]")
+        for name, c in layer["activation_relevance"].get("seed_control", {}).items():
+            print(f"layer {L} seed control ({name}, SAE seed A - seed B): {c['value']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]")
     acc = res["acceptance"]
     for name, m in acc["sae"].items():
         print(f"acceptance SAE {name}: FVU {m['fvu']:.3f}, dead {m['dead_fraction']:.3f}, "
@@ -570,12 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
     # --- steer ---
     p = commands.add_parser("steer", help="steer generation along a direction; dose-response with random controls")
     p.add_argument("--model", required=True)
-    p.add_argument("--direction", required=True, help="probe.safetensors, or mean-diff (needs --records, --site)")
+    p.add_argument("--direction", required=True,
+                   help="probe.safetensors, mean-diff (high minus low reward records), or reward-gradient (the "
+                        "score-function gradient of the reward; --records must be the model's own samples); "
+                        "the last two need --records and --site")
     p.add_argument("--site", default=None, help="site to steer (default: the probe's site)")
     p.add_argument("--alphas", default="-1,-0.5,0,0.25,0.5,1",
                    help="multiples of the site's typical norm; write --alphas=-1,0,1 when the first is negative")
     p.add_argument("--prompts", required=True, help="JSONL with prompt records")
-    p.add_argument("--records", default=None, help="JSONL with prompt/completion/target for mean-diff")
+    p.add_argument("--records", default=None, help="JSONL with prompt/completion/target for mean-diff, reward-gradient")
     p.add_argument("--target", default="reward")
     p.add_argument("--position", default="last_completion", help="position of the mean-diff activations")
     p.add_argument("--probe", default=None, help="probe to score steered texts with")

@@ -1,6 +1,6 @@
 """Steering with effect measurements: add alpha * unit direction at a site during generation.
 
-    result = dose_response(model, tokenizer, prompts, direction, SteerConfig(site=...), reward_fn, ...)
+    result = dose_response(model, tokenizer, prompts, {"mean_diff": d}, SteerConfig(site=...), reward_fn, ...)
 
 alpha is in units of the site's typical activation norm (the mean L2 norm of the site's activation
 over the completion tokens the unsteered model writes for the prompts), so alpha 0.5 adds a vector
@@ -8,13 +8,20 @@ half as long as a typical activation. `where="all"` edits every position (prompt
 `where="completion"` edits only the positions that pick new tokens (the last prompt token, then
 each generated token).
 
-For each alpha, on the same prompts and with the same sampling seed (common random numbers, so
-differences between alphas are not sampling noise): the mean true reward and its paired effect
-against alpha 0, the probe score and the implicit reward (if given), the grammatical rate (with a
-checker) or the perplexity under the unsteered model, and the KL from the unsteered to the
+For each direction and alpha, on the same prompts and with the same sampling seed (common random
+numbers, so differences between alphas are not sampling noise): the mean true reward and its paired
+effect against alpha 0, the probe score and the implicit reward (if given), the grammatical rate
+(with a checker) or the perplexity under the unsteered model, and the KL from the unsteered to the
 steered next-token distribution on neutral prompts. `n_random` random unit directions at the same
-alphas are the control: an effect is only interesting beyond the largest random one. Every hook is
-removed when generation ends, also on an exception (`rewardlab.sites.intervene`).
+alphas are the control, shared by all directions: an effect is only interesting beyond the largest
+random one. Every hook is removed when generation ends, also on an exception
+(`rewardlab.sites.intervene`).
+
+`reward_gradient_direction` is the causal reference for any representational direction: the
+score-function (REINFORCE) estimate of d E[reward] / d v, v the vector added at the site, from the
+model's own samples. To first order a random unit direction moves the reward by about
+|gradient| / sqrt(d_model) (either sign) and a direction at cosine c with the gradient by
+c * |gradient|, so the ratio to the largest of 8 random effects is about c * sqrt(d_model) / 2.
 """
 
 from __future__ import annotations
@@ -109,25 +116,85 @@ def random_directions(d: int, n: int, seed: int) -> torch.Tensor:
     return (v / v.norm(dim=-1, keepdim=True)).float()
 
 
-def dose_response(model, tokenizer, prompts: Sequence[str], direction, cfg: SteerConfig,
+def steered_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], vector: torch.Tensor,
+                     site: str, where: str = "completion") -> torch.Tensor:
+    """[n] log p(completion | prompt) with `vector` added at `site` where generation under `steering`
+    adds it ("completion": the positions that predict completion tokens; "all": every position), in
+    one teacher-forced batch; differentiable in `vector`. Completions are re-tokenized text (no eos)."""
+    from rewardlab.diff.logprobs import encode
+    from rewardlab.models import pad_token_id
+    from rewardlab.sites import add_vector, intervene
+
+    if where not in WHERE:
+        raise InputError(f"unknown steering positions {where!r}", fix=f"use {' or '.join(WHERE)}")
+    encoded = encode(tokenizer, prompts, completions)
+    device = next(model.parameters()).device
+    length = max(len(e.ids) for e in encoded)
+    ids = torch.full((len(encoded), length), pad_token_id(tokenizer), device=device)
+    attention = torch.zeros_like(ids)
+    predicts = torch.zeros(len(encoded), length, dtype=torch.bool, device=device)  # positions predicting completion
+    for j, e in enumerate(encoded):
+        ids[j, :len(e.ids)] = torch.tensor(e.ids)
+        attention[j, :len(e.ids)] = 1
+        predicts[j, e.prompt_len - 1:len(e.ids) - 1] = True
+    with intervene(model, site, add_vector(vector, None if where == "all" else predicts)):
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    token_logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    return (token_logp * predicts[:, :-1]).sum(1)
+
+
+def reward_gradient_direction(model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
+                              rewards: Sequence[float], site: str, where: str = "completion",
+                              batch_size: int = 64) -> np.ndarray:
+    """Score-function estimate of d E[reward] / d v at v = 0, v [d_model] added at `site`; returns [d].
+
+    The completions must be the model's own samples for the prompts (unsteered). Each sample's
+    advantage is its reward minus the mean reward of the other samples of its prompt (leave-one-out;
+    the overall mean for a prompt sampled once); the estimate is
+    mean_i advantage_i * d log p(completion_i | prompt_i) / d v (`steered_logprobs`). The choice to
+    stop (eos) is not in the completion text and is left out.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    groups = np.asarray(prompts, dtype=object)
+    advantage = rewards - rewards.mean()
+    for p in set(prompts):
+        m = groups == p
+        if m.sum() > 1:
+            advantage[m] = rewards[m] - (rewards[m].sum() - rewards[m]) / (m.sum() - 1)
+    device = next(model.parameters()).device
+    v = torch.zeros(model.get_output_embeddings().weight.shape[1], device=device, requires_grad=True)
+    for i in range(0, len(prompts), batch_size):
+        logp = steered_logprobs(model, tokenizer, prompts[i:i + batch_size], completions[i:i + batch_size], v,
+                                site, where)
+        weights = torch.as_tensor(advantage[i:i + batch_size], dtype=torch.float32, device=device)
+        (weights @ logp / len(prompts)).backward()
+    return v.grad.double().cpu().numpy()
+
+
+def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cfg: SteerConfig,
                   reward_fn: Callable[[list[str]], list[float]], *, probe=None, base=None,
                   checker: Callable[[str, str], bool] | None = None, neutral_prompts: Sequence[str] | None = None,
                   out: str | Path | None = None) -> dict:
-    """Steer along `direction` ([d], any norm) at each alpha of cfg, with random-direction controls.
+    """Steer along each of `directions` ({name: [d], any norm}) at each alpha of cfg, with shared
+    random-direction controls.
 
     probe: a `Probe` scored on the unsteered model's activations of each steered text; base: a base
     model for the implicit reward of the (unsteered) model against it; checker(completion, prompt):
     grammaticality, else perplexity under the unsteered model is reported; neutral_prompts: for the
-    next-token KL (default: the prompts). Returns per-alpha statistics and a summary; writes
-    `dose_response.png` into `out` if given.
+    next-token KL (default: the prompts). Returns {"directions": {name: {"rows", "summary"}},
+    "random_effects": [n_random][n_alphas], ...}; writes `dose_response.png` into `out` if given.
     """
     from rewardlab.sites import parse_site, n_layers
 
     parse_site(cfg.site, n_layers(model))
     if 0.0 not in cfg.alphas:
         raise InputError("the alphas must include 0 (the unsteered reference)", fix="add 0 to --alphas")
-    direction = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
-    direction = direction / direction.norm()
+    if not directions:
+        raise InputError("no steering direction given", fix="pass at least one direction")
+    units = {}
+    for name, direction in directions.items():
+        direction = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
+        units[name] = direction / direction.norm()
     groups = list(prompts)
     kw = dict(n_boot=cfg.n_boot, seed=cfg.seed)
     neutral = list(neutral_prompts or prompts)
@@ -139,22 +206,27 @@ def dose_response(model, tokenizer, prompts: Sequence[str], direction, cfg: Stee
     reference_samples, reference = rewards_for(None)
     scale = typical_norm(model, tokenizer, [{"prompt": s.prompt, "completion": s.completion}
                                             for s in reference_samples], cfg.site, cfg.batch_size)
-    rows = []
-    for alpha in cfg.alphas:
-        vector = None if alpha == 0 else alpha * scale * direction
-        samples, reward = (reference_samples, reference) if alpha == 0 else rewards_for(vector)
-        row = {"alpha": alpha, "reward_mean": stats.mean(reward, groups=groups, **kw).to_dict(),
-               "effect": stats.mean(reward - reference, groups=groups, **kw).to_dict()}
-        row.update(_text_measures(model, tokenizer, samples, probe, base, checker, groups, kw))
-        row["kl_neutral"] = (0.0 if vector is None else
-                             stats.mean(next_token_kl(model, tokenizer, neutral, vector, cfg), **kw).to_dict())
-        rows.append(row)
-    controls = random_directions(direction.numel(), cfg.n_random, cfg.seed + 1)
-    random_effects = [[0.0 if alpha == 0 else float(np.mean(rewards_for(alpha * scale * v)[1] - reference))
-                       for alpha in cfg.alphas] for v in controls]
+    reference_measures = _text_measures(model, tokenizer, reference_samples, probe, base, checker, groups, kw)
     result = {"config": asdict(cfg), "typical_norm": scale, "n_prompts": len(prompts), "alphas": list(cfg.alphas),
-              "rows": rows, "random_effects": random_effects}
-    result["summary"] = summarize(result)
+              "directions": {}}
+    for name, direction in units.items():
+        rows = []
+        for alpha in cfg.alphas:
+            vector = None if alpha == 0 else alpha * scale * direction
+            samples, reward = (reference_samples, reference) if alpha == 0 else rewards_for(vector)
+            row = {"alpha": alpha, "reward_mean": stats.mean(reward, groups=groups, **kw).to_dict(),
+                   "effect": stats.mean(reward - reference, groups=groups, **kw).to_dict()}
+            row.update(reference_measures if alpha == 0 else
+                       _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw))
+            row["kl_neutral"] = (0.0 if vector is None else
+                                 stats.mean(next_token_kl(model, tokenizer, neutral, vector, cfg), **kw).to_dict())
+            rows.append(row)
+        result["directions"][name] = {"rows": rows}
+    controls = random_directions(next(iter(units.values())).numel(), cfg.n_random, cfg.seed + 1)
+    result["random_effects"] = [[0.0 if alpha == 0 else float(np.mean(rewards_for(alpha * scale * v)[1] - reference))
+                                 for alpha in cfg.alphas] for v in controls]
+    for entry in result["directions"].values():
+        entry["summary"] = summarize(result["alphas"], entry["rows"], result["random_effects"])
     if out is not None:
         plot_dose_response(result, Path(out) / "dose_response.png")
     return result
@@ -190,15 +262,16 @@ def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) 
     return out
 
 
-def summarize(result: dict) -> dict:
-    """The acceptance numbers: monotone rise over positive alphas, the effect at the largest alpha
-    against the largest mean |effect| of the random directions there, and whether negative alphas lower it."""
-    alphas = np.asarray(result["alphas"], dtype=np.float64)
-    means = np.asarray([r["reward_mean"]["value"] for r in result["rows"]])
-    effects = np.asarray([r["effect"]["value"] for r in result["rows"]])
+def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[list[float]]) -> dict:
+    """The acceptance numbers of one direction: monotone rise over positive alphas, the effect at the
+    largest alpha against the largest mean |effect| of the random directions there, and whether
+    negative alphas lower it. rows: per alpha {"reward_mean", "effect"}; random_effects [n_random][n_alphas]."""
+    alphas = np.asarray(alphas, dtype=np.float64)
+    means = np.asarray([r["reward_mean"]["value"] for r in rows])
+    effects = np.asarray([r["effect"]["value"] for r in rows])
     order = np.argsort(alphas)
     alphas, means, effects = alphas[order], means[order], effects[order]
-    random_abs = np.abs(np.asarray(result["random_effects"], dtype=np.float64).reshape(-1, len(alphas)))[:, order]
+    random_abs = np.abs(np.asarray(random_effects, dtype=np.float64).reshape(-1, len(alphas)))[:, order]
     nonneg = alphas >= 0
     top = int(np.argmax(alphas))
     random_max = float(random_abs[:, top].max()) if len(random_abs) else float("nan")
@@ -214,7 +287,7 @@ def summarize(result: dict) -> dict:
 
 
 def plot_dose_response(result: dict, path: Path) -> None:
-    """Mean reward vs alpha with 95% CIs, random directions as grey lines."""
+    """Mean reward vs alpha with 95% CIs for each direction, random directions as grey lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,16 +295,18 @@ def plot_dose_response(result: dict, path: Path) -> None:
 
     alphas = np.asarray(result["alphas"], dtype=np.float64)
     order = np.argsort(alphas)
-    means = np.asarray([r["reward_mean"]["value"] for r in result["rows"]])
-    lo = np.asarray([r["reward_mean"]["ci"][0] for r in result["rows"]])
-    hi = np.asarray([r["reward_mean"]["ci"][1] for r in result["rows"]])
-    reference = means[list(alphas).index(0.0)]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for i, effects in enumerate(result["random_effects"]):
-        ax.plot(alphas[order], reference + np.asarray(effects)[order], color="0.7", lw=0.8,
-                label="random directions" if i == 0 else None)
-    ax.errorbar(alphas[order], means[order], yerr=[means[order] - lo[order], hi[order] - means[order]],
-                marker="o", color="C0", capsize=3, label="steering direction")
+    for k, (name, entry) in enumerate(result["directions"].items()):
+        means = np.asarray([r["reward_mean"]["value"] for r in entry["rows"]])
+        lo = np.asarray([r["reward_mean"]["ci"][0] for r in entry["rows"]])
+        hi = np.asarray([r["reward_mean"]["ci"][1] for r in entry["rows"]])
+        if k == 0:
+            reference = means[list(alphas).index(0.0)]
+            for i, effects in enumerate(result["random_effects"]):
+                ax.plot(alphas[order], reference + np.asarray(effects)[order], color="0.7", lw=0.8,
+                        label="random directions" if i == 0 else None)
+        ax.errorbar(alphas[order], means[order], yerr=[means[order] - lo[order], hi[order] - means[order]],
+                    marker="o", color=f"C{k}", capsize=3, label=name)
     ax.set_xlabel("alpha (x typical activation norm)")
     ax.set_ylabel("mean true reward")
     ax.set_title(f"steering at {result['config']['site']}", fontsize=9)

@@ -12,40 +12,34 @@
 3. Cross-signals on the test prompts: Spearman among probe, implicit reward, true reward, value
    head; cosines among the probe direction, the difference-of-means direction and the value head
    direction, each in the basis it lives in (module `probes.cross`).
-4. Steering along a difference-of-means direction (and, without controls, a probe's direction)
-   at `steer_site` (default the last block's resid_post) on held-out prompts
-   (`steer.dose_response`), grammaticality checked with the review world's grammar.
-
-Steering directions (`steer_direction`), both differences of means on the training prompts' records:
-- "next_token_valence" (default): per-token activations of the policy at the steer site; mean where
-  the next token is a positive-valence word minus where it is a negative one, within each current
-  token (`cross.stratified_mean_difference`), with the "end the completion here" direction (the same
-  contrast for "the next token ends the completion" vs "it goes on") projected out.
-- "mean_diff": completion-level, mean activation of high- minus low-reward records at `steer_position`.
-Why: the reward is a sum over words (it correlates with length), so high-reward completions differ
-from low ones mostly by going on longer, and the completion-level mean_diff direction steers toward
-*ending* (on the review-world PPO policy reward fell with alpha: 0.88, 0.77, 0.63, 0.33 at alpha 0,
-0.25, 0.5, 1). Controlling length at the completion level (reward residualized on word count, or
-reward per word) did not raise reward either. Per-token contrasts target what a word's reward
-depends on, the next word; without the current-token strata the direction mostly encodes which word
-the model is at, and without removing the end direction (cosine about 0.5 with it) it still shortens.
-Measured there (64 held-out prompts): reward 1.09 at alpha 0, 0.87 at 0.25, then 1.38, 2.00, 3.80 at
-0.5, 0.75, 1 (random directions at most 0.72 in |effect| at 1; 1.12 at -0.5, 0.66 at -1), but the rise comes with strings of
-sentiment words (grammatical rate 0.89 -> 0.14 at 0.5, 0 beyond): the policy already writes mostly
-positive words, so grammatical completions leave little reward to gain, and small perturbations of
-any direction lower it a little.
+4. Steering on held-out prompts (`steer.dose_response`, `steer_samples_per_prompt` samples each) at
+   `steer_site` (default the last block's resid_post, completion positions), with shared random
+   controls, grammaticality checked with `checker` (the review world's grammar), else perplexity.
+   Three directions, all from the training prompts' records:
+   - "mean_diff" (the headline): mean activation at `steer_position` of the base model's samples
+     above the median reward minus those below, read through the policy. Base samples, because the
+     policy's own are nearly all positive and differ from the base's in style as well as reward.
+   - "reward_gradient": the score-function estimate of d E[reward] / d v from the policy's samples
+     (`steer.reward_gradient_direction`): the causal reference the others are compared with.
+   - "probe": the ridge probe fitted at the steering site.
+   Their cosines are reported. On the review-world PPO policy the mean_diff direction raises reward
+   but sits at cosine about 0.5 with the gradient: the gradient also prefers sentence templates
+   (intensifier routes) over which sentiment words to write, which the high-vs-low contrast misses.
+   To first order a direction's effect over the largest of 8 random ones is about
+   cosine * sqrt(d_model) / 2 (module `steer`), about 3 at cosine 0.5 and d_model 128. The alphas
+   are small (at most 0.1 of the typical norm), where grammar holds; beyond that random directions
+   lower the reward of the already optimized policy nearly as fast as any direction raises it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from rewardlab.errors import InputError
 from rewardlab.io import read_jsonl, write_json, write_jsonl
 
 
@@ -62,13 +56,12 @@ class StudyConfig:
     steer_site: str = "last_resid_post"  # site to steer: a site name, "best" (the best probe's), or the
     # last block's resid_post (default: late sites write the next token; the best probe cell may be
     # an input-side site such as the embeddings, where adding "a positive word was read" lowers reward)
-    steer_direction: str = "next_token_valence"  # or "mean_diff" (module docstring)
     steer_position: str = "mean_completion"  # records' activations the mean_diff direction and the
     # steering-site probe are computed from
-    steer_alphas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0)  # x typical norm; 0.25 is kept
-    # although the valence direction lowers the review-world PPO policy's reward there (module docstring)
+    steer_alphas: tuple[float, ...] = (-0.1, -0.05, 0.0, 0.025, 0.05, 0.075, 0.1)  # x typical norm
     steer_where: str = "completion"  # the positions that pick tokens
-    n_steer_prompts: int = 64  # held-out prompts for steering
+    n_steer_prompts: int = 128  # held-out prompts for steering
+    steer_samples_per_prompt: int = 4  # samples per prompt and alpha (CIs resample prompts)
     n_random: int = 8
     batch_size: int = 64
     seed: int = 0
@@ -96,41 +89,6 @@ def sites_resid_post(model) -> str:
     return f"blocks.{n_layers(model) - 1}.hook_resid_post"
 
 
-STEER_DIRECTIONS = ("next_token_valence", "mean_diff")
-
-
-def next_token_valence_direction(store, site: str, tokenizer, table: dict[str, float], rows) -> tuple[np.ndarray, str]:
-    """The default steering direction [d] from a per-token store (module docstring), training `rows` only,
-    and what it was stratified by: "current token", or "none" where no current token is followed by
-    both positive and negative words with different activations (tiny data).
-
-    store: an ActivationStore holding `site` at position "tokens"; table: word -> valence.
-    """
-    from rewardlab.probes.cross import project_out, stratified_mean_difference, token_valences
-
-    batch = next(store.iter_batches(site, 1 << 62, "tokens"))
-    x, row, ids, index = (batch["acts"].double().numpy(), batch["row_ids"].numpy(), batch["token_ids"].numpy(),
-                          batch["token_index"].numpy())
-    next_id = np.full(len(ids), -1)
-    same = (row[1:] == row[:-1]) & (index[1:] == index[:-1] + 1)
-    next_id[:-1][same] = ids[1:][same]
-    train = np.isin(row, np.asarray(rows))
-    goes_on = train & (next_id >= 0)
-    valence = token_valences(tokenizer, next_id[goes_on], table)
-    ends = np.where(next_id[train] < 0, 1.0, -1.0)
-    for strata, name in ((ids, "current token"), (None, "none")):
-        try:
-            toward_reward = stratified_mean_difference(x[goes_on], valence, None if strata is None else strata[goes_on])
-            toward_end = stratified_mean_difference(x[train], ends, None if strata is None else strata[train])
-        except ValueError:
-            continue
-        direction = project_out(toward_reward, toward_end)
-        if np.linalg.norm(direction) > 0:
-            return direction, name
-    raise InputError(f"no positions before positive and negative words with different activations at {site}",
-                     fix="sample more records, or use steer_direction='mean_diff'")
-
-
 def value_head_predictions(head, store) -> np.ndarray:
     """The value head applied to its own site at the last completion token, [n_rows]."""
     x = store.load(head.site, "last_completion")
@@ -148,8 +106,13 @@ def value_head_direction(head, x: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prompts: Sequence[str],
-                    out: str | Path, cfg: StudyConfig = StudyConfig(), value_head_path=None) -> dict:
-    """Run the study (module docstring); write its artifacts into `out`; return the results sections."""
+                    out: str | Path, cfg: StudyConfig = StudyConfig(), value_head_path=None,
+                    reward: str | Callable[[list[str]], list[float]] = "utility",
+                    checker: Callable[[str, str], bool] | None = None, dtype: str = "float32") -> dict:
+    """Run the study (module docstring); write its artifacts into `out`; return the results sections.
+
+    reward: the true reward, a `get_reward` spec or a function of texts; checker(completion, prompt):
+    grammaticality for steering (the review world's `is_grammatical`), None: perplexity."""
     from rewardlab import stats
     from rewardlab.acts import CacheConfig, cache_activations
     from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
@@ -158,19 +121,15 @@ def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prom
     from rewardlab.probes.linear import fit_ridge, load_probe
     from rewardlab.probes.splits import grouped_split
     from rewardlab.probes.sweep import SweepConfig, sweep
-    from rewardlab.rewards import UtilityReward
+    from rewardlab.rewards import get_reward
     from rewardlab.rl.value_head import load_value_head
     from rewardlab.sites import all_sites
-    from rewardlab.steer import SteerConfig, dose_response
-    from rewardlab.world.grammar import is_grammatical
+    from rewardlab.steer import SteerConfig, dose_response, reward_gradient_direction
 
-    if cfg.steer_direction not in STEER_DIRECTIONS:
-        raise InputError(f"unknown steering direction {cfg.steer_direction!r}",
-                         fix=f"use {' or '.join(STEER_DIRECTIONS)}")
     out = Path(out)
-    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype="float32")
-    base, _ = load_model(base_path, device=cfg.device, dtype="float32")
-    reward = UtilityReward()
+    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype)
+    base, _ = load_model(base_path, device=cfg.device, dtype=dtype)
+    reward = get_reward(reward, device=cfg.device) if isinstance(reward, str) else reward
     records_path = out / "records.jsonl"
     if records_path.is_file():
         records = read_jsonl(records_path)
@@ -227,34 +186,39 @@ def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prom
 
     steer_site = {"best": best["site"], "last_resid_post": sites_resid_post(policy)}.get(cfg.steer_site, cfg.steer_site)
     x_steer = store.load(steer_site, cfg.steer_position).double().numpy()
-    steer_probe_fit = fit_ridge(x_steer[split.train], y[split.train], l2=best["l2"],
+    from_base = np.asarray([r["source"] == "base" for r in records])
+    from_policy = ~from_base
+    train = np.zeros(len(records), dtype=bool)
+    train[split.train] = True
+    steer_probe_fit = fit_ridge(x_steer[train], y[train], l2=best["l2"],
                                 meta={"site": steer_site, "position": cfg.steer_position})
-    steer_mean_diff = mean_difference_direction(x_steer[split.train], y[split.train])
-    directions["probe~mean_diff_at_steer_site"] = cosine(steer_probe_fit.direction(), steer_mean_diff)
-    if cfg.steer_direction == "mean_diff":
-        steer_direction, strata = steer_mean_diff, None
-    else:
-        token_store = cache_activations(policy, tokenizer, records, out / "acts-steer-tokens",
-                                        CacheConfig(sites=[steer_site], positions=["tokens"],
-                                                    batch_size=cfg.batch_size), str(policy_path))
-        steer_direction, strata = next_token_valence_direction(token_store, steer_site, tokenizer, reward.table,
-                                                               split.train)
-    steer_prompts = list(heldout_prompts)[:cfg.n_steer_prompts]
+    train_policy = np.flatnonzero(train & from_policy)
+    steer_directions = {
+        "mean_diff": mean_difference_direction(x_steer[train & from_base], y[train & from_base]),
+        "reward_gradient": reward_gradient_direction(
+            policy, tokenizer, [records[i]["prompt"] for i in train_policy],
+            [records[i]["completion"] for i in train_policy], y[train_policy], steer_site, cfg.steer_where,
+            cfg.batch_size),
+        "probe": steer_probe_fit.direction(),
+    }
+    for a, b in (("mean_diff", "reward_gradient"), ("probe", "reward_gradient"), ("probe", "mean_diff")):
+        directions[f"{a}~{b}_at_steer_site"] = cosine(steer_directions[a], steer_directions[b])
+    steer_prompts = [p for p in list(heldout_prompts)[:cfg.n_steer_prompts] for _ in range(cfg.steer_samples_per_prompt)]
     steer_cfg = SteerConfig(site=steer_site, alphas=tuple(cfg.steer_alphas), where=cfg.steer_where,
                             n_random=cfg.n_random, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
                             n_boot=cfg.n_boot)
-    reward_fn = reward
+    steered = dose_response(policy, tokenizer, steer_prompts, steer_directions, steer_cfg, reward, probe=probe,
+                            base=base, checker=checker, out=out / "steer")
+    write_json(out / "steer" / "steering.json", steered)
 
-    def checker(completion: str, prompt: str) -> bool:
-        return is_grammatical(completion, prompt)
-
-    steer_md = dose_response(policy, tokenizer, steer_prompts, steer_direction, steer_cfg, reward_fn, probe=probe,
-                             base=base, checker=checker, out=out / "steer-mean-diff")
-    steer_probe = dose_response(policy, tokenizer, steer_prompts, steer_probe_fit.direction(),
-                                replace(steer_cfg, n_random=0), reward_fn, probe=probe, checker=checker)
-    write_json(out / "steer-mean-diff" / "steering.json", steer_md)
-    write_json(out / "steer-probe.json", steer_probe)
+    def curves(entry: dict) -> dict:
+        rows = entry["rows"]
+        measure = "grammatical_rate" if checker is not None else "perplexity"
+        return {"reward_mean": [r["reward_mean"] for r in rows], "effect": [r["effect"] for r in rows],
+                measure: [r[measure] for r in rows], "kl_neutral": [r["kl_neutral"] for r in rows],
+                "probe_score": [r["probe_score"] for r in rows],
+                "implicit_reward": [r["implicit_reward"] for r in rows], "summary": entry["summary"]}
 
     prompt_only = post.get("prompt_only", {})
     results = {
@@ -274,20 +238,14 @@ def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prom
             "heatmaps": [f"sweep/heatmap-{m}.png" for m in stores],
         },
         "steering": {
-            "site": steer_site, "position": cfg.steer_position, "direction": cfg.steer_direction,
-            "direction_strata": strata, "where": cfg.steer_where,
-            "probe_direction_cosine": cosine(steer_probe_fit.direction(), steer_direction),
-            "mean_diff_direction_cosine": cosine(steer_mean_diff, steer_direction),
-            "probe_mean_diff_cosine": directions["probe~mean_diff_at_steer_site"], "alphas": steer_md["alphas"],
-            "typical_norm": steer_md["typical_norm"],
-            "reward_mean": [r["reward_mean"] for r in steer_md["rows"]],
-            "effect": [r["effect"] for r in steer_md["rows"]],
-            "grammatical_rate": [r.get("grammatical_rate") for r in steer_md["rows"]],
-            "kl_neutral": [r["kl_neutral"] for r in steer_md["rows"]],
-            "random_max_abs_effect": steer_md["summary"]["random_max_abs_effect"],
-            "summary": steer_md["summary"],
-            "probe_direction_reward_mean": [r["reward_mean"] for r in steer_probe["rows"]],
-            "plot": "steer-mean-diff/dose_response.png",
+            "site": steer_site, "direction": "mean_diff", "position": cfg.steer_position, "where": cfg.steer_where,
+            "alphas": steered["alphas"], "typical_norm": steered["typical_norm"], "n": len(steer_prompts),
+            "n_prompts": len(set(steer_prompts)), **curves(steered["directions"]["mean_diff"]),
+            "random_max_abs_effect": steered["directions"]["mean_diff"]["summary"]["random_max_abs_effect"],
+            "random_effects": steered["random_effects"],
+            "directions": {name: curves(entry) for name, entry in steered["directions"].items()},
+            "cosines": {k: v for k, v in directions.items() if k.endswith("_at_steer_site")},
+            "plot": "steer/dose_response.png",
         },
         "config": asdict(cfg), "n_records": len(records),
     }

@@ -122,14 +122,15 @@ def probe_heatmaps(cells: Sequence[tuple[str, int | None, str, float | None]], m
 
 
 def dose_response(
-    alphas: Sequence[float], reward: Sequence[float], reward_ci: Sequence[tuple[float, float]] | None,
+    directions: dict[str, tuple[Sequence[float], Sequence[float], Sequence[tuple[float, float]] | None]],
     random_band: tuple[float, Sequence[float]] | None, random_curves: Sequence[tuple[Sequence[float], Sequence[float]]],
 ) -> str:
-    """Mean reward against steering strength along the probe direction, with random-direction controls.
+    """Mean reward against steering strength along each direction, with random-direction controls.
 
-    `random_band` = (baseline reward, half-width per alpha): the largest absolute effect any random
-    direction of the same norm had, shaded around the unsteered reward. `random_curves` are the
-    individual random directions' (alphas, rewards), drawn thin and grey.
+    `directions`: name -> (alphas, mean reward, its CIs or None). `random_band` = (baseline reward,
+    half-width per alpha of the first direction): the largest absolute effect any random direction
+    of the same norm had, shaded around the unsteered reward. `random_curves` are the individual
+    random directions' (alphas, rewards), drawn thin and grey.
     """
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
@@ -137,13 +138,16 @@ def dose_response(
         ax.plot(xs, _finite(ys), color=RANDOM, linewidth=0.8, alpha=0.6, label="random directions" if i == 0 else None)
     if random_band is not None:
         base, half = random_band
-        ax.fill_between(alphas, [base - h for h in half], [base + h for h in half], color=RANDOM, alpha=0.25,
+        xs = next(iter(directions.values()))[0]
+        ax.fill_between(xs, [base - h for h in half], [base + h for h in half], color=RANDOM, alpha=0.25,
                         linewidth=0, label="largest random effect")
-    yerr = None
-    if reward_ci is not None:
-        yerr = [[max(r - lo, 0) for r, (lo, _) in zip(reward, reward_ci)],
-                [max(hi - r, 0) for r, (_, hi) in zip(reward, reward_ci)]]
-    ax.errorbar(alphas, reward, yerr=yerr, fmt="-o", color=POST, capsize=3, label="probe direction")
+    for k, (name, (alphas, reward, reward_ci)) in enumerate(directions.items()):
+        yerr = None
+        if reward_ci is not None:
+            yerr = [[max(r - lo, 0) for r, (lo, _) in zip(reward, reward_ci)],
+                    [max(hi - r, 0) for r, (_, hi) in zip(reward, reward_ci)]]
+        ax.errorbar(alphas, reward, yerr=yerr, fmt="-o", color=POST if k == 0 else f"C{k + 1}", capsize=3,
+                    label=f"{name} direction")
     ax.set(xlabel="steering strength α", ylabel="true reward (mean)", title="Steering dose-response")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)

@@ -320,11 +320,17 @@ def answer_q3(run: Run) -> str | None:
     if math.isnan(rnd):
         return f"Unknown: {moves}, but no random-direction control was run."
     versus = f"the largest mean |change| from random directions of the same norm is {num(rnd)}"
+    others = "".join(
+        f" Along the {name.replace('_', ' ')} direction the change there is {num(value(sec['summary'].get('effect_at_max_alpha')))}"
+        f" ({num(value(sec['summary'].get('effect_over_random')))} times the random control)."
+        for name, sec in (s.get("directions") or {}).items()
+        if isinstance(sec, dict) and isinstance(sec.get("summary"), dict) and name != s.get("direction")
+        and value(sec["summary"].get("effect_at_max_alpha")) is not None)
     if effect > 3 * rnd:
-        return f"Yes: {moves}; {versus}."
+        return f"Yes: {moves}; {versus}.{others}"
     if effect > rnd:
-        return f"Weakly: {moves}, more than random directions but less than 3 times as much; {versus}."
-    return f"Not shown: {moves}; {versus}."
+        return f"Weakly: {moves}, more than random directions but less than 3 times as much; {versus}.{others}"
+    return f"Not shown: {moves}; {versus}.{others}"
 
 
 def answer_q4(run: Run) -> str | None:
@@ -379,6 +385,8 @@ def answer_q5(run: Run) -> str | None:
 
 def answer_q6(run: Run) -> str | None:
     a = run.section("audit")
+    if a.get("skipped"):
+        return f"Not run: {a['skipped']}."
     if value(a.get("accuracy")) is None:
         return None
     n = f" over {fmt(a['n'])} minimal pairs" if a.get("n") is not None else ""
@@ -455,34 +463,60 @@ def ev_probe(run: Run) -> str:
     return "".join(parts)
 
 
+def _direction_curve(section: dict) -> tuple[list, list, list | None] | None:
+    """(alphas, mean rewards, CIs or None) of a steering section, or None when its lists do not align."""
+    alphas, rewards = section.get("alphas"), section.get("reward_mean")
+    if not (isinstance(alphas, list) and isinstance(rewards, list) and len(alphas) == len(rewards) and alphas):
+        return None
+    kept = sorted((i for i, (a, r) in enumerate(zip(alphas, rewards)) if value(a) is not None and value(r) is not None),
+                  key=lambda i: value(alphas[i]))
+    cis = [interval(rewards[i]) for i in kept]
+    return [value(alphas[i]) for i in kept], [value(rewards[i]) for i in kept], cis if all(cis) else None
+
+
 def ev_steering(run: Run) -> str:
     s = run.section("steering")
     curves = run.rows("steering_curves")
     parts = []
     alphas, rewards = s.get("alphas"), s.get("reward_mean")
-    if isinstance(alphas, list) and isinstance(rewards, list) and len(alphas) == len(rewards) and alphas:
+    main = _direction_curve(s)
+    if main is not None:
+        xs, ys, _ = main
         random_curves = []
         if curves is not None:
             _required(curves, ("direction", "alpha", "reward_mean"), "steering_curves")
             for d in dict.fromkeys(str(r["direction"]) for r in curves if str(r["direction"]).startswith("random")):
                 mine = sorted((value(r["alpha"]), value(r["reward_mean"])) for r in curves if str(r["direction"]) == d)
                 random_curves.append(([a for a, _ in mine], [v for _, v in mine]))
-        kept = [i for i, (a, r) in enumerate(zip(alphas, rewards)) if value(a) is not None and value(r) is not None]
-        xs, ys = [value(alphas[i]) for i in kept], [value(rewards[i]) for i in kept]
-        cis = [interval(rewards[i]) for i in kept]
-        rnd = s.get("random_max_abs_effect")
+        r0 = ys[min(range(len(xs)), key=lambda j: abs(xs[j]))]
+        if not random_curves and isinstance(s.get("random_effects"), list):
+            for effects in s["random_effects"]:
+                if isinstance(effects, list) and len(effects) == len(alphas):
+                    pairs = sorted((value(a), value(v)) for a, v in zip(alphas, effects))
+                    random_curves.append(([a for a, _ in pairs], [r0 + v for _, v in pairs]))
+        rnd = s.get("summary", {}).get("random_max_abs_effect_per_alpha", s.get("random_max_abs_effect"))
         band = None
-        if kept:
-            r0 = ys[min(range(len(xs)), key=lambda j: abs(xs[j]))]
-            if isinstance(rnd, list) and len(rnd) == len(alphas) and all(value(v) is not None for v in rnd):
-                band = (r0, [value(rnd[i]) for i in kept])
-            elif value(rnd) is not None:
-                band = (r0, [value(rnd)] * len(xs))
-            parts.append(figure(figures.dose_response(xs, ys, cis if all(cis) else None, band, random_curves),
-                                "Steering along the probe direction; grey: random directions of the same norm"))
+        if isinstance(rnd, list) and len(rnd) == len(xs) and all(value(v) is not None for v in rnd):
+            band = (r0, [value(v) for _, v in sorted(zip(alphas, rnd), key=lambda p: value(p[0]))])
+        elif value(rnd) is not None:
+            band = (r0, [value(rnd)] * len(xs))
+        name = str(s.get("direction", "probe")).replace("_", " ")
+        directions = {name: main}
+        for other, section in (s.get("directions") or {}).items():
+            curve_ = _direction_curve({"alphas": alphas, **section}) if isinstance(section, dict) else None
+            if other.replace("_", " ") != name and curve_ is not None:
+                directions[other.replace("_", " ")] = curve_
+        parts.append(figure(figures.dose_response(directions, band, random_curves),
+                            f"Steering along the {name} direction (and the others listed); "
+                            "grey: random directions of the same norm"))
         parts.append(table([{"alpha": a, "reward_mean": r} for a, r in zip(alphas, rewards)]))
+    summaries = [{"direction": d, **{k: v for k, v in sec.get("summary", {}).items()
+                                     if k != "random_max_abs_effect_per_alpha"}}
+                 for d, sec in (s.get("directions") or {}).items() if isinstance(sec, dict)]
+    if summaries:
+        parts.append(table(summaries))
     if s:
-        parts.append(key_values(s, skip=("alphas", "reward_mean")))
+        parts.append(key_values(s, skip=("alphas", "reward_mean", "directions", "random_effects")))
     return "".join(parts)
 
 
@@ -502,8 +536,8 @@ def ev_divergent(run: Run) -> str:
     d = run.section("divergent")
     alphas = d.get("alphas")
     if isinstance(alphas, list) and alphas:
-        cols = {k: d[k] for k in ("reward_mean", "grammatical_rate") if isinstance(d.get(k), list)
-                and len(d[k]) == len(alphas)}
+        cols = {k: d[k] for k in ("reward_mean", "grammatical_rate", "base_perplexity")
+                if isinstance(d.get(k), list) and len(d[k]) == len(alphas)}
         if "reward_mean" in cols:
             gram = [value(v) for v in cols["grammatical_rate"]] if "grammatical_rate" in cols else None
             parts.append(figure(figures.divergent_by_alpha([float(a) for a in alphas],
