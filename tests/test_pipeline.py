@@ -31,7 +31,8 @@ def test_config_errors_name_the_key_before_any_work(tmp_path, capsys):
     ({**MICRO, "ppo": {"base": "x"}}, "base is set by the pipeline"),
     ({**MICRO, "diffing": {"alphas": "two"}}, r"config.diffing.alphas"),
     ({"seed": 0, "world": None}, "needs either a world or a models section"),
-    ({"models": {"base": "gpt2"}, "ppo": None, "probes": {}}, "need the review world and a PPO policy"),
+    ({"models": {"base": "gpt2"}}, "models.prompts is required"),
+    ({"models": {"base": "gpt2", "prompts": "/nonexistent/p.jsonl"}}, "config.models.prompts: file not found"),
 ])
 def test_config_errors(config, match):
     from rewardlab.errors import InputError
@@ -100,3 +101,39 @@ def test_fast_demo_runs_every_stage_and_its_report_renders(tmp_path):
         return
     dom, console = render(CHROMIUM, out / "report.html", tmp_path / "shot.png")
     assert console == [] and 'data-rendered="ok"' in dom
+
+
+def _models_config(tmp_path, **sections) -> dict:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"prompt {i}"}) + "\n" for i in range(10)))
+    return {"seed": 0, "models": {"base": "gpt2", "prompts": str(prompts), "reward": "char:e", "max_new_tokens": 7,
+                                  "temperature": 0.8}, **sections}
+
+
+def test_models_section_fills_stage_defaults(tmp_path):
+    from rewardlab.errors import InputError
+
+    plan = plan_run(_models_config(tmp_path, ppo={"temperature": 0.5}, probes={}, diffing={}), tmp_path / "run")
+    cfg = {name: c for name, c, *_ in plan.stages}
+    assert list(cfg) == ["prompts", "ppo", "diffing", "probes"]
+    ppo = cfg["ppo"]
+    assert (ppo.reward, ppo.max_new_tokens, ppo.temperature) == ("char:e", 7, 0.5)  # the section's own key wins
+    assert ppo.prompts == str(tmp_path / "run" / "prompts" / "train.jsonl")
+    assert cfg["probes"]["probes"].max_new_tokens == 7
+    assert cfg["diffing"]["models"].reward == "char:e"
+    given = _models_config(tmp_path, ppo={}, probes={})
+    given["models"]["post"] = "gpt2-post"
+    plan = plan_run(given, tmp_path / "run")  # a given post model: no post-training
+    assert plan.models == {"base": "gpt2", "post": "gpt2-post"} and [s[0] for s in plan.stages] == ["prompts", "probes"]
+    with pytest.raises(InputError, match="need a post-trained model"):
+        plan_run(_models_config(tmp_path, ppo=None, probes={}), tmp_path / "run")
+
+
+def test_split_heldout_holds_out_whole_prompts_deterministically():
+    from rewardlab.pipeline import split_heldout
+
+    rows = [f"p{i % 10}" for i in range(30)]
+    train, heldout = split_heldout(rows, 0.2, seed=3)
+    assert len(heldout) == 2 and len(train) == 24 and not set(train) & set(heldout)
+    assert split_heldout(list(reversed(rows)), 0.2, seed=3)[1] == heldout  # depends on the set, not the order
+    assert split_heldout(["a", "b"], 0.9, seed=0)[0] in (["a"], ["b"])  # one prompt is always left to train on

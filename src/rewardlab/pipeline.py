@@ -2,7 +2,11 @@
 
 Stages run in order, each in its own folder under RUN (see `rewardlab.runs.Stage`):
 
-    world -> ppo -> pairs -> dpo -> diffing -> probes -> sae -> (results.json, report.html)
+    world | prompts -> ppo -> pairs -> dpo -> diffing -> probes -> sae -> (results.json, report.html)
+
+The review world (`world`) brings its base model, prompts, grammar and known reward; a `models`
+section brings the user's own (see `ModelsSection` and `examples/`), and its `prompts` stage splits
+the prompts into training and held-out ones.
 
 A stage is skipped when its manifest fingerprint (its config section, the seed, and the hashes of
 the stage folders it reads) matches; a stage killed midway restarts from its partial folder (PPO
@@ -19,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from rewardlab.config import from_dict, load_yaml
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, write_json, write_jsonl
@@ -34,11 +40,38 @@ class WorldSection:
 
 @dataclass
 class ModelsSection:
-    """Bring your own models instead of the review world: a base and, optionally, a post-trained one."""
+    """Bring your own models instead of the review world: a base and, optionally, a post-trained one
+    (else the ppo / dpo sections post-train `base`).
+
+    The `prompts` stage splits the prompts: post-training and the probe records use the training
+    prompts; the implicit reward, divergent sampling and steering use the held-out ones, the
+    `heldout_prompts` file when given, else `heldout_fraction` of the distinct prompts drawn with the
+    run's seed. `reward` is the known (true) reward every stage scores with. The generation settings
+    and `reward` are the defaults of every stage section that has such a key (a key set in the
+    stage's section wins). Checking the config reads no file and loads no model; the prompts
+    files must exist by then, models are loaded by the stages.
+
+    Outside the review world there is no grammar and no minimal-pair world: grammatical rates are
+    replaced by perplexity (under the base model for divergent samples, under the unsteered policy
+    for steering), and the audit is skipped (results say why).
+    """
 
     base: str = ""                 # Hugging Face name or local folder
     post: str | None = None        # the post-trained model to diff against base (skips ppo when set)
-    prompts: str | None = None     # JSONL of prompts for sampling (required outside the review world)
+    prompts: str | None = None     # JSONL with a `prompt` field (required)
+    heldout_prompts: str | None = None  # JSONL of held-out prompts; None: split off from `prompts`
+    heldout_fraction: float = 0.2  # of the distinct prompts, when there is no heldout_prompts file
+    reward: str = "utility"        # the true reward, a rewardlab.rewards.get_reward spec
+    max_new_tokens: int = 32       # generation defaults of every sampling stage
+    temperature: float = 1.0
+    top_k: int = 0                 # 0: off
+    top_p: float = 1.0             # 1.0: off
+    dtype: str = "float32"         # weights of the diffing, probe and SAE stages (bfloat16 for 7B models on a GPU)
+    device: str | None = None      # None: an accelerator if there is one, else CPU (PPO/DPO: their own `cpu` key)
+
+    def generation(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
+                "top_p": self.top_p}
 
 
 @dataclass
@@ -75,7 +108,7 @@ class Plan:
     run_dir: Path
     config: RunConfig
     stages: list[tuple[str, Any, Callable[["Plan", Any, Path], dict], dict[str, Path]]]
-    models: dict[str, str]         # base, and ppo / dpo policies where the run has them
+    models: dict[str, str]         # base, and post / ppo / dpo policies where the run has them
 
     def path(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -93,6 +126,40 @@ def _world(plan: Plan, cfg: WorldSection, out: Path) -> dict:
     return {"world": {"grammatical_rate": est["grammatical_rate"], "base_reward_mean": est["base_reward_mean"],
                       "base_reward_std": est["base_reward_std"], "heldout_loss": info["heldout_loss"],
                       "preset": info["preset"], "vocab_size": info["vocab_size"], "seconds": info["seconds"]}}
+
+
+def split_heldout(prompts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training rows, held-out prompts): `fraction` of the distinct prompts (at least one, leaving at
+    least one), drawn with numpy's default_rng(seed) from the sorted distinct prompts; every row of a
+    held-out prompt leaves the training rows."""
+    unique = sorted(set(prompts))
+    if len(unique) < 2:
+        raise InputError(f"{len(unique)} distinct prompt(s): at least 2 are needed to hold some out",
+                         fix="give more prompts, or a heldout_prompts file")
+    n = min(len(unique) - 1, max(1, round(fraction * len(unique))))
+    held = {unique[i] for i in np.random.default_rng(seed).permutation(len(unique))[:n]}
+    return [p for p in prompts if p not in held], [p for p in unique if p in held]
+
+
+def _prompt_list(path: str | Path) -> list[str]:
+    from rewardlab.io import read_jsonl
+
+    return [r["prompt"] for r in read_jsonl(path, required=("prompt",))]
+
+
+def _prompts(plan: Plan, cfg: dict, out: Path) -> dict:
+    rows = _prompt_list(cfg["prompts"])
+    if cfg["heldout_prompts"] is not None:
+        train, heldout = rows, _prompt_list(cfg["heldout_prompts"])
+    else:
+        train, heldout = split_heldout(rows, cfg["heldout_fraction"], plan.config.seed)
+    if not train or not heldout:
+        raise InputError("no training or no held-out prompts", cfg["heldout_prompts"] or cfg["prompts"],
+                         "each file needs at least one row with a `prompt`")
+    write_jsonl(out / "train.jsonl", ({"prompt": p} for p in train))
+    write_jsonl(out / "heldout.jsonl", ({"prompt": p} for p in heldout))
+    return {"prompts": {"train": len(train), "heldout": len(heldout),
+                        "heldout_from": "file" if cfg["heldout_prompts"] is not None else "split"}}
 
 
 def _with_cis(summary: dict, keys: tuple[str, ...]) -> dict:
@@ -131,26 +198,45 @@ def _dpo(plan: Plan, cfg, out: Path) -> dict:
     return {"dpo": _with_cis(summary, keys)}
 
 
-def _diffing(plan: Plan, cfg, out: Path) -> dict:
+def main_policy(models: dict[str, str]) -> str | None:
+    """The run's post-trained model that divergent sampling, probes and SAEs study: PPO, else `post`, else DPO."""
+    return next((models[k] for k in ("ppo", "post", "dpo") if k in models), None)
+
+
+def _diffing(plan: Plan, stage: dict, out: Path) -> dict:
     from rewardlab.diff.acceptance import diffing_results
 
+    models = stage["models"]
+    setting = {} if models is None else dict(
+        prompts=_prompt_list(plan.path("prompts") / "heldout.jsonl"), reward=models.reward,
+        generation=models.generation(), dtype=models.dtype, device=models.device)
     sections = diffing_results(plan.models["base"], ppo=plan.models.get("ppo"), dpo=plan.models.get("dpo"),
-                              cfg=cfg, out_dir=out)
-    sections["artifacts"] = {"divergent_samples": "diffing/divergent.jsonl", "param_divergence": "diffing/params.csv",
-                             "param_divergence_png": "diffing/params.png"}
-    sections["audit"]["by_attribute"] = sections["audit"]["utility"]["per_attribute"]
+                               post=plan.models.get("post"), cfg=stage["diffing"], out_dir=out, **setting)
+    artifacts = {"divergent_samples": "divergent.jsonl", "param_divergence": "params.csv",
+                 "param_divergence_png": "params.png"}
+    sections["artifacts"] = {k: f"diffing/{f}" for k, f in artifacts.items() if (out / f).is_file()}
+    if "utility" in sections["audit"]:
+        sections["audit"]["by_attribute"] = sections["audit"]["utility"]["per_attribute"]
     return sections
 
 
-def _probes(plan: Plan, cfg, out: Path) -> dict:
+def _probes(plan: Plan, stage: dict, out: Path) -> dict:
     from rewardlab.probes.study import run_probe_study
-    from rewardlab.world import world_of_model
 
-    world = world_of_model(plan.models["base"])
-    policy = Path(plan.models["ppo"])
-    value_head = policy.parent / "value_head.safetensors"
-    sections = run_probe_study(policy, plan.models["base"], world.prompts, world.heldout_prompts, out, cfg,
-                               value_head_path=value_head if value_head.is_file() else None)
+    models = stage["models"]
+    if models is None:
+        from rewardlab.world import is_grammatical, world_of_model
+
+        world = world_of_model(plan.models["base"])
+        prompts, heldout = world.prompts, world.heldout_prompts
+        setting = dict(reward="utility", checker=is_grammatical)
+    else:
+        prompts, heldout = (_prompt_list(plan.path("prompts") / f) for f in ("train.jsonl", "heldout.jsonl"))
+        setting = dict(reward=models.reward, checker=None, dtype=models.dtype)
+    policy = main_policy(plan.models)
+    value_head = Path(policy).parent / "value_head.safetensors"
+    sections = run_probe_study(policy, plan.models["base"], prompts, heldout, out, stage["probes"],
+                               value_head_path=value_head if value_head.is_file() else None, **setting)
     sections.pop("config", None)
     sections.pop("n_records", None)
     sections["artifacts"] = {f"probe_heatmap_{i}_png": f"probes/{h}" for i, h in enumerate(sections["probe"]["heatmaps"])}
@@ -158,14 +244,16 @@ def _probes(plan: Plan, cfg, out: Path) -> dict:
     return sections
 
 
-def _sae(plan: Plan, cfg, out: Path) -> dict:
+def _sae(plan: Plan, stage: dict, out: Path) -> dict:
     from rewardlab.io import read_jsonl
     from rewardlab.models import ModelPair
     from rewardlab.sae.diffing import acceptance_summary, compare_models
 
-    pair = ModelPair.load(plan.models["base"], plan.models["ppo"], dtype="float32")
+    models = stage["models"]
+    loading = {"dtype": "float32"} if models is None else {"dtype": models.dtype, "device": models.device}
+    pair = ModelPair.load(plan.models["base"], main_policy(plan.models), **loading)
     records = read_jsonl(plan.run_dir / "probes" / "records.jsonl", required=("prompt", "completion"))
-    res = compare_models(pair.base, pair.post, pair.tokenizer, records, out, cfg)
+    res = compare_models(pair.base, pair.post, pair.tokenizer, records, out, stage["sae"])
     acc, checks = res["acceptance"], acceptance_summary(res)["checks"]
     layer = res["by_layer"][str(res["layers"][0])]
     post = layer["models"]["post"]
@@ -203,18 +291,38 @@ def _sae(plan: Plan, cfg, out: Path) -> dict:
 # planning: every config checked before any work
 
 
+def _check_file(path: str | None, where: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise InputError("file not found", where, f"create {path} (JSONL with a `prompt` field), or fix the path")
+
+
 def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
-    """Validate the whole config and resolve each stage's inputs; raises InputError naming the key."""
+    """Validate the whole config and resolve each stage's inputs; raises InputError naming the key.
+
+    Reads no data and loads no model: only the existence of the prompts files is checked."""
     from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 
     run = from_dict(RunConfig, config, where)
     run_dir = Path(run_dir)
     stages: list = []
+    byo: ModelsSection | None = None  # the models section, when the run brings its own models
+    defaults: dict[str, Any] = {}     # defaults the models section gives every stage section
     if run.models is not None:
-        models = from_dict(ModelsSection, run.models, f"{where}.models")
-        if not models.base:
+        byo = from_dict(ModelsSection, run.models, f"{where}.models")
+        if not byo.base:
             raise InputError("models.base is required", f"{where}.models.base", "a model name or folder")
-        base, post, prompts = models.base, models.post, models.prompts
+        if byo.prompts is None:
+            raise InputError("models.prompts is required", f"{where}.models.prompts",
+                             "a JSONL file with a `prompt` field (see examples/)")
+        if not 0 < byo.heldout_fraction < 1:
+            raise InputError("heldout_fraction must be between 0 and 1", f"{where}.models.heldout_fraction")
+        _check_file(byo.prompts, f"{where}.models.prompts")
+        _check_file(byo.heldout_prompts, f"{where}.models.heldout_prompts")
+        split = {k: getattr(byo, k) for k in ("prompts", "heldout_prompts", "heldout_fraction")}
+        stages.append(("prompts", split, _prompts, {k: Path(v) for k, v in split.items()
+                                                    if k != "heldout_fraction" and v is not None}))
+        base, post, prompts = byo.base, byo.post, str(run_dir / "prompts" / "train.jsonl")
+        defaults = {**byo.generation(), "reward": byo.reward}
     elif run.world is not None:
         world = from_dict(WorldSection, run.world, f"{where}.world")
         stages.append(("world", world, _world, {}))
@@ -227,50 +335,56 @@ def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
         clash = set(values) & set(filled)
         if clash:
             raise InputError(f"{', '.join(clash)} is set by the pipeline", f"{where}.{section}", "remove the key")
-        cfg = from_dict(cls, {**values, **filled}, f"{where}.{section}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in defaults.items() if k in names and k not in filled}
+        cfg = from_dict(cls, {**given, **values, **filled}, f"{where}.{section}")
         if hasattr(cfg, "validate"):
             cfg.validate()
         return cfg
 
     models = {"base": base}
+    data_inputs = {"prompts": run_dir / "prompts"} if byo is not None else {}
     if post is not None:
-        models["ppo"] = post
+        models["post"] = post
     elif run.ppo is not None:
         ppo = stage_cfg(PPOConfig, "ppo", run.ppo, base=base, prompts=prompts, seed=run.seed)
-        stages.append(("ppo", ppo, _ppo, {"base": Path(base)}))
+        stages.append(("ppo", ppo, _ppo, {"base": Path(base), **data_inputs}))
         models["ppo"] = str(run_dir / "ppo" / "policy")
         if run.sweep is not None:
             sweep = from_dict(SweepSection, run.sweep, f"{where}.sweep")
             swept = dataclasses.replace(ppo, phases=sweep.phases, eval_samples=sweep.eval_samples)
-            stages.append(("sweep", {"ppo": swept, "kl_coefs": sweep.kl_coefs}, _sweep, {"base": Path(base)}))
+            stages.append(("sweep", {"ppo": swept, "kl_coefs": sweep.kl_coefs}, _sweep,
+                           {"base": Path(base), **data_inputs}))
     if run.dpo is not None:
         pairs = stage_cfg(PairsConfig, "pairs", run.pairs, model=base, prompts=prompts, seed=run.seed)
-        stages.append(("pairs", pairs, _pairs, {"base": Path(base)}))
+        stages.append(("pairs", pairs, _pairs, {"base": Path(base), **data_inputs}))
         dpo = stage_cfg(DPOTrainConfig, "dpo", run.dpo, base=base, pairs=str(run_dir / "pairs" / "pairs.jsonl"),
                         prompts=prompts, seed=run.seed)
-        stages.append(("dpo", dpo, _dpo, {"base": Path(base), "pairs": run_dir / "pairs"}))
+        stages.append(("dpo", dpo, _dpo, {"base": Path(base), "pairs": run_dir / "pairs", **data_inputs}))
         models["dpo"] = str(run_dir / "dpo" / "policy")
-    model_inputs = {k: Path(v) for k, v in models.items()}
+    model_inputs = {**{k: Path(v) for k, v in models.items()}, **data_inputs}
     if run.diffing is not None:
         from rewardlab.diff.acceptance import DiffingConfig
 
-        if run.world is None:
-            raise InputError("the diffing stage needs the review world (its held-out prompts and grammar)",
-                             f"{where}.diffing", "use a world section, or run `rewardlab score`/`diff` commands")
-        stages.append(("diffing", stage_cfg(DiffingConfig, "diffing", run.diffing, seed=run.seed), _diffing,
-                       model_inputs))
+        stages.append(("diffing", {"diffing": stage_cfg(DiffingConfig, "diffing", run.diffing, seed=run.seed),
+                                   "models": byo}, _diffing, model_inputs))
     if run.probes is not None or run.sae is not None:
         from rewardlab.probes.study import StudyConfig
         from rewardlab.sae.diffing import DiffConfig
 
-        if run.world is None or "ppo" not in models:
-            raise InputError("the probe and SAE stages need the review world and a PPO policy",
-                             f"{where}.probes", "add world and ppo sections, or use `rewardlab probe`/`sae` commands")
-        probes = stage_cfg(StudyConfig, "probes", run.probes, seed=run.seed)
-        stages.append(("probes", probes, _probes, {"base": Path(base), "ppo": Path(models["ppo"])}))
+        policy = main_policy(models)
+        if policy is None:
+            raise InputError("the probe and SAE stages need a post-trained model", f"{where}.probes",
+                             "add a ppo or dpo section, or models.post")
+        probe_values = dict(run.probes or {})
+        if byo is not None:
+            probe_values.setdefault("device", byo.device)
+        probes = stage_cfg(StudyConfig, "probes", probe_values, seed=run.seed)
+        inputs = {"base": Path(base), "policy": Path(policy), **data_inputs}
+        stages.append(("probes", {"probes": probes, "models": byo}, _probes, inputs))
         if run.sae is not None:
-            stages.append(("sae", stage_cfg(DiffConfig, "sae", run.sae, seed=run.seed), _sae,
-                           {"base": Path(base), "ppo": Path(models["ppo"]), "probes": run_dir / "probes"}))
+            stages.append(("sae", {"sae": stage_cfg(DiffConfig, "sae", run.sae, seed=run.seed), "models": byo}, _sae,
+                           {**inputs, "probes": run_dir / "probes"}))
     return Plan(run_dir, run, stages, models)
 
 
