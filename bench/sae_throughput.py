@@ -1,11 +1,15 @@
 """SAE training throughput: rewardlab vs SAELens on the same cached activations, architecture
-(BatchTopK), width, k and batch size. One run each (after one warm-up step); prints tokens/s and the ratio.
+(BatchTopK), width, k, batch size, dtype (float32), number of steps and thread count.
 
 SAELens is timed through its own training step (`training_forward_pass` + backward + grad-norm clip
 + Adam + dead-latent bookkeeping: the body of `SAETrainer._train_step`), without its activation
-store, so both sides read the same in-memory tensor.
+store, so both sides read the same in-memory tensor. rewardlab is timed through `train_sae` (its
+batching, AuxK bookkeeping and threshold tracking included). After one warm-up, the two are timed
+alternately `--repeats` times in one process (so both see the same machine load); the per-run
+ratios and their median are printed as JSON.
 
-    python bench/sae_throughput.py [--acts STORE --site SITE] [--d-in 128 --expansion 4 --k 16 --batch 1024 --steps 300]
+    python bench/sae_throughput.py [--acts STORE --site SITE] [--d-in 128 --expansion 4 --k 16 --batch 1024
+                                    --steps 300 --repeats 5 --threads 1]
 Without --acts it uses Gaussian activations of width d_in (the cost does not depend on the values).
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -23,7 +28,6 @@ def rewardlab_tokens_per_s(acts: torch.Tensor, d_sae: int, k: int, batch: int, s
     from rewardlab.sae.train import TrainConfig, train_sae
 
     cfg = SAEConfig(d_in=acts.shape[1], d_sae=d_sae, architecture="batchtopk", k=k)
-    train_sae(acts, cfg, TrainConfig(batch_size=batch, n_tokens=batch * 2))  # warm-up
     return train_sae(acts, cfg, TrainConfig(batch_size=batch, n_tokens=batch * steps)).tokens_per_second
 
 
@@ -64,6 +68,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -75,11 +80,18 @@ def main() -> None:
     else:
         acts = torch.randn(50_000, a.d_in, generator=torch.Generator().manual_seed(0))
     d_sae = a.expansion * acts.shape[1]
-    ours = rewardlab_tokens_per_s(acts, d_sae, a.k, a.batch, a.steps)
-    theirs = saelens_tokens_per_s(acts, d_sae, a.k, a.batch, a.steps)
+    rewardlab_tokens_per_s(acts, d_sae, a.k, a.batch, 2)  # warm-up (allocator, lazy imports)
+    saelens_tokens_per_s(acts, d_sae, a.k, a.batch, 2)
+    ours, theirs = [], []
+    for _ in range(a.repeats):
+        ours.append(rewardlab_tokens_per_s(acts, d_sae, a.k, a.batch, a.steps))
+        theirs.append(saelens_tokens_per_s(acts, d_sae, a.k, a.batch, a.steps))
+    ratios = [o / t for o, t in zip(ours, theirs)]
     print(json.dumps({"d_in": acts.shape[1], "d_sae": d_sae, "k": a.k, "batch": a.batch, "steps": a.steps,
-                      "threads": a.threads, "n_tokens_cached": len(acts), "rewardlab_tokens_per_s": round(ours),
-                      "saelens_tokens_per_s": round(theirs), "ratio": round(ours / theirs, 2)}))
+                      "threads": a.threads, "repeats": a.repeats, "n_tokens_cached": len(acts),
+                      "rewardlab_tokens_per_s": [round(v) for v in ours],
+                      "saelens_tokens_per_s": [round(v) for v in theirs],
+                      "ratios": [round(r, 2) for r in ratios], "median_ratio": round(statistics.median(ratios), 2)}))
 
 
 if __name__ == "__main__":

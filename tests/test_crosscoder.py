@@ -70,3 +70,26 @@ def test_latent_scaling_matches_least_squares():
 
 def test_classify_thresholds():
     assert classify(torch.tensor([0.05, 0.95, 0.5, 0.3])) == ["post_only", "base_only", "shared", "other"]
+
+
+def test_run_crosscoder_lists_post_only_top_tokens():
+    """The pipeline's crosscoder step lists every post-only latent with its top held-out tokens."""
+    import numpy as np
+
+    from rewardlab.sae.diffing import DiffConfig, TokenActs, run_crosscoder
+    from tiny_lm import word_tokenizer
+
+    acts, _ = paired_data()
+    tok = word_tokenizer()
+    row_ids = torch.arange(len(acts)) // 10
+    token_ids = torch.randint(4, len(tok), (len(acts),), generator=torch.Generator().manual_seed(0))
+    tokens = {"base": TokenActs(acts[:, :16], row_ids, token_ids), "post": TokenActs(acts[:, 16:], row_ids, token_ids)}
+    cfg = DiffConfig(k=2, crosscoder_expansion=4,
+                     train=TrainConfig(batch_size=256, n_tokens=400_000, dead_window=20_000))
+    res = run_crosscoder(tok, {"base": None, "post": None}, tokens, row_ids < 1000, np.arange(1000, 1200),
+                         "blocks.0.hook_resid_post", cfg)
+    assert res["counts_before"]["post_only"] == len(res["post_only"]) > 0
+    for latent in res["post_only"]:
+        examples = latent["top_examples"]
+        assert examples and all(e["activation"] > 0 and e["token"] in tok.get_vocab() for e in examples)
+        assert [e["activation"] for e in examples] == sorted((e["activation"] for e in examples), reverse=True)

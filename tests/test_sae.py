@@ -9,7 +9,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 from rewardlab.sae.compare import compare_dictionaries, random_baseline
 from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics
-from rewardlab.sae.model import SAEConfig, SparseAutoencoder
+from rewardlab.sae.model import SAEConfig, SparseAutoencoder, batch_top_indices
 from rewardlab.sae.train import TrainConfig, _aux_k_loss, train_sae
 
 
@@ -75,10 +75,50 @@ def test_metrics_match_reference():
 def test_batchtopk_keeps_k_per_token_on_average():
     gen = torch.Generator().manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, k=4), generator=gen)
-    pre = torch.randn(50, 32, generator=gen)
-    f = sae.activate(pre, batch_level=True)
-    assert int((f > 0).sum()) == 200
-    assert float(f[f > 0].min()) >= float(pre.reshape(-1).topk(200).values.min())
+    x = torch.randn(50, 8, generator=gen)
+    codes = sae.sparse_codes(x)
+    pre = sae.pre_activations(x).detach()
+    assert len(codes.value) == 200
+    torch.testing.assert_close(codes.pre, sae.pre_activations(x))
+    assert float(codes.value.detach().min()) >= float(pre.reshape(-1).topk(200).values.min().clamp_min(0))
+    assert float(codes.threshold) == pytest.approx(float(pre.reshape(-1).topk(200).values.min().clamp_min(0)))
+
+
+@pytest.mark.parametrize("n_keep", [1, 40, 700, 1000, 1024])
+def test_batch_top_indices_is_exact(n_keep):
+    gen = torch.Generator().manual_seed(1)
+    score = torch.randn(32, 32, generator=gen)
+    expected = score.reshape(-1).topk(n_keep).indices.sort().values
+    torch.testing.assert_close(batch_top_indices(score, n_keep), expected)
+    # a sample that misses the large values forces the exact fallback
+    skewed = score.clone().reshape(-1)
+    skewed[1::8] += 100
+    got = batch_top_indices(skewed.reshape(32, 32), n_keep)
+    torch.testing.assert_close(got, skewed.topk(n_keep).indices.sort().values)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "topk"])
+def test_sparse_training_path_matches_dense_reference(arch):
+    """Loss and gradients of sparse_codes + decode_sparse equal the dense [batch, d_sae] computation."""
+    gen = torch.Generator().manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, k=4, architecture=arch), generator=gen)
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=gen)
+        sae.b_enc.normal_(generator=gen)
+    x = torch.randn(50, 16, generator=gen)
+    loss = ((sae.decode_sparse(sae.sparse_codes(x)) - x) ** 2).sum()
+    grads = torch.autograd.grad(loss, list(sae.parameters()))
+    pre = sae.pre_activations(x)
+    if arch == "topk":
+        idx = pre.topk(4, dim=-1).indices
+        f = torch.zeros_like(pre).scatter(-1, idx, torch.relu(pre.gather(-1, idx)))
+    else:
+        idx = pre.detach().reshape(-1).topk(200).indices
+        f = torch.zeros(50 * 64).scatter(0, idx, torch.relu(pre.reshape(-1)[idx])).reshape(50, 64)
+    ref = ((f @ sae.W_dec + sae.b_dec - x) ** 2).sum()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+    for g, r in zip(grads, torch.autograd.grad(ref, list(sae.parameters()))):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-3)
 
 
 def test_aux_k_loss_reaches_only_dead_latents():
@@ -96,12 +136,17 @@ def test_aux_k_loss_reaches_only_dead_latents():
     dead_pre = pre[:, dead]
     vals, idx = dead_pre.topk(2, dim=1)
     f = torch.zeros_like(dead_pre).scatter(1, idx, vals)
-    ref = ((f @ sae.W_dec[dead] - residual) ** 2).sum(-1).mean() / (residual ** 2).sum(-1).mean()
+    ref = ((f @ sae.W_dec[dead] - residual) ** 2).sum(-1).mean()  # 3 dead >= aux_k: no damping
     assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     loss.backward()
     grad_rows = sae.W_dec.grad.norm(dim=1) > 0
     assert grad_rows[dead].all() and not grad_rows[~dead].any()
     assert (sae.W_enc.grad[:, ~dead] == 0).all() and (sae.W_enc.grad[:, dead] != 0).any()
+    # fewer dead latents than aux_k: the loss is damped by n_dead / aux_k (sparsify)
+    damped = _aux_k_loss(sae, pre.detach(), residual, dead, aux_k=6)
+    f3 = torch.zeros_like(dead_pre).scatter(1, dead_pre.topk(3, dim=1).indices, dead_pre.topk(3, dim=1).values)
+    ref3 = ((f3 @ sae.W_dec[dead] - residual) ** 2).sum(-1).mean() * 3 / 6
+    assert float(damped) == pytest.approx(float(ref3.detach()), rel=1e-5)
 
 
 def test_random_baseline_is_low():

@@ -62,6 +62,15 @@ def test_activation_relevance_prefers_reward_correlated_features():
     assert rel["post"]["value"] == pytest.approx(np.sort(np.abs(r))[-3:].sum())
     assert rel["post_minus_base"]["ci"][0] > 0.5
     assert _abs_corr_topk(np.ones((5, 2)), np.arange(5.0), 2) == 0.0
+    # two SAEs per model: relevance is their mean; the seed control compares a model's two SAEs
+    post2 = noise[:, ::-1].copy()
+    post2[:, :2] += 2 * reward[:, None]
+    two = activation_relevance([noise, noise[:, ::-1]], [post, post2], reward, k=3)
+    assert two["n_saes"] == 2
+    assert two["post"]["value"] == pytest.approx((_abs_corr_topk(post, reward, 3) + _abs_corr_topk(post2, reward, 3)) / 2)
+    assert two["seed_control"]["base"]["value"] == pytest.approx(0.0, abs=1e-12)
+    assert two["seed_control"]["post"]["value"] == pytest.approx(
+        _abs_corr_topk(post, reward, 3) - _abs_corr_topk(post2, reward, 3))
 
 
 def test_compare_models_end_to_end(tmp_path):
@@ -82,7 +91,10 @@ def test_compare_models_end_to_end(tmp_path):
         assert m["mmcs"]["n_a"] == 32 and m["mmcs"]["n_b"] == 64
         assert m["baseline_random"]["mmcs_max"] < m["mmcs"]["mmcs_max"]
         assert len(m["top_features"]) <= 5
-    assert set(layer["activation_relevance"]) == {"k", "base", "post", "post_minus_base"}
+    assert set(layer["activation_relevance"]) == {"k", "n_saes", "base", "post", "post_minus_base", "seed_control"}
+    assert layer["activation_relevance"]["post"]["n"] == 60  # every completion, bootstrapped by prompt
+    # each SAE has its own init: the 2x dictionary does not start from the 1x rows
+    assert layer["models"]["post"]["mmcs"]["mmcs_max"] < 0.99
     acc = res["acceptance"]
     assert set(acc["sae"]) == {"base", "post"} and "ce_loss_recovered" in acc["sae"]["post"]
     counts = acc["crosscoder"]["counts_before"]

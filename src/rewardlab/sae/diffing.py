@@ -6,13 +6,15 @@
  2. cache per-token completion activations of both models at each chosen site (same records, so
     token i of base and post is the same token); split rows by prompt into train and held-out test;
  3. per model and layer, train SAEs at `expansions` x d_model (default 1x, 2x) with the same
-    sparsity, plus the smallest size again with another seed; held-out metrics for each;
+    sparsity, each with its own seed (seed, seed + 2, ...), plus the smallest size again with seed + 1;
+    held-out metrics for each;
  4. MCS/MMCS of the decoder rows, 1x vs 2x, max and one-to-one with matched pairs; baselines:
     random unit dictionaries of the same shapes and the other-seed SAE of the same size;
  5. explain the top-k most similar features (offline lexical explainer unless another is given),
     and reward relevance: the seed's |VADER valence| of the explanation words, and the activation
     metric (top-k summed |Pearson| between a feature's mean completion activation and the reward,
-    post minus base with a paired bootstrap CI over held-out completions);
+    averaged over the two same-size SAEs of each model, post minus base with a paired bootstrap CI
+    over prompt groups of all completions, beside the seed-to-seed control);
  6. on the top layer: the acceptance SAE (BatchTopK, 4x, k=16) per model with CE loss recovered,
     a BatchTopK crosscoder with Latent Scaling, and auto-interpretation scores vs wrong features.
 Everything lands in `out/sae_compare.json`; SAEs are saved as SAELens folders under `out/saes/`;
@@ -96,22 +98,35 @@ def _abs_corr_topk(x: np.ndarray, y: np.ndarray, k: int) -> float:
     return float(np.sort(np.abs(r))[::-1][:k].sum())
 
 
-def activation_relevance(base_feats: np.ndarray, post_feats: np.ndarray, reward: np.ndarray, k: int,
-                         groups: Sequence | None = None, seed: int = 0) -> dict:
+def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, groups: Sequence | None = None,
+                         seed: int = 0) -> dict:
     """Top-k summed |corr(feature, reward)| per model and post - base with a paired bootstrap CI.
 
-    base_feats, post_feats [n_completions, F] (row means), reward [n_completions]. The top-k
-    features are re-chosen inside every bootstrap resample, so selection is part of the interval.
+    base_feats, post_feats: [n_completions, F] feature values per completion (row means), or a
+    list of such matrices, one per SAE training seed; a model's relevance is then the mean over
+    its SAEs, and `seed_control` (first SAE minus second, per model) measures how much two SAEs
+    of the same model differ: a post - base gap is only meaningful if it clearly exceeds that.
+    reward [n_completions]. The top-k features are re-chosen inside every bootstrap resample, so
+    selection is part of the interval.
     """
+    base_list = [base_feats] if np.ndim(base_feats) == 2 else list(base_feats)
+    post_list = [post_feats] if np.ndim(post_feats) == 2 else list(post_feats)
     idx = np.arange(len(reward))
 
-    def one(feats):
-        return lambda i: _abs_corr_topk(feats[i.astype(int)], reward[i.astype(int)], k)
+    def relevance(feats_list):
+        return lambda i: float(np.mean([_abs_corr_topk(f[i.astype(int)], reward[i.astype(int)], k)
+                                        for f in feats_list]))
 
-    return {"k": k, "base": stats.bootstrap(one(base_feats), idx, groups=groups, seed=seed).to_dict(),
-            "post": stats.bootstrap(one(post_feats), idx, groups=groups, seed=seed).to_dict(),
-            "post_minus_base": stats.bootstrap(lambda i: one(post_feats)(i) - one(base_feats)(i), idx,
-                                               groups=groups, seed=seed).to_dict()}
+    def boot(fn):
+        return stats.bootstrap(fn, idx, groups=groups, seed=seed).to_dict()
+
+    base, post = relevance(base_list), relevance(post_list)
+    out = {"k": k, "n_saes": len(base_list), "base": boot(base), "post": boot(post),
+           "post_minus_base": boot(lambda i: post(i) - base(i))}
+    if len(base_list) > 1 and len(post_list) > 1:
+        out["seed_control"] = {name: boot(lambda i, f=feats: relevance(f[:1])(i) - relevance(f[1:2])(i))
+                               for name, feats in (("base", base_list), ("post", post_list))}
+    return out
 
 
 def description_relevance(explanations: Sequence[str]) -> float:
@@ -192,8 +207,10 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
         for name in ("base", "post"):
             x_train, x_test = tokens[name].acts[is_train[name]], tokens[name].acts[~is_train[name]]
             saes, metrics = {}, {}
-            runs = [(f"{e}x", e, cfg.seed) for e in cfg.expansions] + [(f"{cfg.expansions[0]}x-seed{cfg.seed + 1}",
-                                                                       cfg.expansions[0], cfg.seed + 1)]
+            # every SAE gets its own seed: with one seed, the first d_model random decoder rows of the 2x
+            # init equal the 1x init, and MMCS(1x, 2x) would measure the shared init, not shared features
+            runs = [(f"{e}x", e, cfg.seed + 2 * i) for i, e in enumerate(cfg.expansions)] + \
+                [(f"{cfg.expansions[0]}x-seed{cfg.seed + 1}", cfg.expansions[0], cfg.seed + 1)]
             for tag, e, seed in runs:
                 sae_cfg = SAEConfig(d_in=d_model, d_sae=e * d_model, architecture=cfg.architecture, k=cfg.k,
                                     l1_coefficient=cfg.l1_coefficient, tied=cfg.tied, hook_name=site)
@@ -211,9 +228,9 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                               np.arange(len(records)), top, cfg.seed)
             interp = interpret_features(fr, explainer, simulator, detector)
             explanations = [r["explanation"] for r in interp["features"]]
-            feats_all = small.encode(tokens[name].acts[~is_train[name]])
-            test_row_ids = tokens[name].row_ids[~is_train[name]]
-            row_feats[name] = row_means(feats_all, test_row_ids, len(records))[test_rows].numpy()
+            # every completion counts: the SAEs never see the reward, and top-k selection is redone per resample
+            row_feats[name] = [row_means(sae.encode(tokens[name].acts), tokens[name].row_ids, len(records)).numpy()
+                               for sae in (small, other)]
             layer_out["models"][name] = {
                 "metrics": metrics, "mmcs": summary(comp), "matched_pairs": comp["pairs"][:cfg.top_k],
                 "baseline_random": rand, "baseline_other_seed": seed_base,
@@ -227,8 +244,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                         "sae": str((out / "saes" / name / f"L{L}" / f"{cfg.expansions[0]}x").resolve()),
                                         "features": top})
         layer_out["activation_relevance"] = activation_relevance(
-            row_feats["base"], row_feats["post"], reward[test_rows], cfg.top_k,
-            groups=[prompt_ids[i] for i in test_rows], seed=cfg.seed)
+            row_feats["base"], row_feats["post"], reward, cfg.top_k, groups=list(prompt_ids), seed=cfg.seed)
         results["by_layer"][str(L)] = layer_out
     best = layers[0]
     results["acceptance"] = acceptance(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
@@ -258,6 +274,8 @@ def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_
         sae = result.sae
         save_sae(sae, out / "saes" / name / "acceptance", {"model_name": name})
         m = reconstruction_metrics(sae, tokens[name].acts[~train_mask])
+        train_m = reconstruction_metrics(sae, tokens[name].acts[train_mask])
+        m.update(dead_fraction_train=train_m["dead_fraction"], n_train_tokens=train_m["n_tokens"])
         m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site))
         m["train_tokens_per_second"] = result.tokens_per_second
         res["sae"][name] = m
@@ -375,9 +393,11 @@ def acceptance_summary(results: dict) -> dict:
     """The issue's acceptance figures from a compare_models result, each with its target and verdict.
 
     For the pipeline's results.json: the acceptance SAE (post model, BatchTopK 4x, k) FVU, dead
-    fraction, CE recovered; MMCS(1x, 2x) minus the random baseline beside the other-seed baseline
-    (post model, first layer); activation-based reward relevance post - base (CI must exclude 0)
-    with the seed's description metric; crosscoder counts; offline explainer vs wrong features.
+    fraction (with the held-out token count), CE recovered; MMCS(1x, 2x) minus the random baseline
+    beside the other-seed baseline (post model, first layer); activation-based reward relevance
+    post - base on the first layer (passes when its CI excludes 0 and the gap exceeds the larger
+    |seed control|, the gap between two SAEs of one model), every analysed layer's gap, and the
+    seed's description metric; crosscoder counts; offline explainer vs wrong features.
     """
     acc = results["acceptance"]
     layer = results["by_layer"][str(results["layers"][0])]
@@ -386,9 +406,18 @@ def acceptance_summary(results: dict) -> dict:
     rel = layer["activation_relevance"]
     interp = acc.get("interp", {})
     sim, wrong = interp.get("simulation", {}).get("value"), interp.get("wrong_simulation", {}).get("value")
+
+    def relevance_verdict(r: dict) -> dict:
+        noise = max((abs(c["value"]) for c in r.get("seed_control", {}).values()), default=0.0)
+        gap = r["post_minus_base"]
+        return {**gap, "seed_control_max_abs": noise, "pass": gap["ci"][0] > 0 and gap["value"] > noise}
+
     checks = {
         "fvu": {"value": post_sae["fvu"], "target": "<= 0.15", "pass": post_sae["fvu"] <= 0.15},
-        "dead_fraction": {"value": post_sae["dead_fraction"], "target": "<= 0.1",
+        "dead_fraction": {"value": post_sae["dead_fraction"], "n_heldout_tokens": post_sae["n_tokens"],
+                          "definition": "latents that never fire on the held-out tokens",
+                          "train_tokens": {"value": post_sae.get("dead_fraction_train"),
+                                           "n_tokens": post_sae.get("n_train_tokens")}, "target": "<= 0.1",
                           "pass": post_sae["dead_fraction"] <= 0.1},
         "ce_loss_recovered": {"value": post_sae["ce_loss_recovered"], "target": ">= 0.8",
                               "pass": post_sae["ce_loss_recovered"] >= 0.8},
@@ -396,11 +425,13 @@ def acceptance_summary(results: dict) -> dict:
                               "random": mm["baseline_random"]["mmcs_max"],
                               "other_seed": mm["baseline_other_seed"]["mmcs_max"], "target": ">= 0.3",
                               "pass": mm["mmcs_minus_random"] >= 0.3},
-        "reward_relevance_post_minus_base": {**rel["post_minus_base"], "base": rel["base"], "post": rel["post"],
+        "reward_relevance_post_minus_base": {**relevance_verdict(rel), "base": rel["base"], "post": rel["post"],
+                                             "seed_control": rel.get("seed_control"), "k": rel["k"],
+                                             "by_layer": {L: relevance_verdict(v["activation_relevance"])
+                                                          for L, v in results["by_layer"].items()},
                                              "description_metric": {m: layer["models"][m]["description_relevance"]
                                                                     for m in ("base", "post")},
-                                             "target": "> 0 with CI excluding 0",
-                                             "pass": rel["post_minus_base"]["ci"][0] > 0},
+                                             "target": "> 0 with CI excluding 0, and above the seed control"},
         "crosscoder": {"counts_before": acc["crosscoder"]["counts_before"],
                        "counts_after": acc["crosscoder"]["counts_after"],
                        "post_only_top_tokens": [[e["token"] for e in l.get("top_examples", [])]

@@ -8,6 +8,11 @@ Encoding is one matmul plus a sparsifying nonlinearity; there is no Python loop 
 BatchTopK keeps the k * batch largest pre-activations of the whole batch while training
 (Bussmann et al. 2024); at inference it is a JumpReLU with one threshold (the mean over training
 batches of the smallest kept activation), which SAELens represents as architecture "jumprelu".
+Training TopK/BatchTopK goes through `sparse_codes`/`decode_sparse`: the encoder is one dense matmul
+(b_dec folded into the bias, so no [batch, d_in] matmul in the backward), the batch-level selection
+finds its threshold on a strided sample first and runs the exact top-k only on the candidates above
+it, and the decoder is a fused gather-scale-sum (embedding_bag) over the kept (token, latent) pairs,
+so no dense [batch, d_sae] code is multiplied forward or backward (sparsify's sparse decoder, on CPU).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURES = ("relu", "topk", "batchtopk")
@@ -35,6 +41,41 @@ class SAEConfig:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
         if self.tied and self.architecture != "relu":
             raise ValueError("tied weights are only defined for the relu (seed) architecture")
+
+
+@dataclass
+class SparseCodes:
+    """A training batch's active latents, sorted by token; `value` and `pre` carry the gradient."""
+    latent: torch.Tensor  # [nnz] latent index, grouped by token in increasing order
+    value: torch.Tensor  # [nnz] activation relu(pre[token, latent])
+    offsets: torch.Tensor  # [n_tokens] start of each token's entries in latent/value
+    pre: torch.Tensor  # [n_tokens, d_sae] dense pre-activations (the AuxK loss reads the dead columns)
+    threshold: torch.Tensor  # scalar: the smallest kept selection value (BatchTopK's per-batch threshold)
+
+    def fired(self) -> torch.Tensor:
+        """[d_sae] bool: latents with a positive activation in the batch"""
+        return torch.bincount(self.latent, weights=self.value.detach(), minlength=self.pre.shape[1]) > 0
+
+
+def batch_top_indices(score: torch.Tensor, n_keep: int, sample_stride: int = 8) -> torch.Tensor:
+    """Flat indices (increasing) of the n_keep largest entries of score [n, m]; ties at the cut are kept.
+
+    Exact: a strided sample gives a lower bound s with at least n_keep entries >= s (checked; else
+    the bound is dropped), so the exact top-k runs on about 1.5 * n_keep candidates, not n * m.
+    """
+    flat = score.reshape(-1)
+    candidates = None
+    n_sample = (flat.numel() + sample_stride - 1) // sample_stride
+    want = (3 * n_keep) // (2 * sample_stride)
+    if 0 < want < n_sample:
+        bound = flat[::sample_stride].topk(want, sorted=False).values.min()
+        candidates = (flat >= bound).nonzero().squeeze(1)
+        if len(candidates) < n_keep:
+            candidates = None
+    if candidates is None:
+        return (flat >= flat.topk(n_keep, sorted=False).values.min()).nonzero().squeeze(1)
+    values = flat[candidates]
+    return candidates[values >= values.topk(n_keep, sorted=False).values.min()]
 
 
 class SparseAutoencoder(nn.Module):
@@ -63,10 +104,11 @@ class SparseAutoencoder(nn.Module):
         """What TopK/BatchTopK rank and the threshold compares: the pre-activations themselves."""
         return pre
 
-    def activate(self, pre: torch.Tensor, batch_level: bool = False) -> torch.Tensor:
-        """Sparse feature activations from pre-activations [n, d_sae].
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Inference feature activations from pre-activations [n, d_sae] (dense).
 
-        batch_level: BatchTopK's training rule (top k*n over the batch); otherwise its threshold rule.
+        relu: ReLU; topk: the k largest per token (ReLU'd); batchtopk: its JumpReLU threshold rule.
+        BatchTopK's training rule (top k * n over the batch) lives in `sparse_codes`.
         """
         arch, k = self.cfg.architecture, self.cfg.k
         if arch == "relu":
@@ -75,11 +117,35 @@ class SparseAutoencoder(nn.Module):
         if arch == "topk":
             idx = score.topk(k, dim=-1).indices
             return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(pre.gather(-1, idx)))
-        if batch_level:
-            flat = pre.reshape(-1)
-            idx = score.reshape(-1).topk(min(k * pre.shape[0], flat.numel()), sorted=False).indices
-            return torch.zeros_like(flat).scatter_(-1, idx, torch.relu(flat[idx])).reshape(pre.shape)
         return pre * (score > self.threshold)
+
+    def sparse_codes(self, x: torch.Tensor) -> SparseCodes:
+        """Training-time TopK/BatchTopK codes of x [n, d_in] (per token for topk, over the batch for batchtopk).
+
+        pre = x @ W_enc + (b_enc - b_dec @ W_enc), equal to pre_activations(x); selection runs without
+        autograd on selection_values(pre); the kept values relu(pre) are gathered with their gradient.
+        """
+        n, k, d_sae = x.shape[0], self.cfg.k, self.cfg.d_sae
+        pre = x @ self.encoder + (self.b_enc - self.b_dec @ self.encoder)
+        with torch.no_grad():
+            score = self.selection_values(pre)
+            if self.cfg.architecture == "topk":
+                latent = score.topk(k, dim=-1, sorted=False).indices.reshape(-1)
+                flat = torch.arange(n, device=x.device).repeat_interleave(k) * d_sae + latent
+                offsets = torch.arange(0, n * k, k, device=x.device)
+                threshold = torch.zeros((), device=x.device)
+            else:
+                flat = batch_top_indices(score, min(k * n, n * d_sae))
+                latent = flat % d_sae
+                offsets = torch.searchsorted(flat, torch.arange(n, device=x.device) * d_sae)
+                threshold = score.reshape(-1)[flat].min().clamp_min(0)
+        value = torch.relu(pre.reshape(-1)[flat])
+        return SparseCodes(latent, value, offsets, pre, threshold)
+
+    def decode_sparse(self, codes: SparseCodes) -> torch.Tensor:
+        """x_hat [n, d_in] = b_dec + sum over each token's kept pairs of value * W_dec[latent]."""
+        return F.embedding_bag(codes.latent, self.W_dec, codes.offsets, mode="sum",
+                               per_sample_weights=codes.value) + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Inference encoding, identical to the exported SAELens SAE. x [..., d_in] -> [..., d_sae]"""

@@ -2,16 +2,22 @@
 
 Loss = MSE(x, x_hat) summed over d_in and averaged over tokens, plus
   - relu: l1_coefficient * sum_j |f_j| (decoder rows are unit norm, so this is the SAELens L1);
-  - topk / batchtopk: aux_k_coefficient * AuxK loss (Gao et al. 2024): the latents that have not
-    fired for `dead_window` tokens reconstruct the residual x - x_hat with their own top-`aux_k`
-    pre-activations, normalized by |x - x_hat|^2. This gives dead latents a gradient toward the
-    directions the live ones miss; it is off while nothing is dead. Unlike Gao et al. the
-    pre-activations are used before the ReLU, so a latent whose pre-activation is negative on every
-    token (the usual way to die) still gets a gradient.
+  - topk / batchtopk: aux_k_coefficient * AuxK loss (Gao et al. 2024; the SAELens/sparsify form):
+    the latents that have not fired for `dead_window` tokens reconstruct the residual x - x_hat
+    with their own top-`aux_k` pre-activations; the loss is the MSE of that reconstruction in the
+    same units as the main MSE, times min(1, n_dead / aux_k) (sparsify's damping when few are
+    dead). This gives dead latents a gradient toward the directions the live ones miss; it is off
+    while nothing is dead. As in SAELens (unlike sparsify) the pre-activations are used before the
+    ReLU, so a latent whose pre-activation is negative on every token (the usual way to die) still
+    gets a gradient. The coefficient is SAELens' 1.0: Gao et al.'s 1/32 multiplies a loss normalized
+    by |residual|^2 next to a main loss normalized by |x|^2, which in these unnormalized units is a
+    coefficient of (1/32) / FVU, about 1-2 at FVU 0.01-0.03. On the demo data (4x, k = 16) 1/32
+    left 31% of latents dead on held-out tokens, 1.0 left 24%.
 Inputs are scaled by one constant so that mean |x|^2 = d_in (SAELens "expected_average_only_in");
 the scale is folded back into the biases at the end, so the returned SAE acts on raw activations.
 Decoder rows are renormalized after every step. Learning rate decays linearly to 0 over the last
-20% of steps. Deterministic given `seed` on CPU.
+20% of steps. BatchTopK's inference threshold is calibrated on training batches with the final
+weights (`_final_threshold`). Deterministic given `seed` on CPU.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ class TrainConfig:
     n_tokens: int = 2_000_000  # training tokens (epochs over a tensor repeat as needed)
     lr: float = 1e-3  # the seed's value; Adam
     aux_k: int | None = None  # AuxK latents per token; default d_in // 2
-    aux_k_coefficient: float = 1 / 32
-    dead_window: int = 200_000  # tokens without firing after which a latent counts as dead
+    aux_k_coefficient: float = 1.0  # SAELens' value for this unnormalized form (see module docstring)
+    dead_window: int = 50_000  # tokens without firing after which a latent counts as dead (~50 steps)
     seed: int = 0
     log_every: int = 100
 
@@ -64,13 +70,28 @@ def _batches(acts: torch.Tensor | Iterable[torch.Tensor], cfg: TrainConfig,
 
 def _aux_k_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor,
                 dead: torch.Tensor, aux_k: int) -> torch.Tensor:
-    """Normalized MSE of the dead latents' top-aux_k reconstruction of the residual [n, d_in]."""
-    dead_pre = pre[:, dead]
-    k = min(aux_k, int(dead.sum()))
-    vals, idx = dead_pre.topk(k, dim=-1)
-    f = torch.zeros_like(dead_pre).scatter_(-1, idx, vals)
-    residual_hat = f @ sae.W_dec[dead]
-    return ((residual_hat - residual) ** 2).sum(-1).mean() / (residual ** 2).sum(-1).mean().clamp_min(1e-12)
+    """MSE of the dead latents' top-aux_k reconstruction of the residual [n, d_in] (pre-activations
+    pre [n, d_sae], before the ReLU), damped by min(1, n_dead / aux_k)."""
+    dead_idx = dead.nonzero().squeeze(1)
+    dead_pre = pre.index_select(1, dead_idx)
+    k = min(aux_k, len(dead_idx))
+    vals, idx = dead_pre.topk(k, dim=-1, sorted=False)
+    f = torch.zeros_like(dead_pre).scatter(-1, idx, vals)
+    residual_hat = f @ sae.W_dec.index_select(0, dead_idx)
+    return min(1.0, len(dead_idx) / aux_k) * ((residual_hat - residual) ** 2).sum(-1).mean()
+
+
+def _final_threshold(sae: SparseAutoencoder, acts, scale: float, batch_size: int,
+                     thresholds: list[torch.Tensor], max_batches: int = 64) -> torch.Tensor:
+    """BatchTopK's inference threshold (in scaled units): the mean over training batches of the
+    smallest kept selection value, measured with the final weights on up to `max_batches` batches of
+    a training tensor, so that the inference L0 matches k. (Per-step values lag behind the weights:
+    on the demo data their mean over the last half of training was 14% too high, giving L0 14.5 at
+    k = 16.) For a stream, which cannot be re-read, the mean of the last 10% of per-step values."""
+    if not isinstance(acts, torch.Tensor):
+        return torch.stack(thresholds[-max(1, len(thresholds) // 10):]).mean()
+    starts = range(0, max(1, len(acts) - batch_size + 1), batch_size)[:max_batches]
+    return torch.stack([sae.sparse_codes(acts[i:i + batch_size].float() * scale).threshold for i in starts]).mean()
 
 
 def activation_scale(sample: torch.Tensor) -> float:
@@ -93,30 +114,34 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
     n_steps = max(1, cfg.n_tokens // cfg.batch_size) if isinstance(acts, torch.Tensor) else None
     aux_k = cfg.aux_k or max(1, sae_cfg.d_in // 2)
     since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
-    thresholds: list[float] = []
+    thresholds: list[torch.Tensor] = []  # per-step BatchTopK thresholds (0-d tensors: no per-step sync)
     history: list[dict] = []
     tokens, t0 = 0, time.perf_counter()
+    sparse = sae_cfg.architecture != "relu"
 
     def step_on(x: torch.Tensor, step: int) -> None:
         nonlocal tokens
         x = x.float() * scale
-        pre = sae.pre_activations(x)
-        f = sae.activate(pre, batch_level=True)
-        x_hat = sae.decode(f)
+        if sparse:
+            codes = sae.sparse_codes(x)
+            x_hat = sae.decode_sparse(codes)
+            fired = codes.fired()
+        else:
+            f = sae.activate(sae.pre_activations(x))
+            x_hat = sae.decode(f)
+            fired = (f > 0).any(0)
         mse = ((x_hat - x) ** 2).sum(-1).mean()
-        fired = (f > 0).any(0)
         since_fired.add_(len(x)).masked_fill_(fired, 0)
         dead = since_fired >= cfg.dead_window
-        if sae_cfg.architecture == "relu":
+        n_dead = int(dead.sum())
+        if not sparse:
             aux = sae_cfg.l1_coefficient * f.abs().sum(-1).mean()
-        elif dead.any():
-            aux = cfg.aux_k_coefficient * _aux_k_loss(sae, pre, (x - x_hat).detach(), dead, aux_k)
+        elif n_dead:
+            aux = cfg.aux_k_coefficient * _aux_k_loss(sae, codes.pre, (x - x_hat).detach(), dead, aux_k)
         else:
             aux = torch.zeros(())
         if sae_cfg.architecture == "batchtopk":
-            with torch.no_grad():
-                kept = sae.selection_values(pre)[f > 0]
-            thresholds.append(float(kept.min()) if len(kept) else 0.0)
+            thresholds.append(codes.threshold)
         if n_steps is not None and step >= 0.8 * n_steps:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * (n_steps - step) / (0.2 * n_steps)
@@ -126,17 +151,17 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
         sae.normalize_decoder()
         tokens += len(x)
         if step % cfg.log_every == 0:
+            l0 = float((codes.value > 0).sum()) / len(x) if sparse else float((f > 0).sum(-1).float().mean())
             history.append({"step": step, "tokens": tokens, "mse": float(mse.detach()), "aux": float(aux.detach()),
-                            "l0": float((f > 0).sum(-1).float().mean()), "n_dead": int(dead.sum())})
+                            "l0": l0, "n_dead": n_dead})
 
     step_on(first, 0)
     for step, x in enumerate(batches, start=1):
         step_on(x, step)
     seconds = time.perf_counter() - t0
     if thresholds:
-        # the inference threshold: mean smallest kept activation over the last half of training
         with torch.no_grad():
-            sae.threshold.fill_(sum(thresholds[len(thresholds) // 2:]) / len(thresholds[len(thresholds) // 2:]))
+            sae.threshold.copy_(_final_threshold(sae, acts, scale, cfg.batch_size, thresholds))
     sae.rescale_input(scale)
     sae.requires_grad_(False)
     return TrainResult(sae, history, tokens / seconds)
