@@ -4,7 +4,8 @@
 
 Each benchmark script prints one JSON line last; this runner takes the median ratio over
 `repeats` runs, records the machine and package versions, and appends the stage timings of a
-finished demo run (`--demo-run`, from each stage's manifest) when one is given. Without --world it
+finished demo run (`--demo-run`, from each stage's manifest) when one is given. With `--only`, the
+rows of the other benchmarks are kept from the existing file (each row says its own runs). Without --world it
 builds the tiny review world first (the PPO benchmark trains on its base model).
 """
 
@@ -78,6 +79,14 @@ def demo_timings(run: Path) -> list[tuple[str, float]]:
     return rows
 
 
+def kept_rows(doc: Path, name: str) -> list[str]:
+    """The table rows of benchmark `name` in an existing BENCHMARKS.md (none if there is no file)."""
+    if not doc.is_file():
+        return []
+    return [line for line in doc.read_text().splitlines()
+            if line.startswith(f"| {name} |") or line.startswith(f"| {name} vs ")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default=None, help="a built review world (default: build the tiny one)")
@@ -117,9 +126,13 @@ def main() -> None:
         "| benchmark | what | median ratio | runs | target | command |",
         "|---|---|---|---|---|---|",
     ]
+    fresh = {}
     for label, meaning, median, values, target, command in table:
-        lines.append(f"| {label} | {meaning} | **{median:.2f}x** | {', '.join(f'{v:.2f}' for v in values)} | "
-                     f"{target} | `python {command}` |")
+        fresh[label.split(" vs ")[0]] = fresh.get(label.split(" vs ")[0], []) + [
+            f"| {label} | {meaning} | **{median:.2f}x** | {', '.join(f'{v:.2f}' for v in values)} | "
+            f"{target} | `python {command}` |"]
+    for name in BENCHMARKS:
+        lines += fresh.get(name, kept_rows(Path(a.out), name))
     if a.demo_run:
         lines += ["", f"## Demo stage timings (`{a.demo_run}`)", "", "| stage | seconds |", "|---|---|"]
         timings = demo_timings(Path(a.demo_run))

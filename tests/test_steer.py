@@ -130,6 +130,14 @@ def test_cli_acts_probe_steer(setup, tmp_path):
                  "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"), "--n-random", "1",
                  "--max-new-tokens", "3", "--reward", "char:.", "--out", str(tmp_path / "st")]) == 0
     assert len(read_json(tmp_path / "st" / "steering.json")["directions"]["probe"]["rows"]) == 3
+    for direction in ("mean-diff", "reward-gradient"):
+        assert main(["steer", "--model", m, "--direction", direction, "--site", site, "--records",
+                     str(tmp_path / "r.jsonl"), "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"),
+                     "--n-random", "1", "--max-new-tokens", "3", "--reward", "char:.",
+                     "--out", str(tmp_path / direction)]) == 0
+        assert len(read_json(tmp_path / direction / "steering.json")["directions"][direction]["rows"]) == 3
+    assert main(["steer", "--model", m, "--direction", "reward-gradient", "--prompts", str(tmp_path / "p.jsonl"),
+                 "--out", str(tmp_path / "x")]) == 2  # needs --site and --records
 
 
 def test_steered_logprobs_match_steered_generation(setup, tiny_model):
