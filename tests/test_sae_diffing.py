@@ -105,6 +105,26 @@ def test_compare_models_end_to_end(tmp_path):
     assert json.loads((Path(feats["features"][0]["sae"]) / "cfg.json").read_text())["d_sae"] == 32
 
 
+def test_extra_samples_train_on_train_prompts_only(tmp_path):
+    from rewardlab.sae.diffing import _prepare, load_tokens
+
+    base, post, tok = tiny_pair(scale=0.2, layer=1)
+    rng = np.random.default_rng(0)
+    records = [{"prompt": " ".join(rng.choice(WORDS[4:], 3)), "completion": " " + " ".join(rng.choice(WORDS[4:], 8))}
+               for _ in range(30)]
+    site = "blocks.1.hook_resid_post"
+    cfg = DiffConfig(samples_per_prompt=3, max_new_tokens=5)
+    _, stores, extra, train_rows, test_rows = _prepare(base, post, tok, records, tmp_path, [site], cfg)
+    train_prompts = {stores["base"].prompt_ids[i] for i in train_rows}
+    assert len(extra["base"]) == 2 * 3 * len(train_prompts)  # both models sample every train prompt 3 times
+    assert set(extra["base"].prompt_ids) == train_prompts
+    assert not train_prompts & {stores["base"].prompt_ids[i] for i in test_rows}
+    b, p = load_tokens(extra["base"], site), load_tokens(extra["post"], site)
+    assert torch.equal(b.token_ids, p.token_ids) and len(b.acts) > 0  # the same texts through both models
+    again = _prepare(base, post, tok, records, tmp_path / "again", [site], cfg)[2]
+    assert torch.equal(load_tokens(again["post"], site).acts, p.acts)  # seeded
+
+
 def _records_file(path, n=60):
     rng = np.random.default_rng(1)
     content = WORDS[4:]

@@ -5,6 +5,12 @@
     norms) and keep the top `n_layers` (or the given `layers`);
  2. cache per-token completion activations of both models at each chosen site (same records, so
     token i of base and post is the same token); split rows by prompt into train and held-out test;
+    the SAEs train on the train rows' tokens, plus, with `samples_per_prompt` > 0, fresh completions of
+    every train prompt from each model (`sample_training_texts`) cached through both models the same
+    way; held-out metrics and reward relevance always use the records. (Off by default: on the demo,
+    7x more tokens left FVU, MMCS and reward relevance unchanged and raised the dead fraction on the
+    4.5k held-out tokens, as more latents became rare rather than dead: its residual stream is a
+    near lookup over 219 word types, 99% of the variance in 16 of 128 dimensions.)
  3. per model and layer, train SAEs at `expansions` x d_model (default 1x, 2x) with the same
     sparsity, each with its own seed (seed, seed + 2, ...), plus the smallest size again with seed + 1;
     held-out metrics for each;
@@ -61,6 +67,8 @@ class DiffConfig:
     scaling_threshold: float = 0.5
     reward_field: str = "reward"  # numeric field of the records; computed with `reward` when missing
     reward: str = "utility"
+    samples_per_prompt: int = 0  # extra SAE training completions per train prompt and model (0: records only)
+    max_new_tokens: int = 32  # length cap of those completions (sampled at temperature 1)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
 
@@ -76,6 +84,25 @@ def load_tokens(store: ActivationStore, site: str) -> TokenActs:
     parts = list(store.iter_batches(site, 1 << 30))
     return TokenActs(torch.cat([p["acts"] for p in parts]), torch.cat([p["row_ids"] for p in parts]),
                      torch.cat([p["token_ids"] for p in parts]))
+
+
+def with_extra(acts: torch.Tensor, extra: dict | None, name: str, site: str) -> torch.Tensor:
+    """Training activations [n, d]: `acts` followed by the extra-sample store `extra[name]` at `site`."""
+    return acts if extra is None else torch.cat([acts, load_tokens(extra[name], site).acts])
+
+
+def sample_training_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prompt: int,
+                          max_new_tokens: int, seed: int) -> list[dict]:
+    """`n_per_prompt` completions of every prompt from each model (temperature 1, one seeded generator),
+    as records {prompt, completion, source}: SAE training text. Works with any prompts, needs no reward."""
+    from rewardlab.sampling import generate
+
+    gen = torch.Generator().manual_seed(seed)
+    repeated = [p for p in prompts for _ in range(n_per_prompt)]
+    return [{"prompt": s.prompt, "completion": s.completion, "source": name}
+            for name, model in (("base", base), ("post", post))
+            for s in generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, generator=gen,
+                              batch_size=256)]
 
 
 def rank_layers(base, post) -> list[dict]:
@@ -189,13 +216,14 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     if bad:
         raise InputError(f"layer(s) {bad} do not exist", fix=f"the models have blocks 0..{depth - 1}")
     sites = [f"blocks.{L}.{cfg.site_kind}" for L in layers]
-    records, stores, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, sites, cfg)
+    records, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, sites, cfg)
     prompt_ids = stores["base"].prompt_ids
     reward = stores["base"].field(cfg.reward_field)
     d_model = stores["base"].d_model
     results: dict = {"config": {**asdict(cfg), "train": asdict(cfg.train)}, "base": base_name, "post": post_name,
                      "layer_ranking": ranking, "layers": layers, "n_rows": len(records),
-                     "n_train_rows": len(train_rows), "n_test_rows": len(test_rows), "by_layer": {}}
+                     "n_train_rows": len(train_rows), "n_test_rows": len(test_rows),
+                     "n_extra_rows": 0 if extra is None else len(extra["base"]), "by_layer": {}}
     features_for_interp = []
     for L, site in zip(layers, sites):
         layer_out: dict = {"site": site, "models": {}}
@@ -205,7 +233,8 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
         sizes = [e * d_model for e in cfg.expansions]
         row_feats = {}
         for name in ("base", "post"):
-            x_train, x_test = tokens[name].acts[is_train[name]], tokens[name].acts[~is_train[name]]
+            x_train = with_extra(tokens[name].acts[is_train[name]], extra, name, site)
+            x_test = tokens[name].acts[~is_train[name]]
             saes, metrics = {}, {}
             # every SAE gets its own seed: with one seed, the first d_model random decoder rows of the 2x
             # init equal the 1x init, and MMCS(1x, 2x) would measure the shared init, not shared features
@@ -232,7 +261,8 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
             row_feats[name] = [row_means(sae.encode(tokens[name].acts), tokens[name].row_ids, len(records)).numpy()
                                for sae in (small, other)]
             layer_out["models"][name] = {
-                "metrics": metrics, "mmcs": summary(comp), "matched_pairs": comp["pairs"][:cfg.top_k],
+                "n_train_tokens": len(x_train), "metrics": metrics, "mmcs": summary(comp),
+                "matched_pairs": comp["pairs"][:cfg.top_k],
                 "baseline_random": rand, "baseline_other_seed": seed_base,
                 "mmcs_minus_random": comp["mmcs_max"] - rand["mmcs_max"],
                 "top_features": [{"feature": top[r["feature"]], "mcs": comp["mcs_max"][top[r["feature"]]],
@@ -248,7 +278,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
         results["by_layer"][str(L)] = layer_out
     best = layers[0]
     results["acceptance"] = acceptance(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
-                                       explainer, simulator, detector, out, pad_token_id(tokenizer))
+                                       explainer, simulator, detector, out, pad_token_id(tokenizer), extra)
     results["acceptance"]["layer"] = best
     results["acceptance_summary"] = acceptance_summary(results)
     write_json(out / "sae_compare.json", results)
@@ -259,8 +289,9 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
 
 
 def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_rows, cfg: DiffConfig,
-               explainer, simulator, detector, out: Path, pad: int) -> dict:
-    """The acceptance SAE per model (CE recovered), the crosscoder, and explainer vs wrong features."""
+               explainer, simulator, detector, out: Path, pad: int, extra: dict | None = None) -> dict:
+    """The acceptance SAE per model (CE recovered), the crosscoder, and explainer vs wrong features.
+    `extra`: the extra-sample stores by model name, added to the training tokens (None: records only)."""
     from rewardlab.interp.score import interpret_features
 
     res: dict = {"site": site, "sae": {}}
@@ -270,11 +301,12 @@ def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_
     sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.acceptance_expansion * d_model, architecture="batchtopk", k=cfg.k,
                         hook_name=site)
     for name, model in (("base", base), ("post", post)):
-        result = train_sae(tokens[name].acts[train_mask], sae_cfg, cfg.train)
+        x_train = with_extra(tokens[name].acts[train_mask], extra, name, site)
+        result = train_sae(x_train, sae_cfg, cfg.train)
         sae = result.sae
         save_sae(sae, out / "saes" / name / "acceptance", {"model_name": name})
         m = reconstruction_metrics(sae, tokens[name].acts[~train_mask])
-        train_m = reconstruction_metrics(sae, tokens[name].acts[train_mask])
+        train_m = reconstruction_metrics(sae, x_train)
         m.update(dead_fraction_train=train_m["dead_fraction"], n_train_tokens=train_m["n_tokens"])
         m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site))
         m["train_tokens_per_second"] = result.tokens_per_second
@@ -283,19 +315,22 @@ def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_
             top = torch.argsort(-(sae.encode(tokens[name].acts[~train_mask]) > 0).float().mean(0))[:cfg.top_k].tolist()
             fr, _, _ = _feature_records(tokenizer, stores[name], tokens[name], sae, test_rows, top, cfg.seed)
             res["interp"] = interpret_features(fr, explainer, simulator, detector)["summary"]
-    res["crosscoder"] = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg)
+    res["crosscoder"] = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, extra=extra)
     return res
 
 
 def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tensor, test_rows, site: str,
-                   cfg: DiffConfig, out: Path | None = None) -> dict:
-    """Train the BatchTopK crosscoder on paired train tokens; counts by relative norm before and after
-    Latent Scaling on held-out tokens; post-only latents with their top held-out examples."""
+                   cfg: DiffConfig, out: Path | None = None, extra: dict | None = None) -> dict:
+    """Train the BatchTopK crosscoder on paired train tokens (plus the paired extra samples); counts by
+    relative norm before and after Latent Scaling on held-out tokens; post-only latents with their top
+    held-out examples."""
     paired = torch.cat([tokens["base"].acts, tokens["post"].acts], dim=1)
+    x_train = paired[train_mask] if extra is None else torch.cat(
+        [paired[train_mask], torch.cat([load_tokens(extra[n], site).acts for n in ("base", "post")], dim=1)])
     d_model = tokens["base"].acts.shape[1]
     cc_cfg = SAEConfig(d_in=2 * d_model, d_sae=cfg.crosscoder_expansion * d_model, architecture="batchtopk",
                        k=cfg.k, hook_name=site)
-    cc = train_sae(paired[train_mask], cc_cfg, cfg.train, model_cls=Crosscoder).sae
+    cc = train_sae(x_train, cc_cfg, cfg.train, model_cls=Crosscoder).sae
     if out is not None:
         from rewardlab.io import save_tensors
 
@@ -313,7 +348,8 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
 
 
 def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[str], cfg: DiffConfig):
-    """Records with rewards, both models' activation stores, and the grouped train/test row split."""
+    """Records with rewards, both models' activation stores of the records and of the extra samples on
+    the train prompts (None when cfg.samples_per_prompt is 0), and the grouped train/test row split."""
     from rewardlab.rewards import get_reward
 
     if cfg.reward_field not in records[0]:
@@ -323,17 +359,26 @@ def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[
                                       CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
               for name, model in (("base", base), ("post", post))}
     split = grouped_split(stores["base"].prompt_ids, (0.7, 0.1, 0.2), seed=cfg.seed)
-    return records, stores, np.concatenate([split.train, split.val]), split.test
+    train_rows = np.concatenate([split.train, split.val])
+    extra = None
+    if cfg.samples_per_prompt > 0:
+        prompts = sorted({records[int(i)]["prompt"] for i in train_rows})
+        texts = sample_training_texts(base, post, tokenizer, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
+                                      cfg.seed)
+        extra = {name: cache_activations(model, tokenizer, texts, out / f"acts-extra-{name}",
+                                         CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
+                 for name, model in (("base", base), ("post", post))}
+    return records, stores, extra, train_rows, split.test
 
 
 def crosscoder_models(base, post, tokenizer, records: list[dict], out: str | Path, site: str,
                       cfg: DiffConfig = DiffConfig()) -> dict:
     """`rewardlab sae crosscoder`: the crosscoder alone at one site; writes out/crosscoder.json."""
     out = Path(out)
-    _, stores, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
+    _, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
     tokens = {name: load_tokens(store, site) for name, store in stores.items()}
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
-    res = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, out)
+    res = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, out, extra)
     write_json(out / "crosscoder.json", res)
     return res
 
