@@ -137,3 +137,29 @@ def test_split_heldout_holds_out_whole_prompts_deterministically():
     assert len(heldout) == 2 and len(train) == 24 and not set(train) & set(heldout)
     assert split_heldout(list(reversed(rows)), 0.2, seed=3)[1] == heldout  # depends on the set, not the order
     assert split_heldout(["a", "b"], 0.9, seed=0)[0] in (["a"], ["b"])  # one prompt is always left to train on
+
+
+def test_a_stage_that_sets_threads_does_not_change_later_stages(tmp_path):
+    """PPO and DPO set torch's thread count; later stages must see the count a resumed run would."""
+    import torch
+
+    from rewardlab.pipeline import Plan, RunConfig, run_plan
+
+    seen = []
+
+    def sets_one_thread(plan, cfg, out):
+        torch.set_num_threads(1)
+        return {}
+
+    def records_threads(plan, cfg, out):
+        seen.append(torch.get_num_threads())
+        return {}
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stages = [("a", {"x": 1}, sets_one_thread, {}), ("b", {"x": 2}, records_threads, {})]
+        run_plan(Plan(tmp_path, RunConfig(world=None, ppo=None, report=False), stages, {}), log=lambda _: None)
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

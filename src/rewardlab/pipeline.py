@@ -416,6 +416,8 @@ def _config_dict(cfg: Any) -> Any:
 
 def run_plan(plan: Plan, log: Callable[[str], None] = print) -> dict:
     """Run (or skip) every stage, then merge their results into RUN/results.json and write the report."""
+    import torch
+
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     for name, cfg, body, inputs in plan.stages:
         cfg_dict = _config_dict(cfg)
@@ -425,7 +427,11 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> dict:
             continue
         log(f"[{name}] running")
         t0 = time.perf_counter()
-        sections = body(plan, cfg, stage.work)
+        threads = torch.get_num_threads()
+        try:
+            sections = body(plan, cfg, stage.work)
+        finally:  # a stage that sets its own thread count (PPO, DPO) must not change later stages' floats:
+            torch.set_num_threads(threads)  # a resumed run starts them with the default count
         write_json(stage.work / "results.json", sections)
         stage.commit()
         log(f"[{name}] finished in {time.perf_counter() - t0:.0f} s")
