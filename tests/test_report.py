@@ -76,7 +76,14 @@ def make_run(run, name="synthetic run " + EVIL):
                   "value_head_cosine": 0.37},
         "steering": {"alphas": [-4, 0, 4], "reward_mean": [est(-1.0, -1.3, -0.7, 64), est(0.3, 0.1, 0.5, 64),
                                                            est(2.5, 2.2, 2.8, 64)],
-                     "random_max_abs_effect": 0.4},
+                     "random_max_abs_effect": 0.4, "direction": "mean_diff",
+                     "directions": {"mean_diff": {"reward_mean": [est(-1.0, -1.3, -0.7, 64), est(0.3, 0.1, 0.5, 64),
+                                                                  est(2.5, 2.2, 2.8, 64)],
+                                                  "summary": {"effect_at_max_alpha": 2.2, "effect_over_random": 5.5}},
+                                    "reward_gradient": {"reward_mean": [-2.0, 0.3, 3.1],
+                                                        "summary": {"effect_at_max_alpha": 2.8,
+                                                                    "effect_over_random": 7.0}}},
+                     "random_effects": [[0.1, 0.0, -0.4], [-0.2, 0.0, 0.3]]},
         "sae": {"layer": 3, "fvu": 0.12, "l0": 8.5, "mmcs": 0.71, "mmcs_random": 0.14, "shared_features": 37},
         "crosscoder": {"post_only": 4, "base_only": 2, "shared": 90},
         "interp": {"explainer": "lexical", "mean_score": est(0.55, 0.5, 0.6, 40), "wrong_feature_score": 0.05},
@@ -151,6 +158,9 @@ def test_full_report_renders_every_section_with_numbers(full_report):
     # largest change along the probe: |2.5 - 0.3| = 2.2 at alpha 4 > random 0.4
     assert q["q3-steering"].startswith("3. Is that estimate causal?Yes:")
     assert "a change of 2.200" in q["q3-steering"] and "random directions of the same norm is 0.400" in q["q3-steering"]
+    assert "Along the reward gradient direction the change there is 2.800 (7.000 times the random control)" \
+        in q["q3-steering"]
+    assert "reward_gradient" in page.text["ev-steering"] and "effect_over_random" in page.text["ev-steering"]
     assert "Positively" in q["q4-implicit-reward"] and "0.640 [0.580, 0.700] (n=512)" in q["q4-implicit-reward"]
     assert "from 3.100 [2.900, 3.300] (n=64) at α = 0 to 4.200" in q["q4-implicit-reward"]
     assert "layers 3, 2" in q["q5-model-diff"] and "4 post-only, 2 base-only and 90 shared" in q["q5-model-diff"]
@@ -206,7 +216,7 @@ def test_unreadable_artifacts_are_reported_in_their_section(tmp_path):
     results["artifacts"]["steering_plot"] = "nowhere.png"
     write_json(tmp_path / "results.json", results)
     page = parse(build_report(tmp_path))
-    assert "figure not found" in page.text["ev-steering"] and "Steering along the probe" in page.text["ev-steering"]
+    assert "figure not found" in page.text["ev-steering"] and "Steering along the mean diff" in page.text["ev-steering"]
     assert "could not read" not in page.text["ev-figures"]
     assert "could not read" in page.text["ev-features"] and "features.jsonl:2" in page.text["ev-features"]
     assert "could not read" in page.text["ev-params"] and "file not found" in page.text["ev-params"]
