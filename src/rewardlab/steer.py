@@ -121,7 +121,7 @@ def steered_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequ
     """[n] log p(completion | prompt) with `vector` added at `site` where generation under `steering`
     adds it ("completion": the positions that predict completion tokens; "all": every position), in
     one teacher-forced batch; differentiable in `vector`. Completions are re-tokenized text (no eos)."""
-    from rewardlab.diff.logprobs import encode
+    from rewardlab.diff.logprobs import encode, right_padded
     from rewardlab.models import pad_token_id
     from rewardlab.sites import add_vector, intervene
 
@@ -129,13 +129,9 @@ def steered_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequ
         raise InputError(f"unknown steering positions {where!r}", fix=f"use {' or '.join(WHERE)}")
     encoded = encode(tokenizer, prompts, completions)
     device = next(model.parameters()).device
-    length = max(len(e.ids) for e in encoded)
-    ids = torch.full((len(encoded), length), pad_token_id(tokenizer), device=device)
-    attention = torch.zeros_like(ids)
-    predicts = torch.zeros(len(encoded), length, dtype=torch.bool, device=device)  # positions predicting completion
+    ids, attention = (t.to(device) for t in right_padded(encoded, pad_token_id(tokenizer)))
+    predicts = torch.zeros(ids.shape, dtype=torch.bool, device=device)  # positions predicting completion tokens
     for j, e in enumerate(encoded):
-        ids[j, :len(e.ids)] = torch.tensor(e.ids)
-        attention[j, :len(e.ids)] = 1
         predicts[j, e.prompt_len - 1:len(e.ids) - 1] = True
     with intervene(model, site, add_vector(vector, None if where == "all" else predicts)):
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()

@@ -60,6 +60,17 @@ def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str], chat_t
     return out
 
 
+def right_padded(encoded: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both [n, longest] long tensors on CPU, sequences right-padded with pad_id."""
+    width = max(len(e.ids) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        input_ids[row, :len(e.ids)] = torch.tensor(e.ids)
+        attention[row, :len(e.ids)] = 1
+    return input_ids, attention
+
+
 def completion_log_softmax(model, encoded: Sequence[Encoded], batch_size: int = 16,
                            pad_id: int = 0) -> Iterator[torch.Tensor]:
     """For each sequence, float32 log-softmax over the vocabulary at its completion positions.
@@ -74,12 +85,7 @@ def completion_log_softmax(model, encoded: Sequence[Encoded], batch_size: int = 
                          fix="shorten the records")
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start:start + batch_size]
-        width = max(len(e.ids) for e in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, e in enumerate(batch):
-            input_ids[row, :len(e.ids)] = torch.tensor(e.ids)
-            attention[row, :len(e.ids)] = 1
+        input_ids, attention = right_padded(batch, pad_id)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         for row, e in enumerate(batch):

@@ -465,13 +465,11 @@ def ev_probe(run: Run) -> str:
 
 def _direction_curve(section: dict) -> tuple[list, list, list | None] | None:
     """(alphas, mean rewards, CIs or None) of a steering section, or None when its lists do not align."""
-    alphas, rewards = section.get("alphas"), section.get("reward_mean")
-    if not (isinstance(alphas, list) and isinstance(rewards, list) and len(alphas) == len(rewards) and alphas):
+    points = curve(section, "reward_mean")
+    if not points:
         return None
-    kept = sorted((i for i, (a, r) in enumerate(zip(alphas, rewards)) if value(a) is not None and value(r) is not None),
-                  key=lambda i: value(alphas[i]))
-    cis = [interval(rewards[i]) for i in kept]
-    return [value(alphas[i]) for i in kept], [value(rewards[i]) for i in kept], cis if all(cis) else None
+    cis = [interval(r) for _, r in points]
+    return [a for a, _ in points], [value(r) for _, r in points], cis if all(cis) else None
 
 
 def ev_steering(run: Run) -> str:
