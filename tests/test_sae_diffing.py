@@ -105,8 +105,8 @@ def test_compare_models_end_to_end(tmp_path):
     assert json.loads((Path(feats["features"][0]["sae"]) / "cfg.json").read_text())["d_sae"] == 32
 
 
-def test_extra_samples_train_on_train_prompts_only(tmp_path):
-    from rewardlab.sae.diffing import _prepare, load_tokens
+def test_extra_samples_split_with_their_prompts(tmp_path):
+    from rewardlab.sae.diffing import _prepare, load_tokens, with_extra
 
     base, post, tok = tiny_pair(scale=0.2, layer=1)
     rng = np.random.default_rng(0)
@@ -115,14 +115,21 @@ def test_extra_samples_train_on_train_prompts_only(tmp_path):
     site = "blocks.1.hook_resid_post"
     cfg = DiffConfig(samples_per_prompt=3, max_new_tokens=5)
     _, stores, extra, train_rows, test_rows = _prepare(base, post, tok, records, tmp_path, [site], cfg)
-    train_prompts = {stores["base"].prompt_ids[i] for i in train_rows}
-    assert len(extra["base"]) == 2 * 3 * len(train_prompts)  # both models sample every train prompt 3 times
-    assert set(extra["base"].prompt_ids) == train_prompts
-    assert not train_prompts & {stores["base"].prompt_ids[i] for i in test_rows}
-    b, p = load_tokens(extra["base"], site), load_tokens(extra["post"], site)
+    ids = stores["base"].prompt_ids
+    train_prompts, test_prompts = {ids[i] for i in train_rows}, {ids[i] for i in test_rows}
+    assert extra.train_prompts == train_prompts and not train_prompts & test_prompts
+    assert len(extra.stores["base"]) == 2 * 3 * len(set(ids))  # both models sample every prompt 3 times
+    b, p = load_tokens(extra.stores["base"], site), load_tokens(extra.stores["post"], site)
     assert torch.equal(b.token_ids, p.token_ids) and len(b.acts) > 0  # the same texts through both models
+    # train tokens = records' train rows + extras of train prompts; test likewise, nothing lost or shared
+    extra_is_train = torch.as_tensor([q in train_prompts for q in extra.stores["post"].prompt_ids])[p.row_ids]
+    assert 0 < int(extra_is_train.sum()) < len(p.acts)
+    records_acts = load_tokens(stores["post"], site).acts[:4]
+    x_train, x_test = with_extra(records_acts[:3], records_acts[3:], extra, "post", site)
+    assert torch.equal(x_train, torch.cat([records_acts[:3], p.acts[extra_is_train]]))
+    assert torch.equal(x_test, torch.cat([records_acts[3:], p.acts[~extra_is_train]]))
     again = _prepare(base, post, tok, records, tmp_path / "again", [site], cfg)[2]
-    assert torch.equal(load_tokens(again["post"], site).acts, p.acts)  # seeded
+    assert torch.equal(load_tokens(again.stores["post"], site).acts, p.acts)  # seeded
 
 
 def _records_file(path, n=60):

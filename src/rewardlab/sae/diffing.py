@@ -5,12 +5,12 @@
     norms) and keep the top `n_layers` (or the given `layers`);
  2. cache per-token completion activations of both models at each chosen site (same records, so
     token i of base and post is the same token); split rows by prompt into train and held-out test;
-    the SAEs train on the train rows' tokens, plus, with `samples_per_prompt` > 0, fresh completions of
-    every train prompt from each model (`sample_training_texts`) cached through both models the same
-    way; held-out metrics and reward relevance always use the records. (Off by default: on the demo,
-    7x more tokens left FVU, MMCS and reward relevance unchanged and raised the dead fraction on the
-    4.5k held-out tokens, as more latents became rare rather than dead: its residual stream is a
-    near lookup over 219 word types, 99% of the variance in 16 of 128 dimensions.)
+    the SAEs train on the train rows' tokens. With `samples_per_prompt` > 0 each model also samples
+    fresh completions of every prompt (`sample_extra_texts`), cached through both models the same
+    way; those of train prompts join the training tokens, those of test prompts the held-out tokens of
+    the reconstruction metrics (FVU, L0, dead and dense fractions: a latent firing once in 10^4
+    tokens looks dead on a few thousand) and of the crosscoder's classification. Reward relevance
+    and the spliced CE loss use the records' test rows only.
  3. per model and layer, train SAEs at `expansions` x d_model (default 1x, 2x) with the same
     sparsity, each with its own seed (seed, seed + 2, ...), plus the smallest size again with seed + 1;
     held-out metrics for each;
@@ -67,7 +67,7 @@ class DiffConfig:
     scaling_threshold: float = 0.5
     reward_field: str = "reward"  # numeric field of the records; computed with `reward` when missing
     reward: str = "utility"
-    samples_per_prompt: int = 0  # extra SAE training completions per train prompt and model (0: records only)
+    samples_per_prompt: int = 0  # extra completions per prompt and model, split with their prompt (0: records only)
     max_new_tokens: int = 32  # length cap of those completions (sampled at temperature 1)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
@@ -86,15 +86,35 @@ def load_tokens(store: ActivationStore, site: str) -> TokenActs:
                      torch.cat([p["token_ids"] for p in parts]))
 
 
-def with_extra(acts: torch.Tensor, extra: dict | None, name: str, site: str) -> torch.Tensor:
-    """Training activations [n, d]: `acts` followed by the extra-sample store `extra[name]` at `site`."""
-    return acts if extra is None else torch.cat([acts, load_tokens(extra[name], site).acts])
+@dataclass
+class Extra:
+    """The extra samples: an activation store per model name (the same texts through each model) and
+    the prompt ids of the train side of the split."""
+    stores: dict
+    train_prompts: set
+
+    def split(self, name: str, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model `name`'s extra-sample activations at `site`: (train-prompt tokens, test-prompt tokens)."""
+        store = self.stores[name]
+        tokens = load_tokens(store, site)
+        row_is_train = torch.as_tensor([p in self.train_prompts for p in store.prompt_ids], dtype=torch.bool)
+        is_train = row_is_train[tokens.row_ids]
+        return tokens.acts[is_train], tokens.acts[~is_train]
 
 
-def sample_training_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prompt: int,
+def with_extra(train: torch.Tensor, test: torch.Tensor, extra: Extra | None, name: str,
+               site: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) activations [n, d] of model `name` at `site`, each followed by its side of the extra samples."""
+    if extra is None:
+        return train, test
+    extra_train, extra_test = extra.split(name, site)
+    return torch.cat([train, extra_train]), torch.cat([test, extra_test])
+
+
+def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prompt: int,
                           max_new_tokens: int, seed: int) -> list[dict]:
     """`n_per_prompt` completions of every prompt from each model (temperature 1, one seeded generator),
-    as records {prompt, completion, source}: SAE training text. Works with any prompts, needs no reward."""
+    as records {prompt, completion, source}: extra SAE text. Works with any prompts, needs no reward."""
     from rewardlab.sampling import generate
 
     gen = torch.Generator().manual_seed(seed)
@@ -223,7 +243,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     results: dict = {"config": {**asdict(cfg), "train": asdict(cfg.train)}, "base": base_name, "post": post_name,
                      "layer_ranking": ranking, "layers": layers, "n_rows": len(records),
                      "n_train_rows": len(train_rows), "n_test_rows": len(test_rows),
-                     "n_extra_rows": 0 if extra is None else len(extra["base"]), "by_layer": {}}
+                     "n_extra_rows": 0 if extra is None else len(extra.stores["base"]), "by_layer": {}}
     features_for_interp = []
     for L, site in zip(layers, sites):
         layer_out: dict = {"site": site, "models": {}}
@@ -233,8 +253,8 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
         sizes = [e * d_model for e in cfg.expansions]
         row_feats = {}
         for name in ("base", "post"):
-            x_train = with_extra(tokens[name].acts[is_train[name]], extra, name, site)
-            x_test = tokens[name].acts[~is_train[name]]
+            x_train, x_test = with_extra(tokens[name].acts[is_train[name]], tokens[name].acts[~is_train[name]],
+                                         extra, name, site)
             saes, metrics = {}, {}
             # every SAE gets its own seed: with one seed, the first d_model random decoder rows of the 2x
             # init equal the 1x init, and MMCS(1x, 2x) would measure the shared init, not shared features
@@ -289,9 +309,9 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
 
 
 def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_rows, cfg: DiffConfig,
-               explainer, simulator, detector, out: Path, pad: int, extra: dict | None = None) -> dict:
+               explainer, simulator, detector, out: Path, pad: int, extra: Extra | None = None) -> dict:
     """The acceptance SAE per model (CE recovered), the crosscoder, and explainer vs wrong features.
-    `extra`: the extra-sample stores by model name, added to the training tokens (None: records only)."""
+    `extra`: the extra samples, added to the train and held-out tokens (None: records only)."""
     from rewardlab.interp.score import interpret_features
 
     res: dict = {"site": site, "sae": {}}
@@ -301,11 +321,11 @@ def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_
     sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.acceptance_expansion * d_model, architecture="batchtopk", k=cfg.k,
                         hook_name=site)
     for name, model in (("base", base), ("post", post)):
-        x_train = with_extra(tokens[name].acts[train_mask], extra, name, site)
+        x_train, x_test = with_extra(tokens[name].acts[train_mask], tokens[name].acts[~train_mask], extra, name, site)
         result = train_sae(x_train, sae_cfg, cfg.train)
         sae = result.sae
         save_sae(sae, out / "saes" / name / "acceptance", {"model_name": name})
-        m = reconstruction_metrics(sae, tokens[name].acts[~train_mask])
+        m = reconstruction_metrics(sae, x_test)
         train_m = reconstruction_metrics(sae, x_train)
         m.update(dead_fraction_train=train_m["dead_fraction"], n_train_tokens=train_m["n_tokens"])
         m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site))
@@ -320,13 +340,16 @@ def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_
 
 
 def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tensor, test_rows, site: str,
-                   cfg: DiffConfig, out: Path | None = None, extra: dict | None = None) -> dict:
+                   cfg: DiffConfig, out: Path | None = None, extra: Extra | None = None) -> dict:
     """Train the BatchTopK crosscoder on paired train tokens (plus the paired extra samples); counts by
-    relative norm before and after Latent Scaling on held-out tokens; post-only latents with their top
-    held-out examples."""
+    relative norm before and after Latent Scaling on held-out tokens (plus the extra ones); post-only
+    latents with their top held-out examples from the records."""
     paired = torch.cat([tokens["base"].acts, tokens["post"].acts], dim=1)
-    x_train = paired[train_mask] if extra is None else torch.cat(
-        [paired[train_mask], torch.cat([load_tokens(extra[n], site).acts for n in ("base", "post")], dim=1)])
+    x_train, x_test = paired[train_mask], paired[~train_mask]
+    if extra is not None:
+        (base_train, base_test), (post_train, post_test) = extra.split("base", site), extra.split("post", site)
+        x_train = torch.cat([x_train, torch.cat([base_train, post_train], dim=1)])
+        x_test = torch.cat([x_test, torch.cat([base_test, post_test], dim=1)])
     d_model = tokens["base"].acts.shape[1]
     cc_cfg = SAEConfig(d_in=2 * d_model, d_sae=cfg.crosscoder_expansion * d_model, architecture="batchtopk",
                        k=cfg.k, hook_name=site)
@@ -335,7 +358,7 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
         from rewardlab.io import save_tensors
 
         save_tensors(out / "crosscoder.safetensors", dict(cc.state_dict()), {"config": cc.config_dict()})
-    diff = diff_summary(cc, paired[~train_mask], cfg.scaling_threshold)
+    diff = diff_summary(cc, x_test, cfg.scaling_threshold)
     post_only = [l["latent"] for l in diff["latents"] if l["class"] == "post_only"]
     if post_only:
         fr_tokens = TokenActs(paired, tokens["post"].row_ids, tokens["post"].token_ids)
@@ -348,8 +371,8 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
 
 
 def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[str], cfg: DiffConfig):
-    """Records with rewards, both models' activation stores of the records and of the extra samples on
-    the train prompts (None when cfg.samples_per_prompt is 0), and the grouped train/test row split."""
+    """Records with rewards, both models' activation stores of the records, the extra samples of every
+    record prompt (None when cfg.samples_per_prompt is 0), and the grouped train/test row split."""
     from rewardlab.rewards import get_reward
 
     if cfg.reward_field not in records[0]:
@@ -362,12 +385,13 @@ def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[
     train_rows = np.concatenate([split.train, split.val])
     extra = None
     if cfg.samples_per_prompt > 0:
-        prompts = sorted({records[int(i)]["prompt"] for i in train_rows})
-        texts = sample_training_texts(base, post, tokenizer, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
+        prompts = sorted({r["prompt"] for r in records})
+        texts = sample_extra_texts(base, post, tokenizer, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
                                       cfg.seed)
-        extra = {name: cache_activations(model, tokenizer, texts, out / f"acts-extra-{name}",
-                                         CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
-                 for name, model in (("base", base), ("post", post))}
+        extra = Extra({name: cache_activations(model, tokenizer, texts, out / f"acts-extra-{name}",
+                                               CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
+                       for name, model in (("base", base), ("post", post))},
+                      {stores["base"].prompt_ids[int(i)] for i in train_rows})
     return records, stores, extra, train_rows, split.test
 
 
