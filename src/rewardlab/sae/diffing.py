@@ -112,7 +112,7 @@ def with_extra(train: torch.Tensor, test: torch.Tensor, extra: Extra | None, nam
 
 
 def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prompt: int,
-                          max_new_tokens: int, seed: int) -> list[dict]:
+                       max_new_tokens: int, seed: int) -> list[dict]:
     """`n_per_prompt` completions of every prompt from each model (temperature 1, one seeded generator),
     as records {prompt, completion, source}: extra SAE text. Works with any prompts, needs no reward."""
     from rewardlab.sampling import generate
