@@ -387,7 +387,7 @@ def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[
     if cfg.samples_per_prompt > 0:
         prompts = sorted({r["prompt"] for r in records})
         texts = sample_extra_texts(base, post, tokenizer, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
-                                      cfg.seed)
+                                   cfg.seed)
         extra = Extra({name: cache_activations(model, tokenizer, texts, out / f"acts-extra-{name}",
                                                CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
                        for name, model in (("base", base), ("post", post))},
