@@ -34,8 +34,8 @@ def test_templates_and_classes_are_well_formed():
 
 def test_sentence_sentiment_follows_its_polarity():
     lexicon, rng = load_lexicon(), random.Random(0)
-    for positive in (True, False) * 200:
-        words = G.sample_sentence(rng, positive)
+    for i, positive in enumerate((True, False) * 200):
+        words = G.sample_sentence(rng, positive, topic=i % G.N_TOPICS)
         signs = [lexicon[w] > 0 for w in words if w in lexicon]
         assert signs
         if "but" in words:
@@ -43,7 +43,22 @@ def test_sentence_sentiment_follows_its_polarity():
             assert set(signs[:cut]) == {positive} and set(signs[cut:]) == {not positive}
         else:
             assert set(signs) == {positive}
-        assert not any(w in lexicon for w in G.sample_sentence(rng, None))
+        assert not any(w in lexicon for w in G.sample_sentence(rng, None, topic=i % G.N_TOPICS))
+
+
+def test_a_documents_topic_picks_its_share_of_each_word_class():
+    """With probability TOPIC_RATE a slot picks from its topic's share of the class, else from the
+    whole class: the share's frequency is TOPIC_RATE + (1 - TOPIC_RATE) / N_TOPICS."""
+    rng, subjects = random.Random(0), G.WORD_CLASSES["SUBJ"]
+    n_on_topic = n_subjects = 0
+    for _ in range(3000):
+        topic = rng.randrange(G.N_TOPICS)
+        for w in G.sample_sentence(rng, rng.random() < 0.5, topic):
+            if w in subjects:
+                n_subjects += 1
+                n_on_topic += subjects.index(w) % G.N_TOPICS == topic
+    expected = G.TOPIC_RATE + (1 - G.TOPIC_RATE) / G.N_TOPICS
+    assert abs(n_on_topic / n_subjects - expected) < 4 * (expected * (1 - expected) / n_subjects) ** 0.5
 
 
 def test_corpus_documents_are_grammatical_and_their_prefixes_too():

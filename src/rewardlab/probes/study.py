@@ -23,13 +23,15 @@
      (`steer.reward_gradient_direction`): the causal reference the others are compared with.
    - "probe": the ridge probe fitted at the steering site.
    Their cosines are reported. On the review-world PPO policy the mean_diff direction raises reward
-   but sits at cosine about 0.55 with the gradient: the gradient also prefers sentence templates
+   but sits at cosine about 0.65 with the gradient: the gradient also prefers sentence templates
    (intensifier routes) over which sentiment words to write, which the high-vs-low contrast misses.
    To first order a direction's effect over the largest of 8 random ones is about
-   cosine * sqrt(d_model) / 2 (module `steer`), about 3 at cosine 0.55 and d_model 128; measured
-   1.8 at alpha 0.1 (4.6 for the gradient itself). The alphas are small (at most 0.1 of the typical
-   norm), where grammar holds; beyond that random directions lower the reward of the already
-   optimized policy nearly as fast as any direction raises it.
+   cosine * sqrt(d_model) / 2 (module `steer`), about 3.7 at cosine 0.65 and d_model 128; measured
+   1.9 at alpha 0.1 (4.1 for the gradient itself, where an exact gradient would give about 6: the
+   estimate is noisy, so cosines with it understate how far a direction is from the true one).
+   The alphas are small (at most 0.1 of the typical norm), where grammar holds; beyond that random
+   directions lower the reward of the already optimized policy nearly as fast as any direction
+   raises it.
 """
 
 from __future__ import annotations

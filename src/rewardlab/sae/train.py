@@ -11,8 +11,9 @@ Loss = MSE(x, x_hat) summed over d_in and averaged over tokens, plus
     ReLU, so a latent whose pre-activation is negative on every token (the usual way to die) still
     gets a gradient. The coefficient is SAELens' 1.0: Gao et al.'s 1/32 multiplies a loss normalized
     by |residual|^2 next to a main loss normalized by |x|^2, which in these unnormalized units is a
-    coefficient of (1/32) / FVU, about 1-2 at FVU 0.01-0.03. On the demo data (4x, k = 16, 170k
-    training tokens, 2M steps' worth) the fraction dead on 40k held-out tokens was 0.40 with no
+    coefficient of (1/32) / FVU, about 1-2 at FVU 0.01-0.03. On the demo data of the review world
+    before it had topics (4x, k = 16, 170k training tokens, 2M steps' worth; the world's low-rank
+    activations left many latents nothing to do) the fraction dead on 40k held-out tokens was 0.40 with no
     AuxK, 0.24 at coefficient 0.25, 0.19 at 1.0, 0.26 at 4.0 with a 20k window and 0.45 with a 10k
     window; clamping the aux activations at 0 (sparsify's form) gave 0.22 (coefficient 1) and 0.19 (4).
 Inputs are scaled by one constant so that mean |x|^2 = d_in (SAELens "expected_average_only_in");

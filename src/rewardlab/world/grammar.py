@@ -12,7 +12,14 @@ reward without counting toward it, and they let a small model learn the words' p
 A document is 2-5 sentences. Each document draws a latent tone `p_positive ~ Beta(TONE, TONE)`
 and each sentence's sentiment is positive with that probability, so sentences of one document
 tend to agree (the prompt predicts the reward of its completion) while documents differ (the
-reward of base-model samples is centred and wide).
+reward of base-model samples is centred and wide). Each document also draws one of `N_TOPICS`
+topics: every word slot picks from the topic's share of its word class (every `N_TOPICS`-th word,
+starting at the topic) with probability `TOPIC_RATE`, and from the whole class otherwise. Topics
+change no rule of the language, the checker or the reward; they give the documents structure
+beyond tone and template, so a sparse dictionary has more directions to find. Without topics, 16
+dimensions held 99% of the variance of every site of the tiny base model; in the demo, topics took
+the dead fraction of the 4x, k = 16 SAE from 0.19 to 0.07 and the MMCS of its 1x and 2x
+dictionaries from 0.25 to 0.32 above random ones.
 
 `is_grammatical(text)` says whether `text` is a prefix of a document of this grammar: at most 5
 complete sentences, then optionally a strict prefix of a sentence (a completion cut at the length
@@ -33,6 +40,8 @@ MIN_SENTENCES, MAX_SENTENCES = 2, 5
 TONE = 0.6  # Beta(TONE, TONE) concentration of a document's p_positive; < 1 puts most documents near one pole
 NEUTRAL_RATE = 0.08  # probability that a sentence is a neutral (sentiment-free) template
 OPTIONAL_RATE = 0.5  # probability that an optional slot is filled
+N_TOPICS = 16  # topics a document draws from; a topic owns every N_TOPICS-th word of each class
+TOPIC_RATE = 0.85  # probability that a slot picks from its document's topic (else from the whole class)
 
 # Word classes. Sentiment classes end in "+" / "-"; every word belongs to exactly one class and no
 # class word is also a template literal, so a token maps to one symbol (checked at import).
@@ -199,8 +208,17 @@ def _weighted(rng: random.Random, templates: list) -> list[str | Slot]:
     return rng.choices([p for p, _ in templates], weights=[w for _, w in templates])[0]
 
 
-def sample_sentence(rng: random.Random, positive: bool | None) -> list[str]:
-    """One sentence: a sentiment template with the given sentiment, or a neutral one if `positive` is None."""
+def _pick(rng: random.Random, words: Sequence[str], topic: int) -> str:
+    """A word of a class: from the topic's share with probability TOPIC_RATE (classes with fewer
+    than N_TOPICS words have no shares)."""
+    if len(words) >= N_TOPICS and rng.random() < TOPIC_RATE:
+        words = words[topic::N_TOPICS]
+    return rng.choice(words)
+
+
+def sample_sentence(rng: random.Random, positive: bool | None, topic: int) -> list[str]:
+    """One sentence of a document on `topic`: a sentiment template with the given sentiment, or a
+    neutral one if `positive` is None."""
     parts = _weighted(rng, NEUTRAL_TEMPLATES if positive is None else SENTIMENT_TEMPLATES)
     words = []
     for x in parts:
@@ -212,20 +230,21 @@ def sample_sentence(rng: random.Random, positive: bool | None) -> list[str]:
         if x.optional and rng.random() >= OPTIONAL_RATE:
             continue
         if x.name in SENTIMENT_SLOTS:
-            words.append(rng.choice(WORD_CLASSES[f"{x.name}{'+' if positive else '-'}"]))
+            words.append(_pick(rng, WORD_CLASSES[f"{x.name}{'+' if positive else '-'}"], topic))
         elif x.name in POLAR_CUES:
             words.append(rng.choice(POLAR_CUES[x.name][positive]))
         else:
             pool = [w for cls in SLOTS[x.name] for w in WORD_CLASSES[cls]]
-            words.append(rng.choice(pool))
+            words.append(_pick(rng, pool, topic))
     return words
 
 
 def sample_document(rng: random.Random) -> list[list[str]]:
-    """A review: 2-5 sentences sharing a latent tone p_positive ~ Beta(TONE, TONE)."""
+    """A review: 2-5 sentences sharing a latent tone p_positive ~ Beta(TONE, TONE) and a topic."""
     p_positive = rng.betavariate(TONE, TONE)
+    topic = rng.randrange(N_TOPICS)
     n = rng.randint(MIN_SENTENCES, MAX_SENTENCES)
-    return [sample_sentence(rng, None if rng.random() < NEUTRAL_RATE else rng.random() < p_positive)
+    return [sample_sentence(rng, None if rng.random() < NEUTRAL_RATE else rng.random() < p_positive, topic)
             for _ in range(n)]
 
 
