@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from rewardlab.sae.model import SAEConfig, SparseAutoencoder
 
@@ -44,6 +45,7 @@ class TrainConfig:
     dead_window: int = 50_000  # tokens without firing after which a latent counts as dead (~50 steps)
     seed: int = 0
     log_every: int = 100
+    progress: bool = True  # a progress bar over steps on stderr
 
 
 @dataclass
@@ -158,9 +160,14 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
             history.append({"step": step, "tokens": tokens, "mse": float(mse.detach()), "aux": float(aux.detach()),
                             "l0": l0, "n_dead": n_dead})
 
+    bar = tqdm(total=n_steps, desc=f"{model_cls.__name__} {sae_cfg.architecture} {sae_cfg.d_sae}", unit="step",
+               leave=False, disable=not cfg.progress)
     step_on(first, 0)
+    bar.update()
     for step, x in enumerate(batches, start=1):
         step_on(x, step)
+        bar.update()
+    bar.close()
     seconds = time.perf_counter() - t0
     if thresholds:
         with torch.no_grad():
