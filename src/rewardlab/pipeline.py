@@ -281,6 +281,7 @@ def _sae(plan: Plan, stage: dict, out: Path) -> dict:
         "reward_relevance": {"base": relevance["base"], "post": relevance["post"],
                              "post_minus_base": relevance["post_minus_base"],
                              "ci": relevance["post_minus_base"]["ci"],
+                             "seed_control": checks["reward_relevance_post_minus_base"]["seed_control_max_abs"],
                              "description_metric": {m: layer["models"][m]["description_relevance"]
                                                     for m in ("base", "post")}},
         "artifacts": {"features": "sae/top_features.jsonl"},
