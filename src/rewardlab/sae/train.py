@@ -91,7 +91,7 @@ def _final_threshold(sae: SparseAutoencoder, acts, scale: float, batch_size: int
     """BatchTopK's inference threshold (in scaled units): the mean over training batches of the
     smallest kept selection value, measured with the final weights on up to `max_batches` batches of
     a training tensor, so that the inference L0 matches k. (Per-step values lag behind the weights:
-    on the demo data their mean over the last half of training was 14% too high, giving L0 14.5 at
+    on the demo data (world without topics) their mean over the last half was 14% too high, giving L0 14.5 at
     k = 16.) For a stream, which cannot be re-read, the mean of the last 10% of per-step values."""
     if not isinstance(acts, torch.Tensor):
         return torch.stack(thresholds[-max(1, len(thresholds) // 10):]).mean()
