@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rewardlab.cli import main
-from rewardlab.pipeline import demo_config, plan_run
+from rewardlab.pipeline import _config_dict, demo_config, plan_run
 
 MICRO = {"name": "t", "seed": 0, "world": {"preset": "micro"}}
 
@@ -45,6 +45,21 @@ def test_bundled_demo_configs_are_valid(tmp_path):
     for fast in (False, True):
         plan = plan_run(yaml.safe_load(demo_config(fast).read_text()), tmp_path)
         assert [s[0] for s in plan.stages] == ["world", "ppo", "sweep", "pairs", "dpo", "diffing", "probes", "sae"]
+
+
+def test_a_run_folder_has_one_plan_however_its_path_is_spelled(tmp_path, monkeypatch):
+    """`runs/demo` and its absolute path must give the same stage fingerprints, or a resumed run
+    that names its folder the other way redoes every stage after the world."""
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load(demo_config(False).read_text())
+
+    def stage_configs(run_dir):  # what a stage's fingerprint hashes besides its inputs' contents
+        plan = plan_run(config, run_dir)
+        return [(name, _config_dict(cfg), sorted(map(str, inputs.values()))) for name, cfg, _, inputs in plan.stages]
+
+    relative = stage_configs("runs/demo")
+    assert "runs/demo/world/base" in json.dumps(relative)
+    assert relative == stage_configs(tmp_path / "runs" / "demo") == stage_configs(tmp_path / "x" / ".." / "runs" / "demo")
 
 
 def _run(config: Path, out: Path, env=None) -> subprocess.Popen:

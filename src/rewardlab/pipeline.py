@@ -304,7 +304,7 @@ def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
     from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 
     run = from_dict(RunConfig, config, where)
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # stage configs hold paths: one folder, one spelling, or a re-run redoes them
     stages: list = []
     byo: ModelsSection | None = None  # the models section, when the run brings its own models
     defaults: dict[str, Any] = {}     # defaults the models section gives every stage section
