@@ -13,9 +13,10 @@ Loss = MSE(x, x_hat) summed over d_in and averaged over tokens, plus
     by |residual|^2 next to a main loss normalized by |x|^2, which in these unnormalized units is a
     coefficient of (1/32) / FVU, about 1-2 at FVU 0.01-0.03. On the demo data of the review world
     before it had topics (4x, k = 16, 170k training tokens, 2M steps' worth; the world's low-rank
-    activations left many latents nothing to do) the fraction dead on 40k held-out tokens was 0.40 with no
-    AuxK, 0.24 at coefficient 0.25, 0.19 at 1.0, 0.26 at 4.0 with a 20k window and 0.45 with a 10k
-    window; clamping the aux activations at 0 (sparsify's form) gave 0.22 (coefficient 1) and 0.19 (4).
+    activations left many latents nothing to do) the fraction dead on 40k held-out tokens was 0.40
+    with no AuxK, 0.24 at coefficient 0.25, 0.19 at 1.0, 0.26 at 4.0 with a 20k window and 0.45 with
+    a 10k window; clamping the aux activations at 0 (sparsify's form) gave 0.22 (coefficient 1) and
+    0.19 (4).
 Inputs are scaled by one constant so that mean |x|^2 = d_in (SAELens "expected_average_only_in");
 the scale is folded back into the biases at the end, so the returned SAE acts on raw activations.
 Decoder rows are renormalized after every step. Learning rate decays linearly to 0 over the last
@@ -91,8 +92,8 @@ def _final_threshold(sae: SparseAutoencoder, acts, scale: float, batch_size: int
     """BatchTopK's inference threshold (in scaled units): the mean over training batches of the
     smallest kept selection value, measured with the final weights on up to `max_batches` batches of
     a training tensor, so that the inference L0 matches k. (Per-step values lag behind the weights:
-    on the demo data (world without topics) their mean over the last half was 14% too high, giving L0 14.5 at
-    k = 16.) For a stream, which cannot be re-read, the mean of the last 10% of per-step values."""
+    on the demo data (world without topics) their mean over the last half was 14% too high, giving
+    L0 14.5 at k = 16.) For a stream, which cannot be re-read, the mean of the last 10% of per-step values."""
     if not isinstance(acts, torch.Tensor):
         return torch.stack(thresholds[-max(1, len(thresholds) // 10):]).mean()
     starts = range(0, max(1, len(acts) - batch_size + 1), batch_size)[:max_batches]

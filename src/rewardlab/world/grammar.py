@@ -40,7 +40,7 @@ MIN_SENTENCES, MAX_SENTENCES = 2, 5
 TONE = 0.6  # Beta(TONE, TONE) concentration of a document's p_positive; < 1 puts most documents near one pole
 NEUTRAL_RATE = 0.08  # probability that a sentence is a neutral (sentiment-free) template
 OPTIONAL_RATE = 0.5  # probability that an optional slot is filled
-N_TOPICS = 16  # topics a document draws from; a topic owns every N_TOPICS-th word of each class
+N_TOPICS = 16  # topics a document draws from; a topic owns every N_TOPICS-th word of each class that has that many
 TOPIC_RATE = 0.85  # probability that a slot picks from its document's topic (else from the whole class)
 
 # Word classes. Sentiment classes end in "+" / "-"; every word belongs to exactly one class and no
