@@ -155,3 +155,14 @@ def test_generate_rejects_bad_input(tokenizer):
     model = tiny_model(tokenizer)
     with pytest.raises(InputError):
         generate(model, tokenizer, ["the film"], max_new_tokens=0, generator=torch.Generator())
+
+
+def test_a_progress_bar_shows_on_stderr_and_changes_no_sample(tokenizer, capsys):
+    model = tiny_model(tokenizer)
+    kw = dict(max_new_tokens=6, batch_size=4)
+    quiet = generate(model, tokenizer, PROMPTS, generator=torch.Generator().manual_seed(3), **kw)
+    assert capsys.readouterr().err == ""
+    shown = generate(model, tokenizer, PROMPTS, generator=torch.Generator().manual_seed(3), desc="sampling test", **kw)
+    err = capsys.readouterr().err
+    assert "sampling test" in err and f"{len(PROMPTS)}/{len(PROMPTS)}" in err
+    assert shown == quiet

@@ -35,6 +35,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, save_tensors, write_json
@@ -100,8 +101,9 @@ def select_positions(act: torch.Tensor, last_prompt: int, completion: list[int],
 
 
 def _collect(model, pad: int, encoded: Sequence, layout: Sequence, rows: range, sites: list[str],
-             positions: list[str | int], batch_size: int) -> dict[str, torch.Tensor]:
-    """{"SITE|POSITION": [n_rows or n_tokens, d]} for `rows`, one forward pass per batch of rows."""
+             positions: list[str | int], batch_size: int, bar: tqdm | None = None) -> dict[str, torch.Tensor]:
+    """{"SITE|POSITION": [n_rows or n_tokens, d]} for `rows`, one forward pass per batch of rows
+    (`bar`, if given, advances by the rows of each batch)."""
     from rewardlab.sites import run_with_capture
 
     device = next(model.parameters()).device
@@ -121,6 +123,8 @@ def _collect(model, pad: int, encoded: Sequence, layout: Sequence, rows: range, 
             for pos in positions:
                 vecs = [select_positions(act[j], *layout[i], pos) for j, i in enumerate(batch)]
                 parts.setdefault(f"{site}|{pos}", []).append(torch.cat(vecs) if pos == "tokens" else torch.stack(vecs))
+        if bar is not None:
+            bar.update(len(batch))
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
@@ -154,8 +158,9 @@ def collect_activations(model, tokenizer, records: Sequence[dict], sites: Sequen
 
 
 def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path, cfg: CacheConfig,
-                      model_name: str = "model") -> "ActivationStore":
-    """Cache `cfg.sites` x `cfg.positions` for prompt/completion `records` into folder `out`."""
+                      model_name: str = "model", progress: bool = True) -> "ActivationStore":
+    """Cache `cfg.sites` x `cfg.positions` for prompt/completion `records` into folder `out`
+    (`progress`: a bar over the records on stderr)."""
     from rewardlab.models import pad_token_id
 
     out = Path(out)
@@ -184,11 +189,15 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
             return ActivationStore(out)
     write_json(out / MANIFEST, manifest)
     store_dtype = STORE_DTYPES[cfg.dtype]
+    bar = tqdm(total=len(records), desc=f"caching activations ({Path(model_name).name})", unit="row", leave=False,
+               disable=not progress)
     for k, name in enumerate(manifest["shards"]):
-        if (out / name).is_file():
-            continue
         rows = range(k * cfg.shard_rows, min(len(records), (k + 1) * cfg.shard_rows))
-        parts = _collect(model, pad_token_id(tokenizer), encoded, layout, rows, sites, positions, cfg.batch_size)
+        if (out / name).is_file():
+            bar.update(len(rows))
+            continue
+        parts = _collect(model, pad_token_id(tokenizer), encoded, layout, rows, sites, positions, cfg.batch_size,
+                         bar)
         tensors = {key: v.to(store_dtype) for key, v in parts.items()}
         tensors["row_ids"] = torch.arange(rows.start, rows.stop, dtype=torch.long)
         if "tokens" in positions:
@@ -198,6 +207,7 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
             tensors["token_index"] = torch.tensor([p - encoded[i].prompt_len for i in rows for p in layout[i][1]],
                                                   dtype=torch.long)
         save_tensors(out / name, tensors, {"fingerprint": fingerprint})
+    bar.close()
     manifest["complete"] = True
     write_json(out / MANIFEST, manifest)
     return ActivationStore(out)

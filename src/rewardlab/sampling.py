@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
 from rewardlab.models import pad_token_id
@@ -178,19 +179,22 @@ def _collect(tokenizer, prompts, prompt_ids, tokens, logprobs, eos_id, return_lo
 def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator,
              batch_size: int = 64, logits_fn: LogitsFn | None = None, return_logprobs: bool = False,
-             ) -> list[Sample]:
-    """Sample one completion per prompt (see the module docstring), `batch_size` prompts at a time."""
+             desc: str | None = None) -> list[Sample]:
+    """Sample one completion per prompt (see the module docstring), `batch_size` prompts at a time;
+    `desc` labels a progress bar over the prompts on stderr (None: no bar)."""
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     was_training = model.training
     model.eval()
     try:
         samples = []
-        for i in range(0, len(prompts), batch_size):
-            samples += _generate_batch(
-                model, tokenizer, list(prompts[i:i + batch_size]), max_new_tokens=max_new_tokens,
-                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, logits_fn=logits_fn,
-                return_logprobs=return_logprobs)
+        with tqdm(total=len(prompts), desc=desc, unit="sample", leave=False, disable=desc is None) as bar:
+            for i in range(0, len(prompts), batch_size):
+                samples += _generate_batch(
+                    model, tokenizer, list(prompts[i:i + batch_size]), max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, logits_fn=logits_fn,
+                    return_logprobs=return_logprobs)
+                bar.update(len(prompts[i:i + batch_size]))
         return samples
     finally:
         model.train(was_training)

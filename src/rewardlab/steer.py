@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rewardlab import stats
 from rewardlab.errors import InputError
@@ -170,7 +171,7 @@ def reward_gradient_direction(model, tokenizer, prompts: Sequence[str], completi
 def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cfg: SteerConfig,
                   reward_fn: Callable[[list[str]], list[float]], *, probe=None, base=None,
                   checker: Callable[[str, str], bool] | None = None, neutral_prompts: Sequence[str] | None = None,
-                  out: str | Path | None = None) -> dict:
+                  out: str | Path | None = None, progress: bool = True) -> dict:
     """Steer along each of `directions` ({name: [d], any norm}) at each alpha of cfg, with shared
     random-direction controls.
 
@@ -179,6 +180,7 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     grammaticality, else perplexity under the unsteered model is reported; neutral_prompts: for the
     next-token KL (default: the prompts). Returns {"directions": {name: {"rows", "summary"}},
     "random_effects": [n_random][n_alphas], ...}; writes `dose_response.png` into `out` if given.
+    progress: a bar over the generation runs (one per direction and nonzero alpha) on stderr.
     """
     from rewardlab.sites import parse_site, n_layers
 
@@ -194,9 +196,12 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     groups = list(prompts)
     kw = dict(n_boot=cfg.n_boot, seed=cfg.seed)
     neutral = list(neutral_prompts or prompts)
+    n_steered = sum(a != 0 for a in cfg.alphas) * (len(units) + cfg.n_random)
+    bar = tqdm(total=1 + n_steered, desc=f"steering at {cfg.site}", unit="run", leave=False, disable=not progress)
 
     def rewards_for(vector) -> tuple[list, np.ndarray]:
         samples = steered_samples(model, tokenizer, prompts, vector, cfg)
+        bar.update()
         return samples, np.asarray(reward_fn([s.completion for s in samples]), dtype=np.float64)
 
     reference_samples, reference = rewards_for(None)
@@ -221,6 +226,7 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     controls = random_directions(next(iter(units.values())).numel(), cfg.n_random, cfg.seed + 1)
     result["random_effects"] = [[0.0 if alpha == 0 else float(np.mean(rewards_for(alpha * scale * v)[1] - reference))
                                  for alpha in cfg.alphas] for v in controls]
+    bar.close()
     for entry in result["directions"].values():
         entry["summary"] = summarize(result["alphas"], entry["rows"], result["random_effects"])
     if out is not None:

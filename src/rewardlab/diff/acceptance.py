@@ -118,7 +118,8 @@ def diffing_results(base: str | Path, ppo: str | Path | None = None, dpo: str | 
     generator = torch.Generator().manual_seed(cfg.seed)
     samples = generate(base_model, tokenizer, cycled, max_new_tokens=gen["max_new_tokens"],
                        temperature=gen.get("temperature", 1.0), top_k=gen.get("top_k", 0),
-                       top_p=gen.get("top_p", 1.0), generator=generator, batch_size=cfg.batch_size)
+                       top_p=gen.get("top_p", 1.0), generator=generator, batch_size=cfg.batch_size,
+                       desc="sampling (base)")
     records = [{"prompt": s.prompt, "completion": s.completion} for s in samples]
     for r, u in zip(records, true_reward([r["completion"] for r in records])):
         r["reward"] = u

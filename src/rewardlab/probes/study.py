@@ -80,7 +80,8 @@ def _sample_records(models: dict, tokenizer, prompts: Sequence[str], cfg: StudyC
         repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
         samples = generate(model, tokenizer, repeated, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                           generator=torch.Generator().manual_seed(cfg.seed + k), batch_size=cfg.batch_size)
+                           generator=torch.Generator().manual_seed(cfg.seed + k), batch_size=cfg.batch_size,
+                           desc=f"sampling ({name})")
         records += [{"prompt": s.prompt, "completion": s.completion, "source": name} for s in samples]
     return records
 

@@ -39,7 +39,8 @@ def make_pairs(cfg: PairsConfig, out: str | Path) -> dict:
     picked = [prompt_set[i] for i in torch.randint(len(prompt_set), (cfg.n_prompts,), generator=generator).tolist()]
     repeated = [p for p in picked for _ in range(cfg.per_prompt)]
     samples = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, temperature=cfg.temperature,
-                       top_k=cfg.top_k, top_p=cfg.top_p, generator=generator, batch_size=cfg.batch_size)
+                       top_k=cfg.top_k, top_p=cfg.top_p, generator=generator, batch_size=cfg.batch_size,
+                       desc="sampling pairs")
     scores = reward([s.completion for s in samples])
     rows, ties = [], 0
     for i, prompt in enumerate(picked):

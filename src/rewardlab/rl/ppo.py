@@ -32,6 +32,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
 from rewardlab.io import load_tensors, read_json, read_jsonl, save_tensors, write_json, write_jsonl
@@ -367,11 +368,12 @@ def _estimate(values) -> dict:
 # training
 
 
-def train_ppo(config: PPOConfig, out_dir: str | Path) -> dict:
+def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train a policy with PPO into `out_dir`; resume from `out_dir/checkpoint` if one is there.
 
     Writes policy/ (Hugging Face folder), value_head.safetensors, config.json, metrics.jsonl,
-    samples.jsonl and summary.json; returns the summary.
+    samples.jsonl and summary.json; returns the summary. `progress`: a bar over phases on stderr
+    with the phase's reward, exact KL and grammatical rate.
     """
     from accelerate import Accelerator
 
@@ -443,6 +445,8 @@ def train_ppo(config: PPOConfig, out_dir: str | Path) -> dict:
     base_mean = sum(base_eval["rewards"]) / len(base_eval["rewards"])
     base_std = float(torch.tensor(base_eval["rewards"]).std())
 
+    bar = tqdm(total=cfg.phases, initial=start_phase, desc=f"PPO (kl_coef {cfg.kl_coef:g})", unit="phase",
+               leave=False, disable=not (progress and accelerator.is_main_process))
     for phase in range(start_phase, cfg.phases):
         t0 = time.perf_counter()
         # 1. rollout
@@ -569,6 +573,8 @@ def train_ppo(config: PPOConfig, out_dir: str | Path) -> dict:
             flags = torch.tensor([float(is_grammatical(t, prompt=prompts[i])) for i, t in zip(idx, texts)], device=device)
             row["grammatical_rate"] = float(accelerator.gather(flags).mean())
         metrics.append(row)
+        bar.update()
+        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward_mean", "kl_exact", "grammatical_rate") if k in row})
         samples += [{"phase": phase, "prompt": prompts[i], "completion": t, "reward": float(s)}
                     for i, t, s in list(zip(idx, texts, scores.tolist()))[:cfg.samples_per_phase]]
         elapsed = elapsed_before + time.perf_counter() - t_start
@@ -585,6 +591,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path) -> dict:
                 commit_checkpoint(out)
             accelerator.wait_for_everyone()
 
+    bar.close()
     # final evaluation and outputs
     t_eval = time.perf_counter()
     policy_eval = evaluate(unwrapped.policy, ref, tokenizer, prompts, cfg, reward, is_grammatical, max_new_tokens,

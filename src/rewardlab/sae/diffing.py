@@ -122,7 +122,7 @@ def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prom
     return [{"prompt": s.prompt, "completion": s.completion, "source": name}
             for name, model in (("base", base), ("post", post))
             for s in generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, generator=gen,
-                              batch_size=256)]
+                              batch_size=256, desc=f"sampling SAE text ({name})")]
 
 
 def rank_layers(base, post) -> list[dict]:
