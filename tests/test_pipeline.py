@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,11 +96,15 @@ def test_kill_during_post_training_then_rerun_gives_identical_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_fast_demo_runs_every_stage_and_its_report_renders(tmp_path):
+def test_fast_demo_runs_every_stage_and_its_report_renders(tmp_path, capsys):
     from test_report_browser import CHROMIUM, render
 
     out = tmp_path / "demo"
     assert main(["demo", "--fast", "--out", str(out)]) == 0
+    summary = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    for row in ("implicit_reward.spearman_true", "probe.spearman", "probe.selectivity", "steering.effect_at_max_alpha",
+                "reward_relevance.post_minus_base", "ppo.reward_policy"):  # headline numbers print with CI and n
+        assert re.search(r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\] \(n=\d+", summary[row]), summary[row]
     results = json.loads((out / "results.json").read_text())
     for section in ("world", "ppo", "dpo", "implicit_reward", "divergent", "probe", "steering", "sae",
                     "crosscoder", "interp", "reward_relevance", "audit", "params"):

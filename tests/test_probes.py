@@ -137,7 +137,10 @@ def test_sweep_two_models_shared_split(tiny_model, word_tokenizer, tmp_path):
     best = post["best"]
     assert best["val_spearman"] == max(c["val_spearman"] for c in post["cells"])
     assert best["position"] == "mean_completion" and best["test"]["spearman"]["value"] > 0.6
-    assert best["selectivity"] == pytest.approx(best["test"]["spearman"]["value"] - best["control_spearman"])
+    selectivity = best["selectivity"]
+    assert selectivity["value"] == pytest.approx(best["test"]["spearman"]["value"] - best["control_spearman"])
+    assert selectivity["ci"][0] < selectivity["value"] < selectivity["ci"][1]
+    assert selectivity["n_groups"] == best["test"]["spearman"]["n_groups"]
     assert post["prompt_only"]["position"] == "last_prompt"
     assert set(post["baselines"]) == {"length", "bag_of_tokens"}
     for name in ("post", "base"):

@@ -71,6 +71,7 @@ def _diff_kl(a: argparse.Namespace) -> None:
     from rewardlab.diff.kl import KLConfig, token_kl
     from rewardlab.io import read_jsonl, write_json, write_jsonl
     from rewardlab.models import ModelPair, model_id
+    from rewardlab.stats import describe
 
     records = read_jsonl(a.input, required=("prompt", "completion"))
     pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32")
@@ -81,7 +82,7 @@ def _diff_kl(a: argparse.Namespace) -> None:
     write_json(f"{a.out}/kl.json", summary)
     write_jsonl(f"{a.out}/kl_tokens.jsonl", [{**r, **k} for r, k in zip(records, rows)])
     kl = summary["kl_per_token"]
-    print(f"KL(post||base) per token {kl['value']:.4f} [{kl['ci'][0]:.4f}, {kl['ci'][1]:.4f}] (n={kl['n']})")
+    print(f"KL(post||base) per token {describe(kl, 4)}")
     print("promoted:", " ".join(t["token"] for t in summary["promoted"][:10]))
     print("demoted: ", " ".join(t["token"] for t in summary["demoted"][:10]))
     print(f"-> {a.out}/kl.json")
@@ -222,6 +223,7 @@ def _probe_sweep(a: argparse.Namespace) -> None:
     from rewardlab.models import load_model
     from rewardlab.probes.sweep import SweepConfig, sweep
     from rewardlab.sites import all_sites
+    from rewardlab.stats import describe
 
     records = read_jsonl(a.input, required=("prompt", "completion", a.target))
     stores = {}
@@ -235,8 +237,8 @@ def _probe_sweep(a: argparse.Namespace) -> None:
     result = sweep(stores, SweepConfig(target=a.target, seed=a.seed, n_boot=a.n_boot), a.out)
     for name, r in result["models"].items():
         best, sp = r["best"], r["best"]["test"]["spearman"]
-        print(f"{name}: best {best['site']} @ {best['position']}: test Spearman {sp['value']:.3f} "
-              f"[{sp['ci'][0]:.3f}, {sp['ci'][1]:.3f}] (n={sp['n']}), selectivity {best['selectivity']:.3f}")
+        print(f"{name}: best {best['site']} @ {best['position']}: test Spearman {describe(sp)}, "
+              f"selectivity {describe(best['selectivity'])}")
     print(f"-> {a.out}/sweep.json, heatmaps, probe-*.safetensors")
 
 
@@ -249,6 +251,7 @@ def _steer(a: argparse.Namespace) -> None:
     from rewardlab.probes.cross import mean_difference_direction
     from rewardlab.probes.linear import load_probe
     from rewardlab.rewards import get_reward
+    from rewardlab.stats import describe
     from rewardlab.steer import SteerConfig, dose_response, reward_gradient_direction
 
     model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
@@ -283,7 +286,7 @@ def _steer(a: argparse.Namespace) -> None:
     steered = result["directions"][name]
     for row in steered["rows"]:
         m = row["reward_mean"]
-        print(f"alpha {row['alpha']:+.3g}: reward {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]")
+        print(f"alpha {row['alpha']:+.3g}: reward {describe(m)}")
     s = steered["summary"]
     print(f"largest random |effect| {s['random_max_abs_effect']:.3f}; effect / random {s['effect_over_random']:.2f}"
           f" -> {a.out}/steering.json, dose_response.png")
@@ -311,6 +314,7 @@ def _sae_models(a: argparse.Namespace):
 def _sae_compare(a: argparse.Namespace) -> None:
     from rewardlab.interp.score import make_backends
     from rewardlab.sae.diffing import compare_models
+    from rewardlab.stats import describe
 
     pair, records = _sae_models(a)
     backends = make_backends(a.llm_base_url, a.llm_model, a.llm_key_env, a.hf_chat_model, a.llm_cache)
@@ -322,9 +326,9 @@ def _sae_compare(a: argparse.Namespace) -> None:
                   f" random {m['baseline_random']['mmcs_max']:.3f}, other seed {m['baseline_other_seed']['mmcs_max']:.3f};"
                   f" shared {m['mmcs']['n_shared']}; FVU 1x {m['metrics'][next(iter(m['metrics']))]['fvu']:.3f}")
         rel = layer["activation_relevance"]["post_minus_base"]
-        print(f"layer {L} reward relevance post - base: {rel['value']:.3f} [{rel['ci'][0]:.3f}, {rel['ci'][1]:.3f}]")
+        print(f"layer {L} reward relevance post - base: {describe(rel)}")
         for name, c in layer["activation_relevance"].get("seed_control", {}).items():
-            print(f"layer {L} seed control ({name}, SAE seed A - seed B): {c['value']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]")
+            print(f"layer {L} seed control ({name}, SAE seed A - seed B): {describe(c)}")
     acc = res["acceptance"]
     for name, m in acc["sae"].items():
         print(f"acceptance SAE {name}: FVU {m['fvu']:.3f}, dead {m['dead_fraction']:.3f}, "

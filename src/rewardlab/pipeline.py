@@ -29,6 +29,7 @@ from rewardlab.config import from_dict, load_yaml
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, write_json, write_jsonl
 from rewardlab.runs import Stage
+from rewardlab.stats import describe
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -465,8 +466,7 @@ def run_config_file(config_path: str | Path, run_dir: str | Path, seed: int | No
 
 def _fmt(x: Any) -> str:
     if isinstance(x, dict) and "value" in x:
-        lo, hi = x["ci"]
-        return f"{x['value']:.3f} [{lo:.3f}, {hi:.3f}] n={x['n']}"
+        return describe(x)
     if isinstance(x, float):
         return f"{x:.3f}"
     return str(x)
@@ -477,19 +477,25 @@ SUMMARY_ROWS = [
     ("ppo", "reward_base"), ("ppo", "reward_policy"), ("ppo", "kl_exact"), ("ppo", "grammatical_rate"),
     ("dpo", "reward_policy"), ("dpo", "pair_accuracy"),
     ("implicit_reward", "spearman_true"), ("probe", "spearman"), ("probe", "selectivity"),
-    ("probe", "prompt_only_spearman"), ("probe", "value_head_cosine"), ("steering", "random_max_abs_effect"),
+    ("probe", "prompt_only_spearman"), ("probe", "value_head_cosine"), ("steering", "effect_at_max_alpha"),
+    ("steering", "random_max_abs_effect"), ("steering", "effect_over_random"),
     ("sae", "fvu"), ("sae", "mmcs"), ("sae", "mmcs_random"), ("crosscoder", "post_only"),
-    ("interp", "mean_score"), ("interp", "wrong_feature_score"), ("reward_relevance", "ci"),
+    ("interp", "mean_score"), ("interp", "wrong_feature_score"), ("reward_relevance", "post_minus_base"),
     ("audit", "accuracy"), ("params", "top_layers"),
 ]
+CI_BESIDE = {("implicit_reward", "spearman_true"), ("probe", "spearman")}  # their CI and n are the section's "ci", "n"
 
 
 def summary_table(results: dict, run_dir: str | Path) -> str:
     """One screen: the headline number of each section, then where the report is."""
     lines = [f"{results.get('name', 'run')} (seed {results.get('seed')})"]
     for section, key in SUMMARY_ROWS:
-        if key in results.get(section, {}):
-            lines.append(f"  {section + '.' + key:<34} {_fmt(results[section][key])}")
+        values = results.get(section, {})
+        if key in values:
+            x = values[key]
+            if (section, key) in CI_BESIDE and isinstance(x, float) and "ci" in values:
+                x = {"value": x, "ci": values["ci"], "n": values["n"]}
+            lines.append(f"  {section + '.' + key:<34} {_fmt(x)}")
     report = Path(run_dir) / "report.html"
     lines.append(f"results: {Path(run_dir) / 'results.json'}")
     if report.is_file():

@@ -32,7 +32,14 @@ class Estimate:
         return d
 
     def __str__(self) -> str:
-        return f"{self.value:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] (n={self.n})"
+        return describe(self.to_dict())
+
+
+def describe(estimate: dict, digits: int = 3) -> str:
+    """An estimate dict (`Estimate.to_dict`) as text: "value [lo, hi] (n=N)", or "(n=N, G prompts)"."""
+    value, (lo, hi) = estimate["value"], estimate["ci"]
+    groups = f", {estimate['n_groups']} prompts" if estimate.get("n_groups") is not None else ""
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (n={estimate['n']}{groups})"
 
 
 def _group_index(groups: Sequence | None, n: int) -> list[np.ndarray]:

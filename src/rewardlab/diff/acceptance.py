@@ -159,7 +159,7 @@ def diffing_results(base: str | Path, ppo: str | Path | None = None, dpo: str | 
     # headline keys of the pipeline's results.json: the first policy present (PPO, post, DPO)
     headline = next(iter(out["implicit_reward"].values()), None)
     if headline is not None:
-        out["implicit_reward"].update(spearman_true=headline["spearman_true"], ci=headline["ci"])
+        out["implicit_reward"].update(spearman_true=headline["spearman_true"], ci=headline["ci"], n=headline["n"])
     if world is None:
         out["audit"] = {"skipped": AUDIT_SKIPPED}
     else:

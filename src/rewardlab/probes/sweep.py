@@ -7,7 +7,7 @@ Every model is split the same way (by prompt id, `grouped_split`), so their numb
 cell the ridge penalty is chosen from `l2_grid` by validation Spearman. The best cell (highest
 validation Spearman) is refitted on the training prompts and gets every metric of
 `probes.metrics.evaluate` on the test prompts, plus: its control-task Spearman and selectivity
-(real - control), the length and bag-of-tokens baselines, and the best `last_prompt` cell (the
+(real - control, with a bootstrap CI over test prompts that resamples both together), the length and bag-of-tokens baselines, and the best `last_prompt` cell (the
 prompt-only probe: does the model know the expected reward before writing?).
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rewardlab import stats
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, write_json
 from rewardlab.probes.baselines import baseline_scores, control_labels, length_features
@@ -105,6 +106,9 @@ def sweep_model(store, cfg: SweepConfig, split: Split, name: str, out: Path | No
     y_control = control_labels(y, seed=cfg.seed)
     control = fit_ridge(x[split.train], y_control[split.train], l2=probe.meta["l2"])
     control_spearman = _spearman(y_control[test], control.predict(x[test]))
+    selectivity = stats.bootstrap(lambda y_, p, yc, pc: _spearman(y_, p) - _spearman(yc, pc), y[test],
+                                  probe.predict(x[test]), y_control[test], control.predict(x[test]),
+                                  groups=groups[test], **kw)
     length = length_features([r["n_completion_tokens"] for r in store.rows])
     baselines = {
         "length": evaluate(y[test], baseline_scores(length, y, split.train)[test], groups[test], **kw),
@@ -115,7 +119,7 @@ def sweep_model(store, cfg: SweepConfig, split: Split, name: str, out: Path | No
         "model": store.model, "n_rows": len(y), "split": split.sizes(),
         "cells": cells,
         "best": {**best, "test": as_dict(metrics), "control_spearman": control_spearman,
-                 "selectivity": metrics["spearman"].value - control_spearman},
+                 "selectivity": selectivity.to_dict()},
         "baselines": {k: as_dict(v) for k, v in baselines.items()},
     }
     prompt_cells = [c for c in finite if c["position"] == "last_prompt"]
