@@ -164,8 +164,8 @@ def test_full_report_renders_every_section_with_numbers(full_report):
     assert "Positively" in q["q4-implicit-reward"] and "0.640 [0.580, 0.700] (n=512)" in q["q4-implicit-reward"]
     assert "from 3.100 [2.900, 3.300] (n=64) at α = 0 to 4.200" in q["q4-implicit-reward"]
     assert "layers 3, 2" in q["q5-model-diff"] and "4 post-only, 2 base-only and 90 shared" in q["q5-model-diff"]
-    assert ("from 0.210 in the base to 0.480 in the post model (difference CI [0.150, 0.390]), while two SAEs of "
-            "one model differ by up to 0.090") in q["q5-model-diff"]
+    assert ("from 0.210 in the base to 0.480 in the post model (difference CI [0.150, 0.390], resampling completions "
+            "and SAEs), while two SAEs of one model differ by up to 0.090") in q["q5-model-diff"]
     assert "0.740 [0.660, 0.810] (n=120) over 120 minimal pairs" in q["q6-audit"]
     assert "cosine 0.370" in q["q7-value-head"]
     # figures: curves, frontier, probe heatmap + probe PNG, steering, divergent, crosscoder, params, other

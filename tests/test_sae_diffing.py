@@ -73,6 +73,26 @@ def test_activation_relevance_prefers_reward_correlated_features():
         _abs_corr_topk(post, reward, 3) - _abs_corr_topk(post2, reward, 3))
 
 
+
+def test_relevance_ci_counts_the_spread_between_a_models_saes():
+    rng = np.random.default_rng(1)
+    reward = rng.normal(size=300)
+    noise = [rng.normal(size=(300, 20)) for _ in range(4)]
+    strong = noise[2].copy()
+    strong[:, :3] += 2 * reward[:, None]  # one post SAE finds reward features, the other finds none
+    rel = activation_relevance(noise[:2], [strong, noise[3]], reward, k=3)
+    gap = rel["post_minus_base"]
+    per_sae = [_abs_corr_topk(f, reward, 3) for f in (noise[0], noise[1], strong, noise[3])]
+    assert gap["value"] == pytest.approx((per_sae[2] + per_sae[3] - per_sae[0] - per_sae[1]) / 2)
+    # completions alone would put the interval tightly around the value (about +-0.2 here); with
+    # the SAEs resampled it reaches down to the gap of the weaker post SAE, near 0
+    assert gap["ci"][0] < (per_sae[3] - (per_sae[0] + per_sae[1]) / 2) + 0.2 < gap["value"] - 0.5
+    assert gap["ci"][1] > gap["value"]
+    # the seed control keeps each SAE fixed
+    control = rel["seed_control"]["post"]
+    assert control["value"] == pytest.approx(per_sae[2] - per_sae[3])
+    assert control["ci"][0] > 0.5 * control["value"]
+
 def test_compare_models_end_to_end(tmp_path):
     base, post, tok = tiny_pair(scale=0.2, layer=1)
     rng = np.random.default_rng(0)

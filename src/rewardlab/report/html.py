@@ -368,7 +368,8 @@ def answer_q5(run: Run) -> str | None:
                      f"and {fmt(cc.get('shared'))} shared latents")
     rr = run.section("reward_relevance")
     if rr.get("base") is not None and rr.get("post") is not None:
-        ci = f" (difference CI [{fmt(rr['ci'][0])}, {fmt(rr['ci'][1])}])" if rr.get("ci") is not None else ""
+        ci = (f" (difference CI [{fmt(rr['ci'][0])}, {fmt(rr['ci'][1])}], resampling completions and SAEs)"
+              if rr.get("ci") is not None else "")
         seeds = (f", while two SAEs of one model differ by up to {fmt(rr['seed_control'])}"
                  if rr.get("seed_control") is not None else "")
         parts.append(f"feature reward relevance goes from {fmt(rr['base'])} in the base to {fmt(rr['post'])} in the "

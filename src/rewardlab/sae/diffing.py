@@ -151,28 +151,38 @@ def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, gro
 
     base_feats, post_feats: [n_completions, F] feature values per completion (row means), or a
     list of such matrices, one per SAE training seed; a model's relevance is then the mean over
-    its SAEs, and `seed_control` (first SAE minus second, per model) measures how much two SAEs
-    of the same model differ: a post - base gap is only meaningful if it clearly exceeds that.
-    reward [n_completions]. The top-k features are re-chosen inside every bootstrap resample, so
-    selection is part of the interval.
+    its SAEs. reward [n_completions]. The top-k features are re-chosen inside every bootstrap
+    resample, so selection is part of the interval. Every resample draws completions (by prompt
+    `groups`) and, with several SAEs per model, that model's SAEs with replacement, so the CIs
+    count SAE training as a source of variance (two SAEs still understate it); the values use every
+    SAE. `seed_control` (first SAE minus second, per model, completions resampled) measures how much
+    two SAEs of the same model differ: a post - base gap is only meaningful if it clearly exceeds that.
     """
     base_list = [base_feats] if np.ndim(base_feats) == 2 else list(base_feats)
     post_list = [post_feats] if np.ndim(post_feats) == 2 else list(post_feats)
     idx = np.arange(len(reward))
+    rng = np.random.default_rng(seed)
 
-    def relevance(feats_list):
-        return lambda i: float(np.mean([_abs_corr_topk(f[i.astype(int)], reward[i.astype(int)], k)
-                                        for f in feats_list]))
+    def per_sae(feats_list, i) -> list[float]:
+        return [_abs_corr_topk(f[i], reward[i], k) for f in feats_list]
 
-    def boot(fn):
-        return stats.bootstrap(fn, idx, groups=groups, seed=seed).to_dict()
+    def boot(fn, resample_saes: bool = True) -> dict:
+        """fn(per-SAE base relevances, per-SAE post relevances) -> statistic, bootstrapped."""
+        def resampled(i):
+            i = i.astype(int)
+            b, p = per_sae(base_list, i), per_sae(post_list, i)
+            if resample_saes:
+                b, p = ([x[j] for j in rng.integers(0, len(x), len(x))] for x in (b, p))
+            return fn(b, p)
+        estimate = stats.bootstrap(resampled, idx, groups=groups, seed=seed).to_dict()
+        return {**estimate, "value": fn(per_sae(base_list, idx), per_sae(post_list, idx))}
 
-    base, post = relevance(base_list), relevance(post_list)
-    out = {"k": k, "n_saes": len(base_list), "base": boot(base), "post": boot(post),
-           "post_minus_base": boot(lambda i: post(i) - base(i))}
+    out = {"k": k, "n_saes": len(base_list), "base": boot(lambda b, p: float(np.mean(b))),
+           "post": boot(lambda b, p: float(np.mean(p))),
+           "post_minus_base": boot(lambda b, p: float(np.mean(p) - np.mean(b)))}
     if len(base_list) > 1 and len(post_list) > 1:
-        out["seed_control"] = {name: boot(lambda i, f=feats: relevance(f[:1])(i) - relevance(f[1:2])(i))
-                               for name, feats in (("base", base_list), ("post", post_list))}
+        out["seed_control"] = {"base": boot(lambda b, p: b[0] - b[1], resample_saes=False),
+                               "post": boot(lambda b, p: p[0] - p[1], resample_saes=False)}
     return out
 
 
