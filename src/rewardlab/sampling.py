@@ -190,11 +190,11 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *, max_n
         samples = []
         with tqdm(total=len(prompts), desc=desc, unit="sample", leave=False, disable=desc is None) as bar:
             for i in range(0, len(prompts), batch_size):
+                batch = list(prompts[i:i + batch_size])
                 samples += _generate_batch(
-                    model, tokenizer, list(prompts[i:i + batch_size]), max_new_tokens=max_new_tokens,
-                    temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, logits_fn=logits_fn,
-                    return_logprobs=return_logprobs)
-                bar.update(len(prompts[i:i + batch_size]))
+                    model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                    top_p=top_p, generator=generator, logits_fn=logits_fn, return_logprobs=return_logprobs)
+                bar.update(len(batch))
         return samples
     finally:
         model.train(was_training)

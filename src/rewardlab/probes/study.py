@@ -221,6 +221,7 @@ def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prom
                 "implicit_reward": [r["implicit_reward"] for r in rows], "summary": entry["summary"]}
 
     prompt_only = post.get("prompt_only", {})
+    headline = steered["directions"]["mean_diff"]
     results = {
         "probe": {
             "best_site": best["site"], "best_position": best["position"],
@@ -240,10 +241,10 @@ def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prom
         "steering": {
             "site": steer_site, "direction": "mean_diff", "position": cfg.steer_position, "where": cfg.steer_where,
             "alphas": steered["alphas"], "typical_norm": steered["typical_norm"], "n": len(steer_prompts),
-            "n_prompts": len(set(steer_prompts)), **curves(steered["directions"]["mean_diff"]),
-            "effect_at_max_alpha": max(steered["directions"]["mean_diff"]["rows"], key=lambda r: r["alpha"])["effect"],
-            "effect_over_random": steered["directions"]["mean_diff"]["summary"]["effect_over_random"],
-            "random_max_abs_effect": steered["directions"]["mean_diff"]["summary"]["random_max_abs_effect"],
+            "n_prompts": len(set(steer_prompts)), **curves(headline),
+            "effect_at_max_alpha": max(headline["rows"], key=lambda r: r["alpha"])["effect"],
+            "effect_over_random": headline["summary"]["effect_over_random"],
+            "random_max_abs_effect": headline["summary"]["random_max_abs_effect"],
             "random_effects": steered["random_effects"],
             "directions": {name: curves(entry) for name, entry in steered["directions"].items()},
             "cosines": {k: v for k, v in directions.items() if k.endswith("_at_steer_site")},

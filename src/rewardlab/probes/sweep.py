@@ -7,8 +7,9 @@ Every model is split the same way (by prompt id, `grouped_split`), so their numb
 cell the ridge penalty is chosen from `l2_grid` by validation Spearman. The best cell (highest
 validation Spearman) is refitted on the training prompts and gets every metric of
 `probes.metrics.evaluate` on the test prompts, plus: its control-task Spearman and selectivity
-(real - control, with a bootstrap CI over test prompts that resamples both together), the length and bag-of-tokens baselines, and the best `last_prompt` cell (the
-prompt-only probe: does the model know the expected reward before writing?).
+(real - control, with a bootstrap CI over test prompts that resamples both together), the length
+and bag-of-tokens baselines, and the best `last_prompt` cell (the prompt-only probe: does the
+model know the expected reward before writing?).
 """
 
 from __future__ import annotations
