@@ -31,6 +31,7 @@ def test_config_errors_name_the_key_before_any_work(tmp_path, capsys):
     ({**MICRO, "ppo": {"kl_estimator": "k9"}}, "unknown kl_estimator 'k9'"),
     ({**MICRO, "ppo": {"base": "x"}}, "base is set by the pipeline"),
     ({**MICRO, "diffing": {"alphas": "two"}}, r"config.diffing.alphas"),
+    ({**MICRO, "sae": {"relevance_saes": 1}}, "reward relevance needs at least 2 SAEs"),
     ({"seed": 0, "world": None}, "needs either a world or a models section"),
     ({"models": {"base": "gpt2"}}, "models.prompts is required"),
     ({"models": {"base": "gpt2", "prompts": "/nonexistent/p.jsonl"}}, "config.models.prompts: file not found"),

@@ -1,5 +1,6 @@
 """Spliced CE/KL metrics on a tiny GPT-2, the seed pipeline end to end, and reward relevance."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from rewardlab.errors import InputError
 from rewardlab.sae.diffing import DiffConfig, _abs_corr_topk, activation_relevance, compare_models
 from rewardlab.sae.metrics import spliced_metrics
 from rewardlab.sae.model import SAEConfig, SparseAutoencoder
@@ -100,18 +102,22 @@ def test_compare_models_end_to_end(tmp_path):
     records = [{"prompt": " ".join(rng.choice(content, 3)), "completion": " " + " ".join(rng.choice(content, 8))}
                for _ in range(60)]
     cfg = DiffConfig(k=4, top_k=5, train=TrainConfig(batch_size=64, n_tokens=6_000, dead_window=2_000),
-                     acceptance_expansion=2, crosscoder_expansion=2)
+                     acceptance_expansion=2, crosscoder_expansion=2, relevance_saes=3)
     res = compare_models(base, post, tok, records, tmp_path, cfg)
     assert res["layers"] == [1]  # the perturbed block ranks first
     layer = res["by_layer"]["1"]
     for name in ("base", "post"):
         m = layer["models"][name]
-        assert set(m["metrics"]) == {"1x", "2x", "1x-seed1"}
+        assert set(m["metrics"]) == {"1x", "2x", "1x-seed1", "1x-seed4"}  # seed 4: the third relevance SAE
+        assert (tmp_path / "saes" / name / "L1" / "1x-seed4" / "cfg.json").is_file()
         assert 0 <= m["metrics"]["1x"]["fvu"] < 1.5
         assert m["mmcs"]["n_a"] == 32 and m["mmcs"]["n_b"] == 64
         assert m["baseline_random"]["mmcs_max"] < m["mmcs"]["mmcs_max"]
         assert len(m["top_features"]) <= 5
     assert set(layer["activation_relevance"]) == {"k", "n_saes", "base", "post", "post_minus_base", "seed_control"}
+    assert layer["activation_relevance"]["n_saes"] == 3
+    with pytest.raises(InputError, match="relevance_saes"):
+        compare_models(base, post, tok, records, tmp_path / "one", dataclasses.replace(cfg, relevance_saes=1))
     assert layer["activation_relevance"]["post"]["n"] == 60  # every completion, bootstrapped by prompt
     # each SAE has its own init: the 2x dictionary does not start from the 1x rows
     assert layer["models"]["post"]["mmcs"]["mmcs_max"] < 0.99

@@ -300,7 +300,8 @@ def _sae_diff_config(a: argparse.Namespace):
     layers = [int(x) for x in a.layers.split(",")] if getattr(a, "layers", None) else None
     return DiffConfig(n_layers=getattr(a, "n_layers", 1), layers=layers, site_kind=getattr(a, "site_kind", "hook_resid_post"),
                       architecture=getattr(a, "arch", "batchtopk"), k=a.k, top_k=getattr(a, "top_k", 30),
-                      crosscoder_expansion=getattr(a, "expansion", 4), train=train, seed=a.seed)
+                      relevance_saes=getattr(a, "relevance_saes", 2), crosscoder_expansion=getattr(a, "expansion", 4),
+                      train=train, seed=a.seed)
 
 
 def _sae_models(a: argparse.Namespace):
@@ -635,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
                            choices=["hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out"])
             p.add_argument("--arch", default="batchtopk", choices=["batchtopk", "topk", "relu"])
             p.add_argument("--top-k", type=int, default=30, help="features explained and summed for relevance")
+            p.add_argument("--relevance-saes", type=int, default=2,
+                           help="1x SAEs per model averaged for reward relevance (its CI resamples them)")
             _add_llm_args(p)
             p.set_defaults(func=_sae_compare)
         else:

@@ -12,15 +12,16 @@
     tokens looks dead on a few thousand) and of the crosscoder's classification. Reward relevance
     and the spliced CE loss use the records' test rows only.
  3. per model and layer, train SAEs at `expansions` x d_model (default 1x, 2x) with the same
-    sparsity, each with its own seed (seed, seed + 2, ...), plus the smallest size again with seed + 1;
-    held-out metrics for each;
+    sparsity, each with its own seed (seed, seed + 2, ...), plus the smallest size again with seed + 1
+    (and with further seeds up to `relevance_saes` SAEs of that size); held-out metrics for each;
  4. MCS/MMCS of the decoder rows, 1x vs 2x, max and one-to-one with matched pairs; baselines:
     random unit dictionaries of the same shapes and the other-seed SAE of the same size;
  5. explain the top-k most similar features (offline lexical explainer unless another is given),
     and reward relevance: the seed's |VADER valence| of the explanation words, and the activation
     metric (top-k summed |Pearson| between a feature's mean completion activation and the reward,
-    averaged over the two same-size SAEs of each model, post minus base with a paired bootstrap CI
-    over prompt groups of all completions, beside the seed-to-seed control);
+    averaged over the `relevance_saes` same-size SAEs of each model, post minus base with a paired
+    bootstrap CI over prompt groups of all completions and over those SAEs, beside the seed-to-seed
+    control);
  6. on the top layer: the acceptance SAE (BatchTopK, 4x, k=16) per model with CE loss recovered,
     a BatchTopK crosscoder with Latent Scaling, and auto-interpretation scores vs wrong features.
 Everything lands in `out/sae_compare.json`; SAEs are saved as SAELens folders under `out/saes/`;
@@ -62,6 +63,8 @@ class DiffConfig:
     expansions: tuple[int, ...] = (1, 2)
     shared_threshold: float = 0.9
     top_k: int = 30  # features explained and summed for reward relevance (the seed's 30)
+    relevance_saes: int = 2  # smallest-size SAEs per model averaged for reward relevance (>= 2; its CI
+    # resamples them, and retraining an SAE moves the relevance by about 1 on the review world)
     acceptance_expansion: int = 4  # the acceptance SAE: batchtopk at this width with k
     crosscoder_expansion: int = 4
     scaling_threshold: float = 0.5
@@ -71,6 +74,11 @@ class DiffConfig:
     max_new_tokens: int = 32  # length cap of those completions (sampled at temperature 1)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+
+    def validate(self) -> None:
+        if self.relevance_saes < 2:
+            raise InputError(f"relevance_saes is {self.relevance_saes}; reward relevance needs at least 2 SAEs "
+                             "per model", "SAE diff config", "set relevance_saes to 2 or more")
 
 
 @dataclass
@@ -239,6 +247,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     from rewardlab.sites import n_layers
 
     out = Path(out)
+    cfg.validate()
     ranking = rank_layers(base, post)
     depth = n_layers(base)
     layers = cfg.layers if cfg.layers is not None else [int(r["group"].split(".")[1]) for r in ranking[:cfg.n_layers]]
@@ -255,6 +264,8 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                      "n_train_rows": len(train_rows), "n_test_rows": len(test_rows),
                      "n_extra_rows": 0 if extra is None else len(extra.stores["base"]), "by_layer": {}}
     features_for_interp = []
+    # the smallest size again: seed + 1 (the other-seed baseline), then seeds no other SAE uses
+    relevance_seeds = [cfg.seed + 1] + [cfg.seed + 2 * len(cfg.expansions) + j for j in range(cfg.relevance_saes - 2)]
     for L, site in zip(layers, sites):
         layer_out: dict = {"site": site, "models": {}}
         tokens = {name: load_tokens(store, site) for name, store in stores.items()}
@@ -269,7 +280,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
             # every SAE gets its own seed: with one seed, the first d_model random decoder rows of the 2x
             # init equal the 1x init, and MMCS(1x, 2x) would measure the shared init, not shared features
             runs = [(f"{e}x", e, cfg.seed + 2 * i) for i, e in enumerate(cfg.expansions)] + \
-                [(f"{cfg.expansions[0]}x-seed{cfg.seed + 1}", cfg.expansions[0], cfg.seed + 1)]
+                [(f"{cfg.expansions[0]}x-seed{s}", cfg.expansions[0], s) for s in relevance_seeds]
             for tag, e, seed in runs:
                 sae_cfg = SAEConfig(d_in=d_model, d_sae=e * d_model, architecture=cfg.architecture, k=cfg.k,
                                     l1_coefficient=cfg.l1_coefficient, tied=cfg.tied, hook_name=site)
@@ -277,8 +288,8 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                 saes[tag] = sae
                 metrics[tag] = reconstruction_metrics(sae, x_test)
                 save_sae(sae, out / "saes" / name / f"L{L}" / tag, {"model_name": name})
-            small, big, other = (saes[f"{cfg.expansions[0]}x"], saes[f"{cfg.expansions[-1]}x"],
-                                 saes[f"{cfg.expansions[0]}x-seed{cfg.seed + 1}"])
+            small, big = saes[f"{cfg.expansions[0]}x"], saes[f"{cfg.expansions[-1]}x"]
+            other, *more = [saes[f"{cfg.expansions[0]}x-seed{s}"] for s in relevance_seeds]
             comp = compare_dictionaries(small.W_dec, big.W_dec, cfg.shared_threshold)
             seed_base = summary(compare_dictionaries(small.W_dec, other.W_dec, cfg.shared_threshold))
             rand = random_baseline(sizes[0], sizes[-1], d_model, seed=cfg.seed, threshold=cfg.shared_threshold)
@@ -289,7 +300,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
             explanations = [r["explanation"] for r in interp["features"]]
             # every completion counts: the SAEs never see the reward, and top-k selection is redone per resample
             row_feats[name] = [row_means(sae.encode(tokens[name].acts), tokens[name].row_ids, len(records)).numpy()
-                               for sae in (small, other)]
+                               for sae in (small, other, *more)]
             layer_out["models"][name] = {
                 "n_train_tokens": len(x_train), "metrics": metrics, "mmcs": summary(comp),
                 "matched_pairs": comp["pairs"][:cfg.top_k],
