@@ -183,6 +183,7 @@ def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, gro
                 b, p = ([x[j] for j in rng.integers(0, len(x), len(x))] for x in (b, p))
             return fn(b, p)
         estimate = stats.bootstrap(resampled, idx, groups=groups, seed=seed).to_dict()
+        # bootstrap's own value comes from `resampled` on all completions, with SAEs drawn: use every SAE
         return {**estimate, "value": fn(per_sae(base_list, idx), per_sae(post_list, idx))}
 
     out = {"k": k, "n_saes": len(base_list), "base": boot(lambda b, p: float(np.mean(b))),
