@@ -77,6 +77,7 @@ def make_run(run, name="synthetic run " + EVIL):
         "steering": {"alphas": [-4, 0, 4], "reward_mean": [est(-1.0, -1.3, -0.7, 64), est(0.3, 0.1, 0.5, 64),
                                                            est(2.5, 2.2, 2.8, 64)],
                      "random_max_abs_effect": 0.4, "direction": "mean_diff",
+                     "effect_at_min_alpha": est(-1.3, -1.6, -1.0, 64), "effect_over_random_at_min_alpha": 3.25,
                      "directions": {"mean_diff": {"reward_mean": [est(-1.0, -1.3, -0.7, 64), est(0.3, 0.1, 0.5, 64),
                                                                   est(2.5, 2.2, 2.8, 64)],
                                                   "summary": {"effect_at_max_alpha": 2.2, "effect_over_random": 5.5}},
@@ -158,6 +159,8 @@ def test_full_report_renders_every_section_with_numbers(full_report):
     # largest change along the probe: |2.5 - 0.3| = 2.2 at alpha 4 > random 0.4
     assert q["q3-steering"].startswith("3. Is that estimate causal?Yes:")
     assert "a change of 2.200" in q["q3-steering"] and "random directions of the same norm is 0.400" in q["q3-steering"]
+    assert "Steering the other way, α = -4 changes it by -1.300 [-1.600, -1.000] (n=64) (3.250 times the random " \
+        "control there)" in q["q3-steering"]
     assert "Along the reward gradient direction the change there is 2.800 (7.000 times the random control)" \
         in q["q3-steering"]
     assert "reward_gradient" in page.text["ev-steering"] and "effect_over_random" in page.text["ev-steering"]

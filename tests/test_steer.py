@@ -102,6 +102,10 @@ def test_summarize_and_random_directions():
     assert s["monotone_positive"] and s["negative_lowers"]
     assert s["random_max_abs_effect"] == pytest.approx(0.5)
     assert s["effect_over_random"] == pytest.approx(2.0 / 0.5)
+    assert s["effect_at_min_alpha"] == pytest.approx(-0.5)
+    assert s["effect_over_random_at_min_alpha"] == pytest.approx(0.5 / 0.1)
+    up_only = summarize([0.0, 1.0], rows[1:4:2], [[0, 0.1]])
+    assert up_only["effect_at_min_alpha"] is None and up_only["effect_over_random_at_min_alpha"] is None
 
 
 @pytest.mark.slow

@@ -266,8 +266,10 @@ def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) 
 
 def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[list[float]]) -> dict:
     """The acceptance numbers of one direction: monotone rise over positive alphas, the effect at the
-    largest alpha against the largest mean |effect| of the random directions there, and whether
-    negative alphas lower it. rows: per alpha {"reward_mean", "effect"}; random_effects [n_random][n_alphas]."""
+    largest alpha against the largest mean |effect| of the random directions there, whether negative
+    alphas lower it, and the same ratio at the most negative alpha (steering down; a policy already
+    pushed up along a direction can saturate on the positive side only). rows: per alpha
+    {"reward_mean", "effect"}; random_effects [n_random][n_alphas]."""
     alphas = np.asarray(alphas, dtype=np.float64)
     means = np.asarray([r["reward_mean"]["value"] for r in rows])
     effects = np.asarray([r["effect"]["value"] for r in rows])
@@ -275,17 +277,25 @@ def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[li
     alphas, means, effects = alphas[order], means[order], effects[order]
     random_abs = np.abs(np.asarray(random_effects, dtype=np.float64).reshape(-1, len(alphas)))[:, order]
     nonneg = alphas >= 0
-    top = int(np.argmax(alphas))
-    random_max = float(random_abs[:, top].max()) if len(random_abs) else float("nan")
+    top, bottom = int(np.argmax(alphas)), int(np.argmin(alphas))
+    random_max, random_max_bottom = (float(random_abs[:, i].max()) if len(random_abs) else float("nan")
+                                     for i in (top, bottom))
     return {
         "positive_alphas": int((alphas > 0).sum()),
         "monotone_positive": bool(np.all(np.diff(means[nonneg]) > 0)),
         "negative_lowers": bool(np.all(effects[alphas < 0] < 0)) if (alphas < 0).any() else None,
         "effect_at_max_alpha": float(effects[top]),
         "random_max_abs_effect": random_max,
-        "effect_over_random": float(effects[top] / random_max) if random_max > 0 else float("inf"),
+        "effect_over_random": _ratio(effects[top], random_max),
+        "effect_at_min_alpha": float(effects[bottom]) if alphas[bottom] < 0 else None,
+        "effect_over_random_at_min_alpha": _ratio(-effects[bottom], random_max_bottom) if alphas[bottom] < 0 else None,
         "random_max_abs_effect_per_alpha": random_abs.max(0).tolist() if len(random_abs) else [],
     }
+
+
+def _ratio(effect: float, random_max: float) -> float:
+    """effect / the random control's largest mean |effect| (inf when the controls did not move)."""
+    return float(effect / random_max) if random_max > 0 else float("inf")
 
 
 def plot_dose_response(result: dict, path: Path) -> None:

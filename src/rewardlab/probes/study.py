@@ -245,6 +245,8 @@ def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prom
             "effect_at_max_alpha": max(headline["rows"], key=lambda r: r["alpha"])["effect"],
             "effect_over_random": headline["summary"]["effect_over_random"],
             "random_max_abs_effect": headline["summary"]["random_max_abs_effect"],
+            "effect_at_min_alpha": min(headline["rows"], key=lambda r: r["alpha"])["effect"],
+            "effect_over_random_at_min_alpha": headline["summary"]["effect_over_random_at_min_alpha"],
             "random_effects": steered["random_effects"],
             "directions": {name: curves(entry) for name, entry in steered["directions"].items()},
             "cosines": {k: v for k, v in directions.items() if k.endswith("_at_steer_site")},

@@ -320,6 +320,10 @@ def answer_q3(run: Run) -> str | None:
     if math.isnan(rnd):
         return f"Unknown: {moves}, but no random-direction control was run."
     versus = f"the largest mean |change| from random directions of the same norm is {num(rnd)}"
+    down, down_ratio = s.get("effect_at_min_alpha"), value(s.get("effect_over_random_at_min_alpha"))
+    if value(down) is not None and down_ratio is not None:
+        versus += (f". Steering the other way, α = {num_g(points[0][0])} changes it by {fmt(down)}"
+                   f" ({num(down_ratio)} times the random control there)")
     others = "".join(
         f" Along the {name.replace('_', ' ')} direction the change there is {num(value(sec['summary'].get('effect_at_max_alpha')))}"
         f" ({num(value(sec['summary'].get('effect_over_random')))} times the random control)."
