@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from rewardlab.cli import build_parser, main
 
 
@@ -38,3 +40,37 @@ def test_readme_commands_are_what_ci_runs():
     blocks = [b.split("```")[0].strip() for b in readme.split("```bash\n")[1:3]]
     assert blocks[0].endswith("rewardlab demo") and "torch==2.13.0" in root.joinpath("constraints.txt").read_text()
     assert blocks[1] in root.joinpath(".ci", "run").read_text()
+
+
+def test_bad_options_exit_2_before_any_work(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "great"}\n')
+    (tmp_path / "afile").write_text("keep")
+    cases = [
+        (["acts", "cache", "--model", "m", "--in", str(data), "--sites", "blocks.0.hook_resid_post",
+          "--batch-size", "0", "--out", str(tmp_path / "c")], "--batch-size: must be at least 1, got 0"),
+        (["diff", "params", "--base", "a", "--post", "b", "--out", str(tmp_path / "afile")], "is an existing file"),
+        (["reward", "score", "--reward", "utility", "--in", str(data), "--out", str(tmp_path)], "is a folder"),
+        (["sae", "train", "--model", "m", "--in", str(data), "--site", "blocks.0.hook_resid_post", "--lr", "-1",
+          "--out", str(tmp_path / "s")], "--lr: must be a finite number above 0"),
+        (["train", "ppo", "--base", "m", "--out", str(tmp_path / "p"), "--whiten-advantages", "flase"],
+         "expected true or false, got 'flase'"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+    assert (tmp_path / "afile").read_text() == "keep" and not (tmp_path / "c").exists()
+
+
+def test_unparsable_lists_and_wrong_field_types_exit_2(tmp_path, capsys):
+    ints = tmp_path / "ints.jsonl"
+    ints.write_text('{"prompt": "a", "completion": 5}\n')
+    assert main(["reward", "score", "--reward", "utility", "--in", str(ints), "--out", str(tmp_path / "o")]) == 2
+    assert "field 'completion' is int, not text" in capsys.readouterr().err
+    model = str(tmp_path / "no-model")  # never loaded: the option fails first
+    assert main(["train", "sweep", "--base", model, "--out", str(tmp_path / "w"), "--kl-coefs", "a,b"]) == 2
+    assert "expected comma-separated finite numbers, got 'a,b'" in capsys.readouterr().err
+    assert main(["sample", "divergent", "--base", model, "--post", model, "--prompts", str(ints), "--alpha", "0,inf",
+                 "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "finite numbers" in capsys.readouterr().err

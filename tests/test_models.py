@@ -107,6 +107,11 @@ def test_load_errors(saved_model, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(InputError, match="cannot load the causal-lm model"):
         load_model(folder)
+    folder, _ = saved_model("truncated")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(InputError, match="cannot load the causal-lm model"):
+        load_model(folder)
 
 
 def test_model_pair(saved_model):

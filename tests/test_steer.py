@@ -93,6 +93,14 @@ def test_dose_response_along_a_word_direction(setup, tmp_path):
     assert "grammatical_rate" in rows[0]
 
 
+def test_a_zero_or_nan_direction_is_refused_before_sampling(setup):
+    model, tok = setup
+    cfg = SteerConfig(site="blocks.1.hook_resid_post", alphas=(0.0, 1.0), n_random=1, max_new_tokens=2)
+    for bad in (np.zeros(model.config.n_embd), np.full(model.config.n_embd, np.nan)):
+        with pytest.raises(InputError, match="zero or not finite"):
+            dose_response(model, tok, PROMPTS, {"flat": bad}, cfg, lambda texts: [0.0] * len(texts), progress=False)
+
+
 def test_summarize_and_random_directions():
     v = random_directions(16, 8, seed=3)
     np.testing.assert_allclose(v.norm(dim=-1), 1.0, rtol=1e-6)

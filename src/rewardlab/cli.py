@@ -7,7 +7,9 @@ Every handler imports its module lazily so `rewardlab --help` stays fast. Bad in
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 from rewardlab.errors import InputError
 
@@ -48,11 +50,78 @@ def _report(a: argparse.Namespace) -> None:
     print(f"report -> {build_report(a.run)}")
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def _count0(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _bool(text: str) -> bool:
+    """argparse type: true/false, yes/no or 1/0."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _out_folder(text: str) -> str:
+    """argparse type: an output folder path that is not an existing file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is an existing file; give a folder path")
+    return text
+
+
+def _out_file(text: str) -> str:
+    """argparse type: an output file path that is not an existing folder."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file path")
+    return text
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputError(f"expected comma-separated integers, got {text!r}", fix="e.g. --layers 0,2")
+    return values
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise InputError(f"expected comma-separated numbers, got {text!r}", fix="e.g. --alpha 0,1,2,4") from None
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InputError(f"expected comma-separated finite numbers, got {text!r}", fix="e.g. --alpha 0,1,2,4")
+    return values
 
 
 def _diff_params(a: argparse.Namespace) -> None:
@@ -111,10 +180,10 @@ def _sample_divergent(a: argparse.Namespace) -> None:
     from rewardlab.models import ModelPair
 
     prompts = [r["prompt"] for r in read_jsonl(a.prompts, required=("prompt",))]
-    pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype)
     cfg = DivergentConfig(alphas=_floats(a.alpha), plausibility=a.plausibility, temperature=a.temperature,
                           top_p=a.top_p, max_new_tokens=a.max_new_tokens, num_samples=a.num_samples,
                           batch_size=a.batch_size, seed=a.seed)
+    pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype)
     rows = sample_divergent(pair.base, pair.post, pair.tokenizer, prompts, cfg)
     write_jsonl(a.out, rows)
     for alpha in cfg.alphas:
@@ -156,7 +225,7 @@ def _add_config_args(p: argparse.ArgumentParser, cls, required: tuple[str, ...] 
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
         if kind == "bool":
-            p.add_argument(flag, dest=f.name, type=lambda v: v.lower() in ("1", "true", "yes"), default=f.default,
+            p.add_argument(flag, dest=f.name, type=_bool, default=f.default,
                            metavar="BOOL", help=f"default {f.default}")
             continue
         convert = int if kind.startswith("int") else float if kind.startswith("float") else str
@@ -186,7 +255,7 @@ def _train_sweep(a: argparse.Namespace) -> None:
     from rewardlab.rl.config import PPOConfig
     from rewardlab.rl.sweep import sweep_kl
 
-    table = sweep_kl(_config_from_args(PPOConfig, a), [float(c) for c in a.kl_coefs.split(",")], a.out)
+    table = sweep_kl(_config_from_args(PPOConfig, a), _floats(a.kl_coefs), a.out)
     print(table)
 
 
@@ -216,8 +285,6 @@ def _acts_cache(a: argparse.Namespace) -> None:
 
 
 def _probe_sweep(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from rewardlab.acts import CacheConfig, cache_activations
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
@@ -225,7 +292,7 @@ def _probe_sweep(a: argparse.Namespace) -> None:
     from rewardlab.sites import all_sites
     from rewardlab.stats import describe
 
-    records = read_jsonl(a.input, required=("prompt", "completion", a.target))
+    records = read_jsonl(a.input, required=("prompt", "completion"), numbers=(a.target,))
     stores = {}
     for name, path in (("post", a.model), ("base", a.base)):
         if path is None:
@@ -243,8 +310,6 @@ def _probe_sweep(a: argparse.Namespace) -> None:
 
 
 def _steer(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from rewardlab.acts import collect_activations
     from rewardlab.io import read_jsonl, write_json
     from rewardlab.models import load_model
@@ -259,7 +324,7 @@ def _steer(a: argparse.Namespace) -> None:
     if a.direction in ("mean-diff", "reward-gradient"):
         if not a.site or not a.records:
             raise InputError(f"--direction {a.direction} needs --site and --records (JSONL with a reward field)")
-        records = read_jsonl(a.records, required=("prompt", "completion", a.target))
+        records = read_jsonl(a.records, required=("prompt", "completion"), numbers=(a.target,))
         site, target = a.site, [r[a.target] for r in records]
         if a.direction == "mean-diff":
             x = collect_activations(model, tokenizer, records, [site], [a.position])[f"{site}|{a.position}"]
@@ -297,7 +362,7 @@ def _sae_diff_config(a: argparse.Namespace):
     from rewardlab.sae.train import TrainConfig
 
     train = TrainConfig(batch_size=a.batch_size, n_tokens=a.n_tokens, lr=a.lr, seed=a.seed)
-    layers = [int(x) for x in a.layers.split(",")] if getattr(a, "layers", None) else None
+    layers = _ints(a.layers) if getattr(a, "layers", None) else None
     return DiffConfig(n_layers=getattr(a, "n_layers", 1), layers=layers, site_kind=getattr(a, "site_kind", "hook_resid_post"),
                       architecture=getattr(a, "arch", "batchtopk"), k=a.k, top_k=getattr(a, "top_k", 30),
                       relevance_saes=getattr(a, "relevance_saes", 2), crosscoder_expansion=getattr(a, "expansion", 4),
@@ -385,10 +450,10 @@ def _interp(a: argparse.Namespace) -> None:
 
 
 def _add_sae_args(p: argparse.ArgumentParser, k: int = 16) -> None:
-    p.add_argument("--k", type=int, default=k, help="active latents per token (topk, batchtopk)")
-    p.add_argument("--batch-size", type=int, default=1024, help="tokens per step")
-    p.add_argument("--n-tokens", type=int, default=2_000_000, help="training tokens")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--k", type=_count, default=k, help="active latents per token (topk, batchtopk)")
+    p.add_argument("--batch-size", type=_count, default=1024, help="tokens per step")
+    p.add_argument("--n-tokens", type=_count, default=2_000_000, help="training tokens")
+    p.add_argument("--lr", type=_positive, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
 
@@ -411,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- demo ---
     p = commands.add_parser("demo", help="the bundled review-world run: every stage, results.json and report.html")
-    p.add_argument("--out", default=None, help="output folder (default: runs/demo)")
+    p.add_argument("--out", type=_out_folder, default=None, help="output folder (default: runs/demo)")
     p.add_argument("--fast", action="store_true", help="the small CI preset (minutes, not tens of minutes)")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p.set_defaults(func=_demo)
@@ -419,14 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     # --- run ---
     p = commands.add_parser("run", help="run the pipeline of a YAML config into a run folder (resumable)")
     p.add_argument("config", help="YAML config (see src/rewardlab/configs/demo.yaml)")
-    p.add_argument("--out", required=True, help="run folder; finished stages in it are reused")
+    p.add_argument("--out", type=_out_folder, required=True, help="run folder; finished stages in it are reused")
     p.set_defaults(func=_run)
 
     # --- world ---
     world = commands.add_parser("world", help="the review world: a grammar, tokenizer and base model with a known reward")
     world_cmds = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
     p = world_cmds.add_parser("build", help="build the review world into a folder")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
     p.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_world_build)
@@ -437,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = reward_cmds.add_parser("score", help="add a reward field to each record of a JSONL file")
     p.add_argument("--reward", required=True, help="utility | char:X | classifier:PATH[:LABEL] | rm:PATH")
     p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--out", type=_out_file, required=True, help="output JSONL")
     p.add_argument("--on", default="completion", choices=["completion", "full"],
                    help="score the completion only (default) or prompt + completion")
     p.add_argument("--field", default="reward", help="name of the added field")
@@ -454,15 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = diff_cmds.add_parser("params", help="parameter divergence per layer: ranked JSON, CSV and bar plot")
     p.add_argument("--base", required=True, help="base model folder or name")
     p.add_argument("--post", required=True, help="post-trained model folder or name")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
     p.set_defaults(func=_diff_params)
     p = diff_cmds.add_parser("kl", help="per-token KL(post || base) on completions; most changed tokens")
     p.add_argument("--base", required=True)
     p.add_argument("--post", required=True)
     p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--out", required=True, help="output folder (kl.json, kl_tokens.jsonl)")
-    p.add_argument("--top", type=int, default=20, help="positions and tokens listed")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder (kl.json, kl_tokens.jsonl)")
+    p.add_argument("--top", type=_count, default=20, help="positions and tokens listed")
+    p.add_argument("--batch-size", type=_count, default=16)
     p.add_argument("--chat-template", action="store_true", help="wrap prompts with the tokenizer's chat template")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_diff_kl)
@@ -472,13 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="reference model (for a DPO policy: its reference)")
     p.add_argument("--post", required=True, help="post-trained model")
     p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--out", type=_out_file, required=True, help="output JSONL")
     p.add_argument("--beta", type=float, default=1.0, help="scale of the log-ratio (1 = nats; DPO's is 0.1)")
     p.add_argument("--reward", default=None, help="also score the true reward with this reward spec")
     p.add_argument("--rm", default=None, help="also score with this Hugging Face reward model folder")
     p.add_argument("--per-token", action="store_true", help="write the per-token log-ratio vector")
     p.add_argument("--chat-template", action="store_true", help="wrap prompts with the tokenizer's chat template")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_count, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="model dtype (log-softmax is float32 regardless)")
     p.set_defaults(func=_score)
@@ -490,14 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True)
     p.add_argument("--post", required=True)
     p.add_argument("--prompts", required=True, help="JSONL with a prompt field per line")
-    p.add_argument("--out", required=True, help="output JSONL, one line per sample")
+    p.add_argument("--out", type=_out_file, required=True, help="output JSONL, one line per sample")
     p.add_argument("--alpha", default="0,1,2,4", help="comma-separated amplification strengths; write --alpha=-0.5,0,2 when the first is negative")
     p.add_argument("--plausibility", type=float, default=0.1, help="keep tokens with p_post >= this * max p_post")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt and alpha")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=_count, default=32)
+    p.add_argument("--num-samples", type=_count, default=1, help="samples per prompt and alpha")
+    p.add_argument("--batch-size", type=_count, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
@@ -510,12 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--pairs", default=None, help="JSONL with prompt/chosen/rejected (optional attribute)")
     src.add_argument("--template", default=None, help="template JSON (texts, word lists); default: review world")
     p.add_argument("--attributes", default="sentiment,neutral,length", help="edits to generate")
-    p.add_argument("--n-sources", type=int, default=300, help="world texts to edit when no texts are given")
+    p.add_argument("--n-sources", type=_count, default=300, help="world texts to edit when no texts are given")
     p.add_argument("--ref", default=None, help="reference model for dpo:POLICY")
     p.add_argument("--ref-free", default="sum", choices=["sum", "mean", "norm"],
                    help="score of dpo:POLICY without --ref: sum, mean, or -L2 norm of log-probs")
     p.add_argument("--beta", type=float, default=1.0)
-    p.add_argument("--out", required=True, help="output folder (results.json, scores.jsonl)")
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder (results.json, scores.jsonl)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.set_defaults(func=_audit)
@@ -526,15 +591,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="post-train a model against a known reward (PPO, DPO, KL sweep)")
     train_cmds = train.add_subparsers(dest="train_command", required=True, metavar="ACTION")
     p = train_cmds.add_parser("ppo", help="PPO with a value head and KL control against the frozen base")
-    p.add_argument("--out", required=True, help="output folder (resumes from its checkpoint)")
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder (resumes from its checkpoint)")
     _add_config_args(p, PPOConfig, required=("base",))
     p.set_defaults(func=_train_ppo)
     p = train_cmds.add_parser("dpo", help="DPO (TRL) on preference pairs")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
     _add_config_args(p, DPOTrainConfig, required=("base", "pairs"))
     p.set_defaults(func=_train_dpo)
     p = train_cmds.add_parser("sweep", help="PPO at several KL coefficients: reward against exact KL")
-    p.add_argument("--out", required=True, help="output folder (one run per coefficient, plus frontier.*)")
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder (one run per coefficient, plus frontier.*)")
     p.add_argument("--kl-coefs", required=True, help="comma-separated KL coefficients, e.g. 0,0.05,0.1,0.3")
     _add_config_args(p, PPOConfig, required=("base",))
     p.set_defaults(func=_train_sweep)
@@ -543,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="make training data")
     data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_cmds.add_parser("pairs", help="sample, score and write prompt/chosen/rejected preference pairs")
-    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--out", type=_out_file, required=True, help="output JSONL")
     _add_config_args(p, PairsConfig, required=("model",))
     p.set_defaults(func=_data_pairs)
 
@@ -556,9 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", default="all", help="comma-separated site names, or all")
     p.add_argument("--positions", default="last_completion",
                    help="comma-separated: last_completion, last_prompt, mean_completion, tokens, or an integer")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--shard-rows", type=int, default=2048)
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
+    p.add_argument("--batch-size", type=_count, default=16)
+    p.add_argument("--shard-rows", type=_count, default=2048)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None)
     p.set_defaults(func=_acts_cache)
@@ -573,10 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="reward", help="numeric record field to predict")
     p.add_argument("--sites", default="all")
     p.add_argument("--positions", default="last_completion,last_prompt,mean_completion")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
+    p.add_argument("--batch-size", type=_count, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per CI")
+    p.add_argument("--n-boot", type=_count, default=1000, help="bootstrap resamples per CI")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_probe_sweep)
 
@@ -600,10 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grammar", action="store_true", help="report the review world's grammatical rate")
     p.add_argument("--neutral", default=None, help="JSONL prompts for the next-token KL (default: --prompts)")
     p.add_argument("--where", default="all", choices=["all", "completion"])
-    p.add_argument("--n-random", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--n-random", type=_count0, default=8)
+    p.add_argument("--max-new-tokens", type=_count, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=_out_folder, required=True)
     p.add_argument("--device", default=None)
     p.set_defaults(func=_steer)
 
@@ -615,10 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
     p.add_argument("--site", required=True, help="e.g. blocks.2.hook_resid_post")
     p.add_argument("--arch", default="batchtopk", choices=["batchtopk", "topk", "relu"])
-    p.add_argument("--expansion", type=int, default=4, help="d_sae = expansion x d_model")
+    p.add_argument("--expansion", type=_count, default=4, help="d_sae = expansion x d_model")
     p.add_argument("--l1", type=float, default=1e-3, help="L1 coefficient (relu)")
     p.add_argument("--tied", action="store_true", help="tied weights (relu; the seed's SAE)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=_out_folder, required=True)
     _add_sae_args(p)
     p.set_defaults(func=_sae_train)
     for name, helptext in (("compare", "the seed pipeline: layer ranking, 1x/2x dictionaries, MMCS, explanations"),
@@ -627,29 +692,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--base", required=True)
         p.add_argument("--post", required=True)
         p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion (and reward) records")
-        p.add_argument("--out", required=True)
+        p.add_argument("--out", type=_out_folder, required=True)
         _add_sae_args(p)
         if name == "compare":
             p.add_argument("--layers", default=None, help="comma-separated blocks (default: most diverged)")
-            p.add_argument("--n-layers", type=int, default=1, help="how many most-diverged blocks")
+            p.add_argument("--n-layers", type=_count, default=1, help="how many most-diverged blocks")
             p.add_argument("--site-kind", default="hook_resid_post",
                            choices=["hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out"])
             p.add_argument("--arch", default="batchtopk", choices=["batchtopk", "topk", "relu"])
-            p.add_argument("--top-k", type=int, default=30, help="features explained and summed for relevance")
+            p.add_argument("--top-k", type=_count, default=30, help="features explained and summed for relevance")
             p.add_argument("--relevance-saes", type=int, default=2,
                            help="1x SAEs per model averaged for reward relevance (its CI resamples them)")
             _add_llm_args(p)
             p.set_defaults(func=_sae_compare)
         else:
             p.add_argument("--site", required=True)
-            p.add_argument("--expansion", type=int, default=4)
+            p.add_argument("--expansion", type=_count, default=4)
             p.set_defaults(func=_sae_crosscoder)
 
     # --- interp ---
     p = commands.add_parser("interp", help="explain and score SAE features (offline lexical, or an LLM)")
     p.add_argument("--features", required=True, help="features.json written by `rewardlab sae compare`")
-    p.add_argument("--out", required=True, help="output JSON")
-    p.add_argument("--workers", type=int, default=8, help="concurrent LLM calls")
+    p.add_argument("--out", type=_out_file, required=True, help="output JSON")
+    p.add_argument("--workers", type=_count, default=8, help="concurrent LLM calls")
     _add_llm_args(p)
     p.set_defaults(func=_interp)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rewardlab.errors import InputError
@@ -24,7 +25,9 @@ from rewardlab.errors import InputError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError("the output path is a folder, a file was expected", str(path), "give a file path")
+    output_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -37,6 +40,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """Create the folder `path` (and its parents); InputError if it or a parent is an existing file."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError("the output folder is an existing file (or lies under one)", str(path),
+                         "give a folder path, or move the file away") from None
+    return path
 
 
 def _json_default(obj: Any) -> Any:
@@ -86,30 +100,47 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
                 f.write(dumps(row) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
-    """Read a JSONL file of objects; a bad line is an `InputError` naming its line number."""
+TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected")  # must be strings wherever they are read
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), numbers: Sequence[str] = ()) -> list[dict]:
+    """Read a UTF-8 JSONL file of objects; a bad line is an `InputError` naming its line number.
+
+    required: fields every line must have; those in TEXT_FIELDS must be strings. numbers: fields every
+    line must have as finite numbers (a target such as a reward)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", str(path), "check the path")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON ({e.msg})", where, "one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise InputError("expected a JSON object", where, "one JSON object per line")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise InputError(
-                    f"missing field(s) {', '.join(missing)}", where,
-                    f"each line needs {', '.join(required)}",
-                )
-            rows.append(row)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", str(path), "save the file as UTF-8") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON ({e.msg})", where, "one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise InputError("expected a JSON object", where, "one JSON object per line")
+        missing = [k for k in (*required, *numbers) if k not in row]
+        if missing:
+            raise InputError(
+                f"missing field(s) {', '.join(missing)}", where,
+                f"each line needs {', '.join((*required, *numbers))}",
+            )
+        for k in required:
+            if k in TEXT_FIELDS and not isinstance(row[k], str):
+                raise InputError(f"field {k!r} is {type(row[k]).__name__}, not text", where,
+                                 f"give {k} as a JSON string")
+        for k in numbers:
+            if isinstance(row[k], bool) or not isinstance(row[k], (int, float)) or not math.isfinite(row[k]):
+                raise InputError(f"field {k!r} is {row[k]!r}, not a finite number", where,
+                                 f"give {k} as a JSON number")
+        rows.append(row)
     if not rows:
         raise InputError("no records", str(path), "the file must hold at least one JSON line")
     return rows
@@ -130,6 +161,10 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", str(path), "check the path")
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return load_file(str(path)), meta
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        return load_file(str(path)), meta
+    except SafetensorError as e:
+        raise InputError(f"not a readable safetensors file ({e})", str(path),
+                         "give a file written by rewardlab, or re-create it") from None

@@ -112,17 +112,12 @@ class ModelReward(Reward):
 
     def __init__(self, path: str, label: str | None = None, scalar: bool = False,
                  batch_size: int = 32, device: str | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from rewardlab.models import pick_device
+        from rewardlab.models import load_model, pick_device
 
         self.device = pick_device(device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
-        except OSError as e:
-            raise InputError(f"cannot load a sequence-classification model ({e})", path,
-                             "give a local folder or a Hugging Face model name") from None
+        self.model, self.tokenizer = load_model(path, device=self.device, dtype="float32",
+                                                kind="sequence-classification")
+        self.model.eval()
         n_labels = self.model.config.num_labels
         if scalar:
             if n_labels != 1:
@@ -138,8 +133,6 @@ class ModelReward(Reward):
             if label.lower() not in by_name:
                 raise InputError(f"unknown label {label!r}", path, f"labels are {sorted(by_name)}")
             self.index = by_name[label.lower()]
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.name = f"{'rm' if scalar else 'classifier'}:{path}" + ("" if scalar else f":{self.index}")
 

@@ -192,6 +192,9 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     units = {}
     for name, direction in directions.items():
         direction = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
+        if not torch.isfinite(direction).all() or direction.norm() == 0:
+            raise InputError(f"the {name} direction is zero or not finite: nothing to steer along",
+                             fix="check that the records' target varies")
         units[name] = direction / direction.norm()
     groups = list(prompts)
     kw = dict(n_boot=cfg.n_boot, seed=cfg.seed)

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from rewardlab import stats
+from rewardlab.errors import InputError
 
 
 def signal_correlations(signals: dict[str, Sequence[float]], groups: Sequence, n_boot: int = stats.N_BOOT,
@@ -36,7 +37,8 @@ def mean_difference_direction(x: np.ndarray, y: np.ndarray, quantile: float = 0.
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     high, low = y > np.quantile(y, 1 - quantile), y < np.quantile(y, quantile)
     if not high.any() or not low.any():
-        raise ValueError("the target does not vary: no high and low rows to contrast")
+        raise InputError("the target does not vary: no high and low rows to contrast",
+                         fix="give records whose target differs")
     return x[high].mean(0) - x[low].mean(0)
 
 

@@ -245,15 +245,10 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Ten
 
 
 def load_policy_and_tokenizer(path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(float32 causal LM on the CPU in eval mode, tokenizer) via `rewardlab.models.load_model`."""
+    from rewardlab.models import load_model
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
-        raise InputError(f"cannot load a causal LM ({e})", path, "give a Hugging Face model folder") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = load_model(path, device="cpu", dtype="float32")
     return model.eval(), tokenizer
 
 
