@@ -281,8 +281,8 @@ def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[li
     random_abs = np.abs(np.asarray(random_effects, dtype=np.float64).reshape(-1, len(alphas)))[:, order]
     nonneg = alphas >= 0
     top, bottom = int(np.argmax(alphas)), int(np.argmin(alphas))
-    random_max, random_max_bottom = (float(random_abs[:, i].max()) if len(random_abs) else float("nan")
-                                     for i in (top, bottom))
+    random_max_per_alpha = random_abs.max(0) if len(random_abs) else np.full(len(alphas), np.nan)
+    random_max = float(random_max_per_alpha[top])
     return {
         "positive_alphas": int((alphas > 0).sum()),
         "monotone_positive": bool(np.all(np.diff(means[nonneg]) > 0)),
@@ -291,8 +291,9 @@ def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[li
         "random_max_abs_effect": random_max,
         "effect_over_random": _ratio(effects[top], random_max),
         "effect_at_min_alpha": float(effects[bottom]) if alphas[bottom] < 0 else None,
-        "effect_over_random_at_min_alpha": _ratio(-effects[bottom], random_max_bottom) if alphas[bottom] < 0 else None,
-        "random_max_abs_effect_per_alpha": random_abs.max(0).tolist() if len(random_abs) else [],
+        "effect_over_random_at_min_alpha": (_ratio(-effects[bottom], float(random_max_per_alpha[bottom]))
+                                            if alphas[bottom] < 0 else None),
+        "random_max_abs_effect_per_alpha": random_max_per_alpha.tolist() if len(random_abs) else [],
     }
 
 
