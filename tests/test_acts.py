@@ -115,6 +115,10 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(InputError, match="position"):
         CacheConfig(sites=SITES, positions=["middle"]) and cache_activations(
             model, tok, RECORDS, tmp_path / "c", CacheConfig(sites=SITES, positions=["middle"]))
+    longest = max(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in RECORDS)
+    with pytest.raises(InputError, match=f"position {longest} is past every completion"):
+        cache_activations(model, tok, RECORDS, tmp_path / "c", CacheConfig(sites=SITES, positions=[longest]))
+    assert not (tmp_path / "c").exists()
     store = cache_activations(model, tok, RECORDS, tmp_path / "d", CacheConfig(sites=SITES[:1]))
     with pytest.raises(InputError, match="not in this cache"):
         store.load(SITES[1])

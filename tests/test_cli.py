@@ -74,3 +74,47 @@ def test_unparsable_lists_and_wrong_field_types_exit_2(tmp_path, capsys):
     assert main(["sample", "divergent", "--base", model, "--post", model, "--prompts", str(ints), "--alpha", "0,inf",
                  "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "finite numbers" in capsys.readouterr().err
+
+
+def test_out_of_range_settings_exit_2_before_loading_anything(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "great"}\n')
+    model = str(tmp_path / "no-model")  # never loaded: the check fails first
+    cases = [
+        (["train", "dpo", "--base", model, "--pairs", str(data), "--beta", "0", "--out", str(tmp_path / "d")],
+         "beta must be above 0"),
+        (["train", "dpo", "--base", model, "--pairs", str(data), "--epochs", "0", "--out", str(tmp_path / "d")],
+         "epochs and batch_size must be at least 1"),
+        (["train", "dpo", "--base", model, "--pairs", str(data), "--eval-samples", "0", "--out", str(tmp_path / "d")],
+         "eval_samples must be at least 2"),
+        (["train", "ppo", "--base", model, "--top-p", "1.5", "--out", str(tmp_path / "p")], "top_p must be in (0, 1]"),
+        (["train", "ppo", "--base", model, "--eval-samples", "0", "--out", str(tmp_path / "p")],
+         "eval_samples must be at least 2"),
+        (["train", "sweep", "--base", model, "--kl-coefs=0.1,-1", "--out", str(tmp_path / "s")],
+         "KL coefficients must be at least 0, got [-1.0]"),
+        (["data", "pairs", "--model", model, "--per-prompt", "1", "--out", str(tmp_path / "x.jsonl")],
+         "per_prompt must be at least 2"),
+        (["reward", "score", "--reward", "utility", "--in", str(data), "--field", "prompt",
+          "--out", str(tmp_path / "o.jsonl")], "would overwrite the records' 'prompt' text"),
+        (["audit", "--rm", "utility", "--attributes", " ,", "--out", str(tmp_path / "a")], "no attribute given"),
+        (["interp", "--features", str(data), "--out", str(tmp_path / "i.json")], "needs 'tokenizer' and 'features'"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # nothing written
+
+
+def test_malformed_features_file_names_the_entry(tmp_path, capsys):
+    import json
+
+    features = tmp_path / "features.json"
+    lacks = "features[0]: the feature entry lacks layer, site, store, sae, features"
+    for entry, message in [({"model": "post"}, lacks),
+                           ({"model": "post", "layer": 0, "site": "s", "store": "x", "sae": "y", "features": [1, -2]},
+                            "features[0]: `features` must be a non-empty list of feature ids"),
+                           ("post", "features[0]: a feature entry must be a mapping")]:
+        features.write_text(json.dumps({"tokenizer": str(tmp_path), "features": [entry]}))
+        assert main(["interp", "--features", str(features), "--out", str(tmp_path / "i.json")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "i.json").exists()

@@ -33,7 +33,7 @@ SMALL = {
     "diffing": {"n_samples": 12, "n_divergent": 6, "batch_size": 8},
     "probes": {"n_prompts": 13, "samples_per_prompt": 3, "sites": "blocks.1.hook_resid_post,ln_final.hook_normalized",
                "n_steer_prompts": 3, "steer_alphas": [-1.0, 0.0, 1.0], "n_random": 2, "n_boot": 50, "batch_size": 16},
-    "sae": {"n_layers": 1, "top_k": 4, "train": {"n_tokens": 2000, "batch_size": 32}},
+    "sae": {"n_layers": 1, "n_top_features": 4, "train": {"n_tokens": 2000, "batch_size": 32}},
 }
 
 

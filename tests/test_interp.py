@@ -154,5 +154,14 @@ def test_http_backend_errors_are_input_errors(server):
         OpenAIClient("http://127.0.0.1:1/v1", "m", api_key_env=None, max_retries=0).complete([])
 
 
+def test_make_backends_checks_the_endpoint_once_and_refuses_two_backends(server):
+    from rewardlab.interp.score import make_backends
+
+    make_backends(server, "fake-model", api_key_env="NO_SUCH_KEY", check_endpoint=True)
+    assert [c["body"]["max_tokens"] for c in FakeOpenAI.calls] == [1]
+    with pytest.raises(InputError, match="both an LLM endpoint and a local chat model"):
+        make_backends(server, "fake-model", hf_model="some/chat-model")
+
+
 def test_map_concurrent_keeps_order():
     assert map_concurrent(lambda x: x * x, list(range(20)), workers=4) == [x * x for x in range(20)]

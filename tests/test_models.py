@@ -103,6 +103,13 @@ def test_load_errors(saved_model, tmp_path):
     assert str(tmp_path / "empty") in str(err.value) and "fix:" in str(err.value)
     with pytest.raises(InputError, match="cannot load the tokenizer"):
         load_tokenizer(tmp_path / "empty")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    folder, _ = saved_model("weights-only")
+    for f in ("config.json", "model.safetensors"):
+        (no_tokenizer / f).write_bytes((folder / f).read_bytes())
+    with pytest.raises(InputError, match="no tokenizer files"):
+        load_model(no_tokenizer)
     folder, _ = saved_model("tokenizer-only")
     (folder / "model.safetensors").unlink()
     with pytest.raises(InputError, match="cannot load the causal-lm model"):

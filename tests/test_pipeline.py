@@ -35,6 +35,16 @@ def test_config_errors_name_the_key_before_any_work(tmp_path, capsys):
     ({"seed": 0, "world": None}, "needs either a world or a models section"),
     ({"models": {"base": "gpt2"}}, "models.prompts is required"),
     ({"models": {"base": "gpt2", "prompts": "/nonexistent/p.jsonl"}}, "config.models.prompts: file not found"),
+    ({"world": {"preset": "huge"}}, "config.world.preset: unknown world preset 'huge'"),
+    ({**MICRO, "ppo": {"value_site": "blocks.1.hook_resid_post"}},
+     r"config.ppo.value_site: layer 1 does not exist.*\n.*layers 0..0"),
+    ({**MICRO, "ppo": {"eval_samples": 1}}, "eval_samples must be at least 2"),
+    ({**MICRO, "probes": {"steer_alphas": [0.05, 0.1]}}, r"steer_alphas must be finite and include 0"),
+    ({**MICRO, "probes": {"steer_site": "blocks.5.hook_resid_post"}},
+     "config.probes.steer_site: layer 5 does not exist"),
+    ({**MICRO, "probes": {}, "sae": {"layers": [3]}}, "config.sae.layers: layer 3 does not exist"),
+    ({**MICRO, "probes": {}, "sae": {"k": 0}}, "k and n_top_features must be at least 1"),
+    ({**MICRO, "diffing": {"plausibility": 2}}, r"plausibility must be in \[0, 1\], got 2"),
 ])
 def test_config_errors(config, match):
     from rewardlab.errors import InputError

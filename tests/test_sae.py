@@ -182,3 +182,13 @@ def test_saelens_export_roundtrip(tmp_path, data, arch):
     torch.testing.assert_close(loaded.decode(ours), sae.decode(ours), rtol=1e-5, atol=1e-5)
     back = load_sae(tmp_path / "sae")
     torch.testing.assert_close(back.encode(x), ours)
+
+
+def test_sae_config_refuses_k_wider_than_the_dictionary():
+    from rewardlab.errors import InputError
+
+    with pytest.raises(InputError, match="k = 17 active latents do not fit a dictionary of 16"):
+        SAEConfig(d_in=8, d_sae=16, k=17)
+    with pytest.raises(InputError, match="l1_coefficient must be at least 0"):
+        SAEConfig(d_in=8, d_sae=16, architecture="relu", l1_coefficient=-1.0)
+    assert SAEConfig(d_in=8, d_sae=16, architecture="relu", k=10_000).k == 10_000  # relu ignores k

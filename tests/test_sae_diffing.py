@@ -101,7 +101,7 @@ def test_compare_models_end_to_end(tmp_path):
     content = WORDS[4:]
     records = [{"prompt": " ".join(rng.choice(content, 3)), "completion": " " + " ".join(rng.choice(content, 8))}
                for _ in range(60)]
-    cfg = DiffConfig(k=4, top_k=5, train=TrainConfig(batch_size=64, n_tokens=6_000, dead_window=2_000),
+    cfg = DiffConfig(k=4, n_top_features=5, train=TrainConfig(batch_size=64, n_tokens=6_000, dead_window=2_000),
                      acceptance_expansion=2, crosscoder_expansion=2, relevance_saes=3)
     res = compare_models(base, post, tok, records, tmp_path, cfg)
     assert res["layers"] == [1]  # the perturbed block ranks first
@@ -175,7 +175,7 @@ def test_cli_sae_commands_and_interp(tmp_path, capsys):
     data = _records_file(tmp_path / "data.jsonl")
     small = ["--k", "4", "--batch-size", "64", "--n-tokens", "4000"]
     assert main(["sae", "compare", "--base", base, "--post", post, "--in", data, "--out", str(tmp_path / "cmp"),
-                 "--top-k", "4", *small]) == 0
+                 "--n-top-features", "4", *small]) == 0
     assert "MMCS(1x,2x)" in capsys.readouterr().out
     assert main(["interp", "--features", str(tmp_path / "cmp" / "features.json"),
                  "--out", str(tmp_path / "interp.json"), "--workers", "1"]) == 0
@@ -201,7 +201,7 @@ def test_acceptance_summary_reads_compare_results(tmp_path):
     rng = np.random.default_rng(0)
     records = [{"prompt": " ".join(rng.choice(WORDS[4:], 3)), "completion": " " + " ".join(rng.choice(WORDS[4:], 8))}
                for _ in range(40)]
-    cfg = DiffConfig(k=4, top_k=5, train=TrainConfig(batch_size=64, n_tokens=3_000),
+    cfg = DiffConfig(k=4, n_top_features=5, train=TrainConfig(batch_size=64, n_tokens=3_000),
                      acceptance_expansion=2, crosscoder_expansion=2)
     summary = acceptance_summary(compare_models(base, post, tok, records, tmp_path, cfg))
     assert summary["layer"] == 1

@@ -99,6 +99,9 @@ def test_a_zero_or_nan_direction_is_refused_before_sampling(setup):
     for bad in (np.zeros(model.config.n_embd), np.full(model.config.n_embd, np.nan)):
         with pytest.raises(InputError, match="zero or not finite"):
             dose_response(model, tok, PROMPTS, {"flat": bad}, cfg, lambda texts: [0.0] * len(texts), progress=False)
+    wide = np.ones(model.config.n_embd + 1)
+    with pytest.raises(InputError, match=f"the wide direction has shape .{wide.size},., the model's width is"):
+        dose_response(model, tok, PROMPTS, {"wide": wide}, cfg, lambda texts: [0.0] * len(texts), progress=False)
 
 
 def test_summarize_and_random_directions():

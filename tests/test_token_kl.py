@@ -43,6 +43,14 @@ def test_identical_models_have_zero_kl():
     assert summary["kl_per_sequence"]["value"] == 0.0
 
 
+def test_all_empty_completions_are_refused():
+    from rewardlab.errors import InputError
+
+    base, _, tok = tiny_pair()
+    with pytest.raises(InputError, match="all 2 completions are empty"):
+        token_kl(base, base, tok, PROMPTS[:2], ["", ""])
+
+
 def test_diff_kl_cli(tmp_path):
     import json
 

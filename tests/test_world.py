@@ -224,6 +224,10 @@ def test_same_seed_gives_identical_files(micro_world, tmp_path):
     a, b = (json.loads((d / "world.json").read_text()) for d in (out, again))
     a.pop("seconds"), b.pop("seconds")
     assert a == b
+    before = (again / "world.json").read_bytes()
+    with pytest.raises(InputError, match="a review world is already there"):
+        build_world(again, preset="micro", seed=1, progress=False)
+    assert (again / "world.json").read_bytes() == before
 
 
 def test_bad_world_inputs(tmp_path):

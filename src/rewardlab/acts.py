@@ -143,6 +143,11 @@ def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], pos
     encoded = encode(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records], chat_template)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     layout = [_row_positions(e.ids, e.prompt_len, special) for e in encoded]
+    longest = max((len(completion) for _, completion in layout), default=0)
+    for p in positions:  # an offset is clamped to each row's completion, but one past every row is a mistake
+        if isinstance(p, int) and not -longest <= p < longest:
+            raise InputError(f"position {p} is past every completion (the longest has {longest} tokens)",
+                             fix=f"use an offset in {-longest}..{longest - 1}, or a named position")
     return sites, positions, encoded, layout
 
 

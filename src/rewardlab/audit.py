@@ -82,8 +82,9 @@ def world_sources(n: int, seed: int, prompt_words: int) -> list[dict]:
 def make_pairs(sources: Sequence[dict], words: AuditWords, cfg: PairConfig = PairConfig()) -> list[dict]:
     """Minimal pairs from prompt/completion `sources`, one per source and attribute where an edit applies."""
     unknown = set(cfg.attributes) - set(ATTRIBUTES)
-    if unknown:
-        raise InputError(f"unknown attribute(s) {', '.join(sorted(unknown))}", fix=f"use {', '.join(ATTRIBUTES)}")
+    if unknown or not cfg.attributes:
+        raise InputError(f"unknown attribute(s) {', '.join(map(repr, sorted(unknown)))}" if unknown else
+                         "no attribute given", "attributes", f"use one or more of {', '.join(ATTRIBUTES)}")
     rng = random.Random(f"audit/{cfg.seed}")
     polarity = {w: (k, sign) for k, (pos, neg) in enumerate(words.sentiment) for sign, ws in ((1, pos), (-1, neg))
                 for w in ws}

@@ -72,12 +72,21 @@ def _int_at_least(text: str, low: int) -> int:
 
 def _positive(text: str) -> float:
     """argparse type: a finite number > 0."""
+    return _number_in(text, low_open=True)
+
+
+def _nonnegative(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number_in(text, low_open=False)
+
+
+def _number_in(text: str, low_open: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    if not (0 < value if low_open else 0 <= value) or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'above' if low_open else 'at least'} 0, got {text}")
     return value
 
 
@@ -196,7 +205,8 @@ def _audit(a: argparse.Namespace) -> None:
     from rewardlab.audit import (PairConfig, audit, format_table, get_scorer, load_template, make_pairs,
                                  read_pairs, world_sources, world_words, write_audit)
 
-    cfg = PairConfig(attributes=tuple(x.strip() for x in a.attributes.split(",")), n_sources=a.n_sources, seed=a.seed)
+    attributes = tuple(x.strip() for x in a.attributes.split(",") if x.strip())
+    cfg = PairConfig(attributes=attributes, n_sources=a.n_sources, seed=a.seed)
     if a.pairs:
         pairs = read_pairs(a.pairs)
     elif a.template:
@@ -364,7 +374,8 @@ def _sae_diff_config(a: argparse.Namespace):
     train = TrainConfig(batch_size=a.batch_size, n_tokens=a.n_tokens, lr=a.lr, seed=a.seed)
     layers = _ints(a.layers) if getattr(a, "layers", None) else None
     return DiffConfig(n_layers=getattr(a, "n_layers", 1), layers=layers, site_kind=getattr(a, "site_kind", "hook_resid_post"),
-                      architecture=getattr(a, "arch", "batchtopk"), k=a.k, top_k=getattr(a, "top_k", 30),
+                      architecture=getattr(a, "arch", "batchtopk"), k=a.k,
+                      n_top_features=getattr(a, "n_top_features", 30),
                       relevance_saes=getattr(a, "relevance_saes", 2), crosscoder_expansion=getattr(a, "expansion", 4),
                       train=train, seed=a.seed)
 
@@ -382,8 +393,9 @@ def _sae_compare(a: argparse.Namespace) -> None:
     from rewardlab.sae.diffing import compare_models
     from rewardlab.stats import describe
 
+    backends = make_backends(a.llm_base_url, a.llm_model, a.llm_key_env, a.hf_chat_model, a.llm_cache,
+                             check_endpoint=True)
     pair, records = _sae_models(a)
-    backends = make_backends(a.llm_base_url, a.llm_model, a.llm_key_env, a.hf_chat_model, a.llm_cache)
     res = compare_models(pair.base, pair.post, pair.tokenizer, records, a.out, _sae_diff_config(a), *backends,
                          base_name=a.base, post_name=a.post)
     for L, layer in res["by_layer"].items():
@@ -538,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--post", required=True, help="post-trained model")
     p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
     p.add_argument("--out", type=_out_file, required=True, help="output JSONL")
-    p.add_argument("--beta", type=float, default=1.0, help="scale of the log-ratio (1 = nats; DPO's is 0.1)")
+    p.add_argument("--beta", type=_positive, default=1.0, help="scale of the log-ratio (1 = nats; DPO's is 0.1)")
     p.add_argument("--reward", default=None, help="also score the true reward with this reward spec")
     p.add_argument("--rm", default=None, help="also score with this Hugging Face reward model folder")
     p.add_argument("--per-token", action="store_true", help="write the per-token log-ratio vector")
@@ -579,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", default=None, help="reference model for dpo:POLICY")
     p.add_argument("--ref-free", default="sum", choices=["sum", "mean", "norm"],
                    help="score of dpo:POLICY without --ref: sum, mean, or -L2 norm of log-probs")
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--beta", type=_positive, default=1.0)
     p.add_argument("--out", type=_out_folder, required=True, help="output folder (results.json, scores.jsonl)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -681,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", required=True, help="e.g. blocks.2.hook_resid_post")
     p.add_argument("--arch", default="batchtopk", choices=["batchtopk", "topk", "relu"])
     p.add_argument("--expansion", type=_count, default=4, help="d_sae = expansion x d_model")
-    p.add_argument("--l1", type=float, default=1e-3, help="L1 coefficient (relu)")
+    p.add_argument("--l1", type=_nonnegative, default=1e-3, help="L1 coefficient (relu)")
     p.add_argument("--tied", action="store_true", help="tied weights (relu; the seed's SAE)")
     p.add_argument("--out", type=_out_folder, required=True)
     _add_sae_args(p)
@@ -700,8 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--site-kind", default="hook_resid_post",
                            choices=["hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out"])
             p.add_argument("--arch", default="batchtopk", choices=["batchtopk", "topk", "relu"])
-            p.add_argument("--top-k", type=_count, default=30, help="features explained and summed for relevance")
-            p.add_argument("--relevance-saes", type=int, default=2,
+            p.add_argument("--n-top-features", type=_count, default=30,
+                           help="features explained and summed for reward relevance")
+            p.add_argument("--relevance-saes", type=_count, default=2,
                            help="1x SAEs per model averaged for reward relevance (its CI resamples them)")
             _add_llm_args(p)
             p.set_defaults(func=_sae_compare)

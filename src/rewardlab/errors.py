@@ -6,6 +6,10 @@ not exist) raises `InputError`; the CLI prints its message and exits with code 2
 
 from __future__ import annotations
 
+from typing import Iterable
+
+Check = tuple[bool, str, "str | None"]  # (holds, what is wrong, how to fix it)
+
 
 class InputError(Exception):
     """Bad input: `what` went wrong, `where` (file, line, key), and how to `fix` it."""
@@ -16,3 +20,10 @@ class InputError(Exception):
         if fix:
             parts.append(f"fix: {fix}")
         super().__init__("\n  ".join(parts))
+
+
+def raise_first_failed(checks: Iterable[Check], where: str) -> None:
+    """Raise `InputError(what, where, fix)` for the first check that does not hold (configs' validate())."""
+    for holds, what, fix in checks:
+        if not holds:
+            raise InputError(what, where, fix)

@@ -90,6 +90,9 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except _LOAD_ERRORS as err:
         raise _load_error("tokenizer", name_or_path, err) from err
+    if not tokenizer.vocab_size:  # transformers builds an empty tokenizer from a folder with no tokenizer files
+        raise InputError("no tokenizer files (tokenizer.json, vocab.json, ...): the tokenizer would be empty",
+                         str(name_or_path), "save the tokenizer into the folder (tokenizer.save_pretrained)")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -18,6 +18,7 @@ finished stages. The whole config is checked before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,7 @@ class Plan:
 def _world(plan: Plan, cfg: WorldSection, out: Path) -> dict:
     from rewardlab.world import build_world
 
-    info = build_world(out, preset=cfg.preset, seed=plan.config.seed)
+    info = build_world(out, preset=cfg.preset, seed=plan.config.seed, overwrite=True)
     est = info["estimates"]
     return {"world": {"grammatical_rate": est["grammatical_rate"], "base_reward_mean": est["base_reward_mean"],
                       "base_reward_std": est["base_reward_std"], "heldout_loss": info["heldout_loss"],
@@ -298,6 +299,16 @@ def _check_file(path: str | None, where: str) -> None:
         raise InputError("file not found", where, f"create {path} (JSONL with a `prompt` field), or fix the path")
 
 
+def _check_site(site: str, n_blocks: int | None, where: str) -> None:
+    """A site name that parses, in range when the model's block count is known (else its syntax only)."""
+    from rewardlab.sites import parse_site
+
+    try:
+        parse_site(site, n_blocks if n_blocks is not None else sys.maxsize)
+    except InputError as e:
+        raise InputError(e.what, where, e.fix) from None
+
+
 def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
     """Validate the whole config and resolve each stage's inputs; raises InputError naming the key.
 
@@ -307,6 +318,7 @@ def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
     run = from_dict(RunConfig, config, where)
     run_dir = Path(run_dir).resolve()  # stage configs hold paths: one folder, one spelling, or a re-run redoes them
     stages: list = []
+    n_blocks: int | None = None       # the base model's block count where it is known before loading it
     byo: ModelsSection | None = None  # the models section, when the run brings its own models
     defaults: dict[str, Any] = {}     # defaults the models section gives every stage section
     if run.models is not None:
@@ -326,7 +338,13 @@ def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
         base, post, prompts = byo.base, byo.post, str(run_dir / "prompts" / "train.jsonl")
         defaults = {**byo.generation(), "reward": byo.reward}
     elif run.world is not None:
+        from rewardlab.world import PRESETS
+
         world = from_dict(WorldSection, run.world, f"{where}.world")
+        if world.preset not in PRESETS:
+            raise InputError(f"unknown world preset {world.preset!r}", f"{where}.world.preset",
+                             f"use one of: {', '.join(PRESETS)}")
+        n_blocks = PRESETS[world.preset].n_layer
         stages.append(("world", world, _world, {}))
         base, post, prompts = str(run_dir / "world" / "base"), None, None
     else:
@@ -350,6 +368,7 @@ def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
         models["post"] = post
     elif run.ppo is not None:
         ppo = stage_cfg(PPOConfig, "ppo", run.ppo, base=base, prompts=prompts, seed=run.seed)
+        _check_site(ppo.value_site, n_blocks, f"{where}.ppo.value_site")
         stages.append(("ppo", ppo, _ppo, {"base": Path(base), **data_inputs}))
         models["ppo"] = str(run_dir / "ppo" / "policy")
         if run.sweep is not None:
@@ -382,11 +401,17 @@ def plan_run(config: dict, run_dir: str | Path, where: str = "config") -> Plan:
         if byo is not None:
             probe_values.setdefault("device", byo.device)
         probes = stage_cfg(StudyConfig, "probes", probe_values, seed=run.seed)
+        if probes.steer_site not in ("best", "last_resid_post"):
+            _check_site(probes.steer_site, n_blocks, f"{where}.probes.steer_site")
+        for site in ([] if probes.sites == "all" else probes.sites.split(",")):
+            _check_site(site.strip(), n_blocks, f"{where}.probes.sites")
         inputs = {"base": Path(base), "policy": Path(policy), **data_inputs}
         stages.append(("probes", {"probes": probes, "models": byo}, _probes, inputs))
         if run.sae is not None:
-            stages.append(("sae", {"sae": stage_cfg(DiffConfig, "sae", run.sae, seed=run.seed), "models": byo}, _sae,
-                           {**inputs, "probes": run_dir / "probes"}))
+            sae = stage_cfg(DiffConfig, "sae", run.sae, seed=run.seed)
+            for layer in sae.layers or []:
+                _check_site(f"blocks.{layer}.{sae.site_kind}", n_blocks, f"{where}.sae.layers")
+            stages.append(("sae", {"sae": sae, "models": byo}, _sae, {**inputs, "probes": run_dir / "probes"}))
     return Plan(run_dir, run, stages, models)
 
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from rewardlab.errors import InputError
+from rewardlab.io import TEXT_FIELDS
 
 WORD_RE = re.compile(r"[a-z][a-z'\-]*")
 
@@ -222,5 +223,8 @@ def join_prompt_completion(prompt: str, completion: str) -> str:
 
 def score_records(records: list[dict], reward: Reward, on: str = "completion", field: str = "reward") -> list[dict]:
     """Copies of `records` with `field` set to the reward of each record's text."""
+    if field in TEXT_FIELDS:
+        raise InputError(f"the reward would overwrite the records' {field!r} text", f"--field {field}",
+                         "write the reward to another field, e.g. reward")
     scores = reward([record_text(r, on) for r in records])
     return [{**r, field: s} for r, s in zip(records, scores)]

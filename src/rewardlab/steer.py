@@ -182,9 +182,15 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     "random_effects": [n_random][n_alphas], ...}; writes `dose_response.png` into `out` if given.
     progress: a bar over the generation runs (one per direction and nonzero alpha) on stderr.
     """
-    from rewardlab.sites import parse_site, n_layers
+    from rewardlab.sites import d_model, n_layers, parse_site
 
     parse_site(cfg.site, n_layers(model))
+    width = d_model(model)
+    if probe is not None:
+        parse_site(probe.meta.get("site", ""), n_layers(model))
+        if probe.mean.shape[-1] != width:
+            raise InputError(f"the probe reads {probe.mean.shape[-1]} dimensions but the model's width is {width}",
+                             probe.meta.get("site"), "use a probe trained on this model")
     if 0.0 not in cfg.alphas:
         raise InputError("the alphas must include 0 (the unsteered reference)", fix="add 0 to --alphas")
     if not directions:
@@ -195,6 +201,9 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
         if not torch.isfinite(direction).all() or direction.norm() == 0:
             raise InputError(f"the {name} direction is zero or not finite: nothing to steer along",
                              fix="check that the records' target varies")
+        if direction.shape != (width,):
+            raise InputError(f"the {name} direction has shape {tuple(direction.shape)}, the model's width is {width}",
+                             cfg.site, "use a direction (probe) taken from this model")
         units[name] = direction / direction.norm()
     groups = list(prompts)
     kw = dict(n_boot=cfg.n_boot, seed=cfg.seed)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rewardlab import stats
-from rewardlab.errors import InputError
+from rewardlab.errors import InputError, raise_first_failed
 
 
 @dataclass
@@ -38,6 +38,15 @@ class DiffingConfig:
     n_audit_sources: int = 300
     batch_size: int = 64
     seed: int = 0
+
+    def validate(self) -> None:
+        raise_first_failed([
+            (self.n_samples >= 2 and self.n_divergent >= 1 and self.n_audit_sources >= 1 and self.batch_size >= 1,
+             "n_samples must be at least 2; n_divergent, n_audit_sources and batch_size at least 1", None),
+            (bool(self.alphas) and all(math.isfinite(a) for a in self.alphas), "alphas must be finite numbers",
+             None),
+            (0 <= self.plausibility <= 1, f"plausibility must be in [0, 1], got {self.plausibility}", None),
+        ], "diffing config")
 
 
 def model_folder(path: str | Path) -> str:
@@ -103,6 +112,7 @@ def diffing_results(base: str | Path, ppo: str | Path | None = None, dpo: str | 
     from rewardlab.world import world_of_model
     from rewardlab.world.grammar import grammatical_rate
 
+    cfg.validate()
     base = model_folder(base)
     true_reward = get_reward(reward, device=device)
     world = world_of_model(base) if Path(base).is_dir() else None

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from rewardlab import stats
+from rewardlab.errors import InputError
 from rewardlab.diff.logprobs import completion_log_softmax, encode
 from rewardlab.models import pad_token_id
 
@@ -37,6 +38,9 @@ def token_kl(base, post, tokenizer, prompts: Sequence[str], completions: Sequenc
              cfg: KLConfig = KLConfig()) -> tuple[dict, list[dict]]:
     """(summary, per-record rows). Each row: `kl` (per completion token), `kl_sum`, `n_tokens`."""
     encoded = encode(tokenizer, prompts, completions, cfg.chat_template)
+    if not any(e.n_completion for e in encoded):
+        raise InputError(f"all {len(encoded)} completions are empty: there are no tokens to compare",
+                         fix="give records whose `completion` has text")
     pad = pad_token_id(tokenizer)
     base.eval(), post.eval()
     rows, positions = [], []
@@ -67,7 +71,7 @@ def token_kl(base, post, tokenizer, prompts: Sequence[str], completions: Sequenc
     per_token = [x for r in rows for x in r["kl"]]
     record_of = [i for i, r in enumerate(rows) for _ in r["kl"]]
     summary = {
-        "kl_per_token": stats.mean(per_token, groups=record_of).to_dict() if per_token else None,
+        "kl_per_token": stats.mean(per_token, groups=record_of).to_dict(),
         "kl_per_sequence": stats.mean([r["kl_sum"] for r in rows]).to_dict(),
         "n_records": len(rows), "n_tokens": n_positions,
         "top_positions": top, "promoted": promoted, "demoted": demoted,

@@ -111,19 +111,25 @@ def interpret_features(feature_records: list[FeatureRecords], explainer=None, si
 
 
 def make_backends(base_url: str | None = None, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                  hf_model: str | None = None, cache_dir: str | None = None):
+                  hf_model: str | None = None, cache_dir: str | None = None, check_endpoint: bool = False):
     """(explainer, simulator, detector): an OpenAI-compatible endpoint when base_url and model are
     given, else a local Hugging Face chat model when hf_model is, else the offline lexical trio.
-    LLM calls are cached under cache_dir when given."""
+    LLM calls are cached under cache_dir when given. `check_endpoint`: send one 1-token request now,
+    so an unreachable endpoint fails before long work (SAE training) rather than after it."""
     from rewardlab.interp.clients import CachedClient, HFChatClient, OpenAIClient
     from rewardlab.interp.explain import LLMExplainer
     from rewardlab.interp.simulate import LLMSimulator
 
+    if (base_url or model) and hf_model:
+        raise InputError("both an LLM endpoint and a local chat model are given",
+                         fix="pass either --llm-base-url/--llm-model or --hf-chat-model")
     if base_url or model:
         if not (base_url and model):
             raise InputError("an LLM endpoint needs both a base URL and a model name",
                              fix="pass --llm-base-url and --llm-model together")
         client = OpenAIClient(base_url, model, api_key_env)
+        if check_endpoint:
+            client.complete([{"role": "user", "content": "Say OK."}], max_tokens=1)
     elif hf_model:
         client = HFChatClient(hf_model)
     else:

@@ -36,6 +36,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,6 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from rewardlab.errors import raise_first_failed
 from rewardlab.io import read_jsonl, write_json, write_jsonl
 
 
@@ -70,6 +72,25 @@ class StudyConfig:
     seed: int = 0
     n_boot: int = 1000
     device: str | None = None
+
+    def validate(self) -> None:
+        from rewardlab.acts import parse_position
+        from rewardlab.rl.config import sampling_checks
+        from rewardlab.steer import WHERE
+
+        for p in (*self.positions, self.steer_position):
+            parse_position(p)
+        raise_first_failed([
+            (min(self.samples_per_prompt, self.n_prompts, self.n_steer_prompts, self.steer_samples_per_prompt,
+                 self.batch_size, self.n_boot, self.n_random) >= 1,
+             "samples_per_prompt, n_prompts, n_steer_prompts, steer_samples_per_prompt, batch_size, n_boot and "
+             "n_random must be at least 1", None),
+            (0.0 in self.steer_alphas and all(math.isfinite(a) for a in self.steer_alphas),
+             f"steer_alphas must be finite and include 0 (the unsteered reference), got {list(self.steer_alphas)}",
+             None),
+            (self.steer_where in WHERE, f"unknown steer_where {self.steer_where!r}", f"use {' or '.join(WHERE)}"),
+            *sampling_checks(self),
+        ], "probe study config")
 
 
 def _sample_records(models: dict, tokenizer, prompts: Sequence[str], cfg: StudyConfig) -> list[dict]:
@@ -130,6 +151,7 @@ def run_probe_study(policy_path, base_path, prompts: Sequence[str], heldout_prom
     from rewardlab.sites import all_sites
     from rewardlab.steer import SteerConfig, dose_response, reward_gradient_direction
 
+    cfg.validate()
     out = Path(out)
     policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype)
     base, _ = load_model(base_path, device=cfg.device, dtype=dtype)

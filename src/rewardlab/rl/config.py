@@ -7,10 +7,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rewardlab.errors import InputError
+from rewardlab.errors import Check, raise_first_failed
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact", "exact_reverse")
 VALUE_HEAD_KINDS = ("linear", "mlp")
+
+
+def sampling_checks(cfg) -> list[Check]:
+    """Range checks of the sampling fields (max_new_tokens, temperature, top_k, top_p) configs share."""
+    return [
+        (cfg.max_new_tokens is None or cfg.max_new_tokens >= 1, "max_new_tokens must be at least 1", None),
+        (cfg.temperature > 0, f"temperature must be above 0, got {cfg.temperature}", None),
+        (cfg.top_k >= 0, f"top_k must be 0 (off) or positive, got {cfg.top_k}", None),
+        (0 < cfg.top_p <= 1, f"top_p must be in (0, 1], got {cfg.top_p}", None),
+    ]
 
 
 @dataclass
@@ -58,7 +68,7 @@ class PPOConfig:
                                      # and oversubscribed cores slow 2 threads down ~10x
 
     def validate(self) -> None:
-        checks = [
+        raise_first_failed([
             (bool(self.base), "base model is required", "pass --base DIR"),
             (self.kl_estimator in KL_ESTIMATORS, f"unknown kl_estimator {self.kl_estimator!r}",
              f"use one of {', '.join(KL_ESTIMATORS)}"),
@@ -68,10 +78,20 @@ class PPOConfig:
             (self.phases >= 1 and self.batch_size >= 1 and self.minibatch_size >= 1 and self.ppo_epochs >= 1,
              "phases, batch_size, minibatch_size and ppo_epochs must be positive", None),
             (self.kl_target is None or self.kl_target > 0, "kl_target must be positive", None),
-        ]
-        for ok, what, fix in checks:
-            if not ok:
-                raise InputError(what, "PPO config", fix)
+            (self.lr > 0 and self.value_lr > 0, "lr and value_lr must be above 0", None),
+            (self.kl_coef >= 0, f"kl_coef must be at least 0, got {self.kl_coef}", None),
+            (self.kl_horizon > 0, "kl_horizon must be above 0", None),
+            (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]", None),
+            (self.cliprange > 0 and self.cliprange_value > 0, "cliprange and cliprange_value must be above 0", None),
+            (self.vf_coef >= 0 and self.ent_coef >= 0 and self.max_grad_norm > 0,
+             "vf_coef and ent_coef must be at least 0, max_grad_norm above 0", None),
+            (self.eval_samples >= 2, f"eval_samples must be at least 2 (a std and a CI), got {self.eval_samples}",
+             None),
+            (self.samples_per_phase >= 0 and self.checkpoint_every >= 1,
+             "samples_per_phase must be at least 0 and checkpoint_every at least 1", None),
+            (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
+            *sampling_checks(self),
+        ], "PPO config")
 
 
 @dataclass
@@ -95,6 +115,20 @@ class DPOTrainConfig:
     eval_samples: int = 512
     threads: int | None = 1         # torch CPU threads (None: leave as is)
 
+    def validate(self) -> None:
+        raise_first_failed([
+            (bool(self.base), "base model is required", "pass --base DIR"),
+            (bool(self.pairs), "preference pairs are required", "pass --pairs FILE.jsonl"),
+            (self.beta > 0, f"beta must be above 0, got {self.beta}", "TRL's default is 0.1"),
+            (self.lr > 0, f"lr must be above 0, got {self.lr}", None),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be at least 1", None),
+            (0 < self.held_out < 1, f"held_out must be a fraction in (0, 1), got {self.held_out}", None),
+            (self.eval_samples >= 2, f"eval_samples must be at least 2 (a std and a CI), got {self.eval_samples}",
+             None),
+            (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
+            *sampling_checks(self),
+        ], "DPO config")
+
 
 @dataclass
 class PairsConfig:
@@ -111,3 +145,11 @@ class PairsConfig:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 64
+
+    def validate(self) -> None:
+        raise_first_failed([
+            (bool(self.model), "a model is required", "pass --model DIR"),
+            (self.per_prompt >= 2, f"per_prompt must be at least 2, got {self.per_prompt}", "--per-prompt 2 or more"),
+            (self.n_prompts >= 1 and self.batch_size >= 1, "n_prompts and batch_size must be at least 1", None),
+            *sampling_checks(self),
+        ], "pairs config")

@@ -47,10 +47,15 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
                                   load_policy_and_tokenizer, load_prompts)
     from rewardlab.stats import mean
 
+    cfg.validate()
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
+    # every input is checked before training, so bad input costs no training time
+    located = PPOConfig(base=cfg.base, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens)
+    prompts, max_new_tokens = load_prompts(located), generation_defaults(located)
+    reward, is_grammatical = get_reward(cfg.reward), grammar_checker(cfg.base)
     rows = read_jsonl(cfg.pairs, required=("prompt", "chosen", "rejected"))
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_test = max(1, int(round(cfg.held_out * len(rows))))
@@ -82,9 +87,6 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
                                    - summed_logprobs(ref, tokenizer, prompts_t, completions)))
     correct = (margins[0] > margins[1]).float().tolist()
 
-    located = PPOConfig(base=cfg.base, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens)
-    prompts, max_new_tokens = load_prompts(located), generation_defaults(located)
-    reward, is_grammatical = get_reward(cfg.reward), grammar_checker(cfg.base)
     base_eval = evaluate(ref, ref, tokenizer, prompts, cfg, reward, is_grammatical, max_new_tokens,
                          cfg.eval_samples, seed=cfg.seed + 10_000)
     policy_eval = evaluate(policy, ref, tokenizer, prompts, cfg, reward, is_grammatical, max_new_tokens,

@@ -26,10 +26,7 @@ def make_pairs(cfg: PairsConfig, out: str | Path) -> dict:
     from rewardlab.rl.ppo import PPOConfig, generation_defaults, load_policy_and_tokenizer, load_prompts
     from rewardlab.sampling import generate
 
-    if cfg.per_prompt < 2:
-        from rewardlab.errors import InputError
-
-        raise InputError(f"per_prompt must be at least 2, got {cfg.per_prompt}", fix="--per-prompt 2 or more")
+    cfg.validate()
     located = PPOConfig(base=cfg.model, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens)
     prompt_set = load_prompts(located)
     max_new_tokens = generation_defaults(located)

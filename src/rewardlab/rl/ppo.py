@@ -40,7 +40,7 @@ from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.kl import KLController, exact_kl, kl_per_token
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sampling import process_logits
-from rewardlab.sites import capture, d_model
+from rewardlab.sites import capture, d_model, n_layers, parse_site
 from rewardlab.world import world_of_model
 
 RATIO_TOLERANCE = 1e-4
@@ -393,6 +393,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     prompts = load_prompts(cfg)
     max_new_tokens = generation_defaults(cfg)
     policy, tokenizer = load_policy_and_tokenizer(cfg.base)
+    parse_site(cfg.value_site, n_layers(policy))  # a bad --value-site fails here, not after the base evaluation
     ref, _ = load_policy_and_tokenizer(cfg.base)
     ref.requires_grad_(False)
     ref.to(device)

@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
+from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, write_jsonl
 from rewardlab.rl.config import PPOConfig
 
@@ -20,6 +21,12 @@ def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path) -> str:
     """Train PPO at each KL coefficient; returns the frontier as a Markdown table."""
     from rewardlab.rl.ppo import train_ppo
 
+    bad = [c for c in kl_coefs if not c >= 0]
+    if bad or not kl_coefs:
+        raise InputError(f"KL coefficients must be at least 0, got {bad}" if bad else "no KL coefficient given",
+                         "kl_coefs", "e.g. --kl-coefs 0.03,0.1,0.3,1")
+    for coef in kl_coefs:  # every run's config is checked before the first one trains
+        dataclasses.replace(cfg, kl_coef=coef).validate()
     out = Path(out)
     rows = []
     for coef in kl_coefs:

@@ -40,15 +40,17 @@ import torch
 from rewardlab import stats
 from rewardlab.acts import ActivationStore, CacheConfig, cache_activations
 from rewardlab.diff.params import parameter_divergence
-from rewardlab.errors import InputError
+from rewardlab.errors import InputError, raise_first_failed
 from rewardlab.io import write_json
 from rewardlab.probes.splits import grouped_split
 from rewardlab.sae.compare import compare_dictionaries, random_baseline, summary
 from rewardlab.sae.crosscoder import Crosscoder, diff_summary
 from rewardlab.sae.export import save_sae
 from rewardlab.sae.metrics import reconstruction_metrics, spliced_metrics
-from rewardlab.sae.model import SAEConfig, SparseAutoencoder
+from rewardlab.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
 from rewardlab.sae.train import TrainConfig, train_sae
+
+SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
 
 
 @dataclass
@@ -62,7 +64,8 @@ class DiffConfig:
     tied: bool = False
     expansions: tuple[int, ...] = (1, 2)
     shared_threshold: float = 0.9
-    top_k: int = 30  # features explained and summed for reward relevance (the seed's 30)
+    n_top_features: int = 30  # features explained and summed for reward relevance (the seed's 30); not
+    # `top_k`, which every other section means as the sampling setting a models section gives them
     relevance_saes: int = 2  # smallest-size SAEs per model averaged for reward relevance (>= 2; its CI
     # resamples them, and retraining an SAE moves the relevance by about 1 on the review world)
     acceptance_expansion: int = 4  # the acceptance SAE: batchtopk at this width with k
@@ -76,9 +79,26 @@ class DiffConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.relevance_saes < 2:
-            raise InputError(f"relevance_saes is {self.relevance_saes}; reward relevance needs at least 2 SAEs "
-                             "per model", "SAE diff config", "set relevance_saes to 2 or more")
+        t = self.train
+        raise_first_failed([
+            (self.relevance_saes >= 2, f"relevance_saes is {self.relevance_saes}; reward relevance needs at least "
+             "2 SAEs per model", "set relevance_saes to 2 or more"),
+            (self.n_layers >= 1 and all(L >= 0 for L in self.layers or []), "n_layers must be at least 1 and "
+             "layers non-negative block indices", None),
+            (self.site_kind in SAE_SITE_KINDS, f"unknown site_kind {self.site_kind!r}",
+             f"use one of {', '.join(SAE_SITE_KINDS)}"),
+            (self.architecture in ARCHITECTURES, f"unknown architecture {self.architecture!r}",
+             f"use one of {', '.join(ARCHITECTURES)}"),
+            (self.k >= 1 and self.n_top_features >= 1, "k and n_top_features must be at least 1", None),
+            (bool(self.expansions) and min(self.expansions) >= 1 and self.acceptance_expansion >= 1
+             and self.crosscoder_expansion >= 1, "expansions must be at least 1", None),
+            (0 < self.shared_threshold <= 1 and 0 < self.scaling_threshold <= 1,
+             "shared_threshold and scaling_threshold must be in (0, 1]", None),
+            (self.samples_per_prompt >= 0 and self.max_new_tokens >= 1,
+             "samples_per_prompt must be at least 0 and max_new_tokens at least 1", None),
+            (t.batch_size >= 1 and t.n_tokens >= 1 and t.lr > 0, "train: batch_size and n_tokens must be at "
+             "least 1, lr above 0", None),
+        ], "SAE diff config")
 
 
 @dataclass
@@ -294,7 +314,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
             comp = compare_dictionaries(small.W_dec, big.W_dec, cfg.shared_threshold)
             seed_base = summary(compare_dictionaries(small.W_dec, other.W_dec, cfg.shared_threshold))
             rand = random_baseline(sizes[0], sizes[-1], d_model, seed=cfg.seed, threshold=cfg.shared_threshold)
-            top = [i for i in np.argsort(-np.asarray(comp["mcs_max"]), kind="stable")[:cfg.top_k].tolist()]
+            top = [i for i in np.argsort(-np.asarray(comp["mcs_max"]), kind="stable")[:cfg.n_top_features].tolist()]
             fr, seqs, acts = _feature_records(tokenizer, stores[name], tokens[name], small,
                                               np.arange(len(records)), top, cfg.seed)
             interp = interpret_features(fr, explainer, simulator, detector)
@@ -304,7 +324,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                for sae in (small, other, *more)]
             layer_out["models"][name] = {
                 "n_train_tokens": len(x_train), "metrics": metrics, "mmcs": summary(comp),
-                "matched_pairs": comp["pairs"][:cfg.top_k],
+                "matched_pairs": comp["pairs"][:cfg.n_top_features],
                 "baseline_random": rand, "baseline_other_seed": seed_base,
                 "mmcs_minus_random": comp["mmcs_max"] - rand["mmcs_max"],
                 "top_features": [{"feature": top[r["feature"]], "mcs": comp["mcs_max"][top[r["feature"]]],
@@ -316,7 +336,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                         "sae": str((out / "saes" / name / f"L{L}" / f"{cfg.expansions[0]}x").resolve()),
                                         "features": top})
         layer_out["activation_relevance"] = activation_relevance(
-            row_feats["base"], row_feats["post"], reward, cfg.top_k, groups=list(prompt_ids), seed=cfg.seed)
+            row_feats["base"], row_feats["post"], reward, cfg.n_top_features, groups=list(prompt_ids), seed=cfg.seed)
         results["by_layer"][str(L)] = layer_out
     best = layers[0]
     results["acceptance"] = acceptance(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
@@ -354,7 +374,8 @@ def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_
         m["train_tokens_per_second"] = result.tokens_per_second
         res["sae"][name] = m
         if name == "post":
-            top = torch.argsort(-(sae.encode(tokens[name].acts[~train_mask]) > 0).float().mean(0))[:cfg.top_k].tolist()
+            firing = (sae.encode(tokens[name].acts[~train_mask]) > 0).float().mean(0)
+            top = torch.argsort(-firing)[:cfg.n_top_features].tolist()
             fr, _, _ = _feature_records(tokenizer, stores[name], tokens[name], sae, test_rows, top, cfg.seed)
             res["interp"] = interpret_features(fr, explainer, simulator, detector)["summary"]
     res["crosscoder"] = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, extra=extra)
@@ -452,6 +473,22 @@ def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | 
     return metrics
 
 
+FEATURE_ENTRY_KEYS = ("model", "layer", "site", "store", "sae", "features")
+
+
+def _check_feature_entry(entry, where: str) -> None:
+    """An entry of features.json: a mapping with FEATURE_ENTRY_KEYS and a non-empty list of feature ids."""
+    fix = f"each entry has {', '.join(FEATURE_ENTRY_KEYS)}, as `rewardlab sae compare` writes them"
+    if not isinstance(entry, dict):
+        raise InputError("a feature entry must be a mapping", where, fix)
+    missing = [k for k in FEATURE_ENTRY_KEYS if k not in entry]
+    if missing:
+        raise InputError(f"the feature entry lacks {', '.join(missing)}", where, fix)
+    ids = entry["features"]
+    if not (isinstance(ids, list) and ids and all(type(f) is int and f >= 0 for f in ids)):
+        raise InputError("`features` must be a non-empty list of feature ids (integers >= 0)", where, fix)
+
+
 def interp_features_file(path: str | Path, out: str | Path, explainer=None, simulator=None, detector=None,
                          workers: int = 8) -> dict:
     """`rewardlab interp`: explain and score the features listed in a features.json (as written by
@@ -462,14 +499,21 @@ def interp_features_file(path: str | Path, out: str | Path, explainer=None, simu
     from rewardlab.sae.export import load_sae
 
     spec = read_json(path)
-    if "features" not in spec or "tokenizer" not in spec:
+    if not isinstance(spec, dict) or "features" not in spec or "tokenizer" not in spec:
         raise InputError("a features file needs 'tokenizer' and 'features'", str(path),
                          "use the features.json written by `rewardlab sae compare`")
+    entries = spec["features"]
+    for i, entry in enumerate(entries if isinstance(entries, list) else [None]):
+        _check_feature_entry(entry, f"{path}: features[{i}]")
     tokenizer = load_tokenizer(spec["tokenizer"])
     results = []
-    for entry in spec["features"]:
+    for i, entry in enumerate(entries):
         store = ActivationStore(entry["store"])
         sae = load_sae(entry["sae"])
+        too_big = [f for f in entry["features"] if f >= sae.cfg.d_sae]
+        if too_big:
+            raise InputError(f"feature ids {too_big[:5]} do not exist in an SAE of {sae.cfg.d_sae} latents",
+                             f"{path}: features[{i}]", "use ids below the SAE's width")
         tokens = load_tokens(store, entry["site"])
         fr, _, _ = _feature_records(tokenizer, store, tokens, sae, np.arange(len(store)), entry["features"], 0)
         res = interpret_features(fr, explainer, simulator, detector, workers)

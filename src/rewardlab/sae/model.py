@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rewardlab.errors import InputError
+
 ARCHITECTURES = ("relu", "topk", "batchtopk")
 
 
@@ -38,9 +40,14 @@ class SAEConfig:
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+            raise InputError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
         if self.tied and self.architecture != "relu":
-            raise ValueError("tied weights are only defined for the relu (seed) architecture")
+            raise InputError("tied weights are only defined for the relu (seed) architecture")
+        if self.architecture != "relu" and not 1 <= self.k <= self.d_sae:
+            raise InputError(f"k = {self.k} active latents do not fit a dictionary of {self.d_sae}",
+                             fix=f"use k in 1..{self.d_sae} (16 is the default), or a wider dictionary")
+        if self.l1_coefficient < 0:
+            raise InputError(f"l1_coefficient must be at least 0, got {self.l1_coefficient}")
 
 
 @dataclass

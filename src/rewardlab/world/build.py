@@ -90,11 +90,17 @@ def _save_base(model, tokenizer, path: Path) -> None:
             shutil.rmtree(tmp)
 
 
-def build_world(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, progress: bool = True) -> dict:
-    """Generate the corpus, pretrain the base model, measure it, and write the world folder; returns world.json."""
+def build_world(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, progress: bool = True,
+                overwrite: bool = False) -> dict:
+    """Generate the corpus, pretrain the base model, measure it, and write the world folder; returns world.json.
+
+    A folder that already holds a world is refused unless `overwrite` (the pipeline's own stage folder)."""
     if preset not in PRESETS:
         raise InputError(f"unknown world preset {preset!r}", fix=f"use one of: {', '.join(PRESETS)}")
     config, out, start = PRESETS[preset], Path(out_dir), time.perf_counter()
+    if not overwrite and (out / "world.json").exists():
+        raise InputError("a review world is already there", str(out),
+                         "choose another --out, or delete the folder to build it again")
     tokenizer = build_tokenizer(vocabulary(), model_max_length=config.n_positions)
     rows = pack(encode_documents(tokenizer, iter_corpus(seed, "train")), config.steps * config.batch_rows,
                 config.row_tokens)
