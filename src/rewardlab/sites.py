@@ -101,7 +101,7 @@ def parse_site(name: str, n_layers: int) -> Site:
     layer = int(match[1])
     if not 0 <= layer < n_layers:
         raise InputError(f"layer {layer} does not exist (site {name!r})",
-                         fix=f"this model has {n_layers} blocks: layers 0..{n_layers - 1}")
+                         fix=f"this model has {n_layers} block{'s' * (n_layers != 1)}: layers 0..{n_layers - 1}")
     return Site(layer, match[2])
 
 
