@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 
 from rewardlab import stats
-from rewardlab.errors import InputError
 from rewardlab.diff.logprobs import completion_log_softmax, encode
+from rewardlab.errors import InputError
 from rewardlab.models import pad_token_id
 
 

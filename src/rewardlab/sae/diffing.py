@@ -64,8 +64,7 @@ class DiffConfig:
     tied: bool = False
     expansions: tuple[int, ...] = (1, 2)
     shared_threshold: float = 0.9
-    n_top_features: int = 30  # features explained and summed for reward relevance (the seed's 30); not
-    # `top_k`, which every other section means as the sampling setting a models section gives them
+    n_top_features: int = 30  # features explained and summed for reward relevance (the seed's 30)
     relevance_saes: int = 2  # smallest-size SAEs per model averaged for reward relevance (>= 2; its CI
     # resamples them, and retraining an SAE moves the relevance by about 1 on the review world)
     acceptance_expansion: int = 4  # the acceptance SAE: batchtopk at this width with k
