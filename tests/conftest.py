@@ -68,3 +68,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fast_demo(tmp_path_factory):
+    """A finished `rewardlab demo --fast` run folder (about a minute; built once per test session).
+    Tests that change it work on a copy."""
+    from rewardlab.cli import main
+
+    out = tmp_path_factory.mktemp("fast-demo") / "demo"
+    assert main(["demo", "--fast", "--out", str(out)]) == 0
+    return out

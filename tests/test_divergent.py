@@ -74,10 +74,12 @@ def test_sample_divergent_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_diffing_results_sections_on_a_fake_world(tmp_path):
+def test_diffing_stage_sections_on_a_fake_world(tmp_path):
     import json
 
-    from rewardlab.diff.acceptance import DiffingConfig, diffing_results
+    from rewardlab.stages import diffing
+    from rewardlab.stages.common import Context
+    from rewardlab.stages.registry import REGISTRY
     from tiny_lm import save_pair
 
     base, post = save_pair(tmp_path, scale=0.3)
@@ -87,12 +89,16 @@ def test_diffing_results_sections_on_a_fake_world(tmp_path):
     (tmp_path / "run" / "policy").mkdir(parents=True)
     for f in (tmp_path / "post").iterdir():
         (tmp_path / "run" / "policy" / f.name).write_bytes(f.read_bytes())
-    cfg = DiffingConfig(n_samples=12, n_divergent=4, n_audit_sources=10, batch_size=8)
-    out = diffing_results(base, ppo=tmp_path / "run", dpo=post, cfg=cfg)
-    assert set(out) >= {"implicit_reward", "divergent", "audit", "params"}
-    assert out["implicit_reward"]["ppo"]["n"] == 12 and out["implicit_reward"]["ppo"]["n_prompts"] == 4
-    assert out["implicit_reward"]["spearman_true"] == out["implicit_reward"]["ppo"]["spearman_true"]
-    assert out["divergent"]["alphas"] == [-0.5, 0.0, 2.0] and len(out["divergent"]["grammatical_rate"]) == 3
-    assert isinstance(out["divergent"]["reward_increases_with_alpha_ci_disjoint"], bool)
-    assert out["params"]["top_layers"][0] == "blocks.1"
-    assert out["audit"]["accuracy"] >= 0.95 and out["audit"]["dpo_implicit"]["ref_model"].endswith("base")
+    cfg = diffing.Config(n_samples=12, n_divergent=4, n_audit_sources=10, batch_size=8)
+    (tmp_path / "out").mkdir()
+    ctx = Context(tmp_path, tmp_path / "out", 0, {"base": str(base), "ppo": str(tmp_path / "run"), "dpo": str(post)},
+                  None, REGISTRY)
+    out = diffing.run(cfg, ctx)
+    fits = out.implicit_reward.by_policy
+    assert set(fits) == {"ppo", "dpo"} and fits["ppo"].spearman_true.n == 12 and fits["ppo"].spearman_true.n_groups == 4
+    assert out.implicit_reward.policy == "ppo" and out.implicit_reward.spearman_true == fits["ppo"].spearman_true
+    assert out.divergent.alphas == [-0.5, 0.0, 2.0] and len(out.divergent.grammatical_rate) == 3
+    assert isinstance(out.divergent.reward_increases_with_alpha_ci_disjoint, bool)
+    assert out.params.top_layers[0] == "blocks.1" and out.params.policy == "ppo"
+    assert out.audit.accuracy.value >= 0.95 and out.audit.reward_models["dpo_implicit"].ref_model.endswith("base")
+    assert (tmp_path / "out" / "divergent.jsonl").is_file() and (tmp_path / "out" / "params.csv").is_file()

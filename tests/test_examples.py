@@ -59,7 +59,7 @@ def test_example_validates_as_written(name, tmp_path, monkeypatch):
         plan_run(config, tmp_path / "run", where=name)
     _write_prompts(config, tmp_path)
     plan = plan_run(config, tmp_path / "run", where=name)
-    assert [s[0] for s in plan.stages] == CASES[name][1]
+    assert [s.name for s in plan.stages] == CASES[name][1]
     assert plan.models["base"] == config["models"]["base"]
 
 
@@ -135,15 +135,17 @@ def test_example_pipeline_on_tiny_models(name, tmp_path, monkeypatch, one_thread
     if "ppo" in stages:
         assert _finite(results["ppo"]["reward_policy"]) and _finite(results["ppo"]["kl_exact"])
     policy = "ppo" if "ppo" in stages else "post"
-    assert results["implicit_reward"][policy]["n"] == 12 and _finite(results["implicit_reward"]["spearman_true"])
+    fit = results["implicit_reward"]["by_policy"][policy]
+    assert fit["spearman_true"]["n"] == 12 and _finite(results["implicit_reward"]["spearman_true"])
     divergent = results["divergent"]
     assert divergent["alphas"] == _load(name)["diffing"]["alphas"] and "grammatical_rate" not in divergent
     assert all(_finite(r) for r in divergent["reward_mean"]) and all(_finite(p) for p in divergent["base_perplexity"])
     assert results["params"]["top_layers"] and results["audit"] == {"skipped": results["audit"]["skipped"]}
     probe, steering = results["probe"], results["steering"]
-    assert _finite(probe["spearman"]) and len(steering["reward_mean"]) == 3
-    assert all(_finite(r) for r in steering["reward_mean"]) and _finite(steering["random_max_abs_effect"])
-    assert "grammatical_rate" not in steering and all(_finite(p) for p in steering["perplexity"])
+    headline = steering["directions"][steering["direction"]]
+    assert _finite(probe["spearman"]) and len(headline["reward_mean"]) == 3
+    assert all(_finite(r) for r in headline["reward_mean"]) and _finite(steering["random_max_abs_effect"])
+    assert "grammatical_rate" not in headline and all(_finite(p) for p in headline["perplexity"])
     for key in ("fvu", "l0", "mmcs", "mmcs_random"):
         assert _finite(results["sae"][key]), key
     assert {"post_only", "base_only", "shared"} <= set(results["crosscoder"])

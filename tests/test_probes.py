@@ -142,7 +142,18 @@ def test_sweep_two_models_shared_split(tiny_model, word_tokenizer, tmp_path):
     assert selectivity["ci"][0] < selectivity["value"] < selectivity["ci"][1]
     assert selectivity["n_groups"] == best["test"]["spearman"]["n_groups"]
     assert post["prompt_only"]["position"] == "last_prompt"
-    assert set(post["baselines"]) == {"length", "bag_of_tokens"}
+    assert set(post["baselines"]) == {"length", "bag_of_tokens", "embedding"}
+    # the strongest baseline is the one with the highest test Spearman, and the paired difference is exact
+    versus = best["versus_baselines"]
+    strongest = max(post["baselines"], key=lambda k: post["baselines"][k]["spearman"]["value"])
+    assert versus["baseline"] == strongest
+    diff = versus["difference"]
+    assert diff["value"] == pytest.approx(best["test"]["spearman"]["value"]
+                                          - post["baselines"][strongest]["spearman"]["value"])
+    assert diff["ci"][0] <= diff["value"] <= diff["ci"][1]
+    prompt_only = post["prompt_only"]
+    assert set(prompt_only["baselines"]) == {"bag_of_prompt_tokens", "embedding"}
+    assert prompt_only["versus_baselines"]["baseline"] in prompt_only["baselines"]
     for name in ("post", "base"):
         assert (tmp_path / "sweep" / f"heatmap-{name}.png").is_file()
         assert load_probe(tmp_path / "sweep" / f"probe-{name}.safetensors").meta["model"] == name
@@ -150,32 +161,43 @@ def test_sweep_two_models_shared_split(tiny_model, word_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_probe_study_end_to_end(tiny_model, word_tokenizer, tmp_path):
-    from rewardlab.probes.study import StudyConfig, run_probe_study
+def test_probes_stage_end_to_end(tiny_model, word_tokenizer, tmp_path):
+    from rewardlab.io import write_jsonl
     from rewardlab.rl.value_head import ValueHead
+    from rewardlab.stages import probes
+    from rewardlab.stages.common import Context, ModelsSection
+    from rewardlab.stages.registry import REGISTRY
 
     tok = word_tokenizer(("the", "movie", "was", "good", "bad", "great", "awful", "plot", "and", "."))
+    folders = {"policy": tmp_path / "ppo" / "policy", "base": tmp_path / "base"}
     for name, seed in (("policy", 0), ("base", 1)):
         model = tiny_model("gpt2", seed=seed, n_layers=2)
-        model.save_pretrained(tmp_path / name)
-        tok.save_pretrained(tmp_path / name)
-    ValueHead(32, "linear").save(tmp_path / "policy")
+        model.save_pretrained(folders[name])
+        tok.save_pretrained(folders[name])
+    ValueHead(32, "linear").save(tmp_path / "ppo")
     prompts = [f"the {w} {v}" for w in ("movie", "plot") for v in ("was", "and", ".", "the", "good", "bad")]
-    cfg = StudyConfig(samples_per_prompt=3, max_new_tokens=6, sites="blocks.1.hook_resid_post,ln_final.hook_normalized",
-                      steer_alphas=(-1.0, 0.0, 0.5, 1.0), n_steer_prompts=4, n_random=2, n_boot=50)
-    res = run_probe_study(tmp_path / "policy", tmp_path / "base", prompts, prompts[:4], tmp_path / "out", cfg)
-    probe, steering = res["probe"], res["steering"]
-    for key in ("best_site", "best_position", "spearman", "ci", "selectivity", "prompt_only_spearman",
-                "base_model_spearman", "value_head_cosine"):
-        assert key in probe
-    assert -1 <= probe["value_head_cosine"] <= 1 and probe["value_head"]["kind"] == "linear"
-    assert "probe~true_reward" in probe["correlations_test"] and "true_reward~value_head" in probe["correlations_test"]
-    assert steering["alphas"] == [-1.0, 0.0, 0.5, 1.0] and len(steering["reward_mean"]) == 4
-    assert steering["random_max_abs_effect"] >= 0
-    assert set(steering["directions"]) == {"mean_diff", "reward_gradient", "probe"}
-    for name, direction in steering["directions"].items():
-        assert len(direction["reward_mean"]) == 4 and direction["summary"]["random_max_abs_effect"] >= 0
-    assert -1 <= steering["cosines"]["mean_diff~reward_gradient_at_steer_site"] <= 1
-    assert len(steering["random_effects"]) == 2 and steering["n"] == 4 * cfg.steer_samples_per_prompt
-    assert (tmp_path / "out" / "steer" / "dose_response.png").is_file()
-    assert (tmp_path / "out" / "study.json").is_file()
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", [{"prompt": p} for p in prompts])
+    write_jsonl(tmp_path / "prompts" / "heldout.jsonl", [{"prompt": p} for p in prompts[:4]])
+    cfg = probes.Config(samples_per_prompt=3, max_new_tokens=6, sites="blocks.1.hook_resid_post,ln_final.hook_normalized",
+                        steer_alphas=(-1.0, 0.0, 0.5, 1.0), n_steer_prompts=4, n_random=2, n_boot=50)
+    (tmp_path / "out").mkdir()
+    setting = ModelsSection(base=str(folders["base"]), prompts="p.jsonl")
+    ctx = Context(tmp_path, tmp_path / "out", 0, {"base": str(folders["base"]), "ppo": str(folders["policy"])},
+                  setting, REGISTRY)
+    res = probes.run(cfg, ctx)
+    probe, steering = res.probe, res.steering
+    assert probe.spearman.ci[0] <= probe.spearman.value <= probe.spearman.ci[1]
+    assert probe.prompt_only is not None and probe.versus_baselines.baseline in probe.baselines_test
+    assert -1 <= probe.value_head.cosine_with_probe_at_value_site <= 1 and probe.value_head.kind == "linear"
+    assert probe.value_head.d_model == 32
+    assert "probe~true_reward" in probe.correlations_test and "true_reward~value_head" in probe.correlations_test
+    assert steering.alphas == [-1.0, 0.0, 0.5, 1.0]
+    assert steering.random_max_abs_effect >= 0
+    assert set(steering.directions) == {"mean_diff", "reward_gradient", "probe"}
+    for direction in steering.directions.values():
+        assert len(direction.reward_mean) == 4 and direction.summary.random_max_abs_effect >= 0
+        assert direction.perplexity is not None and direction.grammatical_rate is None  # outside the review world
+    assert -1 <= steering.cosines["mean_diff~reward_gradient_at_steer_site"] <= 1
+    assert len(steering.random_effects) == 2 and steering.n == 4 * cfg.steer_samples_per_prompt
+    for name in ("records", "probe", "steering", "probe_heatmap_policy_png"):
+        assert (tmp_path / "out" / probes.ARTIFACTS[name]).is_file(), name

@@ -102,7 +102,7 @@ def test_compare_models_end_to_end(tmp_path):
     records = [{"prompt": " ".join(rng.choice(content, 3)), "completion": " " + " ".join(rng.choice(content, 8))}
                for _ in range(60)]
     cfg = DiffConfig(k=4, n_top_features=5, train=TrainConfig(batch_size=64, n_tokens=6_000, dead_window=2_000),
-                     acceptance_expansion=2, crosscoder_expansion=2, relevance_saes=3)
+                     headline_expansion=2, crosscoder_expansion=2, relevance_saes=3)
     res = compare_models(base, post, tok, records, tmp_path, cfg)
     assert res["layers"] == [1]  # the perturbed block ranks first
     layer = res["by_layer"]["1"]
@@ -121,7 +121,7 @@ def test_compare_models_end_to_end(tmp_path):
     assert layer["activation_relevance"]["post"]["n"] == 60  # every completion, bootstrapped by prompt
     # each SAE has its own init: the 2x dictionary does not start from the 1x rows
     assert layer["models"]["post"]["mmcs"]["mmcs_max"] < 0.99
-    acc = res["acceptance"]
+    acc = res["headline"]
     assert set(acc["sae"]) == {"base", "post"} and "ce_loss_recovered" in acc["sae"]["post"]
     counts = acc["crosscoder"]["counts_before"]
     assert sum(counts.values()) == 64
@@ -194,16 +194,16 @@ def test_cli_sae_commands_and_interp(tmp_path, capsys):
     assert "layer(s) [7] do not exist" in capsys.readouterr().err
 
 
-def test_acceptance_summary_reads_compare_results(tmp_path):
-    from rewardlab.sae.diffing import acceptance_summary
+def test_headline_checks_reads_compare_results(tmp_path):
+    from rewardlab.sae.diffing import headline_checks
 
     base, post, tok = tiny_pair(scale=0.2, layer=1)
     rng = np.random.default_rng(0)
     records = [{"prompt": " ".join(rng.choice(WORDS[4:], 3)), "completion": " " + " ".join(rng.choice(WORDS[4:], 8))}
                for _ in range(40)]
     cfg = DiffConfig(k=4, n_top_features=5, train=TrainConfig(batch_size=64, n_tokens=3_000),
-                     acceptance_expansion=2, crosscoder_expansion=2)
-    summary = acceptance_summary(compare_models(base, post, tok, records, tmp_path, cfg))
+                     headline_expansion=2, crosscoder_expansion=2)
+    summary = headline_checks(compare_models(base, post, tok, records, tmp_path, cfg))
     assert summary["layer"] == 1
     assert set(summary["checks"]) >= {"fvu", "dead_fraction", "ce_loss_recovered", "mmcs_minus_random",
                                       "reward_relevance_post_minus_base", "crosscoder", "explainer_vs_wrong"}

@@ -407,9 +407,9 @@ def _sae_compare(a: argparse.Namespace) -> None:
         print(f"layer {L} reward relevance post - base: {describe(rel)}")
         for name, c in layer["activation_relevance"].get("seed_control", {}).items():
             print(f"layer {L} seed control ({name}, SAE seed A - seed B): {describe(c)}")
-    acc = res["acceptance"]
+    acc = res["headline"]
     for name, m in acc["sae"].items():
-        print(f"acceptance SAE {name}: FVU {m['fvu']:.3f}, dead {m['dead_fraction']:.3f}, "
+        print(f"headline SAE {name}: FVU {m['fvu']:.3f}, dead {m['dead_fraction']:.3f}, "
               f"CE recovered {m['ce_loss_recovered']:.3f}, L0 {m['l0']:.1f}")
     print(f"crosscoder: before {acc['crosscoder']['counts_before']}, after {acc['crosscoder']['counts_after']}")
     print(f"-> {a.out}/sae_compare.json, {a.out}/features.json")

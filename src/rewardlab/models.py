@@ -178,3 +178,15 @@ def pad_token_id(tokenizer) -> int:
         if tok_id is not None:
             return tok_id
     return 0
+
+
+def model_folder(path: str | Path) -> str:
+    """A Hugging Face model folder: a training run's `policy/` subfolder, else `path` itself; a name
+    with no local folder is returned as given (a Hub name)."""
+    if not Path(path).exists():
+        return str(path)
+    for candidate in (Path(path) / "policy", Path(path)):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    raise InputError("no Hugging Face model folder (config.json) here or in policy/", str(path),
+                     "give a model folder or a training run folder")

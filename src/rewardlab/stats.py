@@ -83,24 +83,26 @@ def bootstrap(
     return Estimate(value, (float(lo), float(hi)), n, None if groups is None else len(units))
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r of two arrays; nan when either is constant."""
     if np.std(x) == 0 or np.std(y) == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    return _pearson(sps.rankdata(x), sps.rankdata(y))
+def spearman_r(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (Pearson's r of average ranks); nan when either is constant."""
+    return pearson_r(sps.rankdata(x), sps.rankdata(y))
 
 
 def pearson(x, y, groups=None, **kw) -> Estimate:
     """Pearson correlation with a bootstrap CI."""
-    return bootstrap(_pearson, x, y, groups=groups, **kw)
+    return bootstrap(pearson_r, x, y, groups=groups, **kw)
 
 
 def spearman(x, y, groups=None, **kw) -> Estimate:
     """Spearman rank correlation (Pearson on average ranks, as scipy) with a bootstrap CI."""
-    return bootstrap(_spearman, x, y, groups=groups, **kw)
+    return bootstrap(spearman_r, x, y, groups=groups, **kw)
 
 
 def mean(x, groups=None, **kw) -> Estimate:

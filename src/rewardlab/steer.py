@@ -277,7 +277,7 @@ def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) 
 
 
 def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[list[float]]) -> dict:
-    """The acceptance numbers of one direction: monotone rise over positive alphas, the effect at the
+    """The headline numbers of one direction: monotone rise over positive alphas, the effect at the
     largest alpha against the largest mean |effect| of the random directions there, whether negative
     alphas lower it, and the same ratio at the most negative alpha (steering down; a policy already
     pushed up along a direction can saturate on the positive side only). rows: per alpha

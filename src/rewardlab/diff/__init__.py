@@ -5,5 +5,4 @@
     params      parameter divergence per layer
     kl          per-token KL(post || base) and the most promoted / demoted tokens
     divergent   sampling from post + alpha * (post - base) with a plausibility mask
-    acceptance  the review-world figures for results.json
 """

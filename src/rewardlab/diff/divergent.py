@@ -14,11 +14,13 @@ comes for free. Each alpha starts from the same generator seed (common random nu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from rewardlab import stats
 from rewardlab.errors import InputError
 from rewardlab.sampling import StepState, generate, model_step
 
@@ -106,3 +108,36 @@ def sample_divergent(base, post, tokenizer, prompts: Sequence[str], cfg: Diverge
     settings = {"plausibility": cfg.plausibility, "temperature": cfg.temperature, "top_p": cfg.top_p,
                 "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
     return [{**row, **settings} for row in rows]
+
+
+def divergent_summary(rows: list[dict], alphas, reward, grammatical_rate=None) -> dict:
+    """Per alpha: mean true reward (CI over prompts), grammatical rate (or, with no `grammatical_rate`
+    checker, perplexity under the base model), mean implicit reward; and whether the reward CIs are
+    disjoint and increasing in alpha."""
+    reward_mean, fluency, implicit = [], [], []
+    for alpha in alphas:
+        sel = [r for r in rows if r["alpha"] == alpha]
+        groups = [r["prompt"] for r in sel]
+        reward_mean.append(stats.mean(reward([r["completion"] for r in sel]), groups=groups).to_dict())
+        if grammatical_rate is not None:
+            # the token strings keep the eos, so a finished review must be a complete document
+            fluency.append(grammatical_rate([" ".join(r["tokens"]) for r in sel], [r["prompt"] for r in sel]))
+        else:
+            fluency.append(base_perplexity(sel))
+        implicit.append(stats.mean([r["implicit_reward"] for r in sel], groups=groups).to_dict())
+    order = sorted(range(len(alphas)), key=lambda i: alphas[i])
+    separated = all(reward_mean[a]["ci"][1] < reward_mean[b]["ci"][0] for a, b in zip(order, order[1:]))
+    return {"alphas": list(alphas), "reward_mean": reward_mean,
+            "grammatical_rate" if grammatical_rate is not None else "base_perplexity": fluency,
+            "implicit_reward_mean": implicit, "reward_increases_with_alpha_ci_disjoint": separated}
+
+
+def base_perplexity(rows: list[dict]) -> dict | None:
+    """exp(mean over samples of the per-token negative log-likelihood under the base model), with the
+    bootstrap CI (over prompts) of that mean mapped through exp; None when no sample has a token."""
+    kept = [r for r in rows if r["logp_base"]]
+    if not kept:
+        return None
+    nll = stats.mean([-sum(r["logp_base"]) / len(r["logp_base"]) for r in kept], groups=[r["prompt"] for r in kept])
+    return {"value": math.exp(nll.value), "ci": [math.exp(c) for c in nll.ci], "n": nll.n,
+            **({"n_groups": nll.n_groups} if nll.n_groups is not None else {})}

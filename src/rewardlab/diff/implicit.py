@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from rewardlab import stats
 from rewardlab.diff.logprobs import encode, sequence_logprobs
 from rewardlab.models import pad_token_id
+from rewardlab.stats import Estimate
 
 
 @dataclass
@@ -70,3 +72,18 @@ def score_records(base, post, tokenizer, records: list[dict], cfg: ScoreConfig =
             row["rm"] = rm.name
         out.append(row)
     return out
+
+
+def implicit_reward_vs_true(base_model, policy, tokenizer, samples: list[dict], batch_size: int) -> dict[str, Estimate]:
+    """How the implicit reward of `policy` (reference `base_model`) ranks the samples like their `reward`:
+    Spearman and Pearson of the summed log-ratio, Spearman of its per-token mean; CIs resample prompts."""
+    rows = implicit_rewards(base_model, policy, tokenizer, [s["prompt"] for s in samples],
+                            [s["completion"] for s in samples], ScoreConfig(batch_size=batch_size))
+    implicit = [r["implicit_reward"] for r in rows]
+    true = [s["reward"] for s in samples]
+    groups = [s["prompt"] for s in samples]
+    return {"spearman_true": stats.spearman(implicit, true, groups=groups),
+            "pearson_true": stats.pearson(implicit, true, groups=groups),
+            "spearman_true_mean_per_token": stats.spearman([r["implicit_reward_mean"] for r in rows], true,
+                                                           groups=groups)}
+

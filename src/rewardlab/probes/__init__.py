@@ -6,5 +6,4 @@
     baselines  length, bag of words, control task (selectivity)
     sweep      every site x position of one or more models, heatmaps, best cell on test prompts
     cross      correlations among reward signals, difference-of-means direction, cosines
-    study      the review-world study behind the `probe` and `steering` results sections
 """

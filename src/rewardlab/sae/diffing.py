@@ -1,4 +1,5 @@
-"""The seed's SAE model-diffing pipeline, fixed, plus a crosscoder and the acceptance figures.
+"""The SAE model-diffing pipeline of the 2023 SAE paper (dictionaries of a base and an RLHF model compared),
+fixed, plus a crosscoder and the headline dictionaries.
 
 `compare_models(base, post, tokenizer, records, out)`:
  1. rank blocks by parameter divergence (rewardlab.diff.params, the seed's sum of per-tensor L2
@@ -22,7 +23,7 @@
     averaged over the `relevance_saes` same-size SAEs of each model, post minus base with a paired
     bootstrap CI over prompt groups of all completions and over those SAEs, beside the seed-to-seed
     control);
- 6. on the top layer: the acceptance SAE (BatchTopK, 4x, k=16) per model with CE loss recovered,
+ 6. on the top layer: the headline SAE (BatchTopK, 4x, k=16) per model with CE loss recovered,
     a BatchTopK crosscoder with Latent Scaling, and auto-interpretation scores vs wrong features.
 Everything lands in `out/sae_compare.json`; SAEs are saved as SAELens folders under `out/saes/`;
 `out/features.json` is the input of `rewardlab interp`.
@@ -67,7 +68,7 @@ class DiffConfig:
     n_top_features: int = 30  # features explained and summed for reward relevance (the seed's 30)
     relevance_saes: int = 2  # smallest-size SAEs per model averaged for reward relevance (>= 2; its CI
     # resamples them, and retraining an SAE moves the relevance by about 1 on the review world)
-    acceptance_expansion: int = 4  # the acceptance SAE: batchtopk at this width with k
+    headline_expansion: int = 4  # the headline SAE: batchtopk at this width with k
     crosscoder_expansion: int = 4
     scaling_threshold: float = 0.5
     reward_field: str = "reward"  # numeric field of the records; computed with `reward` when missing
@@ -89,7 +90,7 @@ class DiffConfig:
             (self.architecture in ARCHITECTURES, f"unknown architecture {self.architecture!r}",
              f"use one of {', '.join(ARCHITECTURES)}"),
             (self.k >= 1 and self.n_top_features >= 1, "k and n_top_features must be at least 1", None),
-            (bool(self.expansions) and min(self.expansions) >= 1 and self.acceptance_expansion >= 1
+            (bool(self.expansions) and min(self.expansions) >= 1 and self.headline_expansion >= 1
              and self.crosscoder_expansion >= 1, "expansions must be at least 1", None),
             (0 < self.shared_threshold <= 1 and 0 < self.scaling_threshold <= 1,
              "shared_threshold and scaling_threshold must be in (0, 1]", None),
@@ -338,10 +339,10 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
             row_feats["base"], row_feats["post"], reward, cfg.n_top_features, groups=list(prompt_ids), seed=cfg.seed)
         results["by_layer"][str(L)] = layer_out
     best = layers[0]
-    results["acceptance"] = acceptance(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
+    results["headline"] = headline_dictionaries(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
                                        explainer, simulator, detector, out, pad_token_id(tokenizer), extra)
-    results["acceptance"]["layer"] = best
-    results["acceptance_summary"] = acceptance_summary(results)
+    results["headline"]["layer"] = best
+    results["headline_checks"] = headline_checks(results)
     write_json(out / "sae_compare.json", results)
     tokenizer.save_pretrained(out / "tokenizer")
     write_json(out / "features.json", {"tokenizer": str((out / "tokenizer").resolve()),
@@ -349,9 +350,9 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     return results
 
 
-def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_rows, cfg: DiffConfig,
+def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_rows, test_rows, cfg: DiffConfig,
                explainer, simulator, detector, out: Path, pad: int, extra: Extra | None = None) -> dict:
-    """The acceptance SAE per model (CE recovered), the crosscoder, and explainer vs wrong features.
+    """The headline SAE per model (CE recovered), the crosscoder, and explainer vs wrong features.
     `extra`: the extra samples, added to the train and held-out tokens (None: records only)."""
     from rewardlab.interp.score import interpret_features
 
@@ -359,13 +360,13 @@ def acceptance(base, post, tokenizer, stores: dict, site: str, train_rows, test_
     tokens = {name: load_tokens(store, site) for name, store in stores.items()}
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     d_model = tokens["base"].acts.shape[1]
-    sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.acceptance_expansion * d_model, architecture="batchtopk", k=cfg.k,
+    sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.headline_expansion * d_model, architecture="batchtopk", k=cfg.k,
                         hook_name=site)
     for name, model in (("base", base), ("post", post)):
         x_train, x_test = with_extra(tokens[name].acts[train_mask], tokens[name].acts[~train_mask], extra, name, site)
         result = train_sae(x_train, sae_cfg, cfg.train)
         sae = result.sae
-        save_sae(sae, out / "saes" / name / "acceptance", {"model_name": name})
+        save_sae(sae, out / "saes" / name / "headline", {"model_name": name})
         m = reconstruction_metrics(sae, x_test)
         train_m = reconstruction_metrics(sae, x_train)
         m.update(dead_fraction_train=train_m["dead_fraction"], n_train_tokens=train_m["n_tokens"])
@@ -523,17 +524,17 @@ def interp_features_file(path: str | Path, out: str | Path, explainer=None, simu
     return {"results": results}
 
 
-def acceptance_summary(results: dict) -> dict:
-    """The issue's acceptance figures from a compare_models result, each with its target and verdict.
+def headline_checks(results: dict) -> dict:
+    """The headline figures of a compare_models result, each with its target and whether it is met.
 
-    For the pipeline's results.json: the acceptance SAE (post model, BatchTopK 4x, k) FVU, dead
+    For the pipeline's results.json: the headline SAE (post model, BatchTopK 4x, k) FVU, dead
     fraction (with the held-out token count), CE recovered; MMCS(1x, 2x) minus the random baseline
     beside the other-seed baseline (post model, first layer); activation-based reward relevance
     post - base on the first layer (passes when its CI excludes 0 and the gap exceeds the larger
     |seed control|, the gap between two SAEs of one model), every analysed layer's gap, and the
     seed's description metric; crosscoder counts; offline explainer vs wrong features.
     """
-    acc = results["acceptance"]
+    acc = results["headline"]
     layer = results["by_layer"][str(results["layers"][0])]
     post_sae = acc["sae"]["post"]
     mm = layer["models"]["post"]

@@ -1,0 +1,224 @@
+"""The answers to the research questions, from a run's typed results.
+
+Each answer is a verdict with the sentence that justifies it and the numbers it rests on:
+
+    yes           the evidence beats the strongest baseline with a 95% CI that excludes it
+    no            the baseline wins (the CI lies on its side), or the evidence is only reading the
+                  words (the best probe is the embedding layer)
+    inconclusive  the CI contains the baseline, or the run has no stage for the question
+
+The baselines: for a probe, the strongest of a bag of the tokens it can see, the completion length
+and the same probe on the embedding layer (question 1), a bag of the prompt's tokens and the
+embedding-layer probe at the last prompt token (question 2); for steering, the largest effect of
+random directions of the same norm; for a correlation, 0; for an audit, chance (0.5); for the value
+head, a random direction (|cosine| below 1.96 / sqrt(d) for 95% of them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from rewardlab.schema import to_json
+from rewardlab.stats import Estimate, describe
+
+if TYPE_CHECKING:
+    from rewardlab.stages.registry import Results
+
+EMBEDDING_SITE = "blocks.0.hook_resid_pre"
+
+QUESTIONS = {
+    "q1-probe": "Does the model encode the expected reward of a completion?",
+    "q2-prompt-probe": "Does it encode expected reward from the prompt alone?",
+    "q3-steering": "Is that estimate causal?",
+    "q4-implicit-reward": "How does the implicit reward log π_post(y|x) − log π_base(y|x) relate to the true reward?",
+    "q5-model-diff": "What changed between the base and the post-trained model?",
+    "q6-audit": "What does the reward model prefer on controlled minimal pairs?",
+    "q7-value-head": "In PPO runs: does the value head point where the probe points?",
+    "q8-dialogue": "In conversations: does a policy steer the user toward follow-ups it will be rewarded for?",
+}
+
+
+@dataclass
+class Answer:
+    verdict: Literal["yes", "no", "inconclusive"]
+    text: str                      # one paragraph, numbers with their CIs, naming the baseline
+    evidence: dict[str, Any] = field(default_factory=dict)  # the numbers the verdict rests on
+
+
+def versus(ci: tuple[float, float], baseline: float) -> Literal["yes", "no", "inconclusive"]:
+    """yes when the CI lies above the baseline, no when below, inconclusive when it contains it."""
+    if ci[0] > baseline:
+        return "yes"
+    if ci[1] < baseline:
+        return "no"
+    return "inconclusive"
+
+
+def not_run(why: str) -> Answer:
+    return Answer("inconclusive", f"Not run: {why}.")
+
+
+def est(x: Estimate) -> str:
+    return describe(to_json(x))
+
+
+def answer_probe(r: Results) -> Answer:
+    p = r.probe
+    if p is None:
+        return not_run("no probe stage in this run")
+    cmp = p.versus_baselines
+    baseline = p.baselines_test.get(cmp.baseline, {}).get("spearman")
+    verdict = versus(cmp.difference.ci, 0.0)
+    text = (f"The best probe ({p.best_site} at {p.best_position}) predicts the true reward of held-out completions "
+            f"with Spearman ρ = {est(p.spearman)}; the strongest baseline, {cmp.baseline.replace('_', ' ')}, reaches "
+            f"{est(baseline) if baseline else 'n/a'}, a difference of {est(cmp.difference)}.")
+    if p.best_site == EMBEDDING_SITE:
+        verdict = "no"
+        text += (f" The best cell is the embedding layer ({EMBEDDING_SITE}): the probe reads the words, "
+                 "it is not an estimate of reward.")
+    elif verdict == "no":
+        text += " The baseline does better: the probe finds reading of the visible tokens, not an estimate of reward."
+    elif verdict == "inconclusive":
+        text += " The probe does not beat the baseline: no estimate beyond reading the visible tokens is detected."
+    text += f" A probe trained the same way on the base model reaches {est(p.base_model_spearman)}."
+    return Answer(verdict, text, {"probe_spearman": p.spearman, "best_site": p.best_site,
+                                  "best_position": p.best_position, "baseline": cmp.baseline,
+                                  "baseline_spearman": baseline, "difference": cmp.difference,
+                                  "base_model_spearman": p.base_model_spearman})
+
+
+def answer_prompt_probe(r: Results) -> Answer:
+    po = r.probe.prompt_only if r.probe is not None else None
+    if po is None:
+        return not_run("no prompt-only probe (no last_prompt position) in this run")
+    cmp = po.versus_baselines
+    verdict = versus(cmp.difference.ci, 0.0)
+    text = (f"A probe on the last prompt token ({po.site}) predicts the reward of the completion that follows with "
+            f"Spearman ρ = {est(po.spearman)}; the strongest prompt baseline, {cmp.baseline.replace('_', ' ')}, "
+            f"reaches {est(po.baselines[cmp.baseline])}, a difference of {est(cmp.difference)}.")
+    if po.site == EMBEDDING_SITE:
+        verdict = "no"
+        text += " The best prompt cell is the embedding layer: it reads the prompt's words, not an expectation."
+    elif verdict != "yes":
+        text += " No expectation beyond the prompt's words is detected."
+    return Answer(verdict, text, {"prompt_only_spearman": po.spearman, "site": po.site, "baseline": cmp.baseline,
+                                  "baselines": po.baselines, "difference": cmp.difference})
+
+
+def answer_steering(r: Results) -> Answer:
+    s = r.steering
+    if s is None:
+        return not_run("no steering stage in this run")
+    top = max(range(len(s.alphas)), key=lambda i: s.alphas[i])
+    low = min(range(len(s.alphas)), key=lambda i: s.alphas[i])
+    parts, evidence = [], {}
+    for name, d in s.directions.items():
+        up, rnd_up = d.effect[top], d.summary.random_max_abs_effect_per_alpha[top]
+        line = (f"along {name.replace('_', ' ')}, α = {s.alphas[top]:g} changes the reward by {est(up)} against "
+                f"{rnd_up:.3f} for the strongest of {len(s.random_effects)} random directions "
+                f"({d.summary.effect_over_random:.2f}×)")
+        evidence[name] = {"effect_up": up, "random_up": rnd_up}
+        if s.alphas[low] < 0:
+            down, rnd_down = d.effect[low], d.summary.random_max_abs_effect_per_alpha[low]
+            line += f"; α = {s.alphas[low]:g} changes it by {est(down)} against {rnd_down:.3f}"
+            evidence[name].update(effect_down=down, random_down=rnd_down)
+        parts.append(line)
+    head = evidence[s.direction]
+    up_verdict = versus(head["effect_up"].ci, head["random_up"])
+    down_verdict = (versus((-head["effect_down"].ci[1], -head["effect_down"].ci[0]), head["random_down"])
+                    if "effect_down" in head else "inconclusive")
+    verdict = "yes" if "yes" in (up_verdict, down_verdict) else (
+        "no" if up_verdict == down_verdict == "no" else "inconclusive")
+    beats = {"yes": "beats", "no": "does less than", "inconclusive": "does not clearly beat"}[verdict]
+    text = (f"Steering at {s.site}, the {s.direction.replace('_', ' ')} direction {beats} the strongest random "
+            f"direction of the same norm (the CI of its effect {'excludes' if verdict != 'inconclusive' else 'contains'} "
+            f"that control in at least one direction). " + "; ".join(parts) + ".")
+    return Answer(verdict, text, {"site": s.site, "headline_direction": s.direction, "directions": evidence})
+
+
+def answer_implicit_reward(r: Results) -> Answer:
+    ir = r.implicit_reward
+    if ir is None:
+        return not_run("no implicit-reward scoring in this run")
+    rho = ir.spearman_true
+    verdict = versus(rho.ci, 0.0)
+    relation = {"yes": "ranks completions like the true reward", "no": "ranks completions against the true reward",
+                "inconclusive": "shows no relation to the true reward that its CI can tell from 0"}[verdict]
+    text = (f"The {ir.policy} policy's implicit reward (summed log-ratio to the base) {relation}: Spearman ρ = "
+            f"{est(rho)} on base-model samples of held-out prompts (baseline: 0).")
+    others = [f"{name}: {est(fit.spearman_true)}" for name, fit in ir.by_policy.items() if name != ir.policy]
+    if others:
+        text += " Other policies: " + "; ".join(others) + "."
+    if r.divergent is not None and len(r.divergent.alphas) >= 2:
+        order = sorted(range(len(r.divergent.alphas)), key=lambda i: r.divergent.alphas[i])
+        lo, hi = order[0], order[-1]
+        text += (f" Amplified sampling moves the true reward from {est(r.divergent.reward_mean[lo])} at "
+                 f"α = {r.divergent.alphas[lo]:g} to {est(r.divergent.reward_mean[hi])} at α = {r.divergent.alphas[hi]:g}.")
+    return Answer(verdict, text, {"spearman_true": rho, "policy": ir.policy})
+
+
+def answer_model_diff(r: Results) -> Answer:
+    rr = r.reward_relevance
+    parts = []
+    if r.params is not None:
+        parts.append(f"parameters changed most in {', '.join(r.params.top_layers)}")
+    if r.sae is not None:
+        parts.append(f"the post model's 1x and 2x SAE dictionaries share MMCS {r.sae.mmcs:.3f} against "
+                     f"{r.sae.mmcs_random:.3f} for random dictionaries")
+    if r.crosscoder is not None:
+        parts.append(f"the crosscoder finds {r.crosscoder.post_only} post-only, {r.crosscoder.base_only} base-only "
+                     f"and {r.crosscoder.shared} shared latents")
+    if rr is None:
+        if not parts:
+            return not_run("no parameter, SAE or crosscoder stage in this run")
+        return Answer("inconclusive", "No reward-relevance comparison in this run; " + "; ".join(parts) + ".")
+    gap = rr.post_minus_base
+    verdict = versus(gap.ci, 0.0)
+    if verdict != "inconclusive" and abs(gap.value) <= rr.seed_control:
+        verdict = "inconclusive"  # two SAEs of one model differ as much
+    if verdict == "inconclusive":
+        head = (f"No difference detected in the reward relevance of the SAE features: post − base = {est(gap)}, "
+                f"its CI contains 0 or the gap is within the {rr.seed_control:.3f} that two SAEs of one model differ by")
+    else:
+        head = (f"The post model's SAE features are {'more' if verdict == 'yes' else 'less'} reward-relevant than the "
+                f"base's: post − base = {est(gap)}, beyond the {rr.seed_control:.3f} between two SAEs of one model")
+    return Answer("yes" if verdict != "inconclusive" else "inconclusive", "; ".join([head] + parts) + ".",
+                  {"reward_relevance_post_minus_base": gap, "seed_control": rr.seed_control})
+
+
+def answer_audit(r: Results) -> Answer:
+    a = r.audit
+    if a is None:
+        return not_run("no reward-model audit in this run")
+    if a.skipped or a.accuracy is None:
+        return not_run(a.skipped or "no audit pairs")
+    verdict = versus(a.accuracy.ci, 0.5)
+    rows = [f"{name}: {est(m.accuracy_ci)}" for name, m in (a.reward_models or {}).items()]
+    text = (f"On sentiment minimal pairs the utility reward prefers the expected member with accuracy "
+            f"{est(a.accuracy)} (chance 0.5, ties count as wrong). Overall accuracy per reward model: "
+            + "; ".join(rows) + ".")
+    return Answer(verdict, text, {"accuracy": a.accuracy, "chance": 0.5})
+
+
+def answer_value_head(r: Results) -> Answer:
+    vh = r.probe.value_head if r.probe is not None else None
+    if vh is None:
+        return not_run("no PPO value head in this run")
+    bound = 1.96 / math.sqrt(vh.d_model)
+    cos = vh.cosine_with_probe_at_value_site
+    verdict = "yes" if cos > bound else ("no" if abs(cos) <= bound else "inconclusive")
+    text = (f"The value head's direction at {vh.site} has cosine {cos:.3f} with a reward probe at the same site; "
+            f"95% of random directions in {vh.d_model} dimensions stay within ±{bound:.3f}. Its predictions rank "
+            f"held-out completions like the true reward with Spearman ρ = {est(vh.spearman_true_test)}.")
+    return Answer(verdict, text, {"cosine": cos, "random_bound": bound, "spearman_true_test": vh.spearman_true_test})
+
+
+def answer_all(r: Results) -> dict[str, Answer]:
+    return {
+        "q1-probe": answer_probe(r), "q2-prompt-probe": answer_prompt_probe(r), "q3-steering": answer_steering(r),
+        "q4-implicit-reward": answer_implicit_reward(r), "q5-model-diff": answer_model_diff(r),
+        "q6-audit": answer_audit(r), "q7-value-head": answer_value_head(r),
+        "q8-dialogue": not_run("no dialogue stage in this run"),
+    }

@@ -1,0 +1,37 @@
+"""The stage registry, in run order, and the typed `results.json` that their sections make up."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from rewardlab.answers import Answer
+from rewardlab.stages import diffing, dpo, pairs, ppo, probes, prompts, sae, sweep, world
+
+SCHEMA_VERSION = 1
+REGISTRY = {m.NAME: m for m in (world, prompts, ppo, sweep, pairs, dpo, diffing, probes, sae)}
+
+
+@dataclass
+class RunHeader:
+    schema_version: int            # of this layout; docs/results.schema.json is generated from it
+    name: str
+    seed: int
+    artifacts: dict[str, str] = field(default_factory=dict)  # artifact name -> path relative to the run folder
+
+
+def _section_fields() -> list[tuple[str, object, dataclasses.Field]]:
+    """Every stage's sections, optional (a run may not have that stage), in run order."""
+    out = []
+    for module in REGISTRY.values():
+        hints = typing.get_type_hints(module.Results)
+        out += [(f.name, hints[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(module.Results)]
+    return out
+
+
+Results = dataclasses.make_dataclass(
+    "Results", _section_fields() + [("answers", dict[str, Answer] | None, dataclasses.field(default=None))],
+    bases=(RunHeader,))
+Results.__doc__ = "A run's results.json: the header, every stage's sections and the answers to the research questions."
+Results.__module__ = __name__

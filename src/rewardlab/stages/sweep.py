@@ -1,0 +1,63 @@
+"""The `sweep` stage: the reward-KL frontier, PPO (the ppo section's settings) at several KL coefficients."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from rewardlab.io import read_jsonl
+from rewardlab.rl.config import PPOConfig
+from rewardlab.rl.sweep import sweep_kl
+from rewardlab.schema import from_json
+from rewardlab.stages.common import Context, Planner, RunConfig
+from rewardlab.stats import Estimate
+
+NAME = "sweep"
+ARTIFACTS = {"frontier": "frontier.jsonl"}
+
+
+@dataclass
+class Config:
+    kl_coefs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # KL penalty coefficients, one PPO run each
+    phases: int = 20               # PPO phases per coefficient (the main PPO run has its own)
+    eval_samples: int = 256        # samples of each policy's final evaluation
+    ppo: PPOConfig | None = None   # filled in by the pipeline: the ppo section's config
+
+
+@dataclass
+class FrontierPoint:
+    kl_coef: float
+    kl_exact: float                # KL(policy || base) per completion, nats
+    reward_mean: Estimate          # the policy's mean true reward
+    reward_base: float
+    seconds: float
+    grammatical_rate: float | None = None
+
+
+@dataclass
+class SweepSection:
+    points: list[FrontierPoint]    # one per KL coefficient, in the config's order
+
+
+@dataclass
+class Results:
+    sweep: SweepSection
+
+
+def plan(run: RunConfig, p: Planner) -> None:
+    ppo = next((s.config for s in p.stages if s.name == "ppo"), None)
+    if run.sweep is None or ppo is None:
+        return
+    cfg = p.config(Config, NAME, run.sweep)
+    swept = dataclasses.replace(ppo, phases=cfg.phases, eval_samples=cfg.eval_samples)
+    p.add(NAME, dataclasses.replace(cfg, ppo=swept), {"base": Path(p.base), **p.data_inputs()})
+
+
+def run(cfg: Config, ctx: Context) -> Results:
+    sweep_kl(cfg.ppo, cfg.kl_coefs, ctx.out)
+    rows = read_jsonl(ctx.out / ARTIFACTS["frontier"])
+    return Results(SweepSection([
+        FrontierPoint(kl_coef=r["kl_coef"], kl_exact=r["kl_exact"], reward_mean=from_json(Estimate, r["reward_mean"]),
+                      reward_base=r["reward_base"], seconds=r["seconds"], grammatical_rate=r.get("grammatical_rate"))
+        for r in rows]))
