@@ -40,15 +40,14 @@ def bench_rloo(base: str, steps: int, batch: int, max_new_tokens: int, epochs: i
     from trl import RLOOConfig, RLOOTrainer
 
     from rewardlab.rewards import get_reward
-    from rewardlab.rl.config import PPOConfig
-    from rewardlab.rl.ppo import load_prompts
+    from rewardlab.rl.inputs import load_prompts
 
     utility = get_reward("utility")
 
     def reward(completions, **kwargs):
         return utility([c.strip() for c in completions])
 
-    prompts = load_prompts(PPOConfig(base=base))
+    prompts = load_prompts(base, None)
     args = RLOOConfig(output_dir=str(out), use_cpu=True, report_to=[], bf16=False, gradient_checkpointing=False,
                       per_device_train_batch_size=batch, num_generations=4, max_completion_length=max_new_tokens,
                       max_steps=steps, learning_rate=2e-4, save_strategy="no", logging_steps=1, disable_tqdm=True,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rewardlab.rl.kl import KLController, exact_kl, kl_per_token
+from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
 
 
 def _dists(seed=0, V=7):

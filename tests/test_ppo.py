@@ -98,6 +98,41 @@ def test_ppo_runs_and_writes_outputs(tmp_path):
     assert load_value_head(out).site == "blocks.0.hook_resid_post"
 
 
+def test_rollout_is_the_sampling_loop(tmp_path, monkeypatch):
+    """PPO's rollout runs `sampling.sample_tokens` (the same tokens as `sampling.generate` from the same
+    seed), and the loop's log-probs of its samples equal PPO's scoring of them by a full forward pass."""
+    from rewardlab import sampling
+    from rewardlab.rl import rollout as rollout_module
+    from rewardlab.rl.inputs import load_policy_and_tokenizer
+    from rewardlab.rl.rollout import completion_logprobs_from_logits, encode_prompts, position_ids, rollout
+
+    model, tok = load_policy_and_tokenizer(make_tiny_lm(tmp_path / "lm"))
+    prompts = ["the movie was", "a film", "the acting was very", "the plot is"] * 2
+    ids, mask = encode_prompts(tok, prompts, "cpu")
+    settings = dict(max_new_tokens=8, temperature=0.9, top_k=8, top_p=0.95)
+    calls = []
+    monkeypatch.setattr(rollout_module, "sample_tokens",
+                        lambda *a, **kw: calls.append(kw) or sampling.sample_tokens(*a, **kw))
+    ro = rollout(model, ids, mask, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                 generator=torch.Generator().manual_seed(0), **settings)
+    assert len(calls) == 1
+
+    decoded = sampling.sample_tokens(model, ids, mask, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                                     generator=torch.Generator().manual_seed(0), return_logprobs=True, **settings)
+    T = decoded.tokens.shape[1]
+    assert torch.equal(ro.completion_ids[:, :T], decoded.tokens) and torch.equal(ro.mask[:, :T], decoded.mask)
+    assert (ro.mask[:, T:] == 0).all()
+    logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                   position_ids=position_ids(ro.attention_mask)).logits
+    scored, _ = completion_logprobs_from_logits(logits, ro.completion_ids, ids.shape[1], **{
+        k: settings[k] for k in ("temperature", "top_k", "top_p")})
+    real = decoded.mask.bool()
+    torch.testing.assert_close(scored[:, :T][real], decoded.logprobs[real], atol=1e-5, rtol=1e-5)
+
+    samples = sampling.generate(model, tok, prompts, generator=torch.Generator().manual_seed(0), **settings)
+    assert [s.completion_ids for s in samples] == [row[m.bool()].tolist() for row, m in zip(ro.completion_ids, ro.mask)]
+
+
 @pytest.mark.parametrize("estimator,kl_in,target,top_k", [("k3", "loss", None, 8), ("exact", "reward", 4.0, 8),
                                                            ("exact_reverse", "loss", None, 0)])
 def test_ppo_kl_variants_run(tmp_path, estimator, kl_in, target, top_k):

@@ -2,13 +2,17 @@
 
 `process_logits` is the only place where temperature, top-k and top-p are applied. PPO scores its
 samples with the same function, so the probability ratio is exactly 1 at the first step (the
-mismatch behind trl#454 and #2358 cannot happen).
+mismatch behind trl#454 and #2358 cannot happen). `processed_log_softmax` and `gather_logprobs` are
+the one log-softmax and the one gather of token log-probs that sampling, scoring
+(`rewardlab.diff.logprobs`) and PPO share.
 
-`generate` is a KV-cached loop written out (no `model.generate`): prompts are left-padded, with an
-attention mask and explicit position ids (GPT-2 needs them under left padding), and a row stops at
-the tokenizer's eos. Each step builds a `StepState` (the tokens fed at this step, the mask over
-all positions so far, their position ids) and calls `model_step(model, state)`, which keeps the
-model's KV cache in `state.caches`. A `logits_fn(logits, state)` hook may replace the next-token
+`sample_tokens` is the KV-cached loop written out (no `model.generate`), on token tensors: prompts
+are left-padded, with an attention mask and explicit position ids (GPT-2 needs them under left
+padding), and a row stops at eos. `generate` tokenizes text prompts, runs the loop `batch_size`
+prompts at a time and returns one `Sample` per prompt; PPO's rollout calls the loop directly.
+Each step builds a `StepState` (the tokens fed at this step, the mask over all positions so far,
+their position ids) and calls `model_step(model, state)`, which keeps the model's KV cache in
+`state.caches`. A `logits_fn(logits, state)` hook may replace the next-token
 logits before they are processed; to combine two models (divergent sampling) the hook steps the
 second model on the same state under its own cache key:
 
@@ -65,6 +69,21 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, neg_inf)
     return logits
+
+
+def processed_log_softmax(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                          top_p: float = 1.0) -> torch.Tensor:
+    """Next-token logits [..., V] -> float32 log-probabilities [..., V] under the sampling transform
+    (`process_logits`; the defaults leave the logits as they are); tokens outside the top-k/top-p
+    support get -inf."""
+    return process_logits(logits, temperature, top_k, top_p).log_softmax(-1)
+
+
+def gather_logprobs(logp_all: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probs [...] of `token_ids` [...] (long) from log-probabilities [..., V]; a non-finite one
+    (a pad outside the top-k/top-p support) is returned as 0, so no nan reaches a gradient."""
+    logp = logp_all.gather(-1, token_ids[..., None]).squeeze(-1)
+    return torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
 
 
 @dataclass
@@ -127,53 +146,73 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+@dataclass
+class Decoded:
+    """What the decoding loop sampled for B rows over T <= max_new_tokens steps (it stops once every
+    row is done): `tokens` (B, T) long, `pad_id` after a row's eos; `mask` (B, T) long, 1 on real
+    tokens (up to and including the eos); `logprobs` (B, T) float32 log-probs of the sampled tokens
+    under the processed distribution, or None when not asked for."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor | None
+
+
 @torch.no_grad()
-def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
-                    top_k: int, top_p: float, generator: torch.Generator, logits_fn: LogitsFn | None,
-                    return_logprobs: bool) -> list[Sample]:
-    device = next(model.parameters()).device
-    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    for p, ids in zip(prompts, prompt_ids):
-        if not ids:
-            raise InputError(f"prompt {p!r} encodes to no tokens", fix="give a non-empty prompt")
-    pad_id, eos_id = pad_token_id(tokenizer), tokenizer.eos_token_id
-    input_ids, mask, positions = left_pad(prompt_ids, pad_id, device)
-    n = len(prompts)
-    state = StepState(input_ids, mask, positions, step=0, done=torch.zeros(n, dtype=torch.bool, device=device))
-    tokens, logprobs = [], []
+def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                  max_new_tokens: int, temperature: float, top_k: int, top_p: float, eos_id: int | None, pad_id: int,
+                  generator: torch.Generator, logits_fn: LogitsFn | None = None, return_logprobs: bool = False
+                  ) -> Decoded:
+    """The decoding loop (see the module docstring) from left-padded prompts `input_ids` and
+    `attention_mask` (B, P); a row is done after it samples `eos_id` (None: never)."""
+    attention_mask = attention_mask.long()
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    state = StepState(input_ids, attention_mask, positions, step=0, done=done)
+    tokens, real, logprobs = [], [], []
     for step in range(max_new_tokens):
         logits = model_step(model, state)
         if logits_fn is not None:
             logits = logits_fn(logits, state)
         logits = process_logits(logits, temperature, top_k, top_p)
         probs = logits.softmax(dim=-1)
-        next_tok = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(device).squeeze(1)
+        next_tok = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device).squeeze(1)
         next_tok = torch.where(state.done, torch.full_like(next_tok, pad_id), next_tok)
         tokens.append(next_tok)
+        real.append(~state.done)
         if return_logprobs:
-            logprobs.append(logits.log_softmax(dim=-1).gather(1, next_tok[:, None]).squeeze(1))
+            logprobs.append(gather_logprobs(logits.log_softmax(dim=-1), next_tok))
         done = state.done | (next_tok == eos_id) if eos_id is not None else state.done
         state = StepState(next_tok[:, None], torch.cat([state.attention_mask, torch.ones_like(next_tok)[:, None]], 1),
                           state.position_ids[:, -1:] + 1, step=step + 1, done=done, caches=state.caches)
         if bool(done.all()):
             break
-    return _collect(tokenizer, prompts, prompt_ids, tokens, logprobs, eos_id, return_logprobs)
+    return Decoded(torch.stack(tokens, 1), torch.stack(real, 1).long(),
+                   torch.stack(logprobs, 1) if return_logprobs else None)
 
 
-def _collect(tokenizer, prompts, prompt_ids, tokens, logprobs, eos_id, return_logprobs) -> list[Sample]:
-    """Per-row completions from the per-step token columns: stop after the first eos."""
-    tok = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in prompts]
-    lps = torch.stack(logprobs, 1).tolist() if logprobs else None
-    samples = []
-    for i, prompt in enumerate(prompts):
-        ids = tok[i]
-        finished = eos_id is not None and eos_id in ids
-        length = ids.index(eos_id) + 1 if finished else len(ids)
-        ids = ids[:length]
-        samples.append(Sample(
-            prompt=prompt, completion=tokenizer.decode(ids, skip_special_tokens=True), prompt_ids=list(prompt_ids[i]),
-            completion_ids=ids, finished=finished, logprobs=lps[i][:length] if return_logprobs else None))
-    return samples
+def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
+                    top_k: int, top_p: float, generator: torch.Generator, logits_fn: LogitsFn | None,
+                    return_logprobs: bool) -> list[Sample]:
+    """Tokenize and left-pad one batch of prompts, decode, and cut each row after its eos."""
+    device = next(model.parameters()).device
+    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    for p, ids in zip(prompts, prompt_ids):
+        if not ids:
+            raise InputError(f"prompt {p!r} encodes to no tokens", fix="give a non-empty prompt")
+    pad_id = pad_token_id(tokenizer)
+    input_ids, mask, _ = left_pad(prompt_ids, pad_id, device)
+    decoded = sample_tokens(model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_token_id, pad_id=pad_id,
+                            generator=generator, logits_fn=logits_fn, return_logprobs=return_logprobs)
+    eos_id = tokenizer.eos_token_id
+    tokens, lengths = decoded.tokens.tolist(), decoded.mask.sum(1).tolist()
+    logprobs = decoded.logprobs.tolist() if decoded.logprobs is not None else None
+    return [Sample(prompt=prompt, completion=tokenizer.decode(tokens[i][:n], skip_special_tokens=True),
+                   prompt_ids=list(prompt_ids[i]), completion_ids=tokens[i][:n],
+                   finished=eos_id is not None and tokens[i][n - 1] == eos_id,
+                   logprobs=logprobs[i][:n] if logprobs is not None else None)
+            for i, (prompt, n) in enumerate(zip(prompts, lengths))]
 
 
 def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,

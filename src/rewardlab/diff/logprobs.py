@@ -20,6 +20,7 @@ import torch
 
 from rewardlab.errors import InputError
 from rewardlab.models import pad_token_id
+from rewardlab.sampling import gather_logprobs, processed_log_softmax
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,14 @@ def completion_log_softmax(model, encoded: Sequence[Encoded], batch_size: int = 
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         for row, e in enumerate(batch):
             # logits at position p predict token p + 1
-            yield logits[row, e.prompt_len - 1:len(e.ids) - 1].float().log_softmax(-1).cpu()
+            yield processed_log_softmax(logits[row, e.prompt_len - 1:len(e.ids) - 1]).cpu()
 
 
 def sequence_logprobs(model, encoded: Sequence[Encoded], batch_size: int = 16, pad_id: int = 0) -> list[torch.Tensor]:
     """log p(y_t | x, y_<t) for each completion token: one float32 tensor [n_completion] per sequence."""
     out = []
     for e, logp in zip(encoded, completion_log_softmax(model, encoded, batch_size, pad_id)):
-        targets = torch.tensor(e.ids[e.prompt_len:], dtype=torch.long)
-        out.append(logp.gather(-1, targets[:, None])[:, 0])
+        out.append(gather_logprobs(logp, torch.tensor(e.ids[e.prompt_len:], dtype=torch.long)))
     return out
 
 

@@ -25,47 +25,43 @@ def sampling_checks(cfg) -> list[Check]:
 
 @dataclass
 class PPOConfig:
-    """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world;
-    the learning rate, KL coefficient and batch are tuned so the utility reward meets the issue's
-    acceptance (+1.5 base std at <= 8 nats, grammatical rate >= 0.85) within 5 minutes on 2 cores."""
+    """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world; the
+    learning rates, KL coefficient and batch are sized for the review world's small models on CPU."""
 
     base: str = ""                   # Hugging Face folder (or name) of the base model; also the frozen reference
     reward: str = "utility"          # reward spec, see rewardlab.rewards.get_reward
     prompts: str | None = None       # JSONL with `prompt` rows; None: the review world's prompts.jsonl beside base
-    seed: int = 0
+    seed: int = 0                    # seeds prompt draws, sampling, minibatch order and the value head's init
     phases: int = 40                 # rollout + learn cycles
     batch_size: int = 64             # completions per phase (all processes together)
     minibatch_size: int = 32         # completions per gradient step (per process)
-    ppo_epochs: int = 2              # passes over each phase's batch (TRL: 4; 2 halves the time at equal gain here)
-    max_new_tokens: int | None = None  # None: the world's generation default, else 24
-    temperature: float = 1.0
-    top_k: int = 0                   # 0: off
-    top_p: float = 1.0               # 1.0: off
-    lr: float = 3e-4                 # policy learning rate (Adam; TRL's 3e-6 is for pretrained LMs, far too slow here)
+    ppo_epochs: int = 2              # passes over each phase's batch (TRL: 4)
+    max_new_tokens: int | None = None  # tokens sampled per completion; None: the world's generation default, else 24
+    temperature: float = 1.0         # sampling temperature (> 0); scoring uses the same transform
+    top_k: int = 0                   # sample from the k most likely tokens only; 0: off
+    top_p: float = 1.0               # nucleus sampling: smallest set of tokens reaching this probability; 1.0: off
+    lr: float = 3e-4                 # policy learning rate (Adam; TRL's 3e-6 suits pretrained LMs)
     value_lr: float = 1e-3           # value head learning rate (ARENA uses its own, 5e-4)
     value_head: str = "mlp"          # linear | mlp (d -> 4d -> 1)
-    value_site: str = "ln_final.hook_normalized"
+    value_site: str = "ln_final.hook_normalized"  # site the value head reads (gradient stopped)
     kl_estimator: str = "k1"         # k1 | k2 | k3 | exact | exact_reverse
     kl_in: str = "reward"            # reward (per-token penalty) | loss (a term of the loss)
-    kl_coef: float = 0.3             # initial coefficient (review world before topics: 0.1 reached 8 nats with
-                                     # broken grammar, 0.25 gave +2.0 std at 2.3 nats but 0.84 grammatical; with
-                                     # topics the demo's 20-phase sweep gives 6.4 nats, 0.81 grammatical at 0.1)
+    kl_coef: float = 0.3             # initial KL coefficient (reward or loss per nat)
     kl_target: float | None = None   # nats per completion; set it for the adaptive controller
     kl_horizon: float = 10_000.0     # samples over which the adaptive controller closes the gap
-    gamma: float = 1.0               # TRL: 1.0
+    gamma: float = 1.0               # discount per token (TRL: 1.0)
     lam: float = 0.95                # GAE lambda (TRL: 0.95)
-    cliprange: float = 0.2           # TRL: 0.2
-    cliprange_value: float = 0.2     # TRL: 0.2
-    vf_coef: float = 0.1             # TRL: 0.1
-    ent_coef: float = 0.0            # entropy bonus (TRL: none; ARENA: 0.001)
-    max_grad_norm: float = 1.0       # ARENA: 1.0 (TRL: none)
-    whiten_advantages: bool = True
+    cliprange: float = 0.2           # policy ratio clip, |ratio - 1| (TRL: 0.2)
+    cliprange_value: float = 0.2     # value clip around the rollout's values, reward units (TRL: 0.2)
+    vf_coef: float = 0.1             # weight of the value loss (TRL: 0.1)
+    ent_coef: float = 0.0            # entropy bonus per nat (TRL: none; ARENA: 0.001)
+    max_grad_norm: float = 1.0       # gradient clipping norm (ARENA: 1.0; TRL: none)
+    whiten_advantages: bool = True   # normalize advantages to mean 0, std 1 over each phase's real tokens
     samples_per_phase: int = 8       # completions kept in samples.jsonl per phase
     eval_samples: int = 512          # fresh samples from base and policy for summary.json
     checkpoint_every: int = 1        # phases between checkpoints
     cpu: bool = True                 # run on CPU even where an accelerator exists
-    threads: int | None = 1          # torch CPU threads (None: leave as is); tiny models run fastest on 1,
-                                     # and oversubscribed cores slow 2 threads down ~10x
+    threads: int | None = 1          # torch CPU threads (None: leave as is)
 
     def validate(self) -> None:
         raise_first_failed([
@@ -102,17 +98,17 @@ class DPOTrainConfig:
     pairs: str = ""                 # JSONL with prompt/chosen/rejected
     reward: str = "utility"         # true reward, for the summary
     prompts: str | None = None      # prompts for the evaluation samples; None: the review world's
-    beta: float = 0.1               # TRL default
-    lr: float = 2e-4
-    epochs: int = 3
-    batch_size: int = 32
+    beta: float = 0.1               # DPO inverse temperature, strength of the pull to the reference (TRL default)
+    lr: float = 2e-4                # learning rate (constant schedule)
+    epochs: int = 3                 # passes over the training pairs
+    batch_size: int = 32            # pairs per gradient step
     held_out: float = 0.1           # fraction of pairs kept for pair_accuracy
-    seed: int = 0
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    eval_samples: int = 512
+    seed: int = 0                   # seeds the held-out split, TRL's training and the evaluation samples
+    max_new_tokens: int | None = None  # tokens per evaluation sample; None: the world's generation default, else 24
+    temperature: float = 1.0        # sampling temperature of the evaluation samples (> 0)
+    top_k: int = 0                  # evaluation sampling from the k most likely tokens only; 0: off
+    top_p: float = 1.0              # evaluation nucleus sampling probability; 1.0: off
+    eval_samples: int = 512         # fresh samples from base and policy for summary.json
     threads: int | None = 1         # torch CPU threads (None: leave as is)
 
     def validate(self) -> None:
@@ -139,12 +135,12 @@ class PairsConfig:
     prompts: str | None = None       # JSONL with `prompt`; None: the review world's prompts beside `model`
     n_prompts: int = 1000            # prompts drawn (with replacement) from the prompt set
     per_prompt: int = 2              # completions sampled per prompt
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 64
+    max_new_tokens: int | None = None  # tokens per completion; None: the world's generation default, else 24
+    temperature: float = 1.0         # sampling temperature (> 0)
+    top_k: int = 0                   # sample from the k most likely tokens only; 0: off
+    top_p: float = 1.0               # nucleus sampling probability; 1.0: off
+    seed: int = 0                    # seeds the prompt draws and the sampling
+    batch_size: int = 64             # completions sampled at a time
 
     def validate(self) -> None:
         raise_first_failed([

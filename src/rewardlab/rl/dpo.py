@@ -8,16 +8,20 @@ nats per completion against the base), `grammatical_rate` (review world only), `
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from rewardlab.diff.logprobs import completion_logprobs
 from rewardlab.errors import InputError
-from rewardlab.io import read_jsonl, write_json, write_jsonl
+from rewardlab.io import read_jsonl, write_jsonl
+from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig
+from rewardlab.rl.eval import evaluate_policy, write_run
+from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
+from rewardlab.stats import mean
 
 
 def _with_eos(text: str, tokenizer) -> str:
@@ -32,8 +36,6 @@ def _with_eos(text: str, tokenizer) -> str:
 
 def summed_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
     """log p(completion | prompt) summed over completion tokens [N] (rewardlab.diff.logprobs, TRL's convention)."""
-    from rewardlab.diff.logprobs import completion_logprobs
-
     return torch.stack([lp.sum() for lp in completion_logprobs(model, tokenizer, prompts, completions, batch_size=64)])
 
 
@@ -42,19 +44,14 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from rewardlab.rewards import get_reward
-    from rewardlab.rl.ppo import (PPOConfig, evaluate, generation_defaults, grammar_checker,
-                                  load_policy_and_tokenizer, load_prompts)
-    from rewardlab.stats import mean
-
     cfg.validate()
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
     # every input is checked before training, so bad input costs no training time
-    located = PPOConfig(base=cfg.base, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens)
-    prompts, max_new_tokens = load_prompts(located), generation_defaults(located)
+    prompts = load_prompts(cfg.base, cfg.prompts)
+    max_new_tokens = completion_length(cfg.base, cfg.max_new_tokens)
     reward, is_grammatical = get_reward(cfg.reward), grammar_checker(cfg.base)
     rows = read_jsonl(cfg.pairs, required=("prompt", "chosen", "rejected"))
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
@@ -72,7 +69,7 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
         output_dir=str(out / "trl"), beta=cfg.beta, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, use_cpu=True, report_to=[], save_strategy="no",
         logging_steps=10, seed=cfg.seed, disable_tqdm=False, lr_scheduler_type="constant",
-        bf16=False, gradient_checkpointing=False,  # TRL 1.x turns both on by default: ~5x slower on CPU
+        bf16=False, gradient_checkpointing=False,  # TRL 1.x turns both on by default, slow on CPU
     )
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
@@ -87,10 +84,12 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
                                    - summed_logprobs(ref, tokenizer, prompts_t, completions)))
     correct = (margins[0] > margins[1]).float().tolist()
 
-    base_eval = evaluate(ref, ref, tokenizer, prompts, cfg, reward, is_grammatical, max_new_tokens,
-                         cfg.eval_samples, seed=cfg.seed + 10_000)
-    policy_eval = evaluate(policy, ref, tokenizer, prompts, cfg, reward, is_grammatical, max_new_tokens,
-                           cfg.eval_samples, seed=cfg.seed + 20_000)
+    sampling = dict(n=cfg.eval_samples, max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                    top_p=cfg.top_p)
+    base_eval = evaluate_policy(ref, ref, tokenizer, prompts, reward, is_grammatical, seed=cfg.seed + 10_000,
+                                **sampling)
+    policy_eval = evaluate_policy(policy, ref, tokenizer, prompts, reward, is_grammatical, seed=cfg.seed + 20_000,
+                                  **sampling)
     base_rewards, policy_rewards = torch.tensor(base_eval["rewards"]), torch.tensor(policy_eval["rewards"])
     summary = {
         "reward": cfg.reward, "n_pairs_train": len(train), "n_pairs_held_out": len(test),
@@ -106,12 +105,6 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
         summary["grammatical_rate"] = sum(policy_eval["grammatical"]) / len(policy_eval["grammatical"])
         summary["grammatical_rate_base"] = sum(base_eval["grammatical"]) / len(base_eval["grammatical"])
     summary["seconds"] = time.perf_counter() - t_start
-    policy.save_pretrained(out / "policy")
-    tokenizer.save_pretrained(out / "policy")
-    write_json(out / "config.json", dataclasses.asdict(cfg))
     write_jsonl(out / "metrics.jsonl", [dict(h) for h in trainer.state.log_history] or [{}])
-    write_jsonl(out / "eval_samples.jsonl", [
-        {"prompt": p, "completion": t, "reward": r, "kl_exact": k}
-        for p, t, r, k in zip(policy_eval["prompts"], policy_eval["texts"], policy_eval["rewards"], policy_eval["kl"])])
-    write_json(out / "summary.json", summary)
+    write_run(out, policy, tokenizer, cfg, policy_eval, summary)
     return summary

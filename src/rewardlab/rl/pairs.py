@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 
 from rewardlab.io import write_jsonl
-from rewardlab.rl.config import PairsConfig
 from rewardlab.rewards import get_reward, join_prompt_completion
+from rewardlab.rl.config import PairsConfig
+from rewardlab.rl.inputs import completion_length, load_policy_and_tokenizer, load_prompts
+from rewardlab.sampling import generate
 
 
 def completion_text(prompt: str, completion: str) -> str:
@@ -23,13 +25,9 @@ def completion_text(prompt: str, completion: str) -> str:
 
 def make_pairs(cfg: PairsConfig, out: str | Path) -> dict:
     """Write pairs to `out` (JSONL); returns {n_pairs, n_ties, mean_margin}."""
-    from rewardlab.rl.ppo import PPOConfig, generation_defaults, load_policy_and_tokenizer, load_prompts
-    from rewardlab.sampling import generate
-
     cfg.validate()
-    located = PPOConfig(base=cfg.model, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens)
-    prompt_set = load_prompts(located)
-    max_new_tokens = generation_defaults(located)
+    prompt_set = load_prompts(cfg.model, cfg.prompts)
+    max_new_tokens = completion_length(cfg.model, cfg.max_new_tokens)
     reward = get_reward(cfg.reward)
     model, tokenizer = load_policy_and_tokenizer(cfg.model)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -1,0 +1,84 @@
+"""Rollouts: completions sampled through `rewardlab.sampling`'s decoding loop as padded tensors, and
+their scoring under the sampling transform.
+
+Tensors: prompts [B, P] left-padded; completions [B, T] right-padded after EOS (T = max_new_tokens);
+`mask` [B, T] is 1 on real completion tokens (up to and including EOS). Position t of a completion is
+predicted by the logits at P - 1 + t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from rewardlab.sampling import gather_logprobs, processed_log_softmax, sample_tokens
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions (completion_ids/mask [B, T])."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], 1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.mask], 1)
+
+
+def rollout(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+            temperature: float, top_k: int, top_p: float, eos_id: int | None, pad_id: int,
+            generator: torch.Generator) -> Rollout:
+    """Sample completions [B, max_new_tokens] from left-padded prompts [B, P] with `sample_tokens`.
+
+    A row stops after EOS; later positions hold `pad_id` with mask 0.
+    """
+    decoded = sample_tokens(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, eos_id=eos_id, pad_id=pad_id, generator=generator)
+    B, T = decoded.tokens.shape
+    completion = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=prompt_ids.device)
+    mask = torch.zeros((B, max_new_tokens), dtype=torch.long, device=prompt_ids.device)
+    completion[:, :T] = decoded.tokens
+    mask[:, :T] = decoded.mask
+    return Rollout(prompt_ids, prompt_mask.long(), completion, mask)
+
+
+def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.Tensor, prompt_len: int, *,
+                                    temperature: float, top_k: int = 0, top_p: float = 1.0
+                                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the completion tokens [B, T] and full log-probs [B, T, V] under the sampling
+    transform, from the logits [B, P + T, V] of left-padded prompts of P tokens + completions.
+
+    Non-finite token log-probs (only pads can be outside the support) are returned as 0. Score the
+    reference with top_k=0, top_p=1 (the temperature only): it is the base model's whole distribution
+    (top-k/top-p would give it a support of its own, and every KL to it would be infinite).
+    """
+    T = completion_ids.shape[1]
+    logp_all = processed_log_softmax(logits[:, prompt_len - 1:prompt_len - 1 + T], temperature, top_k, top_p)
+    return gather_logprobs(logp_all, completion_ids), logp_all
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and attention mask [B, P] on `device`."""
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def completion_texts(tokenizer, ro: Rollout) -> list[str]:
+    """The text of each completion's real tokens, special tokens dropped, stripped."""
+    return [tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True).strip()
+            for ids, m in zip(ro.completion_ids, ro.mask)]
