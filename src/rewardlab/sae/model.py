@@ -30,8 +30,8 @@ ARCHITECTURES = ("relu", "topk", "batchtopk")
 
 @dataclass
 class SAEConfig:
-    d_in: int
-    d_sae: int
+    d_in: int  # input width (the site's d_model)
+    d_sae: int  # dictionary size (latents)
     architecture: str = "batchtopk"  # relu (L1) | topk | batchtopk
     k: int = 16  # active latents per token (topk, batchtopk: mean over the batch)
     l1_coefficient: float = 1e-3  # relu only; the seed's value
