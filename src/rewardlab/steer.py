@@ -46,7 +46,7 @@ WHERE = ("all", "completion")
 class SteerConfig:
     site: str  # site the direction is added at, e.g. blocks.2.hook_resid_post
     alphas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0)  # multiples of the typical norm
-    where: str = "all"  # all | completion
+    where: str = "all"  # positions steered: all (prompt and generated) | completion (those that pick new tokens)
     n_random: int = 8  # random control directions
     max_new_tokens: int = 32  # tokens generated per steered completion
     temperature: float = 1.0  # sampling temperature

@@ -57,8 +57,8 @@ SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_att
 class DiffConfig:
     n_layers: int = 1  # how many of the most-diverged blocks to analyse
     layers: list[int] | None = None  # explicit blocks (overrides the ranking)
-    site_kind: str = "hook_resid_post"  # the seed used MLP output: hook_mlp_out
-    architecture: str = "batchtopk"  # relu (L1) | topk | batchtopk
+    site_kind: str = "hook_resid_post"  # site read in each block (the seed used MLP output: hook_mlp_out)
+    architecture: str = "batchtopk"  # dictionary architecture: relu (L1) | topk | batchtopk
     k: int = 16  # same sparsity for every dictionary
     l1_coefficient: float = 1e-3  # L1 coefficient (relu only)
     tied: bool = False  # tied weights W_enc = W_dec.T (relu only)
