@@ -59,7 +59,7 @@ class DiffConfig:
     layers: list[int] | None = None  # explicit blocks (overrides the ranking)
     site_kind: str = "hook_resid_post"  # site read in each block (the seed used MLP output: hook_mlp_out)
     architecture: str = "batchtopk"  # dictionary architecture: relu (L1) | topk | batchtopk
-    k: int = 16  # same sparsity for every dictionary
+    k: int = 16  # active latents per token, the same for every dictionary
     l1_coefficient: float = 1e-3  # L1 coefficient (relu only)
     tied: bool = False  # tied weights W_enc = W_dec.T (relu only)
     expansions: tuple[int, ...] = (1, 2)  # dictionary widths compared, x d_model (the seed's 1x and 2x)
