@@ -166,6 +166,7 @@ def test_every_option_has_help_and_config_options_carry_the_field_doc_and_defaul
     leaves = dict(_leaves(build_parser()))
     assert set(leaves) == {c.path for c in commands()}
     configs = _configs()
+    overrides = {("probe", "sweep", "positions"): ["last_completion", "mean_completion", "last_prompt"]}
     for path, parser in leaves.items():
         actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
         generated = set()
@@ -178,8 +179,7 @@ def test_every_option_has_help_and_config_options_carry_the_field_doc_and_defaul
                 assert option.flag in action.option_strings and action.help.replace("%%", "%") == option.doc
                 # rl/config.py's fields are being documented on another branch; after its merge every field is
                 assert option.doc or cls.__module__ == "rewardlab.rl.config", (path, option.name)
-                override = {("probe", "sweep", "positions"): ["last_completion", "mean_completion", "last_prompt"]}
-                expected = None if action.required else override.get((*path, option.name), option.default)
+                expected = None if action.required else overrides.get((*path, option.name), option.default)
                 assert action.default == expected, (path, option.name)
         for dest, action in actions.items():
             assert action.help or dest in generated, (path, dest)

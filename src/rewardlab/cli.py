@@ -258,7 +258,8 @@ def _add_sites(p: argparse.ArgumentParser) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser, dtype: bool = False) -> None:
-    p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
     if dtype:
         p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (log-softmax is float32 regardless)")
 
