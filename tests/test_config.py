@@ -50,3 +50,25 @@ def test_yaml_errors(tmp_path):
     p.write_text("- 1\n")
     with pytest.raises(InputError, match="mapping"):
         load_yaml(p)
+
+
+@dataclass
+class Documented:
+    lr: float = 1e-3  # learning rate (Adam)
+    kl_coef: float = 0.1  # initial KL coefficient;
+                          # adaptive when kl_target is set
+
+    # a comment above a field is not its documentation
+    seed: int = 0
+    width: int = field(default=4, metadata={"help": "dictionary width, x d_model"})
+
+    def validate(self) -> None:  # not a field
+        pass
+
+
+def test_field_docs_read_line_comments_and_metadata():
+    from rewardlab.config import field_docs
+
+    assert field_docs(Documented) == {"lr": "learning rate (Adam)",
+                                      "kl_coef": "initial KL coefficient; adaptive when kl_target is set",
+                                      "width": "dictionary width, x d_model"}

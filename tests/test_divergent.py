@@ -66,11 +66,13 @@ def test_sample_divergent_cli(tmp_path):
     base, post = save_pair(tmp_path, scale=0.3)
     out = tmp_path / "s.jsonl"
     assert main(["sample", "divergent", "--base", base, "--post", post, "--prompts", write_records(tmp_path / "p.jsonl"),
-                 "--alpha=-0.5,0,2", "--max-new-tokens", "5", "--out", str(out)]) == 0
+                 "--alphas=-0.5,0,2", "--max-new-tokens", "5", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["alpha"] for r in rows] == [-0.5] * 4 + [0.0] * 4 + [2.0] * 4
-    assert main(["sample", "divergent", "--base", base, "--post", post, "--prompts", str(tmp_path / "p.jsonl"),
-                 "--alpha", "x", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "divergent", "--base", base, "--post", post, "--prompts", str(tmp_path / "p.jsonl"),
+              "--alphas", "x", "--out", str(out)])
+    assert exit_.value.code == 2
 
 
 @pytest.mark.slow

@@ -183,7 +183,7 @@ def test_cli_sae_commands_and_interp(tmp_path, capsys):
     assert {r["model"] for r in res} == {"base", "post"}
     assert all(row["explanation"].startswith("words:") for r in res for row in r["features"])
     assert main(["sae", "crosscoder", "--base", base, "--post", post, "--in", data, "--out", str(tmp_path / "cc"),
-                 "--site", "blocks.1.hook_resid_post", "--expansion", "2", *small]) == 0
+                 "--site", "blocks.1.hook_resid_post", "--crosscoder-expansion", "2", *small]) == 0
     assert "before Latent Scaling" in capsys.readouterr().out
     assert main(["sae", "train", "--model", post, "--in", data, "--site", "blocks.0.hook_mlp_out",
                  "--out", str(tmp_path / "one"), "--expansion", "2", *small]) == 0

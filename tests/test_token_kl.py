@@ -60,7 +60,7 @@ def test_diff_kl_cli(tmp_path):
     base, post = save_pair(tmp_path)
     out = tmp_path / "kl"
     assert main(["diff", "kl", "--base", base, "--post", post, "--in", write_records(tmp_path / "r.jsonl"),
-                 "--out", str(out), "--top", "3"]) == 0
+                 "--out", str(out), "--top-positions", "3", "--top-tokens", "3"]) == 0
     summary = json.loads((out / "kl.json").read_text())
     assert len(summary["promoted"]) == 3 and summary["post"] == "post"
     assert len((out / "kl_tokens.jsonl").read_text().splitlines()) == len(PROMPTS)

@@ -57,8 +57,9 @@ def parse_position(p: str | int) -> str | int:
 
 @dataclass
 class CacheConfig:
-    sites: list[str]
-    positions: list[str | int] = field(default_factory=lambda: ["last_completion"])
+    sites: list[str]  # site names, e.g. blocks.2.hook_resid_post
+    positions: list[str | int] = field(default_factory=lambda: ["last_completion"])  # last_completion, last_prompt,
+    # mean_completion, tokens (every completion token) or an integer offset
     batch_size: int = 16  # records per forward pass
     shard_rows: int = 2048  # records per shard file
     dtype: str = "float32"  # storage dtype (float32, float16, bfloat16)

@@ -64,10 +64,10 @@ def world_words() -> AuditWords:
 
 @dataclass
 class PairConfig:
-    attributes: tuple[str, ...] = ATTRIBUTES
+    attributes: tuple[str, ...] = ATTRIBUTES  # edits to generate: sentiment, neutral, length
     n_sources: int = 300  # source texts drawn from the world when no texts are given
     prompt_words: int = 3  # world source texts: the first words form the prompt, the rest the completion
-    seed: int = 0
+    seed: int = 0  # seed of the source texts and the edits
 
 
 def world_sources(n: int, seed: int, prompt_words: int) -> list[dict]:

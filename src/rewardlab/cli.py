@@ -1,54 +1,33 @@
 """The `rewardlab` command. It only parses arguments and delegates; the work lives in the modules.
 
-Every handler imports its module lazily so `rewardlab --help` stays fast. Bad input raises
-`InputError`, printed here as one message with exit code 2.
+A subcommand that runs a method takes its options from the method's config dataclass
+(`add_config_args`): the option's type, choices and default are the field's, its help text the field's
+doc comment. Only the options of the subcommand named on the command line are built, and handlers
+import their modules lazily, so `rewardlab --help` stays fast. Bad input raises `InputError`, printed
+here as one message with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import math
 import sys
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
+from rewardlab.config import field_docs
 from rewardlab.errors import InputError
 
-
-def _world_build(a: argparse.Namespace) -> None:
-    from rewardlab.world import build_world, describe_world
-
-    info = build_world(a.out, preset=a.preset, seed=a.seed)
-    print(describe_world(info, a.out))
+T = TypeVar("T")
+Handler = Callable[[argparse.Namespace], None]
 
 
-def _reward_score(a: argparse.Namespace) -> None:
-    from rewardlab.io import read_jsonl, write_jsonl
-    from rewardlab.rewards import get_reward, score_records
-
-    records = read_jsonl(a.input, required=("prompt", "completion") if a.on == "full" else ("completion",))
-    write_jsonl(a.out, score_records(records, get_reward(a.reward), on=a.on, field=a.field))
-    print(f"scored {len(records)} records with {a.reward} -> {a.out}")
-
-
-def _demo(a: argparse.Namespace) -> None:
-    from rewardlab.pipeline import demo_config, run_config_file, summary_table
-
-    out = a.out or ("runs/demo-fast" if a.fast else "runs/demo")
-    results = run_config_file(demo_config(a.fast), out, seed=a.seed)
-    print(summary_table(results, out))
-
-
-def _run(a: argparse.Namespace) -> None:
-    from rewardlab.pipeline import run_config_file, summary_table
-
-    print(summary_table(run_config_file(a.config, a.out), a.out))
-
-
-def _report(a: argparse.Namespace) -> None:
-    from rewardlab.report import build_report
-
-    print(f"report -> {build_report(a.run)}")
-
+# --- argparse types ---
 
 def _count(text: str) -> int:
     """argparse type: an integer >= 1."""
@@ -90,15 +69,6 @@ def _number_in(text: str, low_open: bool) -> float:
     return value
 
 
-def _bool(text: str) -> bool:
-    """argparse type: true/false, yes/no or 1/0."""
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _out_folder(text: str) -> str:
     """argparse type: an output folder path that is not an existing file."""
     if Path(text).exists() and not Path(text).is_dir():
@@ -113,25 +83,310 @@ def _out_file(text: str) -> str:
     return text
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        raise InputError(f"expected comma-separated integers, got {text!r}", fix="e.g. --layers 0,2")
-    return values
+_ITEMS = {int: "integers", float: "finite numbers", str: "names"}
+_LIST = "A,B,..."  # metavar of a comma-separated list
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        values = ()
-    if not values or not all(math.isfinite(v) for v in values):
-        raise InputError(f"expected comma-separated finite numbers, got {text!r}", fix="e.g. --alpha 0,1,2,4")
-    return values
+def _comma_list(item: type, container: type, size: int | None = None) -> Callable[[str], Sequence]:
+    """argparse type: comma-separated `item`s (`size` of them, when set) as a `container` (list or tuple).
+    Write `--alphas=-1,0,1` when the first value is negative."""
+    def parse(text: str) -> Sequence:
+        try:
+            values = [item(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            values = []
+        if not values or not all(math.isfinite(v) for v in values if isinstance(v, float)):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {_ITEMS[item]}, got {text!r}")
+        if size is not None and len(values) != size:
+            raise argparse.ArgumentTypeError(f"expected {size} comma-separated {_ITEMS[item]}, got {text!r}")
+        return container(values)
 
+    return parse
+
+
+# --- options generated from config dataclasses ---
+
+# Range checks by field name (one name means one thing everywhere), for configs without a `validate()`;
+# configs with one check their own ranges, with their own messages.
+_RANGES: dict[str, Callable[[str], Any]] = {
+    **dict.fromkeys(("batch_size", "max_new_tokens", "num_samples", "n_sources", "shard_rows", "n_boot", "k",
+                     "n_tokens", "top_positions", "top_tokens"), _count),
+    **dict.fromkeys(("n_random", "top_k", "context_tokens"), _count0),
+    **dict.fromkeys(("lr", "beta"), _positive),
+    "l1_coefficient": _nonnegative,
+}
+
+# Allowed values by field name: (module, name of its tuple or dict of the values).
+_CHOICES = {"architecture": ("rewardlab.sae.model", "ARCHITECTURES"),
+            "site_kind": ("rewardlab.sae.diffing", "SAE_SITE_KINDS"),
+            "where": ("rewardlab.steer", "WHERE"),
+            "dtype": ("rewardlab.acts", "STORE_DTYPES"),
+            "kl_estimator": ("rewardlab.rl.config", "KL_ESTIMATORS"),
+            "value_head": ("rewardlab.rl.config", "VALUE_HEAD_KINDS")}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """One leaf field of a config dataclass, as a command-line option."""
+
+    path: tuple[str, ...]  # field names from the config down to the leaf, e.g. ("train", "seed")
+    name: str  # option name without dashes, e.g. "train_seed"
+    annotation: Any
+    default: Any  # None where the field has no default
+    doc: str
+
+    @property
+    def dest(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def config_options(cls: type) -> Iterator[ConfigOption]:
+    """The options of dataclass `cls`. A nested dataclass field is flattened into its own fields; one whose
+    name the outer config also has takes the parent's name as prefix (DiffConfig.train.seed: --train-seed)."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    outer = {f.name for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            for o in config_options(hints[f.name]):
+                name = f"{f.name}_{o.name}" if o.name in outer else o.name
+                yield dataclasses.replace(o, path=(f.name, *o.path), name=name)
+            continue
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        yield ConfigOption((f.name,), f.name, hints[f.name], default, docs.get(f.name, ""))
+
+
+def _argument_kwargs(option: ConfigOption, ranged: bool) -> dict[str, Any]:
+    """argparse keywords for `option`: bools as --flag/--no-flag, sequences as comma lists."""
+    tp = _without_none(option.annotation)
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        size = len(args) if origin is tuple and Ellipsis not in args else None
+        return {"type": _comma_list(_without_none(args[0]), origin, size), "metavar": _LIST}
+    if option.name in _CHOICES:
+        module, name = _CHOICES[option.name]
+        return {"choices": list(getattr(importlib.import_module(module), name))}
+    return {"type": _RANGES[option.name] if ranged and option.name in _RANGES else tp, "metavar": option.name.upper()}
+
+
+def _without_none(tp: Any) -> Any:
+    """`X | None` -> X; a union of several types -> its first (`str | int` positions are read as text)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+
+
+def add_config_args(p: argparse.ArgumentParser, cls: type, required: Sequence[str] = (),
+                    exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
+    """One option per (flattened) field of dataclass `cls`; `required` options have no default, `exclude`d
+    fields (given by the handler) no option, and `defaults` replaces a field's default for this command."""
+    ranged = not hasattr(cls, "validate")
+    for option in config_options(cls):
+        if option.name in exclude:
+            continue
+        kwargs = _argument_kwargs(option, ranged)
+        if kwargs.get("metavar") == _LIST:
+            p.epilog = "Lists are comma-separated; write --name=-1,0,1 when the first value is negative."
+        action = p.add_argument(option.flag, dest=option.dest, required=option.name in required,
+                                help=option.doc.replace("%", "%%"), **kwargs)
+        # set after construction: BooleanOptionalAction would otherwise write the default into the help text
+        action.default = None if option.name in required else (defaults or {}).get(option.name, option.default)
+
+
+def config_from_args(cls: type[T], a: argparse.Namespace, **values: Any) -> T:
+    """Dataclass `cls` from the options `add_config_args` added, nested configs rebuilt, `values` on top;
+    checked with its `validate()` where it has one, so bad settings stop before any work."""
+    def fields_of(tp: type, prefix: str) -> dict[str, Any]:
+        hints = typing.get_type_hints(tp)
+        out = {}
+        for f in dataclasses.fields(tp):
+            if dataclasses.is_dataclass(hints[f.name]):
+                out[f.name] = hints[f.name](**fields_of(hints[f.name], f"{prefix}{f.name}."))
+            elif hasattr(a, prefix + f.name):
+                out[f.name] = getattr(a, prefix + f.name)
+        return out
+
+    cfg = cls(**{**fields_of(cls, ""), **values})
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help texts end with the option's default, a list written as it is typed (a,b,c)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if not action.option_strings or action.required or default is None or default is argparse.SUPPRESS:
+            return action.help or ""
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{action.help or ''} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+# --- hand-written options: inputs that are not config fields, each written once ---
+
+def _add_out(p: argparse.ArgumentParser, help_text: str, file: bool = False, required: bool = True) -> None:
+    p.add_argument("--out", type=_out_file if file else _out_folder, required=required, help=help_text)
+
+
+def _add_in(p: argparse.ArgumentParser, help_text: str = "JSONL with prompt/completion records") -> None:
+    p.add_argument("--in", dest="input", required=True, help=help_text)
+
+
+def _add_model(p: argparse.ArgumentParser, help_text: str = "model folder or name") -> None:
+    p.add_argument("--model", required=True, help=help_text)
+
+
+def _add_pair(p: argparse.ArgumentParser, base_help: str = "base model folder or name") -> None:
+    p.add_argument("--base", required=True, help=base_help)
+    p.add_argument("--post", required=True, help="post-trained model folder or name")
+
+
+def _add_prompts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", required=True, help="JSONL with a prompt field per line")
+
+
+def _add_sites(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sites", default="all", help="comma-separated site names, or all")
+
+
+def _add_device(p: argparse.ArgumentParser, dtype: bool = False) -> None:
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
+    if dtype:
+        p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (log-softmax is float32 regardless)")
+
+
+def _add_llm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    p.add_argument("--llm-model", default=None, help="model name at that endpoint")
+    p.add_argument("--llm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--hf-chat-model", default=None, help="local Hugging Face chat model (instead of an endpoint)")
+    p.add_argument("--llm-cache", default=None, help="folder caching LLM calls (default: no cache)")
+
+
+def _llm_backends(a: argparse.Namespace, check_endpoint: bool = False) -> tuple:
+    from rewardlab.interp.score import make_backends
+
+    return make_backends(a.llm_base_url, a.llm_model, a.llm_key_env, a.hf_chat_model, a.llm_cache,
+                         check_endpoint=check_endpoint)
+
+
+def _sites(model, text: str) -> list[str]:
+    """--sites: all of `model`'s sites, or the comma-separated names."""
+    from rewardlab.sites import all_sites
+
+    return all_sites(model) if text == "all" else text.split(",")
+
+
+# --- commands ---
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its words (("diff", "kl")), one-line help, what adds its options, what runs it."""
+
+    path: tuple[str, ...]
+    help: str
+    add_options: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+
+
+# --- demo, run, report ---
+
+def _demo(a: argparse.Namespace) -> None:
+    from rewardlab.pipeline import demo_config, run_config_file, summary_table
+
+    out = a.out or ("runs/demo-fast" if a.fast else "runs/demo")
+    results = run_config_file(demo_config(a.fast), out, seed=a.seed)
+    print(summary_table(results, out))
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    _add_out(p, "output folder (default: runs/demo, or runs/demo-fast with --fast)", required=False)
+    p.add_argument("--fast", action="store_true", help="the small CI preset (minutes, not tens of minutes)")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+
+
+def _run(a: argparse.Namespace) -> None:
+    from rewardlab.pipeline import run_config_file, summary_table
+
+    print(summary_table(run_config_file(a.config, a.out), a.out))
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (see src/rewardlab/configs/demo.yaml)")
+    _add_out(p, "run folder; finished stages in it are reused")
+
+
+def _report(a: argparse.Namespace) -> None:
+    from rewardlab.report import build_report
+
+    print(f"report -> {build_report(a.run)}")
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (holds results.json)")
+
+
+def _pipeline_commands() -> list[Command]:
+    return [
+        Command(("demo",), "the bundled review-world run: every stage, results.json and report.html",
+                _demo_options, _demo),
+        Command(("run",), "run the pipeline of a YAML config into a run folder (resumable)", _run_options, _run),
+        Command(("report",), "write RUN/report.html from RUN/results.json and its artifacts", _report_options,
+                _report),
+    ]
+
+
+# --- world, reward ---
+
+def _world_build(a: argparse.Namespace) -> None:
+    from rewardlab.world import build_world, describe_world
+
+    info = build_world(a.out, preset=a.preset, seed=a.seed)
+    print(describe_world(info, a.out))
+
+
+def _world_build_options(p: argparse.ArgumentParser) -> None:
+    _add_out(p, "output folder")
+    p.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small"], help="size of the world's model")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corpus and the pretraining")
+
+
+def _reward_score(a: argparse.Namespace) -> None:
+    from rewardlab.io import read_jsonl, write_jsonl
+    from rewardlab.rewards import get_reward, score_records
+
+    records = read_jsonl(a.input, required=("prompt", "completion") if a.on == "full" else ("completion",))
+    write_jsonl(a.out, score_records(records, get_reward(a.reward), on=a.on, field=a.field))
+    print(f"scored {len(records)} records with {a.reward} -> {a.out}")
+
+
+def _reward_score_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reward", required=True, help="utility | char:X | classifier:PATH[:LABEL] | rm:PATH")
+    _add_in(p)
+    _add_out(p, "output JSONL", file=True)
+    p.add_argument("--on", default="completion", choices=["completion", "full"],
+                   help="score the completion only or prompt + completion")
+    p.add_argument("--field", default="reward", help="name of the added field")
+
+
+def _world_commands() -> list[Command]:
+    return [
+        Command(("world", "build"), "build the review world into a folder", _world_build_options, _world_build),
+        Command(("reward", "score"), "add a reward field to each record of a JSONL file", _reward_score_options,
+                _reward_score),
+    ]
+
+
+# --- diff, score, sample, audit ---
 
 def _diff_params(a: argparse.Namespace) -> None:
     from rewardlab.diff.params import parameter_divergence, write_divergence
@@ -145,6 +400,11 @@ def _diff_params(a: argparse.Namespace) -> None:
     print(f"blocks that changed most: {', '.join(summary['top_blocks'])} -> {a.out}/params.json")
 
 
+def _diff_params_options(p: argparse.ArgumentParser) -> None:
+    _add_pair(p)
+    _add_out(p, "output folder")
+
+
 def _diff_kl(a: argparse.Namespace) -> None:
     from rewardlab.diff.kl import KLConfig, token_kl
     from rewardlab.io import read_jsonl, write_json, write_jsonl
@@ -153,9 +413,8 @@ def _diff_kl(a: argparse.Namespace) -> None:
 
     records = read_jsonl(a.input, required=("prompt", "completion"))
     pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32")
-    cfg = KLConfig(batch_size=a.batch_size, top_positions=a.top, top_tokens=a.top, chat_template=a.chat_template)
     summary, rows = token_kl(pair.base, pair.post, pair.tokenizer, [r["prompt"] for r in records],
-                             [r["completion"] for r in records], cfg)
+                             [r["completion"] for r in records], config_from_args(KLConfig, a))
     summary.update(base=model_id(a.base), post=model_id(a.post))
     write_json(f"{a.out}/kl.json", summary)
     write_jsonl(f"{a.out}/kl_tokens.jsonl", [{**r, **k} for r, k in zip(records, rows)])
@@ -166,6 +425,16 @@ def _diff_kl(a: argparse.Namespace) -> None:
     print(f"-> {a.out}/kl.json")
 
 
+def _diff_kl_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.diff.kl import KLConfig
+
+    _add_pair(p)
+    _add_in(p)
+    _add_out(p, "output folder (kl.json, kl_tokens.jsonl)")
+    add_config_args(p, KLConfig)
+    _add_device(p)
+
+
 def _score(a: argparse.Namespace) -> None:
     from rewardlab.diff.implicit import ScoreConfig, score_records
     from rewardlab.io import read_jsonl, write_jsonl
@@ -174,13 +443,24 @@ def _score(a: argparse.Namespace) -> None:
 
     records = read_jsonl(a.input, required=("prompt", "completion"))
     pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype)
-    cfg = ScoreConfig(beta=a.beta, batch_size=a.batch_size, chat_template=a.chat_template, per_token=a.per_token)
-    rows = score_records(pair.base, pair.post, pair.tokenizer, records, cfg,
+    rows = score_records(pair.base, pair.post, pair.tokenizer, records, config_from_args(ScoreConfig, a),
                          reward=get_reward(a.reward) if a.reward else None,
                          rm=get_reward(f"rm:{a.rm}", device=a.device) if a.rm else None,
                          base_name=model_id(a.base), post_name=model_id(a.post))
     write_jsonl(a.out, rows)
     print(f"scored {len(rows)} records (implicit reward vs reference {model_id(a.base)}) -> {a.out}")
+
+
+def _score_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.diff.implicit import ScoreConfig
+
+    _add_pair(p, base_help="reference model (for a DPO policy: its reference)")
+    _add_in(p)
+    _add_out(p, "output JSONL", file=True)
+    add_config_args(p, ScoreConfig)
+    p.add_argument("--reward", default=None, help="also score the true reward with this reward spec")
+    p.add_argument("--rm", default=None, help="also score with this Hugging Face reward model folder")
+    _add_device(p, dtype=True)
 
 
 def _sample_divergent(a: argparse.Namespace) -> None:
@@ -189,9 +469,7 @@ def _sample_divergent(a: argparse.Namespace) -> None:
     from rewardlab.models import ModelPair
 
     prompts = [r["prompt"] for r in read_jsonl(a.prompts, required=("prompt",))]
-    cfg = DivergentConfig(alphas=_floats(a.alpha), plausibility=a.plausibility, temperature=a.temperature,
-                          top_p=a.top_p, max_new_tokens=a.max_new_tokens, num_samples=a.num_samples,
-                          batch_size=a.batch_size, seed=a.seed)
+    cfg = config_from_args(DivergentConfig, a)
     pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype)
     rows = sample_divergent(pair.base, pair.post, pair.tokenizer, prompts, cfg)
     write_jsonl(a.out, rows)
@@ -201,12 +479,21 @@ def _sample_divergent(a: argparse.Namespace) -> None:
     print(f"-> {a.out}")
 
 
+def _sample_divergent_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.diff.divergent import DivergentConfig
+
+    _add_pair(p)
+    _add_prompts(p)
+    _add_out(p, "output JSONL, one line per sample", file=True)
+    add_config_args(p, DivergentConfig)
+    _add_device(p, dtype=True)
+
+
 def _audit(a: argparse.Namespace) -> None:
     from rewardlab.audit import (PairConfig, audit, format_table, get_scorer, load_template, make_pairs,
                                  read_pairs, world_sources, world_words, write_audit)
 
-    attributes = tuple(x.strip() for x in a.attributes.split(",") if x.strip())
-    cfg = PairConfig(attributes=attributes, n_sources=a.n_sources, seed=a.seed)
+    cfg = config_from_args(PairConfig, a)
     if a.pairs:
         pairs = read_pairs(a.pairs)
     elif a.template:
@@ -214,84 +501,146 @@ def _audit(a: argparse.Namespace) -> None:
     else:
         pairs = make_pairs(world_sources(cfg.n_sources, cfg.seed, cfg.prompt_words), world_words(), cfg)
     scorer = get_scorer(a.rm, ref=a.ref, ref_free=a.ref_free, beta=a.beta, device=a.device)
-    results, rows = audit(scorer, pairs, seed=a.seed)
+    results, rows = audit(scorer, pairs, seed=cfg.seed)
     write_audit(a.out, results, rows)
     print(format_table(results))
     print(f"-> {a.out}/results.json, {a.out}/scores.jsonl")
 
 
-def _config_from_args(cls, a: argparse.Namespace):
-    """A dataclass config from the parsed `--field` options that `_add_config_args` added."""
-    import dataclasses
+def _audit_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.audit import PairConfig
 
-    return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if hasattr(a, f.name)})
+    p.add_argument("--rm", required=True, help="reward spec (utility, rm:PATH, classifier:PATH) or dpo:POLICY")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--pairs", default=None, help="JSONL with prompt/chosen/rejected (optional attribute)")
+    source.add_argument("--template", default=None, help="template JSON (texts, word lists); default: review world")
+    add_config_args(p, PairConfig)
+    p.add_argument("--ref", default=None, help="reference model for dpo:POLICY")
+    p.add_argument("--ref-free", default="sum", choices=["sum", "mean", "norm"],
+                   help="score of dpo:POLICY without --ref: sum, mean, or -L2 norm of log-probs")
+    p.add_argument("--beta", type=_positive, default=1.0, help="scale of dpo:POLICY's log-ratio")
+    _add_out(p, "output folder (results.json, scores.jsonl)")
+    _add_device(p)
 
 
-def _add_config_args(p: argparse.ArgumentParser, cls, required: tuple[str, ...] = ()) -> None:
-    """One `--field-name` option per field of a dataclass config, typed and defaulted from it."""
-    import dataclasses
+def _diff_commands() -> list[Command]:
+    return [
+        Command(("diff", "params"), "parameter divergence per layer: ranked JSON, CSV and bar plot",
+                _diff_params_options, _diff_params),
+        Command(("diff", "kl"), "per-token KL(post || base) on completions; most changed tokens", _diff_kl_options,
+                _diff_kl),
+        Command(("score",), "implicit reward beta*sum log(pi_post/pi_base) of each completion", _score_options,
+                _score),
+        Command(("sample", "divergent"), "sample from post + alpha * (post - base) with a plausibility mask",
+                _sample_divergent_options, _sample_divergent),
+        Command(("audit",), "audit a reward model on minimal pairs (accuracy, ties lose)", _audit_options, _audit),
+    ]
 
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
-        if kind == "bool":
-            p.add_argument(flag, dest=f.name, type=_bool, default=f.default,
-                           metavar="BOOL", help=f"default {f.default}")
-            continue
-        convert = int if kind.startswith("int") else float if kind.startswith("float") else str
-        p.add_argument(flag, dest=f.name, type=convert, default=None if f.name in required else f.default,
-                       required=f.name in required, help=f"default {f.default}" if f.name not in required else None)
+
+# --- train, data ---
+
+def _print_summary(summary: dict) -> None:
+    from rewardlab.io import dumps
+
+    print(dumps({k: v for k, v in summary.items() if not k.endswith("_ci")}, indent=2))
 
 
 def _train_ppo(a: argparse.Namespace) -> None:
-    from rewardlab.io import dumps
     from rewardlab.rl.config import PPOConfig
     from rewardlab.rl.ppo import train_ppo
 
-    summary = train_ppo(_config_from_args(PPOConfig, a), a.out)
-    print(dumps({k: v for k, v in summary.items() if not k.endswith("_ci")}, indent=2))
+    _print_summary(train_ppo(config_from_args(PPOConfig, a), a.out))
+
+
+def _train_ppo_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.rl.config import PPOConfig
+
+    _add_out(p, "output folder (resumes from its checkpoint)")
+    add_config_args(p, PPOConfig, required=("base",))
 
 
 def _train_dpo(a: argparse.Namespace) -> None:
-    from rewardlab.io import dumps
     from rewardlab.rl.config import DPOTrainConfig
     from rewardlab.rl.dpo import train_dpo
 
-    summary = train_dpo(_config_from_args(DPOTrainConfig, a), a.out)
-    print(dumps({k: v for k, v in summary.items() if not k.endswith("_ci")}, indent=2))
+    _print_summary(train_dpo(config_from_args(DPOTrainConfig, a), a.out))
+
+
+def _train_dpo_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.rl.config import DPOTrainConfig
+
+    _add_out(p, "output folder")
+    add_config_args(p, DPOTrainConfig, required=("base", "pairs"))
 
 
 def _train_sweep(a: argparse.Namespace) -> None:
     from rewardlab.rl.config import PPOConfig
     from rewardlab.rl.sweep import sweep_kl
 
-    table = sweep_kl(_config_from_args(PPOConfig, a), _floats(a.kl_coefs), a.out)
-    print(table)
+    print(sweep_kl(config_from_args(PPOConfig, a), a.kl_coefs, a.out))
+
+
+def _train_sweep_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.rl.config import PPOConfig
+
+    _add_out(p, "output folder (one run per coefficient, plus frontier.*)")
+    p.add_argument("--kl-coefs", required=True, type=_comma_list(float, tuple), metavar=_LIST,
+                   help="KL coefficients, one PPO run each, e.g. 0,0.05,0.1,0.3")
+    add_config_args(p, PPOConfig, required=("base",), exclude=("kl_coef",))
 
 
 def _data_pairs(a: argparse.Namespace) -> None:
     from rewardlab.rl.config import PairsConfig
     from rewardlab.rl.pairs import make_pairs
 
-    stats = make_pairs(_config_from_args(PairsConfig, a), a.out)
+    stats = make_pairs(config_from_args(PairsConfig, a), a.out)
     print(f"wrote {stats['n_pairs']} pairs ({stats['n_ties']} ties dropped, mean margin "
           f"{stats['mean_margin']:.3f}) -> {a.out}")
 
+
+def _data_pairs_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.rl.config import PairsConfig
+
+    _add_out(p, "output JSONL", file=True)
+    add_config_args(p, PairsConfig, required=("model",))
+
+
+def _train_commands() -> list[Command]:
+    return [
+        Command(("train", "ppo"), "PPO with a value head and KL control against the frozen base", _train_ppo_options,
+                _train_ppo),
+        Command(("train", "dpo"), "DPO (TRL) on preference pairs", _train_dpo_options, _train_dpo),
+        Command(("train", "sweep"), "PPO at several KL coefficients: reward against exact KL", _train_sweep_options,
+                _train_sweep),
+        Command(("data", "pairs"), "sample, score and write prompt/chosen/rejected preference pairs",
+                _data_pairs_options, _data_pairs),
+    ]
+
+
+# --- acts, probe, steer ---
 
 def _acts_cache(a: argparse.Namespace) -> None:
     from rewardlab.acts import CacheConfig, cache_activations
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
-    from rewardlab.sites import all_sites
 
     model, tokenizer = load_model(a.model, device=a.device)
     records = read_jsonl(a.input, required=("prompt", "completion"))
-    sites = all_sites(model) if a.sites == "all" else a.sites.split(",")
-    cfg = CacheConfig(sites=sites, positions=a.positions.split(","), batch_size=a.batch_size,
-                      shard_rows=a.shard_rows, dtype=a.dtype)
+    cfg = config_from_args(CacheConfig, a, sites=_sites(model, a.sites))
     store = cache_activations(model, tokenizer, records, a.out, cfg, model_name=a.model)
     print(f"cached {len(store)} records x {len(store.sites)} sites x {len(store.positions)} positions "
           f"({len(store.manifest['shards'])} shards) -> {a.out}")
+
+
+def _acts_cache_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.acts import CacheConfig
+
+    _add_model(p)
+    _add_in(p)
+    _add_sites(p)
+    add_config_args(p, CacheConfig, exclude=("sites",))
+    _add_out(p, "output folder")
+    _add_device(p)
 
 
 def _probe_sweep(a: argparse.Namespace) -> None:
@@ -299,19 +648,18 @@ def _probe_sweep(a: argparse.Namespace) -> None:
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
     from rewardlab.probes.sweep import SweepConfig, sweep
-    from rewardlab.sites import all_sites
     from rewardlab.stats import describe
 
-    records = read_jsonl(a.input, required=("prompt", "completion"), numbers=(a.target,))
+    cfg = config_from_args(SweepConfig, a)
+    records = read_jsonl(a.input, required=("prompt", "completion"), numbers=(cfg.target,))
     stores = {}
     for name, path in (("post", a.model), ("base", a.base)):
         if path is None:
             continue
         model, tokenizer = load_model(path, device=a.device)
-        sites = all_sites(model) if a.sites == "all" else a.sites.split(",")
-        cfg = CacheConfig(sites=sites, positions=a.positions.split(","), batch_size=a.batch_size)
-        stores[name] = cache_activations(model, tokenizer, records, Path(a.out) / f"acts-{name}", cfg, path)
-    result = sweep(stores, SweepConfig(target=a.target, seed=a.seed, n_boot=a.n_boot), a.out)
+        cache_cfg = config_from_args(CacheConfig, a, sites=_sites(model, a.sites))
+        stores[name] = cache_activations(model, tokenizer, records, Path(a.out) / f"acts-{name}", cache_cfg, path)
+    result = sweep(stores, cfg, a.out)
     for name, r in result["models"].items():
         best, sp = r["best"], r["best"]["test"]["spearman"]
         print(f"{name}: best {best['site']} @ {best['position']}: test Spearman {describe(sp)}, "
@@ -319,68 +667,113 @@ def _probe_sweep(a: argparse.Namespace) -> None:
     print(f"-> {a.out}/sweep.json, heatmaps, probe-*.safetensors")
 
 
-def _steer(a: argparse.Namespace) -> None:
+def _probe_sweep_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.acts import CacheConfig
+    from rewardlab.stages.probes import Config as ProbesConfig
+    from rewardlab.probes.sweep import SweepConfig
+
+    _add_model(p, "post-trained model folder or name")
+    p.add_argument("--base", default=None, help="base model, swept beside it on the same split")
+    _add_in(p, "JSONL with prompt, completion and the target")
+    _add_sites(p)
+    add_config_args(p, SweepConfig)
+    add_config_args(p, CacheConfig, exclude=("sites",), defaults={"positions": list(ProbesConfig.positions)})
+    _add_out(p, "output folder")
+    _add_device(p)
+
+
+def _steer_direction(a: argparse.Namespace, model, tokenizer):
+    """(direction, site, probe that defines it or None) for --direction."""
     from rewardlab.acts import collect_activations
+    from rewardlab.io import read_jsonl
+    from rewardlab.probes.cross import mean_difference_direction
+    from rewardlab.probes.linear import load_probe
+    from rewardlab.steer import reward_gradient_direction
+
+    if a.direction not in ("mean-diff", "reward-gradient"):
+        probe = load_probe(a.direction)
+        return probe.direction(), a.site or probe.meta.get("site"), probe
+    if not a.site or not a.records:
+        raise InputError(f"--direction {a.direction} needs --site and --records (JSONL with a reward field)")
+    records = read_jsonl(a.records, required=("prompt", "completion"), numbers=(a.target,))
+    target = [r[a.target] for r in records]
+    if a.direction == "mean-diff":
+        x = collect_activations(model, tokenizer, records, [a.site], [a.position])[f"{a.site}|{a.position}"]
+        return mean_difference_direction(x.numpy(), target), a.site, None
+    return reward_gradient_direction(model, tokenizer, [r["prompt"] for r in records],
+                                     [r["completion"] for r in records], target, a.site, a.where), a.site, None
+
+
+def _steer(a: argparse.Namespace) -> None:
     from rewardlab.io import read_jsonl, write_json
     from rewardlab.models import load_model
-    from rewardlab.probes.cross import mean_difference_direction
     from rewardlab.probes.linear import load_probe
     from rewardlab.rewards import get_reward
     from rewardlab.stats import describe
-    from rewardlab.steer import SteerConfig, dose_response, reward_gradient_direction
-
-    model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
-    probe = load_probe(a.probe) if a.probe else None
-    if a.direction in ("mean-diff", "reward-gradient"):
-        if not a.site or not a.records:
-            raise InputError(f"--direction {a.direction} needs --site and --records (JSONL with a reward field)")
-        records = read_jsonl(a.records, required=("prompt", "completion"), numbers=(a.target,))
-        site, target = a.site, [r[a.target] for r in records]
-        if a.direction == "mean-diff":
-            x = collect_activations(model, tokenizer, records, [site], [a.position])[f"{site}|{a.position}"]
-            direction = mean_difference_direction(x.numpy(), target)
-        else:
-            direction = reward_gradient_direction(model, tokenizer, [r["prompt"] for r in records],
-                                                  [r["completion"] for r in records], target, site, a.where)
-    else:
-        direction_probe = load_probe(a.direction)
-        direction, site = direction_probe.direction(), a.site or direction_probe.meta.get("site")
-        probe = probe or direction_probe
+    from rewardlab.steer import SteerConfig, dose_response
     from rewardlab.world import is_grammatical
 
+    model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
+    direction, site, direction_probe = _steer_direction(a, model, tokenizer)
+    probe = load_probe(a.probe) if a.probe else direction_probe
     checker = is_grammatical if a.grammar else None  # called as checker(completion, prompt)
     base = load_model(a.base, device=a.device, dtype="float32")[0] if a.base else None
     prompts = [r["prompt"] for r in read_jsonl(a.prompts, required=("prompt",))]
     neutral = [r["prompt"] for r in read_jsonl(a.neutral, required=("prompt",))] if a.neutral else None
-    cfg = SteerConfig(site=site, alphas=_floats(a.alphas), where=a.where, n_random=a.n_random,
-                      max_new_tokens=a.max_new_tokens, seed=a.seed)
-    name = a.direction if a.direction in ("mean-diff", "reward-gradient") else "probe"
-    result = dose_response(model, tokenizer, prompts, {name: direction}, cfg, get_reward(a.reward),
-                           probe=probe, base=base, checker=checker, neutral_prompts=neutral, out=a.out)
+    name = "probe" if direction_probe else a.direction
+    result = dose_response(model, tokenizer, prompts, {name: direction}, config_from_args(SteerConfig, a, site=site),
+                           get_reward(a.reward), probe=probe, base=base, checker=checker, neutral_prompts=neutral,
+                           out=a.out)
     write_json(Path(a.out) / "steering.json", result)
     steered = result["directions"][name]
     for row in steered["rows"]:
-        m = row["reward_mean"]
-        print(f"alpha {row['alpha']:+.3g}: reward {describe(m)}")
+        print(f"alpha {row['alpha']:+.3g}: reward {describe(row['reward_mean'])}")
     s = steered["summary"]
     print(f"largest random |effect| {s['random_max_abs_effect']:.3f}; effect / random {s['effect_over_random']:.2f}"
           f" -> {a.out}/steering.json, dose_response.png")
 
 
-def _sae_diff_config(a: argparse.Namespace):
-    from rewardlab.sae.diffing import DiffConfig
-    from rewardlab.sae.train import TrainConfig
+def _steer_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.steer import SteerConfig
 
-    train = TrainConfig(batch_size=a.batch_size, n_tokens=a.n_tokens, lr=a.lr, seed=a.seed)
-    layers = _ints(a.layers) if getattr(a, "layers", None) else None
-    return DiffConfig(n_layers=getattr(a, "n_layers", 1), layers=layers, site_kind=getattr(a, "site_kind", "hook_resid_post"),
-                      architecture=getattr(a, "arch", "batchtopk"), k=a.k,
-                      n_top_features=getattr(a, "n_top_features", 30),
-                      relevance_saes=getattr(a, "relevance_saes", 2), crosscoder_expansion=getattr(a, "expansion", 4),
-                      train=train, seed=a.seed)
+    _add_model(p)
+    p.add_argument("--direction", required=True,
+                   help="probe.safetensors, mean-diff (high minus low reward records), or reward-gradient (the "
+                        "score-function gradient of the reward; --records must be the model's own samples); "
+                        "the last two need --records and --site")
+    p.add_argument("--site", default=None, help="site to steer (default: the probe's site)")
+    _add_prompts(p)
+    p.add_argument("--records", default=None, help="JSONL with prompt/completion/target for mean-diff, reward-gradient")
+    p.add_argument("--target", default="reward", help="numeric record field of --records")
+    p.add_argument("--position", default="last_completion", help="position of the mean-diff activations")
+    p.add_argument("--probe", default=None, help="probe to score steered texts with")
+    p.add_argument("--base", default=None, help="base model for the implicit reward")
+    p.add_argument("--reward", default="utility", help="true reward spec (see reward score)")
+    p.add_argument("--grammar", action="store_true", help="report the review world's grammatical rate")
+    p.add_argument("--neutral", default=None, help="JSONL prompts for the next-token KL (default: --prompts)")
+    add_config_args(p, SteerConfig, exclude=("site",))
+    _add_out(p, "output folder (steering.json, dose_response.png)")
+    _add_device(p)
 
 
-def _sae_models(a: argparse.Namespace):
+def _acts_commands() -> list[Command]:
+    return [
+        Command(("acts", "cache"), "cache activations of prompt/completion records (sharded, resumable)",
+                _acts_cache_options, _acts_cache),
+        Command(("probe", "sweep"), "a probe per layer x site x position, for the model and its base",
+                _probe_sweep_options, _probe_sweep),
+        Command(("steer",), "steer generation along a direction; dose-response with random controls", _steer_options,
+                _steer),
+    ]
+
+
+# --- sae, interp ---
+
+_COMPARE_ONLY = ("n_layers", "layers", "site_kind", "architecture", "l1_coefficient", "tied", "expansions",
+                 "shared_threshold", "n_top_features", "relevance_saes", "headline_expansion")  # unused by crosscoder
+
+
+def _sae_pair(a: argparse.Namespace):
     from rewardlab.io import read_jsonl
     from rewardlab.models import ModelPair
 
@@ -388,15 +781,24 @@ def _sae_models(a: argparse.Namespace):
     return pair, read_jsonl(a.input, required=("prompt", "completion"))
 
 
+def _sae_pair_options(p: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
+    from rewardlab.sae.diffing import DiffConfig
+
+    _add_pair(p)
+    _add_in(p, "JSONL with prompt/completion (and reward) records")
+    _add_out(p, "output folder")
+    add_config_args(p, DiffConfig, exclude=exclude)
+    _add_device(p)
+
+
 def _sae_compare(a: argparse.Namespace) -> None:
-    from rewardlab.interp.score import make_backends
-    from rewardlab.sae.diffing import compare_models
+    from rewardlab.sae.diffing import DiffConfig, compare_models
     from rewardlab.stats import describe
 
-    backends = make_backends(a.llm_base_url, a.llm_model, a.llm_key_env, a.hf_chat_model, a.llm_cache,
-                             check_endpoint=True)
-    pair, records = _sae_models(a)
-    res = compare_models(pair.base, pair.post, pair.tokenizer, records, a.out, _sae_diff_config(a), *backends,
+    cfg = config_from_args(DiffConfig, a)
+    backends = _llm_backends(a, check_endpoint=True)
+    pair, records = _sae_pair(a)
+    res = compare_models(pair.base, pair.post, pair.tokenizer, records, a.out, cfg, *backends,
                          base_name=a.base, post_name=a.post)
     for L, layer in res["by_layer"].items():
         for name, m in layer["models"].items():
@@ -415,17 +817,28 @@ def _sae_compare(a: argparse.Namespace) -> None:
     print(f"-> {a.out}/sae_compare.json, {a.out}/features.json")
 
 
-def _sae_crosscoder(a: argparse.Namespace) -> None:
-    from rewardlab.sae.diffing import crosscoder_models
+def _sae_compare_options(p: argparse.ArgumentParser) -> None:
+    _sae_pair_options(p)
+    _add_llm_args(p)
 
-    pair, records = _sae_models(a)
-    res = crosscoder_models(pair.base, pair.post, pair.tokenizer, records, a.out, a.site, _sae_diff_config(a))
+
+def _sae_crosscoder(a: argparse.Namespace) -> None:
+    from rewardlab.sae.diffing import DiffConfig, crosscoder_models
+
+    cfg = config_from_args(DiffConfig, a)
+    pair, records = _sae_pair(a)
+    res = crosscoder_models(pair.base, pair.post, pair.tokenizer, records, a.out, a.site, cfg)
     print(f"crosscoder at {a.site}: before Latent Scaling {res['counts_before']}; after {res['counts_after']}")
     for latent in res["post_only"][:10]:
         tops = ", ".join(e["token"] for e in latent.get("top_examples", []))
         print(f"  post-only latent {latent['latent']} (r={latent['relative_norm']:.3f}, "
               f"false={latent['false_post_only']}): {tops}")
     print(f"-> {a.out}/crosscoder.json")
+
+
+def _sae_crosscoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", required=True, help="site the crosscoder reads, e.g. blocks.2.hook_resid_post")
+    _sae_pair_options(p, exclude=_COMPARE_ONLY)
 
 
 def _sae_train(a: argparse.Namespace) -> None:
@@ -435,24 +848,35 @@ def _sae_train(a: argparse.Namespace) -> None:
     from rewardlab.sae.model import SAEConfig
     from rewardlab.sae.train import TrainConfig
 
+    train_cfg = config_from_args(TrainConfig, a)
     model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
     records = read_jsonl(a.input, required=("prompt", "completion"))
     d = model.config.hidden_size
-    sae_cfg = SAEConfig(d_in=d, d_sae=a.expansion * d, architecture=a.arch, k=a.k, l1_coefficient=a.l1,
-                        tied=a.tied, hook_name=a.site)
-    m = train_site_sae(model, tokenizer, records, a.site, a.out, sae_cfg,
-                       TrainConfig(batch_size=a.batch_size, n_tokens=a.n_tokens, lr=a.lr, seed=a.seed))
-    print(f"{a.arch} SAE {d}->{a.expansion * d} at {a.site}: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, "
+    sae_cfg = config_from_args(SAEConfig, a, d_in=d, d_sae=a.expansion * d, hook_name=a.site)
+    m = train_site_sae(model, tokenizer, records, a.site, a.out, sae_cfg, train_cfg)
+    print(f"{sae_cfg.architecture} SAE {d}->{sae_cfg.d_sae} at {a.site}: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, "
           f"dead {m['dead_fraction']:.3f}, dense {m['dense_fraction']:.3f}, CE recovered {m['ce_loss_recovered']:.3f}, "
           f"KL {m['kl_sae']:.4f} (zero ablation {m['kl_zero']:.3f}) -> {a.out}/sae, {a.out}/metrics.json")
 
 
+def _sae_train_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.sae.model import SAEConfig
+    from rewardlab.sae.train import TrainConfig
+
+    _add_model(p)
+    _add_in(p)
+    p.add_argument("--site", required=True, help="site the SAE reads, e.g. blocks.2.hook_resid_post")
+    p.add_argument("--expansion", type=_count, default=4, help="dictionary width: d_sae = expansion x d_model")
+    add_config_args(p, SAEConfig, exclude=("d_in", "d_sae", "hook_name"))
+    add_config_args(p, TrainConfig)
+    _add_out(p, "output folder (sae/, metrics.json)")
+    _add_device(p)
+
+
 def _interp(a: argparse.Namespace) -> None:
-    from rewardlab.interp.score import make_backends
     from rewardlab.sae.diffing import interp_features_file
 
-    backends = make_backends(a.llm_base_url, a.llm_model, a.llm_key_env, a.hf_chat_model, a.llm_cache)
-    res = interp_features_file(a.features, a.out, *backends, workers=a.workers)
+    res = interp_features_file(a.features, a.out, *_llm_backends(a), workers=a.workers)
     for entry in res["results"]:
         s = entry["summary"]
         sim, wrong = s.get("simulation", {}), s.get("wrong_simulation", {})
@@ -461,276 +885,63 @@ def _interp(a: argparse.Namespace) -> None:
     print(f"-> {a.out}")
 
 
-def _add_sae_args(p: argparse.ArgumentParser, k: int = 16) -> None:
-    p.add_argument("--k", type=_count, default=k, help="active latents per token (topk, batchtopk)")
-    p.add_argument("--batch-size", type=_count, default=1024, help="tokens per step")
-    p.add_argument("--n-tokens", type=_count, default=2_000_000, help="training tokens")
-    p.add_argument("--lr", type=_positive, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+def _interp_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", required=True, help="features.json written by `rewardlab sae compare`")
+    _add_out(p, "output JSON", file=True)
+    p.add_argument("--workers", type=_count, default=8, help="concurrent LLM calls")
+    _add_llm_args(p)
 
 
-def _add_llm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    p.add_argument("--llm-model", default=None, help="model name at that endpoint")
-    p.add_argument("--llm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--hf-chat-model", default=None, help="local Hugging Face chat model (instead of an endpoint)")
-    p.add_argument("--llm-cache", default=None, help="folder caching LLM calls (default: no cache)")
+def _sae_commands() -> list[Command]:
+    return [
+        Command(("sae", "train"), "train one SAE on a model's completion tokens at a site", _sae_train_options,
+                _sae_train),
+        Command(("sae", "compare"), "the seed pipeline: layer ranking, 1x/2x dictionaries, MMCS, explanations",
+                _sae_compare_options, _sae_compare),
+        Command(("sae", "crosscoder"), "BatchTopK crosscoder over base+post activations, with Latent Scaling",
+                _sae_crosscoder_options, _sae_crosscoder),
+        Command(("interp",), "explain and score SAE features (offline lexical, or an LLM)", _interp_options, _interp),
+    ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+_GROUPS = {
+    "world": "the review world: a grammar, tokenizer and base model with a known reward",
+    "reward": "score texts with a reward function",
+    "diff": "what changed between a base and a post-trained model",
+    "sample": "sample completions",
+    "train": "post-train a model against a known reward (PPO, DPO, KL sweep)",
+    "data": "make training data",
+    "acts": "activation store: cache site activations to disk",
+    "probe": "reward probes on activations",
+    "sae": "sparse autoencoders and crosscoders for model diffing",
+}
+
+
+def commands() -> list[Command]:
+    """Every subcommand, in the order `rewardlab --help` lists them."""
+    return [*_pipeline_commands(), *_world_commands(), *_diff_commands(), *_train_commands(), *_acts_commands(),
+            *_sae_commands()]
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The `rewardlab` parser. Given `argv`, only the subcommand it names gets its options, so the others'
+    config modules (some import torch) stay unimported; without, every subcommand gets them."""
     parser = argparse.ArgumentParser(
         prog="rewardlab",
         description="Reward interpretability: what did post-training teach a language model about reward?",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    # --- demo ---
-    p = commands.add_parser("demo", help="the bundled review-world run: every stage, results.json and report.html")
-    p.add_argument("--out", type=_out_folder, default=None, help="output folder (default: runs/demo)")
-    p.add_argument("--fast", action="store_true", help="the small CI preset (minutes, not tens of minutes)")
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.set_defaults(func=_demo)
-
-    # --- run ---
-    p = commands.add_parser("run", help="run the pipeline of a YAML config into a run folder (resumable)")
-    p.add_argument("config", help="YAML config (see src/rewardlab/configs/demo.yaml)")
-    p.add_argument("--out", type=_out_folder, required=True, help="run folder; finished stages in it are reused")
-    p.set_defaults(func=_run)
-
-    # --- world ---
-    world = commands.add_parser("world", help="the review world: a grammar, tokenizer and base model with a known reward")
-    world_cmds = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
-    p = world_cmds.add_parser("build", help="build the review world into a folder")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
-    p.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small"])
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_world_build)
-
-    # --- reward ---
-    reward = commands.add_parser("reward", help="score texts with a reward function")
-    reward_cmds = reward.add_subparsers(dest="reward_command", required=True, metavar="ACTION")
-    p = reward_cmds.add_parser("score", help="add a reward field to each record of a JSONL file")
-    p.add_argument("--reward", required=True, help="utility | char:X | classifier:PATH[:LABEL] | rm:PATH")
-    p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--out", type=_out_file, required=True, help="output JSONL")
-    p.add_argument("--on", default="completion", choices=["completion", "full"],
-                   help="score the completion only (default) or prompt + completion")
-    p.add_argument("--field", default="reward", help="name of the added field")
-    p.set_defaults(func=_reward_score)
-
-    # --- report ---
-    p = commands.add_parser("report", help="write RUN/report.html from RUN/results.json and its artifacts")
-    p.add_argument("run", help="run folder (holds results.json)")
-    p.set_defaults(func=_report)
-
-    # --- diff ---
-    diff = commands.add_parser("diff", help="what changed between a base and a post-trained model")
-    diff_cmds = diff.add_subparsers(dest="diff_command", required=True, metavar="ACTION")
-    p = diff_cmds.add_parser("params", help="parameter divergence per layer: ranked JSON, CSV and bar plot")
-    p.add_argument("--base", required=True, help="base model folder or name")
-    p.add_argument("--post", required=True, help="post-trained model folder or name")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
-    p.set_defaults(func=_diff_params)
-    p = diff_cmds.add_parser("kl", help="per-token KL(post || base) on completions; most changed tokens")
-    p.add_argument("--base", required=True)
-    p.add_argument("--post", required=True)
-    p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder (kl.json, kl_tokens.jsonl)")
-    p.add_argument("--top", type=_count, default=20, help="positions and tokens listed")
-    p.add_argument("--batch-size", type=_count, default=16)
-    p.add_argument("--chat-template", action="store_true", help="wrap prompts with the tokenizer's chat template")
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_diff_kl)
-
-    # --- score ---
-    p = commands.add_parser("score", help="implicit reward beta*sum log(pi_post/pi_base) of each completion")
-    p.add_argument("--base", required=True, help="reference model (for a DPO policy: its reference)")
-    p.add_argument("--post", required=True, help="post-trained model")
-    p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--out", type=_out_file, required=True, help="output JSONL")
-    p.add_argument("--beta", type=_positive, default=1.0, help="scale of the log-ratio (1 = nats; DPO's is 0.1)")
-    p.add_argument("--reward", default=None, help="also score the true reward with this reward spec")
-    p.add_argument("--rm", default=None, help="also score with this Hugging Face reward model folder")
-    p.add_argument("--per-token", action="store_true", help="write the per-token log-ratio vector")
-    p.add_argument("--chat-template", action="store_true", help="wrap prompts with the tokenizer's chat template")
-    p.add_argument("--batch-size", type=_count, default=16)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="model dtype (log-softmax is float32 regardless)")
-    p.set_defaults(func=_score)
-
-    # --- sample divergent ---
-    sample = commands.add_parser("sample", help="sample completions")
-    sample_cmds = sample.add_subparsers(dest="sample_command", required=True, metavar="ACTION")
-    p = sample_cmds.add_parser("divergent", help="sample from post + alpha * (post - base) with a plausibility mask")
-    p.add_argument("--base", required=True)
-    p.add_argument("--post", required=True)
-    p.add_argument("--prompts", required=True, help="JSONL with a prompt field per line")
-    p.add_argument("--out", type=_out_file, required=True, help="output JSONL, one line per sample")
-    p.add_argument("--alpha", default="0,1,2,4", help="comma-separated amplification strengths; write --alpha=-0.5,0,2 when the first is negative")
-    p.add_argument("--plausibility", type=float, default=0.1, help="keep tokens with p_post >= this * max p_post")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=_count, default=32)
-    p.add_argument("--num-samples", type=_count, default=1, help="samples per prompt and alpha")
-    p.add_argument("--batch-size", type=_count, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.set_defaults(func=_sample_divergent)
-
-    # --- audit ---
-    p = commands.add_parser("audit", help="audit a reward model on minimal pairs (accuracy, ties lose)")
-    p.add_argument("--rm", required=True, help="reward spec (utility, rm:PATH, classifier:PATH) or dpo:POLICY")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--pairs", default=None, help="JSONL with prompt/chosen/rejected (optional attribute)")
-    src.add_argument("--template", default=None, help="template JSON (texts, word lists); default: review world")
-    p.add_argument("--attributes", default="sentiment,neutral,length", help="edits to generate")
-    p.add_argument("--n-sources", type=_count, default=300, help="world texts to edit when no texts are given")
-    p.add_argument("--ref", default=None, help="reference model for dpo:POLICY")
-    p.add_argument("--ref-free", default="sum", choices=["sum", "mean", "norm"],
-                   help="score of dpo:POLICY without --ref: sum, mean, or -L2 norm of log-probs")
-    p.add_argument("--beta", type=_positive, default=1.0)
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder (results.json, scores.jsonl)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_audit)
-
-    # --- train ---
-    from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
-
-    train = commands.add_parser("train", help="post-train a model against a known reward (PPO, DPO, KL sweep)")
-    train_cmds = train.add_subparsers(dest="train_command", required=True, metavar="ACTION")
-    p = train_cmds.add_parser("ppo", help="PPO with a value head and KL control against the frozen base")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder (resumes from its checkpoint)")
-    _add_config_args(p, PPOConfig, required=("base",))
-    p.set_defaults(func=_train_ppo)
-    p = train_cmds.add_parser("dpo", help="DPO (TRL) on preference pairs")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
-    _add_config_args(p, DPOTrainConfig, required=("base", "pairs"))
-    p.set_defaults(func=_train_dpo)
-    p = train_cmds.add_parser("sweep", help="PPO at several KL coefficients: reward against exact KL")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder (one run per coefficient, plus frontier.*)")
-    p.add_argument("--kl-coefs", required=True, help="comma-separated KL coefficients, e.g. 0,0.05,0.1,0.3")
-    _add_config_args(p, PPOConfig, required=("base",))
-    p.set_defaults(func=_train_sweep)
-
-    # --- data ---
-    data = commands.add_parser("data", help="make training data")
-    data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    p = data_cmds.add_parser("pairs", help="sample, score and write prompt/chosen/rejected preference pairs")
-    p.add_argument("--out", type=_out_file, required=True, help="output JSONL")
-    _add_config_args(p, PairsConfig, required=("model",))
-    p.set_defaults(func=_data_pairs)
-
-    # --- acts ---
-    acts = commands.add_parser("acts", help="activation store: cache site activations to disk")
-    acts_cmds = acts.add_subparsers(dest="acts_command", required=True, metavar="ACTION")
-    p = acts_cmds.add_parser("cache", help="cache activations of prompt/completion records (sharded, resumable)")
-    p.add_argument("--model", required=True, help="model folder or name")
-    p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--sites", default="all", help="comma-separated site names, or all")
-    p.add_argument("--positions", default="last_completion",
-                   help="comma-separated: last_completion, last_prompt, mean_completion, tokens, or an integer")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
-    p.add_argument("--batch-size", type=_count, default=16)
-    p.add_argument("--shard-rows", type=_count, default=2048)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_acts_cache)
-
-    # --- probe ---
-    probe = commands.add_parser("probe", help="reward probes on activations")
-    probe_cmds = probe.add_subparsers(dest="probe_command", required=True, metavar="ACTION")
-    p = probe_cmds.add_parser("sweep", help="a probe per layer x site x position, for the model and its base")
-    p.add_argument("--model", required=True, help="post-trained model folder or name")
-    p.add_argument("--base", default=None, help="base model, swept beside it on the same split")
-    p.add_argument("--in", dest="input", required=True, help="JSONL with prompt, completion and the target")
-    p.add_argument("--target", default="reward", help="numeric record field to predict")
-    p.add_argument("--sites", default="all")
-    p.add_argument("--positions", default="last_completion,last_prompt,mean_completion")
-    p.add_argument("--out", type=_out_folder, required=True, help="output folder")
-    p.add_argument("--batch-size", type=_count, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-boot", type=_count, default=1000, help="bootstrap resamples per CI")
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_probe_sweep)
-
-    # --- steer ---
-    p = commands.add_parser("steer", help="steer generation along a direction; dose-response with random controls")
-    p.add_argument("--model", required=True)
-    p.add_argument("--direction", required=True,
-                   help="probe.safetensors, mean-diff (high minus low reward records), or reward-gradient (the "
-                        "score-function gradient of the reward; --records must be the model's own samples); "
-                        "the last two need --records and --site")
-    p.add_argument("--site", default=None, help="site to steer (default: the probe's site)")
-    p.add_argument("--alphas", default="-1,-0.5,0,0.25,0.5,1",
-                   help="multiples of the site's typical norm; write --alphas=-1,0,1 when the first is negative")
-    p.add_argument("--prompts", required=True, help="JSONL with prompt records")
-    p.add_argument("--records", default=None, help="JSONL with prompt/completion/target for mean-diff, reward-gradient")
-    p.add_argument("--target", default="reward")
-    p.add_argument("--position", default="last_completion", help="position of the mean-diff activations")
-    p.add_argument("--probe", default=None, help="probe to score steered texts with")
-    p.add_argument("--base", default=None, help="base model for the implicit reward")
-    p.add_argument("--reward", default="utility", help="true reward spec (see reward score)")
-    p.add_argument("--grammar", action="store_true", help="report the review world's grammatical rate")
-    p.add_argument("--neutral", default=None, help="JSONL prompts for the next-token KL (default: --prompts)")
-    p.add_argument("--where", default="all", choices=["all", "completion"])
-    p.add_argument("--n-random", type=_count0, default=8)
-    p.add_argument("--max-new-tokens", type=_count, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=_out_folder, required=True)
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_steer)
-
-    # --- sae ---
-    sae = commands.add_parser("sae", help="sparse autoencoders and crosscoders for model diffing")
-    sae_cmds = sae.add_subparsers(dest="sae_command", required=True, metavar="ACTION")
-    p = sae_cmds.add_parser("train", help="train one SAE on a model's completion tokens at a site")
-    p.add_argument("--model", required=True)
-    p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion records")
-    p.add_argument("--site", required=True, help="e.g. blocks.2.hook_resid_post")
-    p.add_argument("--arch", default="batchtopk", choices=["batchtopk", "topk", "relu"])
-    p.add_argument("--expansion", type=_count, default=4, help="d_sae = expansion x d_model")
-    p.add_argument("--l1", type=_nonnegative, default=1e-3, help="L1 coefficient (relu)")
-    p.add_argument("--tied", action="store_true", help="tied weights (relu; the seed's SAE)")
-    p.add_argument("--out", type=_out_folder, required=True)
-    _add_sae_args(p)
-    p.set_defaults(func=_sae_train)
-    for name, helptext in (("compare", "the seed pipeline: layer ranking, 1x/2x dictionaries, MMCS, explanations"),
-                           ("crosscoder", "BatchTopK crosscoder over base+post activations, with Latent Scaling")):
-        p = sae_cmds.add_parser(name, help=helptext)
-        p.add_argument("--base", required=True)
-        p.add_argument("--post", required=True)
-        p.add_argument("--in", dest="input", required=True, help="JSONL with prompt/completion (and reward) records")
-        p.add_argument("--out", type=_out_folder, required=True)
-        _add_sae_args(p)
-        if name == "compare":
-            p.add_argument("--layers", default=None, help="comma-separated blocks (default: most diverged)")
-            p.add_argument("--n-layers", type=_count, default=1, help="how many most-diverged blocks")
-            p.add_argument("--site-kind", default="hook_resid_post",
-                           choices=["hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out"])
-            p.add_argument("--arch", default="batchtopk", choices=["batchtopk", "topk", "relu"])
-            p.add_argument("--n-top-features", type=_count, default=30,
-                           help="features explained and summed for reward relevance")
-            p.add_argument("--relevance-saes", type=_count, default=2,
-                           help="1x SAEs per model averaged for reward relevance (its CI resamples them)")
-            _add_llm_args(p)
-            p.set_defaults(func=_sae_compare)
-        else:
-            p.add_argument("--site", required=True)
-            p.add_argument("--expansion", type=_count, default=4)
-            p.set_defaults(func=_sae_crosscoder)
-
-    # --- interp ---
-    p = commands.add_parser("interp", help="explain and score SAE features (offline lexical, or an LLM)")
-    p.add_argument("--features", required=True, help="features.json written by `rewardlab sae compare`")
-    p.add_argument("--out", type=_out_file, required=True, help="output JSON")
-    p.add_argument("--workers", type=_count, default=8, help="concurrent LLM calls")
-    _add_llm_args(p)
-    p.set_defaults(func=_interp)
-
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in commands():
+        *group, name = command.path
+        if group and group[0] not in groups:
+            groups[group[0]] = top.add_parser(group[0], help=_GROUPS[group[0]]).add_subparsers(
+                dest=f"{group[0]}_command", required=True, metavar="ACTION")
+        p = (groups[group[0]] if group else top).add_parser(name, help=command.help, formatter_class=_Formatter)
+        p.set_defaults(func=command.run)
+        if argv is None or tuple(argv[:len(command.path)]) == command.path:
+            command.add_options(p)
     return parser
 
 
@@ -740,8 +951,9 @@ def _version() -> str:
     return __version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
     except InputError as e:

@@ -2,11 +2,17 @@
 
 `from_dict(PPOConfig, {"lr": 1e-5}, where="ppo")` builds the dataclass; an unknown key or a value of
 the wrong type is an `InputError` that names the key path and lists the keys that exist.
+`field_docs(PPOConfig)` returns each field's documentation (its line comment), the CLI's help text.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -88,3 +94,30 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise InputError("the config must be a mapping of sections", str(path))
     return data
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each documented field's text: `metadata["help"]`, else the comment on the field's line in the
+    class source (`name: type = default  # doc`) joined with the comment-only lines directly below it."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments: dict[int, str] = {}  # line number -> comment text
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    body = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)).body
+    docs = {}
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        parts = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        line = node.end_lineno + 1
+        while line in comments and lines[line - 1].lstrip().startswith("#"):
+            parts.append(comments[line])
+            line += 1
+        if parts:
+            docs[node.target.id] = " ".join(parts)
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            docs[f.name] = f.metadata["help"]
+    return docs

@@ -44,17 +44,17 @@ WHERE = ("all", "completion")
 
 @dataclass
 class SteerConfig:
-    site: str
+    site: str  # site the direction is added at, e.g. blocks.2.hook_resid_post
     alphas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0)  # multiples of the typical norm
-    where: str = "all"  # all | completion
+    where: str = "all"  # positions steered: all (prompt and generated) | completion (those that pick new tokens)
     n_random: int = 8  # random control directions
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    batch_size: int = 64
+    max_new_tokens: int = 32  # tokens generated per steered completion
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # sample from the k most likely tokens (0: off)
+    top_p: float = 1.0  # nucleus sampling mass (1.0: off)
+    batch_size: int = 64  # prompts per generation batch
     seed: int = 0  # sampling seed (same for every alpha and direction) and random-direction seed
-    n_boot: int = 1000
+    n_boot: int = 1000  # bootstrap resamples per CI
 
 
 def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_size: int = 64) -> float:

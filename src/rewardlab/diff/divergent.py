@@ -27,14 +27,14 @@ from rewardlab.sampling import StepState, generate, model_step
 
 @dataclass
 class DivergentConfig:
-    alphas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    alphas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)  # amplification: sample from post + alpha * (post - base)
     plausibility: float = 0.1  # tau: keep tokens with p_post >= tau * max p_post (0 = off)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling mass (1.0: off)
+    max_new_tokens: int = 32  # tokens generated per completion
     num_samples: int = 1  # samples per prompt and alpha
-    batch_size: int = 64
-    seed: int = 0
+    batch_size: int = 64  # prompts per generation batch
+    seed: int = 0  # sampling seed
 
 
 def divergent_logits(post_logits: torch.Tensor, base_logits: torch.Tensor, alpha: float,

@@ -20,7 +20,7 @@ from rewardlab.stats import Estimate
 @dataclass
 class ScoreConfig:
     beta: float = 1.0  # scale of the log-ratio; 1.0 = nats; pass the DPO beta (0.1) for TRL's reward scale
-    batch_size: int = 16
+    batch_size: int = 16  # records per forward pass
     chat_template: bool = False  # wrap prompts as one user turn with the tokenizer's template
     per_token: bool = False  # also write the per-token log-ratio vector
 

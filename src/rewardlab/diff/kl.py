@@ -23,11 +23,11 @@ from rewardlab.models import pad_token_id
 
 @dataclass
 class KLConfig:
-    batch_size: int = 16
+    batch_size: int = 16  # records per forward pass
     top_positions: int = 20  # positions of highest KL listed with their contexts
     top_tokens: int = 20  # tokens listed as most promoted and most demoted
     context_tokens: int = 8  # tokens of context shown before a listed position
-    chat_template: bool = False
+    chat_template: bool = False  # wrap prompts as one user turn with the tokenizer's template
 
 
 def _token(tokenizer, tok_id: int) -> str:

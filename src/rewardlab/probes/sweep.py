@@ -35,7 +35,7 @@ class SweepConfig:
     l2_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)  # ridge penalties tried per cell
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of prompts
     seed: int = 0  # split, control-task shuffle and bootstrap seed
-    n_boot: int = 1000
+    n_boot: int = 1000  # bootstrap resamples per CI
 
 
 def _site_layer(site: str) -> tuple[str, int]:

@@ -58,25 +58,25 @@ SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_att
 class DiffConfig:
     n_layers: int = 1  # how many of the most-diverged blocks to analyse
     layers: list[int] | None = None  # explicit blocks (overrides the ranking)
-    site_kind: str = "hook_resid_post"  # the seed used MLP output: hook_mlp_out
-    architecture: str = "batchtopk"
-    k: int = 16  # same sparsity for every dictionary
-    l1_coefficient: float = 1e-3
-    tied: bool = False
-    expansions: tuple[int, ...] = (1, 2)
-    shared_threshold: float = 0.9
+    site_kind: str = "hook_resid_post"  # site read in each block (the seed used MLP output: hook_mlp_out)
+    architecture: str = "batchtopk"  # dictionary architecture: relu (L1) | topk | batchtopk
+    k: int = 16  # active latents per token, the same for every dictionary
+    l1_coefficient: float = 1e-3  # L1 coefficient (relu only)
+    tied: bool = False  # tied weights W_enc = W_dec.T (relu only)
+    expansions: tuple[int, ...] = (1, 2)  # dictionary widths compared, x d_model (the seed's 1x and 2x)
+    shared_threshold: float = 0.9  # decoder cosine above which a latent counts as shared by two dictionaries
     n_top_features: int = 30  # features explained and summed for reward relevance (the seed's 30)
     relevance_saes: int = 2  # smallest-size SAEs per model averaged for reward relevance (>= 2; its CI
     # resamples them, and retraining an SAE moves the relevance by about 1 on the review world)
     headline_expansion: int = 4  # the headline SAE: batchtopk at this width with k
-    crosscoder_expansion: int = 4
-    scaling_threshold: float = 0.5
+    crosscoder_expansion: int = 4  # crosscoder width, x d_model
+    scaling_threshold: float = 0.5  # Latent Scaling nu above which a post-only latent counts as false
     reward_field: str = "reward"  # numeric field of the records; computed with `reward` when missing
-    reward: str = "utility"
+    reward: str = "utility"  # reward spec that computes a missing reward_field
     samples_per_prompt: int = 0  # extra completions per prompt and model, split with their prompt (0: records only)
     max_new_tokens: int = 32  # length cap of those completions (sampled at temperature 1)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)  # dictionary training settings
+    seed: int = 0  # seed of the dictionaries, the split and the feature examples
 
     def validate(self) -> None:
         t = self.train

@@ -40,12 +40,12 @@ from rewardlab.sae.model import SAEConfig, SparseAutoencoder
 class TrainConfig:
     batch_size: int = 1024  # tokens per step
     n_tokens: int = 2_000_000  # training tokens (epochs over a tensor repeat as needed)
-    lr: float = 1e-3  # the seed's value; Adam
+    lr: float = 1e-3  # Adam learning rate (the seed's value)
     aux_k: int | None = None  # AuxK latents per token; default d_in // 2
-    aux_k_coefficient: float = 1.0  # SAELens' value for this unnormalized form (see module docstring)
+    aux_k_coefficient: float = 1.0  # AuxK loss weight (SAELens' value for this unnormalized form, see module docstring)
     dead_window: int = 50_000  # tokens without firing after which a latent counts as dead (~50 steps)
-    seed: int = 0
-    log_every: int = 100
+    seed: int = 0  # initialization and shuffling seed
+    log_every: int = 100  # steps between history entries
     progress: bool = True  # a progress bar over steps on stderr
 
 
