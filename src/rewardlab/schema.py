@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
+from rewardlab.config import field_docs
 from rewardlab.errors import InputError
 
 T = TypeVar("T")
@@ -166,14 +167,28 @@ def _define(cls: type, defs: dict) -> None:
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
     doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    docs = _field_docs(cls)
     defs[cls.__name__] = {
         "type": "object",
         **({"description": doc} if doc and not doc.startswith(cls.__name__ + "(") else {}),
-        "properties": {f.name: _schema(hints[f.name], defs) for f in fields},
+        "properties": {f.name: {**_schema(hints[f.name], defs), **({"description": docs[f.name]} if f.name in docs
+                                                                   else {})} for f in fields},
         "required": [f.name for f in fields if f.default is dataclasses.MISSING
                      and f.default_factory is dataclasses.MISSING and not _optional(hints[f.name])[0]],
         "additionalProperties": False,
     }
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The field comments of `cls` and its dataclass bases (none for a class made at run time)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            try:
+                docs.update(field_docs(base))
+            except (OSError, TypeError):  # no source: made by dataclasses.make_dataclass
+                continue
+    return docs
 
 
 def json_schema(cls: type, title: str) -> dict:

@@ -7,6 +7,8 @@ import typing
 from dataclasses import dataclass, field
 
 from rewardlab.answers import Answer
+from rewardlab.io import write_json
+from rewardlab.schema import json_schema
 from rewardlab.stages import diffing, dpo, pairs, ppo, probes, prompts, sae, sweep, world
 
 SCHEMA_VERSION = 1
@@ -35,3 +37,17 @@ Results = dataclasses.make_dataclass(
     bases=(RunHeader,))
 Results.__doc__ = "A run's results.json: the header, every stage's sections and the answers to the research questions."
 Results.__module__ = __name__
+
+
+def results_schema() -> dict:
+    """The JSON Schema of results.json (docs/results.schema.json is this, written by
+    `python -m rewardlab.stages.registry docs/results.schema.json`)."""
+    schema = json_schema(Results, "rewardlab results.json")
+    schema["$defs"]["Results"]["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
+    return schema
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_json(sys.argv[1], results_schema())
