@@ -131,10 +131,13 @@ def answer_steering(r: Results) -> Answer:
                     if "effect_down" in head else "inconclusive")
     verdict = "yes" if "yes" in (up_verdict, down_verdict) else (
         "no" if up_verdict == down_verdict == "no" else "inconclusive")
-    beats = {"yes": "beats", "no": "does less than", "inconclusive": "does not clearly beat"}[verdict]
-    text = (f"Steering at {s.site}, the {s.direction.replace('_', ' ')} direction {beats} the strongest random "
-            f"direction of the same norm (the CI of its effect {'excludes' if verdict != 'inconclusive' else 'contains'} "
-            f"that control in at least one direction). " + "; ".join(parts) + ".")
+    how = {"yes": "beats the strongest random direction of the same norm: the CI of its effect excludes that "
+                  "direction's effect",
+           "no": "does less than the strongest random direction of the same norm, steering up and down",
+           "inconclusive": "cannot be told apart from the strongest random direction of the same norm: the CIs of "
+                           "its effects contain that direction's effect"}[verdict]
+    text = (f"Steering at {s.site}, the {s.direction.replace('_', ' ')} direction {how}. "
+            + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
     return Answer(verdict, text, {"site": s.site, "headline_direction": s.direction, "directions": evidence})
 
 
