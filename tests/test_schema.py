@@ -89,3 +89,23 @@ def test_the_demo_results_validate_against_the_schema(fast_demo):
         broken = json.loads(json.dumps(results))
         broken[section][key] = value
         assert not validator.is_valid(broken), (section, key)
+
+
+def _estimates(x, path=""):
+    if isinstance(x, dict):
+        if "value" in x and isinstance(x.get("ci"), list):
+            yield path, x
+        for k, v in x.items():
+            yield from _estimates(v, f"{path}.{k}")
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _estimates(v, f"{path}[{i}]")
+
+
+def test_every_estimate_in_the_demo_results_contains_its_value(fast_demo):
+    results = json.loads((fast_demo / "results.json").read_text())
+    found = list(_estimates(results))
+    assert len(found) > 100
+    outside = [(p, e["value"], e["ci"]) for p, e in found
+               if None not in (e["value"], *e["ci"]) and not e["ci"][0] - 1e-9 <= e["value"] <= e["ci"][1] + 1e-9]
+    assert not outside, outside
