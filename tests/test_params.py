@@ -52,3 +52,4 @@ def test_diff_params_cli(tmp_path, capsys):
     assert main(["diff", "params", "--base", base, "--post", post, "--out", str(tmp_path / "d")]) == 0
     assert "blocks.1" in capsys.readouterr().out
     assert json.loads((tmp_path / "d" / "params.json").read_text())["top_blocks"][0] == "blocks.1"
+    assert (tmp_path / "d" / "params.png").stat().st_size > 1000

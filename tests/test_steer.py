@@ -141,10 +141,12 @@ def test_cli_acts_probe_steer(setup, tmp_path):
                  "blocks.9.hook_resid_post", "--out", str(tmp_path / "b")]) == 2
     assert main(["probe", "sweep", "--model", m, "--base", m, "--in", str(tmp_path / "r.jsonl"),
                  "--n-boot", "50", "--out", str(tmp_path / "s")]) == 0
+    assert all((tmp_path / "s" / f"heatmap-{name}.png").stat().st_size > 1000 for name in ("post", "base"))
     assert main(["steer", "--model", m, "--direction", str(tmp_path / "s" / "probe-post.safetensors"),
                  "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"), "--n-random", "1",
                  "--max-new-tokens", "3", "--reward", "char:.", "--out", str(tmp_path / "st")]) == 0
     assert len(read_json(tmp_path / "st" / "steering.json")["directions"]["probe"]["rows"]) == 3
+    assert (tmp_path / "st" / "dose_response.png").stat().st_size > 1000
     for direction in ("mean-diff", "reward-gradient"):
         assert main(["steer", "--model", m, "--direction", direction, "--site", site, "--records",
                      str(tmp_path / "r.jsonl"), "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"),
