@@ -183,6 +183,7 @@ def test_nan_reward_is_input_error(tmp_path, monkeypatch):
 
 def test_kl_sweep_writes_frontier(tmp_path):
     from rewardlab.rl.sweep import sweep_kl
+    from rewardlab.stages.sweep import save_frontier
 
     cfg = tiny_config(tmp_path, phases=1, eval_samples=4)
     table = sweep_kl(cfg, [0.0, 0.5], tmp_path / "sweep")
@@ -191,4 +192,7 @@ def test_kl_sweep_writes_frontier(tmp_path):
     for r in rows:
         s = read_json(tmp_path / "sweep" / f"kl_{r['kl_coef']:g}" / "summary.json")
         assert r["kl_exact"] == s["kl_exact"] and r["reward_policy"] == s["reward_policy"]
-    assert table.count("\n") == 3 and (tmp_path / "sweep" / "frontier.png").stat().st_size > 0
+    assert table.count("\n") == 3
+    points = save_frontier(tmp_path / "sweep")  # as the sweep stage and `train sweep` do
+    assert [p.kl_exact for p in points] == [r["kl_exact"] for r in rows]
+    assert (tmp_path / "sweep" / "frontier.png").stat().st_size > 1000

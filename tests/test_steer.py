@@ -82,13 +82,13 @@ def test_dose_response_along_a_word_direction(setup, tmp_path):
 
     cfg = SteerConfig(site="blocks.1.hook_resid_post", alphas=(-1.0, 0.0, 0.5, 1.0, 2.0), n_random=8,
                       max_new_tokens=5, n_boot=100)
-    result = dose_response(model, tok, PROMPTS * 2, {"good": direction}, cfg, reward, out=tmp_path,
+    result = dose_response(model, tok, PROMPTS * 2, {"good": direction}, cfg, reward,
                            checker=lambda c, p: "good" in c)
     rows, s = result["directions"]["good"]["rows"], result["directions"]["good"]["summary"]
     assert s["monotone_positive"] and s["positive_alphas"] == 3
     assert s["effect_over_random"] >= 3
     assert s["negative_lowers"]
-    assert len(result["random_effects"]) == 8 and (tmp_path / "dose_response.png").is_file()
+    assert len(result["random_effects"]) == 8
     assert rows[1]["kl_neutral"] == 0.0 and rows[-1]["kl_neutral"]["value"] > 0
     assert "grammatical_rate" in rows[0]
 
@@ -141,10 +141,12 @@ def test_cli_acts_probe_steer(setup, tmp_path):
                  "blocks.9.hook_resid_post", "--out", str(tmp_path / "b")]) == 2
     assert main(["probe", "sweep", "--model", m, "--base", m, "--in", str(tmp_path / "r.jsonl"),
                  "--n-boot", "50", "--out", str(tmp_path / "s")]) == 0
+    assert all((tmp_path / "s" / f"heatmap-{name}.png").stat().st_size > 1000 for name in ("post", "base"))
     assert main(["steer", "--model", m, "--direction", str(tmp_path / "s" / "probe-post.safetensors"),
                  "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"), "--n-random", "1",
                  "--max-new-tokens", "3", "--reward", "char:.", "--out", str(tmp_path / "st")]) == 0
     assert len(read_json(tmp_path / "st" / "steering.json")["directions"]["probe"]["rows"]) == 3
+    assert (tmp_path / "st" / "dose_response.png").stat().st_size > 1000
     for direction in ("mean-diff", "reward-gradient"):
         assert main(["steer", "--model", m, "--direction", direction, "--site", site, "--records",
                      str(tmp_path / "r.jsonl"), "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"),

@@ -391,9 +391,13 @@ def _world_commands() -> list[Command]:
 def _diff_params(a: argparse.Namespace) -> None:
     from rewardlab.diff.params import parameter_divergence, write_divergence
     from rewardlab.models import ModelPair, model_id
+    from rewardlab.report.figures import save_png
+    from rewardlab.stages.diffing import params_figure
 
     pair = ModelPair.load(a.base, a.post, device="cpu", dtype="float32")
-    summary = write_divergence(parameter_divergence(pair.base, pair.post), a.out, model_id(a.base), model_id(a.post))
+    layers = parameter_divergence(pair.base, pair.post)
+    summary = write_divergence(layers, a.out, model_id(a.base), model_id(a.post))
+    save_png(params_figure(layers, f"{model_id(a.post)} vs {model_id(a.base)}"), Path(a.out) / "params.png")
     for row in summary["layers"][:10]:
         print(f"{row['rank']:>3} {row['group']:<28} seed {row['seed_measure']:.4g}  l2 {row['l2']:.4g}  "
               f"relative {row['relative_change']:.4g}")
@@ -576,8 +580,10 @@ def _train_dpo_options(p: argparse.ArgumentParser) -> None:
 def _train_sweep(a: argparse.Namespace) -> None:
     from rewardlab.rl.config import PPOConfig
     from rewardlab.rl.sweep import sweep_kl
+    from rewardlab.stages.sweep import save_frontier
 
     print(sweep_kl(config_from_args(PPOConfig, a), a.kl_coefs, a.out))
+    save_frontier(Path(a.out))
 
 
 def _train_sweep_options(p: argparse.ArgumentParser) -> None:
@@ -648,6 +654,7 @@ def _probe_sweep(a: argparse.Namespace) -> None:
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
     from rewardlab.probes.sweep import SweepConfig, sweep
+    from rewardlab.stages.probes import save_heatmaps
     from rewardlab.stats import describe
 
     cfg = config_from_args(SweepConfig, a)
@@ -660,6 +667,7 @@ def _probe_sweep(a: argparse.Namespace) -> None:
         cache_cfg = config_from_args(CacheConfig, a, sites=_sites(model, a.sites))
         stores[name] = cache_activations(model, tokenizer, records, Path(a.out) / f"acts-{name}", cache_cfg, path)
     result = sweep(stores, cfg, a.out)
+    save_heatmaps(result, Path(a.out))
     for name, r in result["models"].items():
         best, sp = r["best"], r["best"]["test"]["spearman"]
         print(f"{name}: best {best['site']} @ {best['position']}: test Spearman {describe(sp)}, "
@@ -709,6 +717,7 @@ def _steer(a: argparse.Namespace) -> None:
     from rewardlab.models import load_model
     from rewardlab.probes.linear import load_probe
     from rewardlab.rewards import get_reward
+    from rewardlab.stages.probes import save_dose_response
     from rewardlab.stats import describe
     from rewardlab.steer import SteerConfig, dose_response
     from rewardlab.world import is_grammatical
@@ -722,9 +731,9 @@ def _steer(a: argparse.Namespace) -> None:
     neutral = [r["prompt"] for r in read_jsonl(a.neutral, required=("prompt",))] if a.neutral else None
     name = "probe" if direction_probe else a.direction
     result = dose_response(model, tokenizer, prompts, {name: direction}, config_from_args(SteerConfig, a, site=site),
-                           get_reward(a.reward), probe=probe, base=base, checker=checker, neutral_prompts=neutral,
-                           out=a.out)
+                           get_reward(a.reward), probe=probe, base=base, checker=checker, neutral_prompts=neutral)
     write_json(Path(a.out) / "steering.json", result)
+    save_dose_response(result, Path(a.out) / "dose_response.png")
     steered = result["directions"][name]
     for row in steered["rows"]:
         print(f"alpha {row['alpha']:+.3g}: reward {describe(row['reward_mean'])}")

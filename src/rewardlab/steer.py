@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -37,7 +36,6 @@ from tqdm.auto import tqdm
 
 from rewardlab import stats
 from rewardlab.errors import InputError
-from rewardlab.io import atomic_path
 
 WHERE = ("all", "completion")
 
@@ -171,7 +169,7 @@ def reward_gradient_direction(model, tokenizer, prompts: Sequence[str], completi
 def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cfg: SteerConfig,
                   reward_fn: Callable[[list[str]], list[float]], *, probe=None, base=None,
                   checker: Callable[[str, str], bool] | None = None, neutral_prompts: Sequence[str] | None = None,
-                  out: str | Path | None = None, progress: bool = True) -> dict:
+                  progress: bool = True) -> dict:
     """Steer along each of `directions` ({name: [d], any norm}) at each alpha of cfg, with shared
     random-direction controls.
 
@@ -179,7 +177,7 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     model for the implicit reward of the (unsteered) model against it; checker(completion, prompt):
     grammaticality, else perplexity under the unsteered model is reported; neutral_prompts: for the
     next-token KL (default: the prompts). Returns {"directions": {name: {"rows", "summary"}},
-    "random_effects": [n_random][n_alphas], ...}; writes `dose_response.png` into `out` if given.
+    "random_effects": [n_random][n_alphas], ...} (`report.figures.dose_response` draws it).
     progress: a bar over the generation runs (one per direction and nonzero alpha) on stderr.
     """
     from rewardlab.sites import d_model, n_layers, parse_site
@@ -241,8 +239,6 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     bar.close()
     for entry in result["directions"].values():
         entry["summary"] = summarize(result["alphas"], entry["rows"], result["random_effects"])
-    if out is not None:
-        plot_dose_response(result, Path(out) / "dose_response.png")
     return result
 
 
@@ -309,34 +305,3 @@ def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[li
 def _ratio(effect: float, random_max: float) -> float:
     """effect / the random control's largest mean |effect| (inf when the controls did not move)."""
     return float(effect / random_max) if random_max > 0 else float("inf")
-
-
-def plot_dose_response(result: dict, path: Path) -> None:
-    """Mean reward vs alpha with 95% CIs for each direction, random directions as grey lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    alphas = np.asarray(result["alphas"], dtype=np.float64)
-    order = np.argsort(alphas)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for k, (name, entry) in enumerate(result["directions"].items()):
-        means = np.asarray([r["reward_mean"]["value"] for r in entry["rows"]])
-        lo = np.asarray([r["reward_mean"]["ci"][0] for r in entry["rows"]])
-        hi = np.asarray([r["reward_mean"]["ci"][1] for r in entry["rows"]])
-        if k == 0:
-            reference = means[list(alphas).index(0.0)]
-            for i, effects in enumerate(result["random_effects"]):
-                ax.plot(alphas[order], reference + np.asarray(effects)[order], color="0.7", lw=0.8,
-                        label="random directions" if i == 0 else None)
-        ax.errorbar(alphas[order], means[order], yerr=[means[order] - lo[order], hi[order] - means[order]],
-                    marker="o", color=f"C{k}", capsize=3, label=name)
-    ax.set_xlabel("alpha (x typical activation norm)")
-    ax.set_ylabel("mean true reward")
-    ax.set_title(f"steering at {result['config']['site']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

@@ -75,7 +75,7 @@ def parameter_divergence(base, post) -> list[LayerDivergence]:
 
 
 def write_divergence(rows: list[LayerDivergence], out_dir: str | Path, base_name: str, post_name: str) -> dict:
-    """Write `params.json`, `params.csv` and `params.png` (bar plot by layer) into `out_dir`."""
+    """Write `params.json` and `params.csv` into `out_dir` (`report.figures.param_divergence` draws them)."""
     out_dir = Path(out_dir)
     blocks = sorted((r for r in rows if r.group.startswith("blocks.")), key=lambda r: int(r.group.split(".")[1]))
     summary = {"base": base_name, "post": post_name, "ranking": "seed_measure (sum of per-tensor L2 norms)",
@@ -87,24 +87,4 @@ def write_divergence(rows: list[LayerDivergence], out_dir: str | Path, base_name
             w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
             w.writeheader()
             w.writerows(asdict(r) for r in rows)
-    _plot(blocks or rows, out_dir / "params.png", f"{post_name} vs {base_name}")
     return summary
-
-
-def _plot(rows: list[LayerDivergence], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.5 * len(rows) + 4), 3.5))
-    names = [r.group.replace("blocks.", "") for r in rows]
-    axes[0].bar(names, [r.seed_measure for r in rows])
-    axes[0].set(xlabel="block", ylabel="sum of per-tensor L2 norms", title="seed measure")
-    axes[1].bar(names, [r.relative_change for r in rows], color="tab:orange")
-    axes[1].set(xlabel="block", ylabel="||d|| / ||theta_base||", title="relative change")
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

@@ -4,6 +4,6 @@
     linear     ridge (closed form), SGD (the seed's settings), logistic, Bradley-Terry, MLP probes
     metrics    R^2, Pearson, Spearman (overall, within prompt), pairwise accuracy, AUC, with CIs
     baselines  length, bag of words, control task (selectivity)
-    sweep      every site x position of one or more models, heatmaps, best cell on test prompts
+    sweep      every site x position of one or more models, best cell on test prompts
     cross      correlations among reward signals, difference-of-means direction, cosines
 """

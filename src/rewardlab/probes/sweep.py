@@ -1,5 +1,6 @@
 """Probe sweeps: a ridge probe per site x position of each model, the best cell chosen on validation
-prompts and reported on test prompts, with baselines, the control task and heatmaps.
+prompts and reported on test prompts, with baselines and the control task (`report.figures.probe_heatmap`
+draws a model's cells).
 
     result = sweep({"post": ActivationStore(a), "base": ActivationStore(b)}, SweepConfig(target="reward"), out)
 
@@ -22,7 +23,7 @@ import numpy as np
 from rewardlab import stats
 from rewardlab.stats import spearman_r
 from rewardlab.errors import InputError
-from rewardlab.io import atomic_path, write_json
+from rewardlab.io import write_json
 from rewardlab.probes.baselines import baseline_scores, control_labels, length_features
 from rewardlab.probes.linear import Probe, fit_ridge
 from rewardlab.probes.metrics import as_dict, evaluate
@@ -176,7 +177,6 @@ def sweep_model(store, cfg: SweepConfig, split: Split, name: str, out: Path | No
         result["prompt_only"] = prompt_only
     if out is not None:
         probes[(best["site"], str(best["position"]))].save(out / f"probe-{name}.safetensors")
-        heatmap(cells, out / f"heatmap-{name}.png", title=f"{name}: validation Spearman of {cfg.target}")
     return result
 
 
@@ -194,37 +194,3 @@ def sweep(stores: dict, cfg: SweepConfig = SweepConfig(), out: str | Path | None
     if out is not None:
         write_json(out / "sweep.json", results)
     return results
-
-
-def heatmap(cells: list[dict], path: Path, title: str, value: str = "val_spearman") -> None:
-    """One panel per position: site kinds (rows) x layers (columns), colored by `value`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    positions = list(dict.fromkeys(str(c["position"]) for c in cells))
-    kinds = list(dict.fromkeys(c["kind"] for c in cells))
-    layers = sorted({c["layer"] for c in cells if c["layer"] >= 0})
-    columns = [str(layer) for layer in layers] + (["final"] if "ln_final" in kinds else [])
-    fig, axes = plt.subplots(1, len(positions), squeeze=False, constrained_layout=True,
-                             figsize=(1.5 + len(positions) * (0.6 + 0.45 * len(columns)), 1.3 + 0.4 * len(kinds)))
-    for ax, position in zip(axes[0], positions):
-        grid = np.full((len(kinds), len(columns)), np.nan)
-        for c in cells:
-            if str(c["position"]) == position:
-                col = columns.index("final") if c["kind"] == "ln_final" else layers.index(c["layer"])
-                grid[kinds.index(c["kind"]), col] = c[value]
-        im = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu_r", aspect="auto")
-        ax.set_xticks(range(len(columns)), columns)
-        ax.set_yticks(range(len(kinds)), kinds if ax is axes[0][0] else [])
-        ax.set_xlabel("layer")
-        ax.set_title(position, fontsize=9)
-        for (i, j), v in np.ndenumerate(grid):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    fig.suptitle(title, fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

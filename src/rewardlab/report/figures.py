@@ -1,8 +1,10 @@
-"""Figures of the report, drawn with matplotlib's Agg canvas and returned as PNG data URIs.
+"""Every figure rewardlab draws, with matplotlib's Agg canvas, returned as PNG data URIs.
 
-No pyplot (no global figure state, no backend switch); every function takes plain numbers, already
-pulled out of results.json or an artifact table, and returns `data:image/png;base64,...` so the page
-embeds its images and works offline.
+The one plotting layer: the report embeds these figures, and the stages and the CLI write them as
+PNG files with `save_png`; the method modules return data only. No pyplot (no global figure state,
+no backend switch); every function takes plain numbers, already pulled out of results.json or an
+artifact table, and returns `data:image/png;base64,...` so the page embeds its images and works
+offline.
 """
 
 from __future__ import annotations
@@ -10,24 +12,35 @@ from __future__ import annotations
 import base64
 import io
 import math
-import re
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
+from rewardlab.io import atomic_path
+
 POST, BASE, RANDOM = "#1f6feb", "#d1242f", "#8c959f"
+PNG_URI_PREFIX = "data:image/png;base64,"
+
+
+def png_file_data_uri(data: bytes) -> str:
+    """A PNG artifact (raw bytes) as a data URI."""
+    return PNG_URI_PREFIX + base64.b64encode(data).decode("ascii")
 
 
 def to_data_uri(fig: Figure) -> str:
     """Render `fig` as a PNG data URI."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_file_data_uri(buf.getvalue())
 
 
-def png_file_data_uri(data: bytes) -> str:
-    """A PNG artifact (raw bytes) as a data URI."""
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+def save_png(uri: str, path: str | Path) -> None:
+    """Write a figure of this module (its PNG data URI) to `path` as a PNG file, atomically."""
+    if not uri.startswith(PNG_URI_PREFIX):
+        raise ValueError("not a PNG data URI")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(base64.b64decode(uri[len(PNG_URI_PREFIX):]))
 
 
 def _finite(xs: Sequence[float | None]) -> list[float]:
@@ -58,9 +71,10 @@ def training_curves(
 
 def frontier(
     kl: Sequence[float], reward: Sequence[float], reward_err: Sequence[tuple[float, float]] | None,
-    labels: Sequence[str],
+    labels: Sequence[str], reward_base: float | None = None,
 ) -> str:
-    """Reward-KL frontier: one point per run of a sweep, true reward against exact KL, labelled."""
+    """Reward-KL frontier: one point per run of a sweep, true reward (with its 95% CI) against exact
+    KL to the base model, labelled; `reward_base`, the base model's mean reward, as a dashed line."""
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
     order = sorted(range(len(kl)), key=lambda i: kl[i])
@@ -69,86 +83,87 @@ def frontier(
     if reward_err is not None:
         yerr = [[max(reward[i] - reward_err[i][0], 0) for i in range(len(kl))],
                 [max(reward_err[i][1] - reward[i], 0) for i in range(len(kl))]]
-    ax.errorbar(kl, reward, yerr=yerr, fmt="o", color=POST, capsize=3, zorder=2)
+    ax.errorbar(kl, reward, yerr=yerr, fmt="o", color=POST, capsize=3, zorder=2, label="policy")
     for x, y, label in zip(kl, reward, labels):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set(xlabel="exact KL to base (nats / completion)", ylabel="true reward (mean)", title="Reward-KL frontier")
+    if reward_base is not None:
+        ax.axhline(reward_base, color=BASE, linestyle="--", linewidth=1, label="base model")
+        ax.legend(loc="best", fontsize=8)
+    ax.set(xlabel="exact KL to base (nats / completion)", ylabel="true reward (mean, 95% CI)",
+           title="Reward-KL frontier")
     ax.grid(alpha=0.3)
     return to_data_uri(fig)
 
 
-_SITE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+def probe_heatmap(cells: Sequence[Mapping[str, Any]], title: str, value: str = "val_spearman") -> str:
+    """A probe sweep of one model: one panel per token position, site kind (rows) x layer (columns),
+    each cell coloured and labelled by its `value` (default the validation Spearman) on -1..1.
 
-
-def split_site(site: str, layer: int | None) -> tuple[int | None, str]:
-    """('blocks.3.hook_resid_post', None) -> (3, 'hook_resid_post'); other sites keep their name."""
-    m = _SITE.match(site)
-    if m and layer is None:
-        return int(m.group(1)), m.group(2)
-    return layer, (m.group(2) if m else site)
-
-
-def probe_heatmaps(cells: Sequence[tuple[str, int | None, str, float | None]], metric: str) -> str:
-    """One heatmap per model: layer (rows) x site/position (columns), colour = probe score.
-
-    `cells` are (model, layer, column label, score); a layer of None (e.g. `ln_final.hook_normalized`)
-    is drawn as a final row "final".
+    `cells` are the sweep's cells (`probes.sweep`, as in sweep.json): mappings with kind, layer
+    (-1 outside the blocks), position and `value`; the final norm (kind `ln_final`) is the last
+    column, "final". A missing or undefined score is left blank.
     """
-    models = list(dict.fromkeys(c[0] for c in cells))
-    fig = Figure(figsize=(min(4.2 * len(models), 14), 0.5 + 0.35 * max(4, len({c[1] for c in cells})) + 1.2))
-    axes = fig.subplots(1, len(models), squeeze=False)[0]
-    scores = [c[3] for c in cells if c[3] is not None and math.isfinite(c[3])]
-    vmin, vmax = (min(scores + [0.0]), max(scores + [1.0])) if scores else (0.0, 1.0)
+    positions = list(dict.fromkeys(str(c["position"]) for c in cells))
+    kinds = list(dict.fromkeys(c["kind"] for c in cells))
+    layers = sorted({c["layer"] for c in cells if c["layer"] >= 0})
+    columns = [str(layer) for layer in layers] + (["final"] if "ln_final" in kinds else [])
+    fig = Figure(figsize=(1.5 + len(positions) * (0.6 + 0.45 * len(columns)), 1.3 + 0.4 * len(kinds)),
+                 layout="constrained")
+    axes = fig.subplots(1, len(positions), squeeze=False)[0]
     image = None
-    for ax, model in zip(axes, models):
-        mine = [c for c in cells if c[0] == model]
-        layers = sorted({c[1] for c in mine}, key=lambda v: (v is None, v if v is not None else 0))
-        columns = list(dict.fromkeys(c[2] for c in mine))
-        grid = [[math.nan] * len(columns) for _ in layers]
-        for _, layer, column, score in mine:
-            grid[layers.index(layer)][columns.index(column)] = math.nan if score is None else score
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=7)
-        ax.set_yticks(range(len(layers)), ["final" if v is None else str(v) for v in layers], fontsize=8)
-        ax.set(ylabel="layer", title=model)
-        if len(layers) * len(columns) <= 120:
-            for i, row in enumerate(grid):
-                for j, v in enumerate(row):
-                    if math.isfinite(v):
-                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                                color="white" if v < (vmin + vmax) / 2 else "black")
-    fig.colorbar(image, ax=list(axes), label=metric, shrink=0.9)
+    for ax, position in zip(axes, positions):
+        grid = [[math.nan] * len(columns) for _ in kinds]
+        for c in cells:
+            if str(c["position"]) == position:
+                column = columns.index("final") if c["kind"] == "ln_final" else layers.index(c["layer"])
+                grid[kinds.index(c["kind"])][column] = _finite([c[value]])[0]
+        image = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu_r", aspect="auto")
+        ax.set_xticks(range(len(columns)), columns)
+        ax.set_yticks(range(len(kinds)), kinds if ax is axes[0] else [])
+        ax.set_xlabel("layer")
+        ax.set_title(position, fontsize=9)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if math.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label=value)
+    fig.suptitle(title, fontsize=10)
     return to_data_uri(fig)
 
 
 def dose_response(
-    directions: dict[str, tuple[Sequence[float], Sequence[float], Sequence[tuple[float, float]] | None]],
-    random_band: tuple[float, Sequence[float]] | None, random_curves: Sequence[tuple[Sequence[float], Sequence[float]]],
+    alphas: Sequence[float], directions: Mapping[str, tuple[Sequence[float], Sequence[tuple[float, float]] | None]],
+    random_effects: Sequence[Sequence[float]], site: str,
 ) -> str:
-    """Mean reward against steering strength along each direction, with random-direction controls.
+    """Mean true reward against steering strength along each direction, with random-direction controls.
 
-    `directions`: name -> (alphas, mean reward, its CIs or None). `random_band` = (baseline reward,
-    half-width per alpha of the first direction): the largest absolute effect any random direction
-    of the same norm had, shaded around the unsteered reward. `random_curves` are the individual
-    random directions' (alphas, rewards), drawn thin and grey.
+    `directions`: name -> (mean reward per alpha, its CIs or None), in the order of `alphas` (which
+    include 0, the unsteered reward that all directions share). `random_effects`: per random
+    direction of the same norm, its mean effect on the reward per alpha; each is drawn thin and grey
+    around the unsteered reward, and the largest absolute effect of any of them per alpha is shaded.
     """
+    order = sorted(range(len(alphas)), key=lambda i: alphas[i])
+    xs = [alphas[i] for i in order]
+    unsteered = next(iter(directions.values()))[0][min(range(len(alphas)), key=lambda i: abs(alphas[i]))]
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
-    for i, (xs, ys) in enumerate(random_curves):
-        ax.plot(xs, _finite(ys), color=RANDOM, linewidth=0.8, alpha=0.6, label="random directions" if i == 0 else None)
-    if random_band is not None:
-        base, half = random_band
-        xs = next(iter(directions.values()))[0]
-        ax.fill_between(xs, [base - h for h in half], [base + h for h in half], color=RANDOM, alpha=0.25,
+    for k, effects in enumerate(random_effects):
+        ax.plot(xs, _finite([unsteered + effects[i] for i in order]), color=RANDOM, linewidth=0.8, alpha=0.6,
+                label="random directions" if k == 0 else None)
+    if random_effects:
+        half = [max(abs(effects[i]) for effects in random_effects) for i in order]
+        ax.fill_between(xs, [unsteered - h for h in half], [unsteered + h for h in half], color=RANDOM, alpha=0.25,
                         linewidth=0, label="largest random effect")
-    for k, (name, (alphas, reward, reward_ci)) in enumerate(directions.items()):
+    for k, (name, (reward, reward_ci)) in enumerate(directions.items()):
+        ys = [reward[i] for i in order]
         yerr = None
         if reward_ci is not None:
-            yerr = [[max(r - lo, 0) for r, (lo, _) in zip(reward, reward_ci)],
-                    [max(hi - r, 0) for r, (_, hi) in zip(reward, reward_ci)]]
-        ax.errorbar(alphas, reward, yerr=yerr, fmt="-o", color=POST if k == 0 else f"C{k + 1}", capsize=3,
+            yerr = [[max(ys[j] - reward_ci[i][0], 0) for j, i in enumerate(order)],
+                    [max(reward_ci[i][1] - ys[j], 0) for j, i in enumerate(order)]]
+        ax.errorbar(xs, ys, yerr=yerr, fmt="-o", color=POST if k == 0 else f"C{k + 1}", capsize=3,
                     label=f"{name} direction")
-    ax.set(xlabel="steering strength α", ylabel="true reward (mean)", title="Steering dose-response")
+    ax.set(xlabel="steering strength α (× typical activation norm)", ylabel="true reward (mean, 95% CI)")
+    ax.set_title(f"Steering dose-response at {site}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return to_data_uri(fig)
@@ -184,12 +199,19 @@ def crosscoder_norms(relative_norms: Sequence[float]) -> str:
     return to_data_uri(fig)
 
 
-def param_divergence(labels: Sequence[str], values: Sequence[float]) -> str:
-    """Bar chart of the parameter change (base -> post) per layer."""
-    fig = Figure(figsize=(max(4.0, 0.45 * len(labels) + 1.5), 3.2))
-    ax = fig.subplots()
-    ax.bar(range(len(labels)), values, color=POST)
-    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0, fontsize=8)
-    ax.set(xlabel="layer", ylabel="‖θ_post − θ_base‖", title="Parameter divergence")
-    ax.grid(alpha=0.3, axis="y")
+def param_divergence(labels: Sequence[str], seed_measure: Sequence[float], relative_change: Sequence[float],
+                     title: str) -> str:
+    """The parameter change base -> post per layer, two bar panels: the seed measure (the sum of the
+    per-tensor L2 norms of the change, the ranking measure) and the relative change
+    ||θ_post − θ_base|| / ||θ_base||."""
+    fig = Figure(figsize=(max(6.0, 0.5 * len(labels) + 4), 3.5), layout="constrained")
+    ax_seed, ax_rel = fig.subplots(1, 2)
+    for ax, values, color, ylabel, panel in (
+            (ax_seed, seed_measure, POST, "sum of per-tensor L2 norms", "Seed measure"),
+            (ax_rel, relative_change, BASE, "‖θ_post − θ_base‖ / ‖θ_base‖", "Relative change")):
+        ax.bar(range(len(labels)), values, color=color)
+        ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0, fontsize=8)
+        ax.set(xlabel="layer", ylabel=ylabel, title=panel)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
     return to_data_uri(fig)

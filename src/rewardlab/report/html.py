@@ -21,7 +21,9 @@ from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, read_json, read_jsonl
 from rewardlab.report import figures
 from rewardlab.schema import from_json, to_json
+from rewardlab.stages.diffing import params_figure
 from rewardlab.stages.registry import SCHEMA_VERSION, Results
+from rewardlab.stages.sweep import frontier_figure
 
 ARTIFACTS_READ = ("ppo_metrics", "divergent_samples", "probe_heatmap_policy_png", "probe_heatmap_base_png")
 MAX_SAMPLES_PER_ALPHA = 4
@@ -170,11 +172,9 @@ def ev_frontier(run: Run) -> str:
     s = run.results.sweep
     if s is None:
         return ""
-    points = s.points
-    uri = figures.frontier([p.kl_exact for p in points], [p.reward_mean.value for p in points],
-                           [ci_of(p.reward_mean) for p in points], [f"kl_coef={p.kl_coef:g}" for p in points])
-    return (figure(uri, "Reward-KL frontier: true reward against exact KL, one point per KL coefficient")
-            + table([to_json(p) for p in points]))
+    return (figure(frontier_figure(s.points), "Reward-KL frontier: true reward against exact KL, one point per KL "
+                                              "coefficient; dashed: the base model's reward")
+            + table([to_json(p) for p in s.points]))
 
 
 def ev_probe(run: Run) -> str:
@@ -199,17 +199,9 @@ def ev_steering(run: Run) -> str:
     s = run.results.steering
     if s is None:
         return ""
-    order = sorted(range(len(s.alphas)), key=lambda i: s.alphas[i])
-    xs = [s.alphas[i] for i in order]
-    curves = {name.replace("_", " "): (xs, [d.reward_mean[i].value for i in order],
-                                       [ci_of(d.reward_mean[i]) for i in order])
+    curves = {name.replace("_", " "): ([m.value for m in d.reward_mean], [ci_of(m) for m in d.reward_mean])
               for name, d in s.directions.items()}
-    head = s.directions[s.direction]
-    zero = min(range(len(s.alphas)), key=lambda i: abs(s.alphas[i]))
-    r0 = head.reward_mean[zero].value
-    random_curves = [(xs, [r0 + effects[i] for i in order]) for effects in s.random_effects]
-    band = (r0, [head.summary.random_max_abs_effect_per_alpha[i] for i in order])
-    parts = [figure(figures.dose_response(curves, band, random_curves),
+    parts = [figure(figures.dose_response(s.alphas, curves, s.random_effects, s.site),
                     f"Steering at {s.site} along each direction; grey: random directions of the same norm")]
     parts.append(table([{"direction": name, **to_json(d.summary)} for name, d in s.directions.items()]))
     parts.append(key_values(s, skip=("directions", "random_effects")))
@@ -323,10 +315,9 @@ def ev_params(run: Run) -> str:
     p = run.results.params
     if p is None:
         return ""
-    blocks = sorted((r for r in p.layers if r.group.startswith("blocks.")), key=lambda r: int(r.group.split(".")[1]))
-    shown = blocks or p.layers
-    uri = figures.param_divergence([r.group for r in shown], [r.l2 for r in shown])
-    return (figure(uri, f"Parameter divergence per block, base -> {p.policy} (L2 norm of the change)")
+    uri = params_figure(p.layers, f"{p.policy} vs base")
+    return (figure(uri, f"Parameter divergence per block, base -> {p.policy}: the seed measure (sum of the "
+                        "per-tensor L2 norms of the change) and the change relative to the base weights")
             + key_values(p, skip=("layers",)) + table([to_json(r) for r in p.layers]))
 
 

@@ -1,7 +1,7 @@
 """Reward-KL frontier: PPO at several KL coefficients, true reward against exact KL to the base.
 
-Writes one PPO run per coefficient into OUT/kl_{coef}/ (each resumable), then OUT/frontier.jsonl,
-OUT/frontier.md (a table) and OUT/frontier.png (reward against KL, base reward as a line).
+Writes one PPO run per coefficient into OUT/kl_{coef}/ (each resumable), then OUT/frontier.jsonl
+and OUT/frontier.md (a table); `report.figures.frontier` draws it.
 """
 
 from __future__ import annotations
@@ -39,29 +39,4 @@ def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path) -> str:
         + ["| " + " | ".join("-" if r[c] is None else f"{r[c]:.3g}" for c in COLUMNS) + " |" for r in rows])
     with atomic_path(out / "frontier.md") as tmp:
         tmp.write_text(table + "\n", encoding="utf-8")
-    plot_frontier(rows, out / "frontier.png")
     return table
-
-
-def plot_frontier(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    kl = [r["kl_exact"] for r in rows]
-    reward = [r["reward_policy"] for r in rows]
-    lo = [r["reward_policy"] - r["reward_mean"]["ci"][0] for r in rows]
-    hi = [r["reward_mean"]["ci"][1] - r["reward_policy"] for r in rows]
-    ax.errorbar(kl, reward, yerr=[lo, hi], fmt="o-")
-    for r in rows:
-        ax.annotate(f"{r['kl_coef']:g}", (r["kl_exact"], r["reward_policy"]), textcoords="offset points", xytext=(4, 4))
-    ax.axhline(rows[0]["reward_base"], color="gray", ls="--", label="base")
-    ax.set_xlabel("exact KL to base (nats per completion)")
-    ax.set_ylabel("true reward (mean, 95% CI)")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)

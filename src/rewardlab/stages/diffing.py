@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -31,6 +31,7 @@ from rewardlab.diff.params import LayerDivergence, parameter_divergence, write_d
 from rewardlab.errors import InputError, raise_first_failed
 from rewardlab.io import write_jsonl
 from rewardlab.models import load_model, model_folder
+from rewardlab.report import figures
 from rewardlab.rewards import get_reward
 from rewardlab.sampling import generate
 from rewardlab.schema import from_json
@@ -41,7 +42,7 @@ from rewardlab.world import world_of_model
 from rewardlab.world.grammar import grammatical_rate
 
 NAME = "diffing"
-ARTIFACTS = {"divergent_samples": "divergent.jsonl", "param_divergence": "params.csv"}
+ARTIFACTS = {"divergent_samples": "divergent.jsonl", "param_divergence": "params.csv", "params_png": "params.png"}
 AUDIT_SKIPPED = "the minimal-pair audit needs the review world's pairs; this base model is not a world's"
 
 
@@ -228,11 +229,21 @@ def run(cfg: Config, ctx: Context) -> Results:
             divergent = divergence(base_model, policy, tokenizer, s, cfg, ctx.out)
             layers = parameter_divergence(base_model, policy)
             write_divergence(layers, ctx.out, "base", name)
+            figures.save_png(params_figure(layers, f"{name} vs base"), ctx.out / ARTIFACTS["params_png"])
             params = ParamsSection(name, [r.group for r in layers if r.group.startswith("blocks.")][:5], layers)
     implicit = None if main is None else ImplicitRewardSection(fits[main].spearman_true, main, fits)
     reward_mean = stats.mean([r["reward"] for r in records], groups=[r["prompt"] for r in records])
     return Results(implicit_reward=implicit, divergent=divergent, audit=audit_section(audits), params=params,
                    base_samples=BaseSamplesSection(len(records), s.reward.name, reward_mean))
+
+
+def params_figure(layers: Sequence[LayerDivergence], title: str) -> str:
+    """The parameter divergence of the transformer blocks in order (of every group when there are no
+    blocks), as `report.figures.param_divergence` draws it."""
+    blocks = sorted((r for r in layers if r.group.startswith("blocks.")), key=lambda r: int(r.group.split(".")[1]))
+    shown = blocks or list(layers)
+    return figures.param_divergence([r.group.removeprefix("blocks.") for r in shown], [r.seed_measure for r in shown],
+                                    [r.relative_change for r in shown], title)
 
 
 def run_audit(name: str, scorer, pairs: list[dict], seed: int, out: Path) -> RewardModelAudit:

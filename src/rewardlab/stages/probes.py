@@ -42,6 +42,7 @@ from rewardlab.probes.cross import cosine, mean_difference_direction, signal_cor
 from rewardlab.probes.linear import Probe, fit_ridge, load_probe
 from rewardlab.probes.splits import grouped_split
 from rewardlab.probes.sweep import SweepConfig, sweep
+from rewardlab.report import figures
 from rewardlab.rewards import get_reward
 from rewardlab.rl.config import sampling_checks
 from rewardlab.rl.value_head import load_value_head
@@ -58,7 +59,7 @@ from rewardlab.world import is_grammatical, world_of_model
 NAME = "probes"
 ARTIFACTS = {"records": "records.jsonl", "probe_heatmap_policy_png": "sweep/heatmap-policy.png",
              "probe_heatmap_base_png": "sweep/heatmap-base.png", "probe": "sweep/probe-policy.safetensors",
-             "steering": "steer/steering.json"}
+             "steering": "steer/steering.json", "dose_response_png": "steer/dose_response.png"}
 
 
 @dataclass
@@ -371,6 +372,23 @@ def steering_section(steered: dict, site: str, n: int, n_prompts: int, cosines: 
         cosines={k: v for k, v in cosines.items() if k.endswith("_at_steer_site")})
 
 
+def save_heatmaps(swept: dict, folder: Path) -> None:
+    """Each swept model's cells (`probes.sweep.sweep`), drawn by `report.figures.probe_heatmap`, as
+    `folder`/heatmap-{model}.png."""
+    target = swept["config"]["target"]
+    for name, result in swept["models"].items():
+        figures.save_png(figures.probe_heatmap(result["cells"], f"{name}: validation Spearman of {target}"),
+                         folder / f"heatmap-{name}.png")
+
+
+def save_dose_response(steered: dict, path: Path) -> None:
+    """A dose-response (`steer.dose_response`), drawn by `report.figures.dose_response`, as the PNG `path`."""
+    curves = {name: ([r["reward_mean"]["value"] for r in d["rows"]], [tuple(r["reward_mean"]["ci"]) for r in d["rows"]])
+              for name, d in steered["directions"].items()}
+    figures.save_png(figures.dose_response(steered["alphas"], curves, steered["random_effects"],
+                                           steered["config"]["site"]), path)
+
+
 def run(cfg: Config, ctx: Context) -> Results:
     policy_path, base_path = ctx.main_policy(), ctx.models["base"]
     dtype = "float32" if ctx.setting is None else ctx.setting.dtype
@@ -391,6 +409,7 @@ def run(cfg: Config, ctx: Context) -> Results:
     stores = {"policy": cache_activations(policy, tokenizer, records, out / "acts-policy", cache_cfg, str(policy_path)),
               "base": cache_activations(base, tokenizer, records, out / "acts-base", cache_cfg, str(base_path))}
     swept = sweep(stores, SweepConfig(target="reward", seed=cfg.seed, n_boot=cfg.n_boot), out / "sweep")
+    save_heatmaps(swept, out / "sweep")
     best = swept["models"]["policy"]["best"]
     probe = load_probe(out / ARTIFACTS["probe"])
     value_head_file = ctx.artifact(ppo_stage.NAME, "value_head") if "ppo" in ctx.models else None
@@ -408,5 +427,6 @@ def run(cfg: Config, ctx: Context) -> Results:
     steered = dose_response(policy, tokenizer, steer_prompts, directions, steer_cfg, reward, probe=probe,
                             base=base, checker=checker)
     write_json(out / ARTIFACTS["steering"], steered)
+    save_dose_response(steered, out / ARTIFACTS["dose_response_png"])
     return Results(probe_results, steering_section(steered, steer_site, len(steer_prompts), len(set(steer_prompts)),
                                                    cosines, cfg))

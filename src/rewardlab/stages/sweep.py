@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from rewardlab.io import read_jsonl
+from rewardlab.report import figures
 from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.sweep import sweep_kl
 from rewardlab.schema import from_json
@@ -14,7 +16,7 @@ from rewardlab.stages.common import Context, Planner, RunConfig
 from rewardlab.stats import Estimate
 
 NAME = "sweep"
-ARTIFACTS = {"frontier": "frontier.jsonl"}
+ARTIFACTS = {"frontier": "frontier.jsonl", "frontier_png": "frontier.png"}
 
 
 @dataclass
@@ -54,10 +56,23 @@ def plan(run: RunConfig, p: Planner) -> None:
     p.add(NAME, dataclasses.replace(cfg, ppo=swept), {"base": Path(p.base), **p.data_inputs()})
 
 
+def frontier_figure(points: Sequence[FrontierPoint]) -> str:
+    """The reward-KL frontier of `points` (`report.figures.frontier`), the base model's reward as a line."""
+    return figures.frontier([p.kl_exact for p in points], [p.reward_mean.value for p in points],
+                            [tuple(p.reward_mean.ci) for p in points], [f"kl_coef={p.kl_coef:g}" for p in points],
+                            reward_base=points[0].reward_base)
+
+
+def save_frontier(folder: Path) -> list[FrontierPoint]:
+    """The frontier `rl.sweep.sweep_kl` wrote into `folder`, its figure saved there as frontier.png."""
+    points = [FrontierPoint(kl_coef=r["kl_coef"], kl_exact=r["kl_exact"],
+                            reward_mean=from_json(Estimate, r["reward_mean"]), reward_base=r["reward_base"],
+                            seconds=r["seconds"], grammatical_rate=r.get("grammatical_rate"))
+              for r in read_jsonl(folder / ARTIFACTS["frontier"])]
+    figures.save_png(frontier_figure(points), folder / ARTIFACTS["frontier_png"])
+    return points
+
+
 def run(cfg: Config, ctx: Context) -> Results:
     sweep_kl(cfg.ppo, cfg.kl_coefs, ctx.out)
-    rows = read_jsonl(ctx.out / ARTIFACTS["frontier"])
-    return Results(SweepSection([
-        FrontierPoint(kl_coef=r["kl_coef"], kl_exact=r["kl_exact"], reward_mean=from_json(Estimate, r["reward_mean"]),
-                      reward_base=r["reward_base"], seconds=r["seconds"], grammatical_rate=r.get("grammatical_rate"))
-        for r in rows]))
+    return Results(SweepSection(save_frontier(ctx.out)))
