@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from rewardlab.diff.implicit import ScoreConfig, implicit_rewards, score_records
-from rewardlab.diff.logprobs import completion_logprobs, encode, reduce_logprobs
+from rewardlab.diff.logprobs import completion_logprobs, reduce_logprobs
 from rewardlab.errors import InputError
+from rewardlab.text import encode
 from tiny_lm import COMPLETIONS, PROMPTS, tiny_pair
 
 

@@ -7,7 +7,7 @@
     for batch in store.iter_batches("blocks.2.hook_resid_post", 4096): # per-token mode, streamed
         batch["acts"], batch["row_ids"], batch["token_ids"]            # [B, d], [B], [B]
 
-Positions (per record; prompt and completion tokenized as `rewardlab.diff.logprobs.encode`, right
+Positions (per record; prompt and completion tokenized as `rewardlab.text.encode`, right
 padded, so pads never enter; special tokens such as BOS/EOS are skipped):
     last_completion   the last completion token
     last_prompt       the last prompt token (what the model knows before writing anything)
@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, save_tensors, write_json
-from rewardlab.probes.splits import prompt_id
+from rewardlab.text import prompt_id
 
 NAMED_POSITIONS = ("last_completion", "last_prompt", "mean_completion", "tokens")
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -132,7 +132,7 @@ def _collect(model, pad: int, encoded: Sequence, layout: Sequence, rows: range, 
 def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], positions: Sequence,
             chat_template: bool):
     """Checked site names, positions, encodings and per-row (last prompt, completion) indices."""
-    from rewardlab.diff.logprobs import encode
+    from rewardlab.text import encode
     from rewardlab.sites import n_layers, parse_site
 
     positions = [parse_position(p) for p in positions]
@@ -156,7 +156,7 @@ def collect_activations(model, tokenizer, records: Sequence[dict], sites: Sequen
                         positions: Sequence[str | int] = ("last_completion",), batch_size: int = 16,
                         chat_template: bool = False) -> dict[str, torch.Tensor]:
     """In memory: {"SITE|POSITION": float32 [n_rows, d] (or [n_tokens, d] for tokens)}."""
-    from rewardlab.models import pad_token_id
+    from rewardlab.text import pad_token_id
 
     sites, positions, encoded, layout = _encode(model, tokenizer, records, sites, positions, chat_template)
     parts = _collect(model, pad_token_id(tokenizer), encoded, layout, range(len(records)), sites, positions, batch_size)
@@ -167,7 +167,7 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
                       model_name: str = "model", progress: bool = True) -> "ActivationStore":
     """Cache `cfg.sites` x `cfg.positions` for prompt/completion `records` into folder `out`
     (`progress`: a bar over the records on stderr)."""
-    from rewardlab.models import pad_token_id
+    from rewardlab.text import pad_token_id
 
     out = Path(out)
     if cfg.dtype not in STORE_DTYPES:

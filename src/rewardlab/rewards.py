@@ -23,6 +23,7 @@ import torch
 
 from rewardlab.errors import InputError
 from rewardlab.io import TEXT_FIELDS
+from rewardlab.text import join_prompt_completion
 
 WORD_RE = re.compile(r"[a-z][a-z'\-]*")
 
@@ -212,13 +213,6 @@ def record_text(record: dict, on: str = "completion") -> str:
     if on == "full":
         return join_prompt_completion(record["prompt"], record["completion"])
     raise InputError(f"unknown text choice {on!r}", fix="use completion or full")
-
-
-def join_prompt_completion(prompt: str, completion: str) -> str:
-    """Prompt and completion as one text, with one space between them when neither side has it."""
-    if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
-        return prompt + completion
-    return f"{prompt} {completion}"
 
 
 def score_records(records: list[dict], reward: Reward, on: str = "completion", field: str = "reward") -> list[dict]:

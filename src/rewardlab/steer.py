@@ -93,8 +93,8 @@ def steered_samples(model, tokenizer, prompts: Sequence[str], vector: torch.Tens
 
 def next_token_kl(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor, cfg: SteerConfig) -> np.ndarray:
     """Per prompt: KL(p_unsteered || p_steered) of the next-token distribution after the prompt (nats)."""
-    from rewardlab.models import pad_token_id
-    from rewardlab.sampling import left_pad
+    from rewardlab.text import pad_token_id
+    from rewardlab.text import left_pad
 
     device = next(model.parameters()).device
     out = []
@@ -122,8 +122,8 @@ def steered_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequ
     """[n] log p(completion | prompt) with `vector` added at `site` where generation under `steering`
     adds it ("completion": the positions that predict completion tokens; "all": every position), in
     one teacher-forced batch; differentiable in `vector`. Completions are re-tokenized text (no eos)."""
-    from rewardlab.diff.logprobs import encode, right_padded
-    from rewardlab.models import pad_token_id
+    from rewardlab.text import encode, right_padded
+    from rewardlab.text import pad_token_id
     from rewardlab.sites import add_vector, intervene
 
     if where not in WHERE:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rewardlab import stats
-from rewardlab.diff.logprobs import encode, sequence_logprobs
-from rewardlab.models import pad_token_id
+from rewardlab.diff.logprobs import sequence_logprobs
 from rewardlab.stats import Estimate
+from rewardlab.text import encode, pad_token_id
 
 
 @dataclass

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from rewardlab.io import write_jsonl
-from rewardlab.rewards import get_reward, join_prompt_completion
+from rewardlab.rewards import get_reward
 from rewardlab.rl.config import PairsConfig
 from rewardlab.rl.inputs import completion_length, load_policy_and_tokenizer, load_prompts
 from rewardlab.sampling import generate
+from rewardlab.text import join_prompt_completion
 
 
 def completion_text(prompt: str, completion: str) -> str:

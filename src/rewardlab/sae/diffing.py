@@ -263,7 +263,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                    cfg: DiffConfig = DiffConfig(), explainer=None, simulator=None, detector=None,
                    base_name: str = "base", post_name: str = "post") -> dict:
     """Run the pipeline (module docstring); returns the results dict also written to out/sae_compare.json."""
-    from rewardlab.models import pad_token_id
+    from rewardlab.text import pad_token_id
     from rewardlab.interp.score import interpret_features
     from rewardlab.sites import n_layers
 
@@ -454,7 +454,7 @@ def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | 
                    train_cfg: TrainConfig = TrainConfig(), splice: bool = True) -> dict:
     """`rewardlab sae train`: one SAE on the completion tokens of `records` at `site`, held-out
     metrics (with spliced CE/KL), saved as a SAELens folder out/sae plus out/metrics.json."""
-    from rewardlab.models import pad_token_id
+    from rewardlab.text import pad_token_id
 
     out = Path(out)
     store = cache_activations(model, tokenizer, records, out / "acts", CacheConfig(sites=[site], positions=["tokens"]))
