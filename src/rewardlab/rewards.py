@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import vaderSentiment
 
 from rewardlab.errors import InputError
 from rewardlab.io import TEXT_FIELDS
@@ -29,8 +30,6 @@ WORD_RE = re.compile(r"[a-z][a-z'\-]*")
 
 
 def vader_lexicon_path() -> Path:
-    import vaderSentiment
-
     return Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
 
 
@@ -114,7 +113,7 @@ class ModelReward(Reward):
 
     def __init__(self, path: str, label: str | None = None, scalar: bool = False,
                  batch_size: int = 32, device: str | None = None):
-        from rewardlab.models import load_model, pick_device
+        from rewardlab.models import load_model, pick_device  # transformers, only for model rewards
 
         self.device = pick_device(device)
         self.model, self.tokenizer = load_model(path, device=self.device, dtype="float32",
