@@ -82,7 +82,7 @@ def world_sources(n: int, seed: int, prompt_words: int) -> list[dict]:
             for d in docs]
 
 
-def make_pairs(sources: Sequence[dict], words: AuditWords, cfg: PairConfig = PairConfig()) -> list[dict]:
+def minimal_pairs(sources: Sequence[dict], words: AuditWords, cfg: PairConfig = PairConfig()) -> list[dict]:
     """Minimal pairs from prompt/completion `sources`, one per source and attribute where an edit applies."""
     unknown = set(cfg.attributes) - set(ATTRIBUTES)
     if unknown or not cfg.attributes:
@@ -148,7 +148,7 @@ def load_template(path: str | Path, cfg: PairConfig) -> list[dict]:
         bad = [k for k, t in enumerate(sources) if "prompt" not in t or "completion" not in t]
         if bad:
             raise InputError(f"text {bad[0]} needs prompt and completion", str(path))
-    return make_pairs(sources, words, cfg)
+    return minimal_pairs(sources, words, cfg)
 
 
 class ImplicitRewardScorer:

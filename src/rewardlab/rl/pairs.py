@@ -24,7 +24,7 @@ def completion_text(prompt: str, completion: str) -> str:
     return join_prompt_completion(prompt, completion)[len(prompt):]
 
 
-def make_pairs(cfg: PairsConfig, out: str | Path) -> dict:
+def make_preference_pairs(cfg: PairsConfig, out: str | Path) -> dict:
     """Write pairs to `out` (JSONL); returns {n_pairs, n_ties, mean_margin}."""
     cfg.validate()
     prompt_set = load_prompts(cfg.model, cfg.prompts)
