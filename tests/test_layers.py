@@ -1,11 +1,13 @@
-"""The package's layering: ground floor, methods, top; a module imports only from its own layer or
-below, and the method packages import each other without cycles."""
+"""The layering of DESIGN.md's architecture section: ground floor, methods, top. A module imports only
+from its own layer or below (module level and inside functions), and method packages import each other
+without cycles."""
+
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rewardlab"
 
-GROUND = {"io", "errors", "stats", "config", "schema", "models", "sites", "runs", "text", "configs"}
+GROUND = {"io", "errors", "stats", "config", "schema", "models", "sites", "runs", "text"}
 METHODS = {"world", "rewards", "sampling", "rl", "diff", "audit", "acts", "probes", "steer", "sae",
            "interp"}
 TOP = {"stages", "pipeline", "answers", "report", "cli"}
@@ -16,6 +18,11 @@ LAYER_NAMES = ("ground floor", "methods", "top")
 def _module_name(path):
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name):
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _imported_modules(path):
@@ -32,10 +39,10 @@ def _imported_modules(path):
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module
-            found.add(module)
             # `from rewardlab import acts` imports the module rewardlab.acts
-            found.update(f"{module}.{alias.name}" for alias in node.names)
-    return {m for m in found if m.startswith("rewardlab.") and len(m.split(".")) > 1}
+            submodules = {f"{module}.{alias.name}" for alias in node.names} if module else set()
+            found |= {m for m in submodules if _is_module(m)} or {module}
+    return {m for m in found if m.startswith("rewardlab.")}
 
 
 def _unit(module):
@@ -68,10 +75,20 @@ def test_no_import_cycle_between_method_packages():
             graph[_unit(module)].update(_unit(t) for t in targets
                                         if _unit(t) in METHODS and _unit(t) != _unit(module))
 
-    def reaches(start, goal, seen):
-        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
-                   for nxt in graph[start])
+    def path_back(start, goal, seen):
+        """A path start -> ... -> goal in `graph`, or None."""
+        for nxt in sorted(graph[start]):
+            if nxt == goal:
+                return [start, goal]
+            if nxt not in seen:
+                rest = path_back(nxt, goal, seen | {nxt})
+                if rest:
+                    return [start] + rest
+        return None
 
-    cycles = sorted(f"{a} -> {b} -> ... -> {a}" for a in graph for b in graph[a]
-                    if reaches(b, a, {b}))
-    assert not cycles, "\n".join(cycles)
+    cycles = {}
+    for unit in sorted(graph):
+        cycle = path_back(unit, unit, {unit})
+        if cycle:
+            cycles.setdefault(frozenset(cycle), " -> ".join(cycle))
+    assert not cycles, "\n".join(cycles.values())
