@@ -82,10 +82,10 @@ def test_resume_skips_finished_shards(setup, tmp_path, monkeypatch):
     model, tok = setup
     cfg = CacheConfig(sites=SITES, positions=["last_completion"], shard_rows=2, batch_size=2)
     out = tmp_path / "c"
-    import rewardlab.sites as sites_mod
+    import rewardlab.acts as acts_mod
 
     calls = {"n": 0}
-    real = sites_mod.run_with_capture
+    real = acts_mod.run_with_capture
 
     def failing(*a, **k):
         calls["n"] += 1
@@ -93,7 +93,7 @@ def test_resume_skips_finished_shards(setup, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(sites_mod, "run_with_capture", failing)
+    monkeypatch.setattr(acts_mod, "run_with_capture", failing)
     with pytest.raises(KeyboardInterrupt):
         cache_activations(model, tok, RECORDS, out, cfg)
     with pytest.raises(InputError, match="incomplete"):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rewardlab.audit import (PairConfig, audit, format_table, get_scorer, load_template, make_pairs, read_pairs,
+from rewardlab.audit import (PairConfig, audit, format_table, get_scorer, load_template, minimal_pairs, read_pairs,
                              world_sources, world_words, write_audit)
 from rewardlab.errors import InputError
 from rewardlab.world.grammar import is_grammatical
@@ -20,7 +20,7 @@ class FixedScorer:
 
 
 def test_world_pairs_are_minimal_grammatical_and_utility_audit_passes(tmp_path):
-    pairs = make_pairs(world_sources(200, 0, 3), world_words(), PairConfig(seed=0))
+    pairs = minimal_pairs(world_sources(200, 0, 3), world_words(), PairConfig(seed=0))
     by_attr = {a: [p for p in pairs if p["attribute"] == a] for a in ("sentiment", "neutral", "length")}
     assert all(len(v) > 50 for v in by_attr.values())
     for p in pairs:
@@ -86,7 +86,7 @@ def test_pairs_file_and_template_file(tmp_path):
         ("neutral", "the film was good .", "the movie was good ."),
         ("length", "the film was good . it is a film .", "the film was good .")}
     with pytest.raises(InputError, match="unknown attribute"):
-        make_pairs([], world_words(), PairConfig(attributes=("color",)))
+        minimal_pairs([], world_words(), PairConfig(attributes=("color",)))
 
 
 def test_audit_cli(tmp_path, capsys):

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from rewardlab.diff.divergent import DivergentConfig, divergent_logits, sample_divergent
-from rewardlab.diff.logprobs import Encoded, sequence_logprobs
+from rewardlab.diff.logprobs import sequence_logprobs
 from rewardlab.errors import InputError
 from rewardlab.sampling import generate
+from rewardlab.text import Encoded
 from tiny_lm import PROMPTS, tiny_pair
 
 

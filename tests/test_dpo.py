@@ -10,7 +10,7 @@ import torch
 from rewardlab.rl.config import DPOTrainConfig
 from rewardlab.rl.dpo import _with_eos, summed_logprobs, train_dpo
 from rewardlab.rl.config import PairsConfig
-from rewardlab.rl.pairs import make_pairs
+from rewardlab.rl.pairs import make_preference_pairs
 from test_ppo import make_prompts, make_tiny_lm
 
 
@@ -37,8 +37,8 @@ def test_summed_logprobs_brute_force(tmp_path):
 def test_dpo_end_to_end(tmp_path):
     base = make_tiny_lm(tmp_path / "base")
     prompts = make_prompts(tmp_path / "p.jsonl")
-    make_pairs(PairsConfig(model=base, prompts=prompts, n_prompts=48, per_prompt=2, max_new_tokens=6),
-               tmp_path / "pairs.jsonl")
+    make_preference_pairs(PairsConfig(model=base, prompts=prompts, n_prompts=48, per_prompt=2, max_new_tokens=6),
+                          tmp_path / "pairs.jsonl")
     summary = train_dpo(DPOTrainConfig(base=base, pairs=str(tmp_path / "pairs.jsonl"), prompts=prompts, epochs=1,
                                        batch_size=8, max_new_tokens=6, eval_samples=16, held_out=0.25),
                         tmp_path / "out")

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from rewardlab.diff.implicit import ScoreConfig, implicit_rewards, score_records
-from rewardlab.diff.logprobs import completion_logprobs, encode, reduce_logprobs
+from rewardlab.diff.implicit import ScoreConfig, implicit_reward_records, implicit_rewards
+from rewardlab.diff.logprobs import completion_logprobs, reduce_logprobs
 from rewardlab.errors import InputError
+from rewardlab.text import encode
 from tiny_lm import COMPLETIONS, PROMPTS, tiny_pair
 
 
@@ -41,12 +42,12 @@ def test_implicit_reward_is_beta_times_log_ratio_and_zero_for_identical_models()
     assert all(r["implicit_reward"] == 0.0 for r in same)
 
 
-def test_score_records_records_reference_and_rewards():
+def test_implicit_reward_records_hold_reference_and_rewards():
     from rewardlab.rewards import get_reward
 
     base, post, tok = tiny_pair()
     records = [{"prompt": p, "completion": c, "id": i} for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS))]
-    rows = score_records(base, post, tok, records, reward=get_reward("utility"), base_name="B", post_name="P")
+    rows = implicit_reward_records(base, post, tok, records, reward=get_reward("utility"), base_name="B", post_name="P")
     assert [r["id"] for r in rows] == [0, 1, 2, 3]
     assert rows[0]["ref_model"] == "B" and rows[0]["model"] == "P" and rows[0]["chat_template"] is None
     assert rows[0]["reward"] == pytest.approx(get_reward("utility")([COMPLETIONS[0]])[0])
@@ -117,6 +118,6 @@ def test_chat_template_is_applied_once_and_recorded():
     enc = encode(tok, ["the film was"], [" good ."], chat_template=True)[0]
     assert tok.convert_ids_to_tokens(enc.ids) == ["<s>", "review", ":", "the", "film", "was", "good", "."]
     assert enc.prompt_len == 6
-    rows = score_records(base, post, tok, [{"prompt": "the film was", "completion": " good ."}],
-                         ScoreConfig(chat_template=True))
+    rows = implicit_reward_records(base, post, tok, [{"prompt": "the film was", "completion": " good ."}],
+                                   ScoreConfig(chat_template=True))
     assert rows[0]["chat_template"] == tok.chat_template

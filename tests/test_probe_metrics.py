@@ -11,7 +11,8 @@ from sklearn.metrics import r2_score, roc_auc_score
 
 from rewardlab.errors import InputError
 from rewardlab.probes.metrics import auc_score, binary_labels, evaluate
-from rewardlab.probes.splits import grouped_split, prompt_id
+from rewardlab.probes.splits import grouped_split
+from rewardlab.text import prompt_id
 
 
 @pytest.fixture

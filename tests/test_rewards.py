@@ -3,8 +3,8 @@ import math
 import pytest
 
 from rewardlab.errors import InputError
-from rewardlab.rewards import (CharCountReward, Reward, UtilityReward, get_reward, join_prompt_completion,
-                               load_lexicon, score_records)
+from rewardlab.rewards import CharCountReward, Reward, UtilityReward, get_reward, load_lexicon, score_records
+from rewardlab.text import join_prompt_completion
 
 
 def test_utility_matches_brute_force_on_lexicon_file():

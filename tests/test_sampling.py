@@ -7,7 +7,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from rewardlab.errors import InputError
-from rewardlab.sampling import StepState, generate, left_pad, model_step, process_logits
+from rewardlab.sampling import StepState, generate, model_step, process_logits
+from rewardlab.text import left_pad
 from rewardlab.world.grammar import vocabulary
 from rewardlab.world.tokenizer import build_tokenizer
 

@@ -7,7 +7,7 @@
     for batch in store.iter_batches("blocks.2.hook_resid_post", 4096): # per-token mode, streamed
         batch["acts"], batch["row_ids"], batch["token_ids"]            # [B, d], [B], [B]
 
-Positions (per record; prompt and completion tokenized as `rewardlab.diff.logprobs.encode`, right
+Positions (per record; prompt and completion tokenized as `rewardlab.text.encode`, right
 padded, so pads never enter; special tokens such as BOS/EOS are skipped):
     last_completion   the last completion token
     last_prompt       the last prompt token (what the model knows before writing anything)
@@ -35,11 +35,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, save_tensors, write_json
-from rewardlab.probes.splits import prompt_id
+from rewardlab.sites import n_layers, parse_site, run_with_capture
+from rewardlab.text import encode, pad_token_id, prompt_id
 
 NAMED_POSITIONS = ("last_completion", "last_prompt", "mean_completion", "tokens")
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -105,8 +107,6 @@ def _collect(model, pad: int, encoded: Sequence, layout: Sequence, rows: range, 
              positions: list[str | int], batch_size: int, bar: tqdm | None = None) -> dict[str, torch.Tensor]:
     """{"SITE|POSITION": [n_rows or n_tokens, d]} for `rows`, one forward pass per batch of rows
     (`bar`, if given, advances by the rows of each batch)."""
-    from rewardlab.sites import run_with_capture
-
     device = next(model.parameters()).device
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
@@ -132,9 +132,6 @@ def _collect(model, pad: int, encoded: Sequence, layout: Sequence, rows: range, 
 def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], positions: Sequence,
             chat_template: bool):
     """Checked site names, positions, encodings and per-row (last prompt, completion) indices."""
-    from rewardlab.diff.logprobs import encode
-    from rewardlab.sites import n_layers, parse_site
-
     positions = [parse_position(p) for p in positions]
     depth = n_layers(model)
     sites = list(dict.fromkeys(parse_site(s, depth).name for s in sites))
@@ -156,8 +153,6 @@ def collect_activations(model, tokenizer, records: Sequence[dict], sites: Sequen
                         positions: Sequence[str | int] = ("last_completion",), batch_size: int = 16,
                         chat_template: bool = False) -> dict[str, torch.Tensor]:
     """In memory: {"SITE|POSITION": float32 [n_rows, d] (or [n_tokens, d] for tokens)}."""
-    from rewardlab.models import pad_token_id
-
     sites, positions, encoded, layout = _encode(model, tokenizer, records, sites, positions, chat_template)
     parts = _collect(model, pad_token_id(tokenizer), encoded, layout, range(len(records)), sites, positions, batch_size)
     return {k: v.float() for k, v in parts.items()}
@@ -167,8 +162,6 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
                       model_name: str = "model", progress: bool = True) -> "ActivationStore":
     """Cache `cfg.sites` x `cfg.positions` for prompt/completion `records` into folder `out`
     (`progress`: a bar over the records on stderr)."""
-    from rewardlab.models import pad_token_id
-
     out = Path(out)
     if cfg.dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {cfg.dtype!r}", fix=f"use {', '.join(STORE_DTYPES)}")
@@ -258,8 +251,6 @@ class ActivationStore:
         return f"{site}|{position}"
 
     def _shards(self, keys: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-        from safetensors import safe_open
-
         for name in self.manifest["shards"]:
             with safe_open(str(self.folder / name), framework="pt") as f:
                 yield {k: f.get_tensor(k) for k in keys}

@@ -30,8 +30,11 @@ from typing import Sequence
 import numpy as np
 
 from rewardlab import stats
+from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
+from rewardlab.diff.logprobs import REF_FREE, completion_logprobs, reduce_logprobs
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, read_jsonl, write_json, write_jsonl
+from rewardlab.rewards import get_reward
 
 ATTRIBUTES = ("sentiment", "neutral", "length")
 
@@ -51,7 +54,7 @@ class AuditWords:
 def world_words() -> AuditWords:
     """The review world's word classes (grammatical swaps) and its neutral sentences. Neutral classes
     are those without sentiment and without sentiment cues (`POLAR_CUES`, e.g. intensifiers)."""
-    from rewardlab.world import grammar
+    from rewardlab.world import grammar  # loads transformers: keeps `audit --help` fast
 
     classes = grammar.WORD_CLASSES
     sentiment = [(list(classes[f"{s}+"]), list(classes[f"{s}-"])) for s in grammar.SENTIMENT_SLOTS]
@@ -72,14 +75,14 @@ class PairConfig:
 
 def world_sources(n: int, seed: int, prompt_words: int) -> list[dict]:
     """Held-out world documents split into prompt (first words) and completion (the rest)."""
-    from rewardlab.world.grammar import sample_corpus
+    from rewardlab.world.grammar import sample_corpus  # loads transformers: keeps `audit --help` fast
 
     docs = sample_corpus(n, seed, stream="audit")
     return [{"prompt": " ".join(d.split()[:prompt_words]), "completion": " ".join(d.split()[prompt_words:])}
             for d in docs]
 
 
-def make_pairs(sources: Sequence[dict], words: AuditWords, cfg: PairConfig = PairConfig()) -> list[dict]:
+def minimal_pairs(sources: Sequence[dict], words: AuditWords, cfg: PairConfig = PairConfig()) -> list[dict]:
     """Minimal pairs from prompt/completion `sources`, one per source and attribute where an edit applies."""
     unknown = set(cfg.attributes) - set(ATTRIBUTES)
     if unknown or not cfg.attributes:
@@ -145,7 +148,7 @@ def load_template(path: str | Path, cfg: PairConfig) -> list[dict]:
         bad = [k for k, t in enumerate(sources) if "prompt" not in t or "completion" not in t]
         if bad:
             raise InputError(f"text {bad[0]} needs prompt and completion", str(path))
-    return make_pairs(sources, words, cfg)
+    return minimal_pairs(sources, words, cfg)
 
 
 class ImplicitRewardScorer:
@@ -153,8 +156,7 @@ class ImplicitRewardScorer:
 
     def __init__(self, policy: str, ref: str | None = None, ref_free: str = "sum", beta: float = 1.0,
                  batch_size: int = 16, device: str | None = None):
-        from rewardlab.diff.logprobs import REF_FREE
-        from rewardlab.models import ModelPair, load_model
+        from rewardlab.models import ModelPair, load_model  # loads transformers: keeps `audit --help` fast
 
         if ref is None and ref_free not in REF_FREE:
             raise InputError(f"unknown reference-free score {ref_free!r}", fix=f"use one of {', '.join(REF_FREE)}")
@@ -169,9 +171,6 @@ class ImplicitRewardScorer:
         self.ref_name = str(ref) if ref is not None else f"none ({ref_free})"
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
-        from rewardlab.diff.logprobs import completion_logprobs, reduce_logprobs
-
         if self.ref_model is not None:
             rows = implicit_rewards(self.ref_model, self.model, self.tokenizer, prompts, completions,
                                     ScoreConfig(beta=self.beta, batch_size=self.batch_size))
@@ -184,8 +183,6 @@ class RegistryScorer:
     """A reward of the registry, scoring the completion text."""
 
     def __init__(self, spec: str, device: str | None = None):
-        from rewardlab.rewards import get_reward
-
         self.reward = get_reward(spec, device=device)
         self.name, self.ref_name = self.reward.name, None
 

@@ -440,17 +440,17 @@ def _diff_kl_options(p: argparse.ArgumentParser) -> None:
 
 
 def _score(a: argparse.Namespace) -> None:
-    from rewardlab.diff.implicit import ScoreConfig, score_records
+    from rewardlab.diff.implicit import ScoreConfig, implicit_reward_records
     from rewardlab.io import read_jsonl, write_jsonl
     from rewardlab.models import ModelPair, model_id
     from rewardlab.rewards import get_reward
 
     records = read_jsonl(a.input, required=("prompt", "completion"))
     pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype)
-    rows = score_records(pair.base, pair.post, pair.tokenizer, records, config_from_args(ScoreConfig, a),
-                         reward=get_reward(a.reward) if a.reward else None,
-                         rm=get_reward(f"rm:{a.rm}", device=a.device) if a.rm else None,
-                         base_name=model_id(a.base), post_name=model_id(a.post))
+    rows = implicit_reward_records(pair.base, pair.post, pair.tokenizer, records, config_from_args(ScoreConfig, a),
+                                   reward=get_reward(a.reward) if a.reward else None,
+                                   rm=get_reward(f"rm:{a.rm}", device=a.device) if a.rm else None,
+                                   base_name=model_id(a.base), post_name=model_id(a.post))
     write_jsonl(a.out, rows)
     print(f"scored {len(rows)} records (implicit reward vs reference {model_id(a.base)}) -> {a.out}")
 
@@ -494,7 +494,7 @@ def _sample_divergent_options(p: argparse.ArgumentParser) -> None:
 
 
 def _audit(a: argparse.Namespace) -> None:
-    from rewardlab.audit import (PairConfig, audit, format_table, get_scorer, load_template, make_pairs,
+    from rewardlab.audit import (PairConfig, audit, format_table, get_scorer, load_template, minimal_pairs,
                                  read_pairs, world_sources, world_words, write_audit)
 
     cfg = config_from_args(PairConfig, a)
@@ -503,7 +503,7 @@ def _audit(a: argparse.Namespace) -> None:
     elif a.template:
         pairs = load_template(a.template, cfg)
     else:
-        pairs = make_pairs(world_sources(cfg.n_sources, cfg.seed, cfg.prompt_words), world_words(), cfg)
+        pairs = minimal_pairs(world_sources(cfg.n_sources, cfg.seed, cfg.prompt_words), world_words(), cfg)
     scorer = get_scorer(a.rm, ref=a.ref, ref_free=a.ref_free, beta=a.beta, device=a.device)
     results, rows = audit(scorer, pairs, seed=cfg.seed)
     write_audit(a.out, results, rows)
@@ -597,9 +597,9 @@ def _train_sweep_options(p: argparse.ArgumentParser) -> None:
 
 def _data_pairs(a: argparse.Namespace) -> None:
     from rewardlab.rl.config import PairsConfig
-    from rewardlab.rl.pairs import make_pairs
+    from rewardlab.rl.pairs import make_preference_pairs
 
-    stats = make_pairs(config_from_args(PairsConfig, a), a.out)
+    stats = make_preference_pairs(config_from_args(PairsConfig, a), a.out)
     print(f"wrote {stats['n_pairs']} pairs ({stats['n_ties']} ties dropped, mean margin "
           f"{stats['mean_margin']:.3f}) -> {a.out}")
 

@@ -18,6 +18,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+import yaml
+
 from rewardlab.errors import InputError
 
 T = TypeVar("T")
@@ -80,8 +82,6 @@ def from_dict(cls: type[T], values: dict | None, where: str) -> T:
 
 
 def load_yaml(path: str | Path) -> dict:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise InputError("config file not found", str(path), "check the path")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rewardlab.errors import InputError
@@ -156,8 +156,6 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Load tensors and the JSON-decoded metadata written by `save_tensors`."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", str(path), "check the path")

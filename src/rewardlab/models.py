@@ -172,14 +172,6 @@ def model_id(path_or_name: str | Path) -> str:
     return path.resolve().name if path.exists() else text
 
 
-def pad_token_id(tokenizer) -> int:
-    """The id used to pad batches: pad, else eos, else 0 (padding never enters a result)."""
-    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tok_id is not None:
-            return tok_id
-    return 0
-
-
 def model_folder(path: str | Path) -> str:
     """A Hugging Face model folder: a training run's `policy/` subfolder, else `path` itself; a name
     with no local folder is returned as given (a Hub name)."""

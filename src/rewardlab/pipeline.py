@@ -27,6 +27,7 @@ from rewardlab import answers
 from rewardlab.config import from_dict, load_yaml
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, write_json
+from rewardlab.report import build_report
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
 from rewardlab.stages.common import Context, Planner, PlannedStage, RunConfig
@@ -114,8 +115,6 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> dict:
     results = merge_results(plan)
     write_json(plan.run_dir / "results.json", results)
     if plan.config.report:
-        from rewardlab.report import build_report
-
         build_report(plan.run_dir)
     return results
 

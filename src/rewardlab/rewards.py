@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import vaderSentiment
 
 from rewardlab.errors import InputError
 from rewardlab.io import TEXT_FIELDS
+from rewardlab.text import join_prompt_completion
 
 WORD_RE = re.compile(r"[a-z][a-z'\-]*")
 
 
 def vader_lexicon_path() -> Path:
-    import vaderSentiment
-
     return Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
 
 
@@ -113,7 +113,7 @@ class ModelReward(Reward):
 
     def __init__(self, path: str, label: str | None = None, scalar: bool = False,
                  batch_size: int = 32, device: str | None = None):
-        from rewardlab.models import load_model, pick_device
+        from rewardlab.models import load_model, pick_device  # transformers, only for model rewards
 
         self.device = pick_device(device)
         self.model, self.tokenizer = load_model(path, device=self.device, dtype="float32",
@@ -212,13 +212,6 @@ def record_text(record: dict, on: str = "completion") -> str:
     if on == "full":
         return join_prompt_completion(record["prompt"], record["completion"])
     raise InputError(f"unknown text choice {on!r}", fix="use completion or full")
-
-
-def join_prompt_completion(prompt: str, completion: str) -> str:
-    """Prompt and completion as one text, with one space between them when neither side has it."""
-    if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
-        return prompt + completion
-    return f"{prompt} {completion}"
 
 
 def score_records(records: list[dict], reward: Reward, on: str = "completion", field: str = "reward") -> list[dict]:

@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Mapping
 
@@ -30,8 +31,6 @@ _BIG_FILE = 64 << 20  # files above this are hashed by size plus head and tail, 
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide the numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for name in ("rewardlab", "torch", "transformers", "tokenizers", "trl", "accelerate", "numpy", "scipy"):
         try:

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
-from rewardlab.models import pad_token_id
+from rewardlab.text import left_pad, pad_token_id
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -130,20 +130,6 @@ class Sample:
 
 
 LogitsFn = Callable[[torch.Tensor, StepState], torch.Tensor]
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists -> (input_ids, attention_mask, position_ids), each (B, T)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
 
 
 @dataclass

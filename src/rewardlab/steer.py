@@ -35,7 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rewardlab import stats
+from rewardlab.acts import collect_activations
+from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
+from rewardlab.diff.logprobs import completion_logprobs
 from rewardlab.errors import InputError
+from rewardlab.sampling import generate
+from rewardlab.sites import add_vector, d_model, intervene, last_position, n_layers, parse_site
+from rewardlab.text import encode, left_pad, pad_token_id, right_padded
 
 WHERE = ("all", "completion")
 
@@ -57,8 +63,6 @@ class SteerConfig:
 
 def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_size: int = 64) -> float:
     """Mean L2 norm of `site`'s activation over the completion tokens of prompt/completion `records`."""
-    from rewardlab.acts import collect_activations
-
     acts = collect_activations(model, tokenizer, records, [site], ["tokens"], batch_size)[f"{site}|tokens"]
     if not len(acts):
         raise InputError("the unsteered completions are all empty: no activations to take a norm from",
@@ -69,8 +73,6 @@ def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_siz
 @contextmanager
 def steering(model, site: str, vector: torch.Tensor, where: str = "all"):
     """Inside the block, `site`'s activation gets + vector ([d_model]) at the `where` positions."""
-    from rewardlab.sites import add_vector, intervene, last_position
-
     if where not in WHERE:
         raise InputError(f"unknown steering positions {where!r}", fix=f"use {' or '.join(WHERE)}")
     with intervene(model, site, add_vector(vector, None if where == "all" else last_position)):
@@ -79,8 +81,6 @@ def steering(model, site: str, vector: torch.Tensor, where: str = "all"):
 
 def steered_samples(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor | None, cfg: SteerConfig):
     """Samples with `vector` added at cfg.site (None: unsteered), sampling seed cfg.seed."""
-    from rewardlab.sampling import generate
-
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
               generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
     if vector is None:
@@ -91,9 +91,6 @@ def steered_samples(model, tokenizer, prompts: Sequence[str], vector: torch.Tens
 
 def next_token_kl(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor, cfg: SteerConfig) -> np.ndarray:
     """Per prompt: KL(p_unsteered || p_steered) of the next-token distribution after the prompt (nats)."""
-    from rewardlab.models import pad_token_id
-    from rewardlab.sampling import left_pad
-
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), cfg.batch_size):
@@ -120,10 +117,6 @@ def steered_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequ
     """[n] log p(completion | prompt) with `vector` added at `site` where generation under `steering`
     adds it ("completion": the positions that predict completion tokens; "all": every position), in
     one teacher-forced batch; differentiable in `vector`. Completions are re-tokenized text (no eos)."""
-    from rewardlab.diff.logprobs import encode, right_padded
-    from rewardlab.models import pad_token_id
-    from rewardlab.sites import add_vector, intervene
-
     if where not in WHERE:
         raise InputError(f"unknown steering positions {where!r}", fix=f"use {' or '.join(WHERE)}")
     encoded = encode(tokenizer, prompts, completions)
@@ -180,8 +173,6 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     "random_effects": [n_random][n_alphas], ...} (`report.figures.dose_response` draws it).
     progress: a bar over the generation runs (one per direction and nonzero alpha) on stderr.
     """
-    from rewardlab.sites import d_model, n_layers, parse_site
-
     parse_site(cfg.site, n_layers(model))
     width = d_model(model)
     if probe is not None:
@@ -248,23 +239,17 @@ def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) 
     completions = [s.completion for s in samples]
     out = {}
     if probe is not None:
-        from rewardlab.acts import collect_activations
-
         site, position = probe.meta["site"], probe.meta["position"]
         records = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
         x = collect_activations(model, tokenizer, records, [site], [position])[f"{site}|{position}"].numpy()
         out["probe_score"] = stats.mean(probe.predict(x), groups=groups, **kw).to_dict()
     if base is not None:
-        from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
-
         scores = implicit_rewards(base, model, tokenizer, prompts, completions, ScoreConfig())
         out["implicit_reward"] = stats.mean([s["implicit_reward"] for s in scores], groups=groups, **kw).to_dict()
     if checker is not None:
         ok = [float(checker(c, p)) for c, p in zip(completions, prompts)]
         out["grammatical_rate"] = stats.mean(ok, groups=groups, **kw).to_dict()
     else:
-        from rewardlab.diff.logprobs import completion_logprobs
-
         keep = [i for i, c in enumerate(completions) if c]
         logps = completion_logprobs(model, tokenizer, [prompts[i] for i in keep], [completions[i] for i in keep])
         nll = float(np.mean([-float(lp.mean()) for lp in logps if len(lp)])) if logps else float("nan")

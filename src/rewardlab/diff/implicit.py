@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rewardlab import stats
-from rewardlab.diff.logprobs import encode, sequence_logprobs
-from rewardlab.models import pad_token_id
+from rewardlab.diff.logprobs import sequence_logprobs
 from rewardlab.stats import Estimate
+from rewardlab.text import encode, pad_token_id
 
 
 @dataclass
@@ -51,8 +51,8 @@ def implicit_rewards(base, post, tokenizer, prompts: Sequence[str], completions:
     return rows
 
 
-def score_records(base, post, tokenizer, records: list[dict], cfg: ScoreConfig = ScoreConfig(),
-                  reward=None, rm=None, base_name: str = "base", post_name: str = "post") -> list[dict]:
+def implicit_reward_records(base, post, tokenizer, records: list[dict], cfg: ScoreConfig = ScoreConfig(),
+                            reward=None, rm=None, base_name: str = "base", post_name: str = "post") -> list[dict]:
     """Copies of prompt/completion `records` with the implicit reward, the true `reward` (a
     `rewardlab.rewards.Reward`, scored on the completion) and the reward-model score `rm` if given."""
     prompts = [r["prompt"] for r in records]

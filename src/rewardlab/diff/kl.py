@@ -16,9 +16,9 @@ from typing import Sequence
 import torch
 
 from rewardlab import stats
-from rewardlab.diff.logprobs import completion_log_softmax, encode
+from rewardlab.diff.logprobs import completion_log_softmax
 from rewardlab.errors import InputError
-from rewardlab.models import pad_token_id
+from rewardlab.text import encode, pad_token_id
 
 
 @dataclass

@@ -1,11 +1,9 @@
 """Completion-token log-probabilities: the one implementation behind implicit reward, per-token KL
 and the DPO-policy audit.
 
-Tokenization follows TRL's convention: the prompt is tokenized with special tokens (so a BOS is
-added once, if the tokenizer adds one), the completion without, and the two id lists are joined.
-An optional chat template wraps the prompt as one user turn; it is applied to both models
-identically and recorded. Sequences are right-padded with an attention mask: a causal model never
-lets a real token see a pad, so a batched result equals the one-at-a-time result.
+Prompts and completions are tokenized by `rewardlab.text.encode` (TRL's convention). Sequences
+are right-padded with an attention mask: a causal model never lets a real token see a pad, so a
+batched result equals the one-at-a-time result.
 
 Log-softmax is taken in float32 whatever the model's dtype. Position t of a completion of n tokens
 holds log p(y_t | x, y_<t).
@@ -13,63 +11,13 @@ holds log p(y_t | x, y_<t).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
 from rewardlab.errors import InputError
-from rewardlab.models import pad_token_id
 from rewardlab.sampling import gather_logprobs, processed_log_softmax
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One prompt/completion as token ids; `ids[prompt_len:]` are the completion tokens."""
-
-    ids: list[int]
-    prompt_len: int
-
-    @property
-    def n_completion(self) -> int:
-        return len(self.ids) - self.prompt_len
-
-
-def format_prompt(tokenizer, prompt: str, chat_template: bool = False) -> str:
-    """The prompt text as the model sees it: raw, or rendered as one user turn by the chat template."""
-    if not chat_template:
-        return prompt
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise InputError("the tokenizer has no chat template", fix="drop --chat-template for plain prompts")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
-def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str], chat_template: bool = False) -> list[Encoded]:
-    """Token ids of each prompt (with special tokens; a template already holds its own) + completion (without)."""
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-    out = []
-    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        prompt_ids = tokenizer(format_prompt(tokenizer, prompt, chat_template),
-                               add_special_tokens=not chat_template)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        if not prompt_ids:
-            raise InputError("the prompt has no tokens, so the first completion token has no context",
-                             f"record {i}", "give a non-empty prompt (or a tokenizer that adds BOS)")
-        out.append(Encoded(list(prompt_ids) + list(completion_ids), len(prompt_ids)))
-    return out
-
-
-def right_padded(encoded: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both [n, longest] long tensors on CPU, sequences right-padded with pad_id."""
-    width = max(len(e.ids) for e in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        input_ids[row, :len(e.ids)] = torch.tensor(e.ids)
-        attention[row, :len(e.ids)] = 1
-    return input_ids, attention
+from rewardlab.text import Encoded, encode, pad_token_id, right_padded
 
 
 def completion_log_softmax(model, encoded: Sequence[Encoded], batch_size: int = 16,

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, TypeVar
 
+import torch
+
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path
 
@@ -80,14 +82,12 @@ class HFChatClient:
     """A local causal LM with a chat template; greedy decoding."""
 
     def __init__(self, path: str, device: str | None = None):
-        from rewardlab.models import load_model
+        from rewardlab.models import load_model  # transformers, only for a local chat model
 
         self.model, self.tokenizer = load_model(path, device=device)
         self.model_id = f"hf:{path}"
 
     def complete(self, messages: Messages, max_tokens: int = 512) -> str:
-        import torch
-
         if getattr(self.tokenizer, "chat_template", None):
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                      return_dict=True)["input_ids"]

@@ -19,10 +19,10 @@ import numpy as np
 
 from rewardlab import stats
 from rewardlab.errors import InputError
-from rewardlab.interp.clients import ChatClient, map_concurrent
-from rewardlab.interp.explain import LexicalExplainer, explanation_words, normalize_token
+from rewardlab.interp.clients import CachedClient, ChatClient, HFChatClient, OpenAIClient, map_concurrent
+from rewardlab.interp.explain import LexicalExplainer, LLMExplainer, explanation_words, normalize_token
 from rewardlab.interp.records import FeatureRecords
-from rewardlab.interp.simulate import LexicalSimulator
+from rewardlab.interp.simulate import LexicalSimulator, LLMSimulator
 
 
 def pooled_pearson(true: list[list[float]], pred: list[list[float]]) -> float:
@@ -116,10 +116,6 @@ def make_backends(base_url: str | None = None, model: str | None = None, api_key
     given, else a local Hugging Face chat model when hf_model is, else the offline lexical trio.
     LLM calls are cached under cache_dir when given. `check_endpoint`: send one 1-token request now,
     so an unreachable endpoint fails before long work (SAE training) rather than after it."""
-    from rewardlab.interp.clients import CachedClient, HFChatClient, OpenAIClient
-    from rewardlab.interp.explain import LLMExplainer
-    from rewardlab.interp.simulate import LLMSimulator
-
     if (base_url or model) and hf_model:
         raise InputError("both an LLM endpoint and a local chat model are given",
                          fix="pass either --llm-base-url/--llm-model or --hf-chat-model")

@@ -6,18 +6,12 @@ The seed probe project split rows at random, so completions of one prompt sat in
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from rewardlab.errors import InputError
-
-
-def prompt_id(prompt: str) -> str:
-    """Stable id of a prompt string: the first 16 hex digits of its SHA-256."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

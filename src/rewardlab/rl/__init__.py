@@ -6,7 +6,7 @@
 
 from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 
-__all__ = ["PPOConfig", "DPOTrainConfig", "PairsConfig", "train_ppo", "train_dpo", "make_pairs"]
+__all__ = ["PPOConfig", "DPOTrainConfig", "PairsConfig", "train_ppo", "train_dpo", "make_preference_pairs"]
 
 
 def __getattr__(name):  # the trainers load torch/transformers/trl only when asked for
@@ -16,7 +16,7 @@ def __getattr__(name):  # the trainers load torch/transformers/trl only when ask
     if name == "train_dpo":
         from rewardlab.rl.dpo import train_dpo
         return train_dpo
-    if name == "make_pairs":
-        from rewardlab.rl.pairs import make_pairs
-        return make_pairs
+    if name == "make_preference_pairs":
+        from rewardlab.rl.pairs import make_preference_pairs
+        return make_preference_pairs
     raise AttributeError(name)

@@ -128,7 +128,8 @@ class DPOTrainConfig:
 
 @dataclass
 class PairsConfig:
-    """Settings of `make_pairs`; sampling settings default to the world's (max_new_tokens) or plain sampling."""
+    """Settings of `make_preference_pairs`; sampling settings default to the world's (max_new_tokens) or plain
+    sampling."""
 
     model: str = ""                  # Hugging Face folder of the sampling model
     reward: str = "utility"          # reward spec

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from rewardlab.io import write_jsonl
-from rewardlab.rewards import get_reward, join_prompt_completion
+from rewardlab.rewards import get_reward
 from rewardlab.rl.config import PairsConfig
 from rewardlab.rl.inputs import completion_length, load_policy_and_tokenizer, load_prompts
 from rewardlab.sampling import generate
+from rewardlab.text import join_prompt_completion
 
 
 def completion_text(prompt: str, completion: str) -> str:
@@ -23,7 +24,7 @@ def completion_text(prompt: str, completion: str) -> str:
     return join_prompt_completion(prompt, completion)[len(prompt):]
 
 
-def make_pairs(cfg: PairsConfig, out: str | Path) -> dict:
+def make_preference_pairs(cfg: PairsConfig, out: str | Path) -> dict:
     """Write pairs to `out` (JSONL); returns {n_pairs, n_ties, mean_margin}."""
     cfg.validate()
     prompt_set = load_prompts(cfg.model, cfg.prompts)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -417,8 +418,6 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     samples.jsonl, base_eval.json, eval_samples.jsonl and summary.json; returns the summary.
     `progress`: a bar over phases on stderr with the phase's reward, exact KL and grammatical rate.
     """
-    from accelerate import Accelerator
-
     cfg = config
     cfg.validate()
     out = Path(out_dir)

@@ -13,14 +13,13 @@ from typing import Sequence
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, write_jsonl
 from rewardlab.rl.config import PPOConfig
+from rewardlab.rl.ppo import train_ppo
 
 COLUMNS = ("kl_coef", "reward_policy", "reward_base", "kl_exact", "grammatical_rate", "seconds")
 
 
 def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path) -> str:
     """Train PPO at each KL coefficient; returns the frontier as a Markdown table."""
-    from rewardlab.rl.ppo import train_ppo
-
     bad = [c for c in kl_coefs if not c >= 0]
     if bad or not kl_coefs:
         raise InputError(f"KL coefficients must be at least 0, got {bad}" if bad else "no KL coefficient given",

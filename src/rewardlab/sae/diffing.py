@@ -42,14 +42,21 @@ from rewardlab import stats
 from rewardlab.acts import ActivationStore, CacheConfig, cache_activations
 from rewardlab.diff.params import parameter_divergence
 from rewardlab.errors import InputError, raise_first_failed
-from rewardlab.io import write_json
+from rewardlab.interp.explain import explanation_words
+from rewardlab.interp.records import build_records
+from rewardlab.interp.score import interpret_features
+from rewardlab.io import read_json, save_tensors, write_json
 from rewardlab.probes.splits import grouped_split
+from rewardlab.rewards import get_reward, load_lexicon
 from rewardlab.sae.compare import compare_dictionaries, random_baseline, summary
 from rewardlab.sae.crosscoder import Crosscoder, diff_summary
-from rewardlab.sae.export import save_sae
+from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics, spliced_metrics
 from rewardlab.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
 from rewardlab.sae.train import TrainConfig, train_sae
+from rewardlab.sampling import generate
+from rewardlab.sites import n_layers
+from rewardlab.text import pad_token_id
 
 SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
 
@@ -143,8 +150,6 @@ def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prom
                        max_new_tokens: int, seed: int) -> list[dict]:
     """`n_per_prompt` completions of every prompt from each model (temperature 1, one seeded generator),
     as records {prompt, completion, source}: extra SAE text. Works with any prompts, needs no reward."""
-    from rewardlab.sampling import generate
-
     gen = torch.Generator().manual_seed(seed)
     repeated = [p for p in prompts for _ in range(n_per_prompt)]
     return [{"prompt": s.prompt, "completion": s.completion, "source": name}
@@ -217,9 +222,6 @@ def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, gro
 
 def description_relevance(explanations: Sequence[str]) -> float:
     """The seed's metric: sum over explanations of the |VADER valence| of their words."""
-    from rewardlab.interp.explain import explanation_words
-    from rewardlab.rewards import load_lexicon
-
     lexicon = load_lexicon()
     return float(sum(abs(lexicon.get(w, 0.0)) for e in explanations for w in explanation_words(e)))
 
@@ -238,8 +240,6 @@ def _batches(store: ActivationStore, rows: Sequence[int], pad: int, batch_size: 
 
 def _feature_records(tokenizer, store: ActivationStore, tokens: TokenActs, sae: SparseAutoencoder,
                      rows: Sequence[int], features: list[int], seed: int):
-    from rewardlab.interp.records import build_records
-
     keep = torch.isin(tokens.row_ids, torch.as_tensor(np.asarray(rows), dtype=torch.long))
     f = sae.encode(tokens.acts[keep])[:, features]
     row_ids, token_ids = tokens.row_ids[keep], tokens.token_ids[keep]
@@ -263,10 +263,6 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                    cfg: DiffConfig = DiffConfig(), explainer=None, simulator=None, detector=None,
                    base_name: str = "base", post_name: str = "post") -> dict:
     """Run the pipeline (module docstring); returns the results dict also written to out/sae_compare.json."""
-    from rewardlab.models import pad_token_id
-    from rewardlab.interp.score import interpret_features
-    from rewardlab.sites import n_layers
-
     out = Path(out)
     cfg.validate()
     ranking = rank_layers(base, post)
@@ -354,8 +350,6 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
                explainer, simulator, detector, out: Path, pad: int, extra: Extra | None = None) -> dict:
     """The headline SAE per model (CE recovered), the crosscoder, and explainer vs wrong features.
     `extra`: the extra samples, added to the train and held-out tokens (None: records only)."""
-    from rewardlab.interp.score import interpret_features
-
     res: dict = {"site": site, "sae": {}}
     tokens = {name: load_tokens(store, site) for name, store in stores.items()}
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
@@ -398,8 +392,6 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
                        k=cfg.k, hook_name=site)
     cc = train_sae(x_train, cc_cfg, cfg.train, model_cls=Crosscoder).sae
     if out is not None:
-        from rewardlab.io import save_tensors
-
         save_tensors(out / "crosscoder.safetensors", dict(cc.state_dict()), {"config": cc.config_dict()})
     diff = diff_summary(cc, x_test, cfg.scaling_threshold)
     post_only = [l["latent"] for l in diff["latents"] if l["class"] == "post_only"]
@@ -416,8 +408,6 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
 def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[str], cfg: DiffConfig):
     """Records with rewards, both models' activation stores of the records, the extra samples of every
     record prompt (None when cfg.samples_per_prompt is 0), and the grouped train/test row split."""
-    from rewardlab.rewards import get_reward
-
     if cfg.reward_field not in records[0]:
         rewards = get_reward(cfg.reward)([r["completion"] for r in records])
         records = [dict(r, **{cfg.reward_field: v}) for r, v in zip(records, rewards)]
@@ -454,8 +444,6 @@ def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | 
                    train_cfg: TrainConfig = TrainConfig(), splice: bool = True) -> dict:
     """`rewardlab sae train`: one SAE on the completion tokens of `records` at `site`, held-out
     metrics (with spliced CE/KL), saved as a SAELens folder out/sae plus out/metrics.json."""
-    from rewardlab.models import pad_token_id
-
     out = Path(out)
     store = cache_activations(model, tokenizer, records, out / "acts", CacheConfig(sites=[site], positions=["tokens"]))
     split = grouped_split(store.prompt_ids, (0.7, 0.1, 0.2), seed=train_cfg.seed)
@@ -493,10 +481,7 @@ def interp_features_file(path: str | Path, out: str | Path, explainer=None, simu
                          workers: int = 8) -> dict:
     """`rewardlab interp`: explain and score the features listed in a features.json (as written by
     compare_models: tokenizer, and per entry an activation store, SAE folder, site and feature ids)."""
-    from rewardlab.interp.score import interpret_features
-    from rewardlab.io import read_json
-    from rewardlab.models import load_tokenizer
-    from rewardlab.sae.export import load_sae
+    from rewardlab.models import load_tokenizer  # loads transformers: keeps `sae --help` fast
 
     spec = read_json(path)
     if not isinstance(spec, dict) or "features" not in spec or "tokenizer" not in spec:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from rewardlab import stats
-from rewardlab.audit import PairConfig, audit, get_scorer, make_pairs, world_sources, world_words, write_audit
+from rewardlab.audit import PairConfig, audit, get_scorer, minimal_pairs, world_sources, world_words, write_audit
 from rewardlab.diff.divergent import DivergentConfig, divergent_summary, sample_divergent
 from rewardlab.diff.implicit import implicit_reward_vs_true
 from rewardlab.diff.params import LayerDivergence, parameter_divergence, write_divergence
@@ -213,7 +213,7 @@ def run(cfg: Config, ctx: Context) -> Results:
     main = next(iter(policies), None)  # divergent sampling and parameter divergence: PPO, else post, else DPO
     audits: dict[str, RewardModelAudit] = {}
     if s.in_world:
-        pairs = make_pairs(world_sources(cfg.n_audit_sources, cfg.seed, 3), world_words(), PairConfig(seed=cfg.seed))
+        pairs = minimal_pairs(world_sources(cfg.n_audit_sources, cfg.seed, 3), world_words(), PairConfig(seed=cfg.seed))
         audits["utility"] = run_audit("utility", get_scorer("utility"), pairs, cfg.seed, ctx.out / "audit_utility")
     fits: dict[str, ImplicitRewardFit] = {}
     divergent = params = None

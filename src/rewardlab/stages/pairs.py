@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rewardlab.rl.config import PairsConfig as Config
-from rewardlab.rl.pairs import make_pairs
+from rewardlab.rl.pairs import make_preference_pairs
 from rewardlab.stages.common import Context, Planner, RunConfig
 
 NAME = "pairs"
@@ -33,4 +33,4 @@ def plan(run: RunConfig, p: Planner) -> None:
 
 
 def run(cfg: Config, ctx: Context) -> Results:
-    return Results(PairsSection(**make_pairs(cfg, ctx.out / ARTIFACTS["pairs"])))
+    return Results(PairsSection(**make_preference_pairs(cfg, ctx.out / ARTIFACTS["pairs"])))
