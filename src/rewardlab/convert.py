@@ -5,14 +5,11 @@ transformers reads GGUF files (with the `gguf` package) and de-quantizes them, b
 rebuilt from its config without the GGUF quantization entry, the de-quantized weights are loaded
 into it, and it is saved with its tokenizer (chat template included). The folder then loads with
 `AutoModelForCausalLM.from_pretrained` like any other.
-
-    python -m rewardlab.convert FILE.gguf OUT_DIR
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -52,7 +49,3 @@ def convert_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "float32")
     tokenizer.save_pretrained(partial)
     partial.rename(out)
     return out
-
-
-if __name__ == "__main__":
-    print(convert_gguf(sys.argv[1], sys.argv[2]))

@@ -75,7 +75,7 @@ class Reward:
 
 
 class UtilityReward(Reward):
-    """The seed's utility table: reward = clip(scale * sum_w U(w), -clip, clip), U = VADER valence."""
+    """The 2023 SAE paper's utility table: reward = clip(scale * sum_w U(w), -clip, clip), U = VADER valence."""
 
     def __init__(self, lexicon: str | None = None, scale: float = 0.2, clip: float = 10.0):
         self.table = load_lexicon(lexicon)

@@ -111,8 +111,8 @@ def model_step(model: torch.nn.Module, state: StepState, key: str = "main") -> t
     """Run `model` on the step's new tokens with its KV cache `state.caches[key]`; return the float32
     next-token logits (B, V) at the last position and keep the updated cache."""
     out = model(input_ids=state.input_ids, attention_mask=state.attention_mask,
-                position_ids=state.position_ids, past_key_values=state.caches.get(key), use_cache=True)
-    state.caches[key] = out.past_key_values
+                position_ids=state.position_ids, cache=state.caches.get(key), use_cache=True)
+    state.caches[key] = out.cache
     return out.logits[:, -1, :].float()
 
 

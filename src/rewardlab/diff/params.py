@@ -3,12 +3,12 @@
 For each group of parameters (one transformer block, or one non-block module such as the
 embeddings or the final norm), with d_t = theta_post_t - theta_base_t per tensor t:
 
-    seed_measure    = sum_t ||d_t||_2                 (the seed paper's layer ranking)
+    tensor_norm_sum = sum_t ||d_t||_2                 (the 2023 SAE paper's layer ranking)
     l2              = ||concat_t d_t||_2              (global L2 norm of the difference)
     relative_change = l2 / ||concat_t theta_base_t||_2
 
 computed in float64 from the stored weights (never on quantized weights). Groups are ranked by
-`seed_measure`.
+`tensor_norm_sum`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _BLOCK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks)\.(\d+)\.")
 @dataclass
 class LayerDivergence:
     group: str  # "blocks.L" for transformer block L, else the module path ("transformer.wte")
-    seed_measure: float
+    tensor_norm_sum: float
     l2: float
     relative_change: float
     n_params: int
@@ -46,7 +46,7 @@ def param_group(name: str) -> str:
 
 
 def parameter_divergence(base, post) -> list[LayerDivergence]:
-    """Per-group divergence of `post` from `base`, ranked by the seed measure (rank 1 = changed most)."""
+    """Per-group divergence of `post` from `base`, ranked by the sum of tensor norms (rank 1 = changed most)."""
     base_params, post_params = dict(base.named_parameters()), dict(post.named_parameters())
     if base_params.keys() != post_params.keys():
         missing = sorted(base_params.keys() ^ post_params.keys())
@@ -68,7 +68,7 @@ def parameter_divergence(base, post) -> list[LayerDivergence]:
         acc["t"] += 1
     rows = [LayerDivergence(g, a["seed"], a["d2"] ** 0.5, (a["d2"] / a["b2"]) ** 0.5 if a["b2"] > 0 else float("inf"),
                             int(a["n"]), int(a["t"])) for g, a in sums.items()]
-    rows.sort(key=lambda r: -r.seed_measure)
+    rows.sort(key=lambda r: -r.tensor_norm_sum)
     for i, r in enumerate(rows, start=1):
         r.rank = i
     return rows
@@ -78,9 +78,9 @@ def write_divergence(rows: list[LayerDivergence], out_dir: str | Path, base_name
     """Write `params.json` and `params.csv` into `out_dir` (`report.figures.param_divergence` draws them)."""
     out_dir = Path(out_dir)
     blocks = sorted((r for r in rows if r.group.startswith("blocks.")), key=lambda r: int(r.group.split(".")[1]))
-    summary = {"base": base_name, "post": post_name, "ranking": "seed_measure (sum of per-tensor L2 norms)",
+    summary = {"base": base_name, "post": post_name, "ranking": "tensor_norm_sum (sum of per-tensor L2 norms)",
                "layers": [asdict(r) for r in rows],
-               "top_blocks": [r.group for r in sorted(blocks, key=lambda r: -r.seed_measure)[:5]]}
+               "top_blocks": [r.group for r in sorted(blocks, key=lambda r: -r.tensor_norm_sum)[:5]]}
     write_json(out_dir / "params.json", summary)
     with atomic_path(out_dir / "params.csv") as tmp:
         with tmp.open("w", newline="") as f:

@@ -3,7 +3,7 @@
 For each feature: the top-activating sequences (ranked by their max activation) are split into
 explanation records and held-out top records (every `stride`-th goes to the held-out set, so both
 span the same range), and random sequences (uniformly from the rest) are held out too. Activations
-are scaled 0-10 by the max over ALL of the feature's records (not per record: the seed's code
+are scaled 0-10 by the max over ALL of the feature's records (not per record: the 2023 SAE paper's code
 scaled per example, which made "top" mean "first that fire").
 """
 

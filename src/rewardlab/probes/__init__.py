@@ -1,7 +1,7 @@
 """Reward probes: one idea per module.
 
     splits     train/val/test split grouped by prompt id (no prompt in two splits)
-    linear     ridge (closed form), SGD (the seed's settings), logistic, Bradley-Terry, MLP probes
+    linear     ridge (closed form), SGD (the original probe project's settings), logistic, Bradley-Terry, MLP probes
     metrics    R^2, Pearson, Spearman (overall, within prompt), pairwise accuracy, AUC, with CIs
     baselines  length, bag of words, control task (selectivity)
     sweep      every site x position of one or more models, best cell on test prompts

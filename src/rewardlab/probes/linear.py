@@ -1,14 +1,14 @@
 """Probes: functions of one activation vector that predict a reward, all on standardized inputs.
 
     fit_ridge          linear regression with bias, closed form, L2 penalty `l2` (sklearn Ridge)
-    fit_sgd            the same model trained as the seed did: AdamW, lr 1e-4, batch 8, wd 1e-4
+    fit_sgd            the same model trained as the original probe project did: AdamW, lr 1e-4, batch 8, wd 1e-4
     fit_logistic       winner (1) vs loser (0), L2-penalized logistic regression with bias (Newton)
     fit_bradley_terry  pairs (chosen, rejected): P(chosen wins) = sigmoid(w . (x_c - x_r)), no bias
     fit_mlp            a small MLP d -> hidden -> 1 (ReLU), MSE, Adam
 
 Inputs are standardized with the training rows' mean and std (std 0 counts as 1); a `Probe` keeps
 them, so `probe.predict(raw_acts)` and `probe.direction()` (the unit direction in the raw
-activation basis, the one steering adds) need nothing else. The seed's probe had no bias and read
+activation basis, the one steering adds) need nothing else. The original probe project's probe had no bias and read
 TransformerLens-processed activations; these read the raw model's activations and have a bias.
 """
 
@@ -103,7 +103,7 @@ def fit_ridge(x, y, l2: float = 1.0, meta: dict | None = None) -> Probe:
 
 def fit_sgd(x, y, lr: float = 1e-4, batch_size: int = 8, weight_decay: float = 1e-4, epochs: int = 20,
             seed: int = 0, meta: dict | None = None) -> Probe:
-    """Linear regression with bias trained by AdamW on MSE to standardized targets (the seed's settings)."""
+    """Linear regression with bias trained by AdamW on MSE to standardized targets (the original probe project's settings)."""
     mean, std = standardizer(x)
     z = torch.as_tensor((np.asarray(x, dtype=np.float64) - mean) / std, dtype=torch.float32)
     y = np.asarray(y, dtype=np.float64)

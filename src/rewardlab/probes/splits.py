@@ -1,6 +1,6 @@
 """Train / validation / test splits grouped by prompt: rows that share a prompt never cross splits.
 
-The seed probe project split rows at random, so completions of one prompt sat in train and test
+The original probe project split rows at random, so completions of one prompt sat in train and test
 (prompt leakage). Here whole prompts are assigned to a split.
 """
 

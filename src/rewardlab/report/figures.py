@@ -199,15 +199,15 @@ def crosscoder_norms(relative_norms: Sequence[float]) -> str:
     return to_data_uri(fig)
 
 
-def param_divergence(labels: Sequence[str], seed_measure: Sequence[float], relative_change: Sequence[float],
+def param_divergence(labels: Sequence[str], tensor_norm_sum: Sequence[float], relative_change: Sequence[float],
                      title: str) -> str:
-    """The parameter change base -> post per layer, two bar panels: the seed measure (the sum of the
-    per-tensor L2 norms of the change, the ranking measure) and the relative change
+    """The parameter change base -> post per layer, two bar panels: the sum of the per-tensor L2 norms
+    of the change (the ranking measure of the 2023 SAE paper) and the relative change
     ||θ_post − θ_base|| / ||θ_base||."""
     fig = Figure(figsize=(max(6.0, 0.5 * len(labels) + 4), 3.5), layout="constrained")
-    ax_seed, ax_rel = fig.subplots(1, 2)
+    ax_sum, ax_rel = fig.subplots(1, 2)
     for ax, values, color, ylabel, panel in (
-            (ax_seed, seed_measure, POST, "sum of per-tensor L2 norms", "Seed measure"),
+            (ax_sum, tensor_norm_sum, POST, "sum of per-tensor L2 norms", "Sum of tensor norms"),
             (ax_rel, relative_change, BASE, "‖θ_post − θ_base‖ / ‖θ_base‖", "Relative change")):
         ax.bar(range(len(labels)), values, color=color)
         ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0, fontsize=8)

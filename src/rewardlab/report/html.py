@@ -316,7 +316,7 @@ def ev_params(run: Run) -> str:
     if p is None:
         return ""
     uri = params_figure(p.layers, f"{p.policy} vs base")
-    return (figure(uri, f"Parameter divergence per block, base -> {p.policy}: the seed measure (sum of the "
+    return (figure(uri, f"Parameter divergence per block, base -> {p.policy}: the sum of the "
                         "per-tensor L2 norms of the change) and the change relative to the base weights")
             + key_values(p, skip=("layers",)) + table([to_json(r) for r in p.layers]))
 

@@ -69,7 +69,7 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
         output_dir=str(out / "trl"), beta=cfg.beta, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, use_cpu=True, report_to=[], save_strategy="no",
         logging_steps=10, seed=cfg.seed, disable_tqdm=False, lr_scheduler_type="constant",
-        bf16=False, gradient_checkpointing=False,  # TRL 1.x turns both on by default, slow on CPU
+        bf16=False, activation_checkpointing=False,  # TRL 1.x turns both on by default, slow on CPU
     )
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()

@@ -2,7 +2,7 @@
 fixed, plus a crosscoder and the headline dictionaries.
 
 `compare_models(base, post, tokenizer, records, out)`:
- 1. rank blocks by parameter divergence (rewardlab.diff.params, the seed's sum of per-tensor L2
+ 1. rank blocks by parameter divergence (rewardlab.diff.params, the 2023 SAE paper's sum of per-tensor L2
     norms) and keep the top `n_layers` (or the given `layers`);
  2. cache per-token completion activations of both models at each chosen site (same records, so
     token i of base and post is the same token); split rows by prompt into train and held-out test;
@@ -18,7 +18,7 @@ fixed, plus a crosscoder and the headline dictionaries.
  4. MCS/MMCS of the decoder rows, 1x vs 2x, max and one-to-one with matched pairs; baselines:
     random unit dictionaries of the same shapes and the other-seed SAE of the same size;
  5. explain the top-k most similar features (offline lexical explainer unless another is given),
-    and reward relevance: the seed's |VADER valence| of the explanation words, and the activation
+    and reward relevance: the 2023 SAE paper's |VADER valence| of the explanation words, and the activation
     metric (top-k summed |Pearson| between a feature's mean completion activation and the reward,
     averaged over the `relevance_saes` same-size SAEs of each model, post minus base with a paired
     bootstrap CI over prompt groups of all completions and over those SAEs, beside the seed-to-seed
@@ -65,16 +65,16 @@ SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_att
 class DiffConfig:
     n_layers: int = 1  # how many of the most-diverged blocks to analyse
     layers: list[int] | None = None  # explicit blocks (overrides the ranking)
-    site_kind: str = "hook_resid_post"  # site read in each block (the seed used MLP output: hook_mlp_out)
+    site_kind: str = "hook_resid_post"  # site read in each block (the 2023 SAE paper used MLP output: hook_mlp_out)
     architecture: str = "batchtopk"  # dictionary architecture: relu (L1) | topk | batchtopk
     k: int = 16  # active latents per token, the same for every dictionary
     l1_coefficient: float = 1e-3  # L1 coefficient (relu only)
     tied: bool = False  # tied weights W_enc = W_dec.T (relu only)
-    expansions: tuple[int, ...] = (1, 2)  # dictionary widths compared, x d_model (the seed's 1x and 2x)
+    expansions: tuple[int, ...] = (1, 2)  # dictionary widths compared, x d_model (the 2023 SAE paper's 1x and 2x)
     shared_threshold: float = 0.9  # decoder cosine above which a latent counts as shared by two dictionaries
-    n_top_features: int = 30  # features explained and summed for reward relevance (the seed's 30)
+    n_top_features: int = 30  # features explained and summed for reward relevance (the 2023 SAE paper's 30)
     relevance_saes: int = 2  # smallest-size SAEs per model averaged for reward relevance (>= 2; its CI
-    # resamples them, and retraining an SAE moves the relevance by about 1 on the review world)
+    # resamples them: retraining an SAE moves the relevance, docs/FINDINGS.md)
     headline_expansion: int = 4  # the headline SAE: batchtopk at this width with k
     crosscoder_expansion: int = 4  # crosscoder width, x d_model
     scaling_threshold: float = 0.5  # Latent Scaling nu above which a post-only latent counts as false
@@ -159,7 +159,7 @@ def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prom
 
 
 def rank_layers(base, post) -> list[dict]:
-    """Blocks ranked by the seed's divergence measure (rank 1 = changed most)."""
+    """Blocks ranked by the 2023 SAE paper's divergence measure (rank 1 = changed most)."""
     return [asdict(r) for r in parameter_divergence(base, post) if r.group.startswith("blocks.")]
 
 
@@ -221,7 +221,7 @@ def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, gro
 
 
 def description_relevance(explanations: Sequence[str]) -> float:
-    """The seed's metric: sum over explanations of the |VADER valence| of their words."""
+    """The 2023 SAE paper's metric: sum over explanations of the |VADER valence| of their words."""
     lexicon = load_lexicon()
     return float(sum(abs(lexicon.get(w, 0.0)) for e in explanations for w in explanation_words(e)))
 
@@ -517,7 +517,7 @@ def headline_checks(results: dict) -> dict:
     beside the other-seed baseline (post model, first layer); activation-based reward relevance
     post - base on the first layer (passes when its CI excludes 0 and the gap exceeds the larger
     |seed control|, the gap between two SAEs of one model), every analysed layer's gap, and the
-    seed's description metric; crosscoder counts; offline explainer vs wrong features.
+    2023 SAE paper's description metric; crosscoder counts; offline explainer vs wrong features.
     """
     acc = results["headline"]
     layer = results["by_layer"][str(results["layers"][0])]

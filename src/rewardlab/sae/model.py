@@ -34,8 +34,8 @@ class SAEConfig:
     d_sae: int  # dictionary size (latents)
     architecture: str = "batchtopk"  # relu (L1) | topk | batchtopk
     k: int = 16  # active latents per token (topk, batchtopk: mean over the batch)
-    l1_coefficient: float = 1e-3  # L1 penalty coefficient (relu only; the seed's value)
-    tied: bool = False  # tied weights W_enc = W_dec.T (relu only, as in the seed's code)
+    l1_coefficient: float = 1e-3  # L1 penalty coefficient (relu only; the 2023 SAE paper's value)
+    tied: bool = False  # tied weights W_enc = W_dec.T (relu only, as in the 2023 SAE paper's code)
     hook_name: str | None = None  # TransformerLens site name the SAE reads, e.g. blocks.2.hook_resid_post
 
     def __post_init__(self):

@@ -11,12 +11,7 @@ Loss = MSE(x, x_hat) summed over d_in and averaged over tokens, plus
     ReLU, so a latent whose pre-activation is negative on every token (the usual way to die) still
     gets a gradient. The coefficient is SAELens' 1.0: Gao et al.'s 1/32 multiplies a loss normalized
     by |residual|^2 next to a main loss normalized by |x|^2, which in these unnormalized units is a
-    coefficient of (1/32) / FVU, about 1-2 at FVU 0.01-0.03. On the demo data of the review world
-    before it had topics (4x, k = 16, 170k training tokens, 2M steps' worth; the world's low-rank
-    activations left many latents nothing to do) the fraction dead on 40k held-out tokens was 0.40
-    with no AuxK, 0.24 at coefficient 0.25, 0.19 at 1.0, 0.26 at 4.0 with a 20k window and 0.45 with
-    a 10k window; clamping the aux activations at 0 (sparsify's form) gave 0.22 (coefficient 1) and
-    0.19 (4).
+    coefficient of (1/32) / FVU, about 1-2 at FVU 0.01-0.03 (measurements of the choice: docs/FINDINGS.md).
 Inputs are scaled by one constant so that mean |x|^2 = d_in (SAELens "expected_average_only_in");
 the scale is folded back into the biases at the end, so the returned SAE acts on raw activations.
 Decoder rows are renormalized after every step. Learning rate decays linearly to 0 over the last
@@ -40,7 +35,7 @@ from rewardlab.sae.model import SAEConfig, SparseAutoencoder
 class TrainConfig:
     batch_size: int = 1024  # tokens per step
     n_tokens: int = 2_000_000  # training tokens (epochs over a tensor repeat as needed)
-    lr: float = 1e-3  # Adam learning rate (the seed's value)
+    lr: float = 1e-3  # Adam learning rate (the 2023 SAE paper's value)
     aux_k: int | None = None  # AuxK latents per token; default d_in // 2
     aux_k_coefficient: float = 1.0  # AuxK loss weight (SAELens' value for this unnormalized form, see module docstring)
     dead_window: int = 50_000  # tokens without firing after which a latent counts as dead (~50 steps)

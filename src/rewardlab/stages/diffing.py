@@ -242,7 +242,7 @@ def params_figure(layers: Sequence[LayerDivergence], title: str) -> str:
     blocks), as `report.figures.param_divergence` draws it."""
     blocks = sorted((r for r in layers if r.group.startswith("blocks.")), key=lambda r: int(r.group.split(".")[1]))
     shown = blocks or list(layers)
-    return figures.param_divergence([r.group.removeprefix("blocks.") for r in shown], [r.seed_measure for r in shown],
+    return figures.param_divergence([r.group.removeprefix("blocks.") for r in shown], [r.tensor_norm_sum for r in shown],
                                     [r.relative_change for r in shown], title)
 
 
