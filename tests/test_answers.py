@@ -58,7 +58,7 @@ def test_a_probe_that_beats_its_baseline_is_yes_unless_it_is_the_embedding(resul
     assert answer_all(r)["q1-probe"].verdict == "yes"
     r = with_probe(r, best_site=EMBEDDING_SITE)
     a = answer_all(r)["q1-probe"]
-    assert a.verdict == "no" and "embedding layer" in a.text and "reads the words" in a.text
+    assert a.verdict == "no" and "embedding layer" in a.text and "reads the completion's words" in a.text
 
 
 def test_prompt_only_probe_against_its_prompt_baselines(results):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rewardlab"
 
-GROUND = {"io", "errors", "stats", "config", "schema", "models", "sites", "runs", "text"}
+GROUND = {"io", "errors", "stats", "config", "schema", "models", "sites", "runs", "text", "convert"}
 METHODS = {"world", "rewards", "sampling", "rl", "diff", "audit", "acts", "probes", "steer", "sae",
            "interp"}
 TOP = {"stages", "pipeline", "answers", "report", "cli"}

@@ -64,24 +64,31 @@ def est(x: Estimate) -> str:
     return describe(to_json(x))
 
 
+def against_baseline(lead: str, site: str, cmp, baseline: Estimate | None, reads: str) -> tuple[str, str]:
+    """The verdict and text of a probe against the strongest of its baselines: "no" whatever the CI
+    when the probe sits on the embedding layer (it reads the words that `reads` names)."""
+    verdict = versus(cmp.difference.ci, 0.0)
+    text = (f"{lead}; the strongest baseline, {cmp.baseline.replace('_', ' ')}, reaches "
+            f"{est(baseline) if baseline else 'n/a'}, a difference of {est(cmp.difference)}.")
+    if site == EMBEDDING_SITE:
+        return "no", text + f" The best cell is the embedding layer ({EMBEDDING_SITE}): it reads {reads}, it is not " \
+                            "an estimate of reward."
+    if verdict == "no":
+        return verdict, text + f" The baseline does better: the probe reads {reads}, it is not an estimate of reward."
+    if verdict == "inconclusive":
+        return verdict, text + f" The probe does not beat the baseline: nothing beyond reading {reads} is detected."
+    return verdict, text
+
+
 def answer_probe(r: Results) -> Answer:
     p = r.probe
     if p is None:
         return not_run("no probe stage in this run")
     cmp = p.versus_baselines
     baseline = p.baselines_test.get(cmp.baseline, {}).get("spearman")
-    verdict = versus(cmp.difference.ci, 0.0)
-    text = (f"The best probe ({p.best_site} at {p.best_position}) predicts the true reward of held-out completions "
-            f"with Spearman ρ = {est(p.spearman)}; the strongest baseline, {cmp.baseline.replace('_', ' ')}, reaches "
-            f"{est(baseline) if baseline else 'n/a'}, a difference of {est(cmp.difference)}.")
-    if p.best_site == EMBEDDING_SITE:
-        verdict = "no"
-        text += (f" The best cell is the embedding layer ({EMBEDDING_SITE}): the probe reads the words, "
-                 "it is not an estimate of reward.")
-    elif verdict == "no":
-        text += " The baseline does better: the probe finds reading of the visible tokens, not an estimate of reward."
-    elif verdict == "inconclusive":
-        text += " The probe does not beat the baseline: no estimate beyond reading the visible tokens is detected."
+    verdict, text = against_baseline(
+        f"The best probe ({p.best_site} at {p.best_position}) predicts the true reward of held-out completions with "
+        f"Spearman ρ = {est(p.spearman)}", p.best_site, cmp, baseline, "the completion's words")
     text += f" A probe trained the same way on the base model reaches {est(p.base_model_spearman)}."
     return Answer(verdict, text, {"probe_spearman": p.spearman, "best_site": p.best_site,
                                   "best_position": p.best_position, "baseline": cmp.baseline,
@@ -94,15 +101,9 @@ def answer_prompt_probe(r: Results) -> Answer:
     if po is None:
         return not_run("no prompt-only probe (no last_prompt position) in this run")
     cmp = po.versus_baselines
-    verdict = versus(cmp.difference.ci, 0.0)
-    text = (f"A probe on the last prompt token ({po.site}) predicts the reward of the completion that follows with "
-            f"Spearman ρ = {est(po.spearman)}; the strongest prompt baseline, {cmp.baseline.replace('_', ' ')}, "
-            f"reaches {est(po.baselines[cmp.baseline])}, a difference of {est(cmp.difference)}.")
-    if po.site == EMBEDDING_SITE:
-        verdict = "no"
-        text += " The best prompt cell is the embedding layer: it reads the prompt's words, not an expectation."
-    elif verdict != "yes":
-        text += " No expectation beyond the prompt's words is detected."
+    verdict, text = against_baseline(
+        f"A probe on the last prompt token ({po.site}) predicts the reward of the completion that follows with "
+        f"Spearman ρ = {est(po.spearman)}", po.site, cmp, po.baselines[cmp.baseline], "the prompt's words")
     return Answer(verdict, text, {"prompt_only_spearman": po.spearman, "site": po.site, "baseline": cmp.baseline,
                                   "baselines": po.baselines, "difference": cmp.difference})
 
