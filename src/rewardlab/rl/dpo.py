@@ -19,7 +19,7 @@ from rewardlab.errors import InputError
 from rewardlab.io import read_jsonl, write_jsonl
 from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig
-from rewardlab.rl.eval import evaluate_policy, write_run
+from rewardlab.rl.eval import eval_summary, evaluate_policy, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.stats import mean
 
@@ -90,20 +90,9 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
                                 **sampling)
     policy_eval = evaluate_policy(policy, ref, tokenizer, prompts, reward, is_grammatical, seed=cfg.seed + 20_000,
                                   **sampling)
-    base_rewards, policy_rewards = torch.tensor(base_eval["rewards"]), torch.tensor(policy_eval["rewards"])
-    summary = {
-        "reward": cfg.reward, "n_pairs_train": len(train), "n_pairs_held_out": len(test),
-        "pair_accuracy": sum(correct) / len(correct), "pair_accuracy_ci": mean(correct).to_dict(),
-        "reward_base": float(base_rewards.mean()), "reward_base_std": float(base_rewards.std()),
-        "reward_policy": float(policy_rewards.mean()), "reward_policy_std": float(policy_rewards.std()),
-        "reward_base_ci": mean(base_eval["rewards"]).to_dict(),
-        "reward_policy_ci": mean(policy_eval["rewards"]).to_dict(),
-        "kl_exact": sum(policy_eval["kl"]) / len(policy_eval["kl"]), "kl_exact_ci": mean(policy_eval["kl"]).to_dict(),
-        "n_eval": cfg.eval_samples, "train_seconds": train_seconds,
-    }
-    if is_grammatical is not None:
-        summary["grammatical_rate"] = sum(policy_eval["grammatical"]) / len(policy_eval["grammatical"])
-        summary["grammatical_rate_base"] = sum(base_eval["grammatical"]) / len(base_eval["grammatical"])
+    summary = {"reward": cfg.reward, "n_pairs_train": len(train), "n_pairs_held_out": len(test),
+               "pair_accuracy": sum(correct) / len(correct), "pair_accuracy_ci": mean(correct).to_dict(),
+               **eval_summary(base_eval, policy_eval), "train_seconds": train_seconds}
     summary["seconds"] = time.perf_counter() - t_start
     write_jsonl(out / "metrics.jsonl", [dict(h) for h in trainer.state.log_history] or [{}])
     write_run(out, policy, tokenizer, cfg, policy_eval, summary)

@@ -25,7 +25,7 @@ class DPOSection:
     pair_accuracy: Estimate        # held-out pairs whose chosen completion gets the larger implicit reward
     kl_exact: Estimate             # KL(policy || base) per completion, nats
     seconds: float
-    grammatical_rate: float | None = None  # review world only
+    grammatical_rate: Estimate | None = None  # review world only
 
 
 @dataclass
@@ -45,4 +45,6 @@ def plan(run: RunConfig, p: Planner) -> None:
 def run(cfg: Config, ctx: Context) -> Results:
     s = train_dpo(cfg, ctx.out)
     ci = {k: from_json(Estimate, s[f"{k}_ci"]) for k in ("reward_base", "reward_policy", "pair_accuracy", "kl_exact")}
-    return Results(DPOSection(**ci, seconds=s["seconds"], grammatical_rate=s.get("grammatical_rate")))
+    grammatical = s.get("grammatical_rate_ci")
+    return Results(DPOSection(**ci, seconds=s["seconds"],
+                              grammatical_rate=None if grammatical is None else from_json(Estimate, grammatical)))
