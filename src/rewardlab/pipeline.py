@@ -87,9 +87,10 @@ def _stage_inputs(plan: Plan, inputs: dict[str, Path]) -> dict[str, Path]:
 
 
 def fingerprinted_config(plan: Plan, stage: PlannedStage) -> dict:
-    """What a stage's fingerprint hashes besides its inputs: its config and the run's models section."""
+    """What a stage's fingerprint hashes besides its inputs: its config, the run's models section and the
+    results schema version (a stage whose results an older layout wrote runs again)."""
     setting = None if plan.setting is None else dataclasses.asdict(plan.setting)
-    return {"config": to_json(stage.config), "models": setting}
+    return {"config": to_json(stage.config), "models": setting, "schema_version": SCHEMA_VERSION}
 
 
 def run_plan(plan: Plan, log: Callable[[str], None] = print) -> dict:

@@ -11,7 +11,7 @@ from rewardlab.io import write_json
 from rewardlab.schema import json_schema
 from rewardlab.stages import diffing, dpo, pairs, ppo, probes, prompts, sae, sweep, world
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # bump when a section changes shape: finished stages then run again
 REGISTRY = {m.NAME: m for m in (world, prompts, ppo, sweep, pairs, dpo, diffing, probes, sae)}
 
 
