@@ -104,11 +104,12 @@ def test_rollout_is_the_sampling_loop(tmp_path, monkeypatch):
     from rewardlab import sampling
     from rewardlab.rl import rollout as rollout_module
     from rewardlab.rl.inputs import load_policy_and_tokenizer
-    from rewardlab.rl.rollout import completion_logprobs_from_logits, encode_prompts, position_ids, rollout
+    from rewardlab.rl.rollout import completion_logprobs_from_logits, position_ids, rollout
+    from rewardlab.text import encode_prompts
 
     model, tok = load_policy_and_tokenizer(make_tiny_lm(tmp_path / "lm"))
     prompts = ["the movie was", "a film", "the acting was very", "the plot is"] * 2
-    ids, mask = encode_prompts(tok, prompts, "cpu")
+    ids, mask, _ = encode_prompts(tok, prompts, "cpu")
     settings = dict(max_new_tokens=8, temperature=0.9, top_k=8, top_p=0.95)
     calls = []
     monkeypatch.setattr(rollout_module, "sample_tokens",

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
-from rewardlab.text import left_pad, pad_token_id
+from rewardlab.text import encode_prompts, pad_token_id
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -182,12 +182,9 @@ def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
                     return_logprobs: bool) -> list[Sample]:
     """Tokenize and left-pad one batch of prompts, decode, and cut each row after its eos."""
     device = next(model.parameters()).device
-    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    for p, ids in zip(prompts, prompt_ids):
-        if not ids:
-            raise InputError(f"prompt {p!r} encodes to no tokens", fix="give a non-empty prompt")
     pad_id = pad_token_id(tokenizer)
-    input_ids, mask, _ = left_pad(prompt_ids, pad_id, device)
+    input_ids, mask, _ = encode_prompts(tokenizer, prompts, device)
+    prompt_ids = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), mask.cpu())]
     decoded = sample_tokens(model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_token_id, pad_id=pad_id,
                             generator=generator, logits_fn=logits_fn, return_logprobs=return_logprobs)

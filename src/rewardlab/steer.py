@@ -41,7 +41,7 @@ from rewardlab.diff.logprobs import completion_logprobs
 from rewardlab.errors import InputError
 from rewardlab.sampling import generate
 from rewardlab.sites import add_vector, d_model, intervene, last_position, n_layers, parse_site
-from rewardlab.text import encode, left_pad, pad_token_id, right_padded
+from rewardlab.text import encode, encode_prompts, pad_token_id, right_padded
 
 WHERE = ("all", "completion")
 
@@ -94,8 +94,7 @@ def next_token_kl(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), cfg.batch_size):
-        ids = [tokenizer(p)["input_ids"] for p in prompts[i:i + cfg.batch_size]]
-        input_ids, mask, positions = left_pad(ids, pad_token_id(tokenizer), device)
+        input_ids, mask, positions = encode_prompts(tokenizer, prompts[i:i + cfg.batch_size], device)
         with torch.no_grad():
             clean = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
             with steering(model, cfg.site, vector, cfg.where):

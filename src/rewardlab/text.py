@@ -99,3 +99,14 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
             mask[i, width - len(s):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts tokenized with the tokenizer's special tokens and left-padded for generation or a
+    next-token forward pass: (input_ids, attention_mask, position_ids), each (B, T)."""
+    ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    for p, row in zip(prompts, ids):
+        if not row:
+            raise InputError(f"prompt {p!r} encodes to no tokens", fix="give a non-empty prompt")
+    return left_pad(ids, pad_token_id(tokenizer), device)

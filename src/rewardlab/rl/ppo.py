@@ -42,10 +42,10 @@ from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.eval import eval_summary, evaluate_policy, mean_std, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
-from rewardlab.rl.rollout import (Rollout, completion_logprobs_from_logits, completion_texts, encode_prompts,
-                                  position_ids, rollout)
+from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
+from rewardlab.text import encode_prompts
 
 RATIO_TOLERANCE = 1e-4
 
@@ -464,7 +464,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     for phase in range(start_phase, cfg.phases):
         t0 = time.perf_counter()
         idx = torch.randint(len(prompts), (local_batch,), generator=generator).tolist()
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [prompts[i] for i in idx], device)
+        prompt_ids, prompt_mask, _ = encode_prompts(tokenizer, [prompts[i] for i in idx], device)
         ro = rollout(unwrapped.policy, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                      eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)

@@ -9,7 +9,6 @@ predicted by the logits at P - 1 + t.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -70,12 +69,6 @@ def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.
     T = completion_ids.shape[1]
     logp_all = processed_log_softmax(logits[:, prompt_len - 1:prompt_len - 1 + T], temperature, top_k, top_p)
     return gather_logprobs(logp_all, completion_ids), logp_all
-
-
-def encode_prompts(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids and attention mask [B, P] on `device`."""
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 def completion_texts(tokenizer, ro: Rollout) -> list[str]:
