@@ -108,10 +108,6 @@ def note(text: str) -> str:
     return f'<p class="note warn">{e(text)}</p>'
 
 
-def ci_of(x) -> tuple[float, float]:
-    return tuple(x.ci)
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -199,7 +195,7 @@ def ev_steering(run: Run) -> str:
     s = run.results.steering
     if s is None:
         return ""
-    curves = {name.replace("_", " "): ([m.value for m in d.reward_mean], [ci_of(m) for m in d.reward_mean])
+    curves = {name.replace("_", " "): ([m.value for m in d.reward_mean], [m.ci for m in d.reward_mean])
               for name, d in s.directions.items()}
     parts = [figure(figures.dose_response(s.alphas, curves, s.random_effects, s.site),
                     f"Steering at {s.site} along each direction; grey: random directions of the same norm")]
