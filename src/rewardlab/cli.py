@@ -982,11 +982,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except InputError as e:
-        print(f"rewardlab: error: {e}", file=sys.stderr)
+        command = " ".join(a for a in argv[:2] if not a.startswith("-"))
+        hint = "" if e.fix else f"\n  fix: change that setting; `rewardlab {command} --help` lists each one"
+        print(f"rewardlab: error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rewardlab: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system refused: read-only, full, permission, a name too long
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"rewardlab: error: {where}{e.strerror or e}\n  fix: check that the path exists and is writable, "
+              "and that its disk has space", file=sys.stderr)
+        return 2
     return 0
 
 

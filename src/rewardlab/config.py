@@ -59,7 +59,7 @@ def from_dict(cls: type[T], values: dict | None, where: str) -> T:
     """Build dataclass `cls` from `values`, checking keys and types; nested dataclasses recurse."""
     values = dict(values or {})
     if not isinstance(values, dict):
-        raise InputError(f"expected a mapping, got {type(values).__name__}", where)
+        raise InputError(f"expected a mapping, got {type(values).__name__}", where, "write the section as `key: value` lines")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in values:
@@ -69,7 +69,8 @@ def from_dict(cls: type[T], values: dict | None, where: str) -> T:
     for key, value in values.items():
         tp = hints[key]
         if not _accepts(tp, value):
-            raise InputError(f"{value!r} is not a valid {getattr(tp, '__name__', tp)}", f"{where}.{key}")
+            raise InputError(f"{value!r} is not a valid {getattr(tp, '__name__', tp)}", f"{where}.{key}",
+                             f"give a {getattr(tp, '__name__', tp)}")
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = from_dict(tp, value, f"{where}.{key}")
         elif isinstance(value, list) and (tp is tuple or typing.get_origin(tp) is tuple):
@@ -83,16 +84,22 @@ def from_dict(cls: type[T], values: dict | None, where: str) -> T:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, a YAML config file was expected", str(path), "give the config file's path")
     if not path.is_file():
         raise InputError("config file not found", str(path), "check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", str(path), "save the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", where) from None
+        raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", where,
+                         "fix the YAML syntax there (examples/*.yaml are valid configs)") from None
     if not isinstance(data, dict):
-        raise InputError("the config must be a mapping of sections", str(path))
+        raise InputError("the config must be a mapping of sections", str(path),
+                         "write `section: {key: value}` entries, as in examples/*.yaml")
     return data
 
 

@@ -10,6 +10,7 @@ into it, and it is saved with its tokenizer (chat template included). The folder
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -27,6 +28,10 @@ def convert_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "float32")
     gguf_file, out = Path(gguf_file), Path(out)
     if not gguf_file.is_file():
         raise InputError("GGUF file not found", str(gguf_file), "give the path of a .gguf file")
+    with gguf_file.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InputError("not a GGUF file (it does not start with the GGUF magic bytes)", str(gguf_file),
+                             "give the path of a .gguf file")
     if importlib.util.find_spec("gguf") is None:
         raise InputError("reading GGUF files needs the `gguf` package", str(gguf_file), "pip install gguf")
     if (out / "config.json").exists():
@@ -35,7 +40,7 @@ def convert_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "float32")
     try:
         tokenizer = AutoTokenizer.from_pretrained(**source)
         loaded = AutoModelForCausalLM.from_pretrained(**source, dtype=pick_dtype(dtype, torch.device("cpu")))
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, IndexError, struct.error) as err:  # struct: a truncated file
         raise InputError(f"transformers cannot read this GGUF file ({err})", str(gguf_file),
                          "use a GGUF of an architecture transformers supports") from None
     config = loaded.config

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,19 +28,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise InputError("the output path is a folder, a file was expected", str(path), "give a file path")
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
     output_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions a plain open() would
+    tmp = None
     try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions a plain open() would
         yield tmp
         os.replace(tmp, path)
+    except BaseException:  # a failed write leaves no folder it made behind (when nothing else went in)
+        for folder in created:
+            if folder.is_dir() and not any(p for p in folder.iterdir() if p != tmp):
+                shutil.rmtree(folder)
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def existing_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path if it is an existing file; InputError saying what it is otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, a file was expected", str(path), "give the path of a file in it")
+    if not path.is_file():
+        raise InputError("file not found", str(path), "check the path")
+    return path
 
 
 def output_folder(path: str | os.PathLike) -> Path:
@@ -84,9 +102,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", str(path), "check the path")
+    path = existing_file(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -108,9 +124,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), numbers: S
 
     required: fields every line must have; those in TEXT_FIELDS must be strings. numbers: fields every
     line must have as finite numbers (a target such as a reward)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", str(path), "check the path")
+    path = existing_file(path)
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
@@ -156,9 +170,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Load tensors and the JSON-decoded metadata written by `save_tensors`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", str(path), "check the path")
+    path = existing_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}

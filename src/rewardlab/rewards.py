@@ -45,9 +45,12 @@ def load_lexicon(path: str | None = None) -> dict[str, float]:
         if len(fields) < 2:
             continue
         try:
-            table[fields[0].lower()] = float(fields[1])
+            valence = float(fields[1])
         except ValueError:
             raise InputError("valence is not a number", f"{p}:{lineno}", "word<TAB>valence per line") from None
+        if not math.isfinite(valence):
+            raise InputError(f"valence {fields[1]!r} is not finite", f"{p}:{lineno}", "give a finite number")
+        table[fields[0].lower()] = valence
     return table
 
 
@@ -173,7 +176,8 @@ def _float_option(options: dict[str, str], key: str, default: float, spec: str) 
     try:
         return float(options.pop(key, default))
     except ValueError:
-        raise InputError(f"option {key} must be a number", f"reward spec {spec!r}") from None
+        raise InputError(f"option {key} must be a number", f"reward spec {spec!r}",
+                             f"write {key}=NUMBER, e.g. utility,scale=0.2") from None
 
 
 REWARD_NAMES = ("utility", "char", "classifier", "rm")
