@@ -27,7 +27,6 @@ class KLConfig:
     top_positions: int = 20  # positions of highest KL listed with their contexts
     top_tokens: int = 20  # tokens listed as most promoted and most demoted
     context_tokens: int = 8  # tokens of context shown before a listed position
-    chat_template: bool = False  # wrap prompts as one user turn with the tokenizer's template
 
 
 def _token(tokenizer, tok_id: int) -> str:
@@ -37,7 +36,7 @@ def _token(tokenizer, tok_id: int) -> str:
 def token_kl(base, post, tokenizer, prompts: Sequence[str], completions: Sequence[str],
              cfg: KLConfig = KLConfig()) -> tuple[dict, list[dict]]:
     """(summary, per-record rows). Each row: `kl` (per completion token), `kl_sum`, `n_tokens`."""
-    encoded = encode(tokenizer, prompts, completions, cfg.chat_template)
+    encoded = encode(tokenizer, prompts, completions)
     if not any(e.n_completion for e in encoded):
         raise InputError(f"all {len(encoded)} completions are empty: there are no tokens to compare",
                          fix="give records whose `completion` has text")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rewardlab.config import CHAT_TEMPLATE_MODES, chat_template_field
 from rewardlab.errors import Check, raise_first_failed
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact", "exact_reverse")
@@ -14,8 +15,11 @@ VALUE_HEAD_KINDS = ("linear", "mlp")
 
 
 def sampling_checks(cfg) -> list[Check]:
-    """Range checks of the sampling fields (max_new_tokens, temperature, top_k, top_p) configs share."""
+    """Range checks of the sampling fields (max_new_tokens, temperature, top_k, top_p, chat_template)
+    configs share."""
     return [
+        (cfg.chat_template in CHAT_TEMPLATE_MODES, f"unknown chat_template {cfg.chat_template!r}",
+         f"use one of {', '.join(CHAT_TEMPLATE_MODES)}"),
         (cfg.max_new_tokens is None or cfg.max_new_tokens >= 1, "max_new_tokens must be at least 1", None),
         (cfg.temperature > 0, f"temperature must be above 0, got {cfg.temperature}", None),
         (cfg.top_k >= 0, f"top_k must be 0 (off) or positive, got {cfg.top_k}", None),
@@ -40,6 +44,7 @@ class PPOConfig:
     temperature: float = 1.0         # sampling temperature (> 0); scoring uses the same transform
     top_k: int = 0                   # sample from the k most likely tokens only; 0: off
     top_p: float = 1.0               # nucleus sampling: smallest set of tokens reaching this probability; 1.0: off
+    chat_template: str = chat_template_field()
     lr: float = 3e-4                 # policy learning rate (Adam; TRL's 3e-6 suits pretrained LMs)
     value_lr: float = 1e-3           # value head learning rate (ARENA uses its own, 5e-4)
     value_head: str = "mlp"          # linear | mlp (d -> 4d -> 1)
@@ -108,6 +113,7 @@ class DPOTrainConfig:
     temperature: float = 1.0        # sampling temperature of the evaluation samples (> 0)
     top_k: int = 0                  # evaluation sampling from the k most likely tokens only; 0: off
     top_p: float = 1.0              # evaluation nucleus sampling probability; 1.0: off
+    chat_template: str = chat_template_field()
     eval_samples: int = 512         # fresh samples from base and policy for summary.json
     threads: int | None = 1         # torch CPU threads (None: leave as is)
 
@@ -140,6 +146,7 @@ class PairsConfig:
     temperature: float = 1.0         # sampling temperature (> 0)
     top_k: int = 0                   # sample from the k most likely tokens only; 0: off
     top_p: float = 1.0               # nucleus sampling probability; 1.0: off
+    chat_template: str = chat_template_field()
     seed: int = 0                    # seeds the prompt draws and the sampling
     batch_size: int = 64             # completions sampled at a time
 

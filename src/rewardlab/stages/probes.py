@@ -392,7 +392,7 @@ def save_dose_response(steered: dict, path: Path) -> None:
 def run(cfg: Config, ctx: Context) -> Results:
     policy_path, base_path = ctx.main_policy(), ctx.models["base"]
     dtype = "float32" if ctx.setting is None else ctx.setting.dtype
-    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype)
+    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype, chat_template=ctx.chat_template)
     base, _ = load_model(base_path, device=cfg.device, dtype=dtype)
     if ctx.setting is None:
         world = world_of_model(base_path)
