@@ -155,6 +155,22 @@ def stop_ids(tokenizer) -> list[int]:
     return ids + [end] if end is not None and end not in ids else ids
 
 
+def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token as the text it stands for, for display (`convert_tokens_to_string`: byte-level `Ġbest`
+    -> " best", a word-level token stays itself); a character whose UTF-8 bytes span several tokens is
+    shown on the last of them, the others being "" (never a half character as mojibake)."""
+    out, pending = [], []
+    for tok in tokenizer.convert_ids_to_tokens([int(i) for i in ids]):
+        pending.append(tok)
+        text = tokenizer.convert_tokens_to_string(pending)
+        if "\ufffd" in text and len(pending) < 4:  # an incomplete character: wait for its next byte
+            out.append("")
+            continue
+        out.append(text)
+        pending = []
+    return out
+
+
 @dataclass(frozen=True)
 class Encoded:
     """One prompt/completion as token ids; `ids[prompt_len:]` are the completion tokens."""

@@ -18,7 +18,7 @@ import torch
 from rewardlab import stats
 from rewardlab.diff.logprobs import completion_log_softmax
 from rewardlab.errors import InputError
-from rewardlab.text import encode, pad_token_id
+from rewardlab.text import encode, pad_token_id, token_texts
 
 
 @dataclass
@@ -30,7 +30,7 @@ class KLConfig:
 
 
 def _token(tokenizer, tok_id: int) -> str:
-    return tokenizer.convert_ids_to_tokens(int(tok_id))
+    return token_texts(tokenizer, [tok_id])[0]
 
 
 def token_kl(base, post, tokenizer, prompts: Sequence[str], completions: Sequence[str],
