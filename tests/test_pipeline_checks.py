@@ -57,3 +57,15 @@ def test_ppo_resumes_with_another_thread_count(tmp_path):
     assert [r["phase"] for r in rows] == [0, 1] and rows[0] == first[0]  # phase 0 kept, not re-run
     with pytest.raises(InputError, match="different config"):  # a setting that changes the numbers still refuses
         train_ppo(dataclasses.replace(cfg, phases=3, lr=5e-4), tmp_path / "out")
+
+
+def test_a_given_post_models_ppo_metrics_are_found(tmp_path):
+    from rewardlab.io import write_jsonl
+    from rewardlab.pipeline import given_post_metrics
+
+    (tmp_path / "ppo" / "policy").mkdir(parents=True)
+    write_jsonl(tmp_path / "ppo" / "metrics.jsonl", [{"phase": 0, "reward_mean": 0.1, "kl_exact": 0.0}])
+    write_jsonl(tmp_path / "dpo" / "metrics.jsonl", [{"loss": 0.69, "epoch": 1}])  # TRL's log: not PPO's
+    expected = (tmp_path / "ppo" / "metrics.jsonl").resolve()
+    assert given_post_metrics(str(tmp_path / "ppo")) == given_post_metrics(str(tmp_path / "ppo" / "policy")) == expected
+    assert given_post_metrics(str(tmp_path / "dpo")) is None and given_post_metrics("gpt2") is None

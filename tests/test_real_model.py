@@ -14,7 +14,8 @@ from rewardlab.diff.logprobs import completion_logprobs, encode
 from rewardlab.models import load_model
 from rewardlab.sampling import generate
 from rewardlab.sites import all_sites, capture
-from rewardlab.text import conversation_prompt, prompt_token_ids, set_chat_template, stop_ids, uses_chat_template
+from rewardlab.text import (conversation_prompt, prompt_token_ids, set_chat_template, stop_ids, token_texts,
+                            uses_chat_template)
 
 REPO = Path(__file__).parents[1]
 FOLDER = REPO / ".cache" / "smollm2-135m-instruct"
@@ -120,3 +121,12 @@ def test_greedy_chat_generation_equals_hugging_face_and_stops_at_the_end_of_turn
     assert sample.completion_ids == expected.tolist()
     assert sample.finished and sample.completion_ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert "<|im_end|>" not in sample.completion and sample.completion.strip()
+
+
+def test_tokens_are_shown_as_text(smol):
+    _, tokenizer = smol
+    ids = tokenizer(" the best scene café 😀", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    shown = token_texts(tokenizer, ids)
+    assert len(shown) == len(ids) and shown[:3] == [" the", " best", " scene"]
+    assert "".join(shown) == " the best scene café 😀<|im_end|>"
+    assert not any("Ġ" in t or "\ufffd" in t or "Ã" in t for t in shown)

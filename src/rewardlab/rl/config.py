@@ -15,16 +15,19 @@ VALUE_HEAD_KINDS = ("linear", "mlp")
 
 
 def sampling_checks(cfg) -> list[Check]:
-    """Range checks of the sampling fields (max_new_tokens, temperature, top_k, top_p, chat_template)
-    configs share."""
+    """Range checks of the sampling fields (max_new_tokens, temperature, top_k, top_p) configs share."""
     return [
-        (cfg.chat_template in CHAT_TEMPLATE_MODES, f"unknown chat_template {cfg.chat_template!r}",
-         f"use one of {', '.join(CHAT_TEMPLATE_MODES)}"),
         (cfg.max_new_tokens is None or cfg.max_new_tokens >= 1, "max_new_tokens must be at least 1", None),
         (cfg.temperature > 0, f"temperature must be above 0, got {cfg.temperature}", None),
         (cfg.top_k >= 0, f"top_k must be 0 (off) or positive, got {cfg.top_k}", None),
         (0 < cfg.top_p <= 1, f"top_p must be in (0, 1], got {cfg.top_p}", None),
     ]
+
+
+def chat_template_check(cfg) -> Check:
+    """The check of a config's `chat_template` setting (auto, on or off)."""
+    return (cfg.chat_template in CHAT_TEMPLATE_MODES, f"unknown chat_template {cfg.chat_template!r}",
+            f"use one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
 
 @dataclass
@@ -92,6 +95,7 @@ class PPOConfig:
              "samples_per_phase must be at least 0 and checkpoint_every at least 1", None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
             *sampling_checks(self),
+            chat_template_check(self),
         ], "PPO config")
 
 
@@ -129,6 +133,7 @@ class DPOTrainConfig:
              None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
             *sampling_checks(self),
+            chat_template_check(self),
         ], "DPO config")
 
 
@@ -156,4 +161,5 @@ class PairsConfig:
             (self.per_prompt >= 2, f"per_prompt must be at least 2, got {self.per_prompt}", "--per-prompt 2 or more"),
             (self.n_prompts >= 1 and self.batch_size >= 1, "n_prompts and batch_size must be at least 1", None),
             *sampling_checks(self),
+            chat_template_check(self),
         ], "pairs config")
