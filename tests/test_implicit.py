@@ -4,7 +4,7 @@ import torch
 from rewardlab.diff.implicit import ScoreConfig, implicit_reward_records, implicit_rewards
 from rewardlab.diff.logprobs import completion_logprobs, reduce_logprobs
 from rewardlab.errors import InputError
-from rewardlab.text import encode
+from rewardlab.text import encode, set_chat_template
 from tiny_lm import COMPLETIONS, PROMPTS, tiny_pair
 
 
@@ -65,8 +65,8 @@ def test_reference_free_reductions_and_errors():
         encode(tok, [""], ["great"])
     with pytest.raises(InputError, match="at most 64"):
         completion_logprobs(tiny_pair()[1], tok, ["review :"], [" good" * 70])
-    with pytest.raises(InputError, match="chat template"):
-        encode(tok, ["review :"], [" great"], chat_template=True)
+    with pytest.raises(InputError, match="no chat template"):
+        set_chat_template(tok, "on")
 
 
 def test_equals_trl_dpo_logprobs(tmp_path):
@@ -115,9 +115,10 @@ def test_score_cli(tmp_path):
 def test_chat_template_is_applied_once_and_recorded():
     base, post, tok = tiny_pair()
     tok.chat_template = "{% for m in messages %}<s> review : {{ m['content'] }}{% endfor %}"
-    enc = encode(tok, ["the film was"], [" good ."], chat_template=True)[0]
+    set_chat_template(tok, "on")
+    enc = encode(tok, ["the film was"], [" good ."])[0]
     assert tok.convert_ids_to_tokens(enc.ids) == ["<s>", "review", ":", "the", "film", "was", "good", "."]
     assert enc.prompt_len == 6
     rows = implicit_reward_records(base, post, tok, [{"prompt": "the film was", "completion": " good ."}],
-                                   ScoreConfig(chat_template=True))
+                                   ScoreConfig())
     assert rows[0]["chat_template"] == tok.chat_template

@@ -12,7 +12,10 @@ from transformers import AutoModelForCausalLM
 
 from rewardlab.diff.logprobs import completion_logprobs, encode
 from rewardlab.models import load_model
+from rewardlab.sampling import generate
 from rewardlab.sites import all_sites, capture
+from rewardlab.text import (conversation_prompt, prompt_token_ids, set_chat_template, stop_ids, token_texts,
+                            uses_chat_template)
 
 REPO = Path(__file__).parents[1]
 FOLDER = REPO / ".cache" / "smollm2-135m-instruct"
@@ -60,11 +63,12 @@ def test_every_resid_site_equals_hugging_face_hidden_states(smol):
     assert torch.equal(acts["ln_final.hook_normalized"], out.hidden_states[-1])
 
 
-@pytest.mark.parametrize("chat_template", [False, True])
+@pytest.mark.parametrize("chat_template", ["off", "on"])
 def test_completion_logprobs_equal_a_direct_sum_and_bos_is_never_doubled(smol, chat_template):
     model, tokenizer = smol
-    encoded = encode(tokenizer, PROMPTS, COMPLETIONS, chat_template=chat_template)
-    ours = completion_logprobs(model, tokenizer, PROMPTS, COMPLETIONS, chat_template=chat_template)
+    set_chat_template(tokenizer, chat_template)
+    encoded = encode(tokenizer, PROMPTS, COMPLETIONS)
+    ours = completion_logprobs(model, tokenizer, PROMPTS, COMPLETIONS)
     for enc, lp in zip(encoded, ours):
         ids = torch.tensor([enc.ids])
         with torch.no_grad():
@@ -75,5 +79,54 @@ def test_completion_logprobs_equal_a_direct_sum_and_bos_is_never_doubled(smol, c
         starts = enc.ids[:2]
         bos = tokenizer.bos_token_id
         assert not (bos is not None and starts == [bos, bos]), tokenizer.convert_ids_to_tokens(starts)
-        if chat_template:
+        if chat_template == "on":
             assert tokenizer.decode(enc.ids[:enc.prompt_len]).endswith("<|im_start|>assistant\n")
+    set_chat_template(tokenizer, "auto")
+
+
+def test_chat_prompts_are_the_template_exactly_as_hugging_face_tokenizes_it(smol):
+    """SmolLM2's BOS is <|im_start|>, which its template writes and its tokenizer never adds to plain text:
+    auto turns the template on, the ids are apply_chat_template's (one <|im_start|> first, none added), a
+    conversation prompt keeps its system turn, and `off` leaves plain text as the tokenizer encodes it."""
+    _, tokenizer = smol
+    assert uses_chat_template(tokenizer)  # auto: SmolLM2 has a template
+    for prompt in PROMPTS:
+        expected = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True)["input_ids"]
+        got = prompt_token_ids(tokenizer, [prompt])[0]
+        assert got == list(expected) and got[0] == tokenizer.bos_token_id and got[1] != tokenizer.bos_token_id
+    messages = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": PROMPTS[1]}]
+    got = prompt_token_ids(tokenizer, [conversation_prompt(messages)])[0]
+    assert got == list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"])
+    assert "SmolLM" not in tokenizer.decode(got)  # the default system turn is replaced by the given one
+    assert stop_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    set_chat_template(tokenizer, "off")
+    try:
+        assert prompt_token_ids(tokenizer, PROMPTS[:1]) == [tokenizer(PROMPTS[0])["input_ids"]]
+    finally:
+        set_chat_template(tokenizer, "auto")
+
+
+def test_greedy_chat_generation_equals_hugging_face_and_stops_at_the_end_of_turn(smol):
+    """Our decoding loop, greedy, on a chat prompt gives HF generate's tokens and ends on <|im_end|>."""
+    model, tokenizer = smol
+    prompt = "Say hello in one short sentence."
+    sample = generate(model, tokenizer, [prompt], max_new_tokens=40, temperature=0.0,
+                      generator=torch.Generator().manual_seed(0))[0]
+    ids = torch.tensor([prompt_token_ids(tokenizer, [prompt])[0]])
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
+                                  eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))[0, ids.shape[1]:]
+    assert sample.completion_ids == expected.tolist()
+    assert sample.finished and sample.completion_ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert "<|im_end|>" not in sample.completion and sample.completion.strip()
+
+
+def test_tokens_are_shown_as_text(smol):
+    _, tokenizer = smol
+    ids = tokenizer(" the best scene café 😀", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    shown = token_texts(tokenizer, ids)
+    assert len(shown) == len(ids) and shown[:3] == [" the", " best", " scene"]
+    assert "".join(shown) == " the best scene café 😀<|im_end|>"
+    assert not any("Ġ" in t or "\ufffd" in t or "Ã" in t for t in shown)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, save_tensors, write_json
 from rewardlab.sites import n_layers, parse_site, run_with_capture
-from rewardlab.text import encode, pad_token_id, prompt_id
+from rewardlab.text import encode, pad_token_id, prompt_id, uses_chat_template
 
 NAMED_POSITIONS = ("last_completion", "last_prompt", "mean_completion", "tokens")
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -65,11 +65,10 @@ class CacheConfig:
     batch_size: int = 16  # records per forward pass
     shard_rows: int = 2048  # records per shard file
     dtype: str = "float32"  # storage dtype (float32, float16, bfloat16)
-    chat_template: bool = False  # wrap prompts in the tokenizer's chat template (as diff.logprobs)
 
 
-def _fingerprint(model_name: str, cfg: CacheConfig, encoded: Sequence) -> str:
-    h = hashlib.sha256(json.dumps([model_name, asdict(cfg)], default=str).encode())
+def _fingerprint(model_name: str, cfg: CacheConfig, encoded: Sequence, chat_template: bool) -> str:
+    h = hashlib.sha256(json.dumps([model_name, {**asdict(cfg), "chat_template": chat_template}], default=str).encode())
     for e in encoded:
         h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
         h.update(str(e.prompt_len).encode())
@@ -129,8 +128,7 @@ def _collect(model, pad: int, encoded: Sequence, layout: Sequence, rows: range, 
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
-def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], positions: Sequence,
-            chat_template: bool):
+def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], positions: Sequence):
     """Checked site names, positions, encodings and per-row (last prompt, completion) indices."""
     positions = [parse_position(p) for p in positions]
     depth = n_layers(model)
@@ -138,7 +136,7 @@ def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], pos
     for i, r in enumerate(records):
         if "prompt" not in r or "completion" not in r:
             raise InputError("record lacks prompt or completion", f"record {i}")
-    encoded = encode(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records], chat_template)
+    encoded = encode(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records])
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     layout = [_row_positions(e.ids, e.prompt_len, special) for e in encoded]
     longest = max((len(completion) for _, completion in layout), default=0)
@@ -150,10 +148,10 @@ def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], pos
 
 
 def collect_activations(model, tokenizer, records: Sequence[dict], sites: Sequence[str],
-                        positions: Sequence[str | int] = ("last_completion",), batch_size: int = 16,
-                        chat_template: bool = False) -> dict[str, torch.Tensor]:
+                        positions: Sequence[str | int] = ("last_completion",), batch_size: int = 16
+                        ) -> dict[str, torch.Tensor]:
     """In memory: {"SITE|POSITION": float32 [n_rows, d] (or [n_tokens, d] for tokens)}."""
-    sites, positions, encoded, layout = _encode(model, tokenizer, records, sites, positions, chat_template)
+    sites, positions, encoded, layout = _encode(model, tokenizer, records, sites, positions)
     parts = _collect(model, pad_token_id(tokenizer), encoded, layout, range(len(records)), sites, positions, batch_size)
     return {k: v.float() for k, v in parts.items()}
 
@@ -165,10 +163,9 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
     out = Path(out)
     if cfg.dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {cfg.dtype!r}", fix=f"use {', '.join(STORE_DTYPES)}")
-    sites, positions, encoded, layout = _encode(model, tokenizer, records, cfg.sites, cfg.positions,
-                                                cfg.chat_template)
-    fingerprint = _fingerprint(model_name, CacheConfig(sites, positions, cfg.batch_size, cfg.shard_rows,
-                                                       cfg.dtype, cfg.chat_template), encoded)
+    sites, positions, encoded, layout = _encode(model, tokenizer, records, cfg.sites, cfg.positions)
+    fingerprint = _fingerprint(model_name, CacheConfig(sites, positions, cfg.batch_size, cfg.shard_rows, cfg.dtype),
+                               encoded, uses_chat_template(tokenizer))
     n_shards = (len(records) + cfg.shard_rows - 1) // cfg.shard_rows
     manifest = {
         "model": model_name, "sites": sites, "positions": positions, "dtype": cfg.dtype,

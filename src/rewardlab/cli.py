@@ -118,6 +118,7 @@ _RANGES: dict[str, Callable[[str], Any]] = {
 
 # Allowed values by field name: (module, name of its tuple or dict of the values).
 _CHOICES = {"architecture": ("rewardlab.sae.model", "ARCHITECTURES"),
+            "chat_template": ("rewardlab.config", "CHAT_TEMPLATE_MODES"),
             "site_kind": ("rewardlab.sae.diffing", "SAE_SITE_KINDS"),
             "where": ("rewardlab.steer", "WHERE"),
             "dtype": ("rewardlab.acts", "STORE_DTYPES"),
@@ -262,6 +263,13 @@ def _add_device(p: argparse.ArgumentParser, dtype: bool = False) -> None:
                    help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
     if dtype:
         p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (log-softmax is float32 regardless)")
+
+
+def _add_chat_template(p: argparse.ArgumentParser) -> None:
+    """--chat-template, for a command that loads its tokenizer itself (`rewardlab.config.PromptFormat`)."""
+    from rewardlab.config import PromptFormat
+
+    add_config_args(p, PromptFormat)
 
 
 def _add_llm_args(p: argparse.ArgumentParser) -> None:
@@ -431,7 +439,7 @@ def _diff_kl(a: argparse.Namespace) -> None:
     from rewardlab.stats import describe
 
     records = read_jsonl(a.input, required=("prompt", "completion"))
-    pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32")
+    pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32", chat_template=a.chat_template)
     summary, rows = token_kl(pair.base, pair.post, pair.tokenizer, [r["prompt"] for r in records],
                              [r["completion"] for r in records], config_from_args(KLConfig, a))
     summary.update(base=model_id(a.base), post=model_id(a.post))
@@ -451,6 +459,7 @@ def _diff_kl_options(p: argparse.ArgumentParser) -> None:
     _add_in(p)
     _add_out(p, "output folder (kl.json, kl_tokens.jsonl)")
     add_config_args(p, KLConfig)
+    _add_chat_template(p)
     _add_device(p)
 
 
@@ -461,7 +470,7 @@ def _score(a: argparse.Namespace) -> None:
     from rewardlab.rewards import get_reward
 
     records = read_jsonl(a.input, required=("prompt", "completion"))
-    pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype)
+    pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype, chat_template=a.chat_template)
     rows = implicit_reward_records(pair.base, pair.post, pair.tokenizer, records, config_from_args(ScoreConfig, a),
                                    reward=get_reward(a.reward) if a.reward else None,
                                    rm=get_reward(f"rm:{a.rm}", device=a.device) if a.rm else None,
@@ -477,6 +486,7 @@ def _score_options(p: argparse.ArgumentParser) -> None:
     _add_in(p)
     _add_out(p, "output JSONL", file=True)
     add_config_args(p, ScoreConfig)
+    _add_chat_template(p)
     p.add_argument("--reward", default=None, help="also score the true reward with this reward spec")
     p.add_argument("--rm", default=None, help="also score with this Hugging Face reward model folder")
     _add_device(p, dtype=True)
@@ -489,7 +499,7 @@ def _sample_divergent(a: argparse.Namespace) -> None:
 
     prompts = [r["prompt"] for r in read_jsonl(a.prompts, required=("prompt",))]
     cfg = config_from_args(DivergentConfig, a)
-    pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype)
+    pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype, chat_template=a.chat_template)
     rows = sample_divergent(pair.base, pair.post, pair.tokenizer, prompts, cfg)
     write_jsonl(a.out, rows)
     for alpha in cfg.alphas:
@@ -505,6 +515,7 @@ def _sample_divergent_options(p: argparse.ArgumentParser) -> None:
     _add_prompts(p)
     _add_out(p, "output JSONL, one line per sample", file=True)
     add_config_args(p, DivergentConfig)
+    _add_chat_template(p)
     _add_device(p, dtype=True)
 
 
@@ -645,7 +656,7 @@ def _acts_cache(a: argparse.Namespace) -> None:
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
 
-    model, tokenizer = load_model(a.model, device=a.device)
+    model, tokenizer = load_model(a.model, device=a.device, chat_template=a.chat_template)
     records = read_jsonl(a.input, required=("prompt", "completion"))
     cfg = config_from_args(CacheConfig, a, sites=_sites(model, a.sites))
     store = cache_activations(model, tokenizer, records, a.out, cfg, model_name=a.model)
@@ -660,6 +671,7 @@ def _acts_cache_options(p: argparse.ArgumentParser) -> None:
     _add_in(p)
     _add_sites(p)
     add_config_args(p, CacheConfig, exclude=("sites",))
+    _add_chat_template(p)
     _add_out(p, "output folder")
     _add_device(p)
 
@@ -678,7 +690,7 @@ def _probe_sweep(a: argparse.Namespace) -> None:
     for name, path in (("post", a.model), ("base", a.base)):
         if path is None:
             continue
-        model, tokenizer = load_model(path, device=a.device)
+        model, tokenizer = load_model(path, device=a.device, chat_template=a.chat_template)
         cache_cfg = config_from_args(CacheConfig, a, sites=_sites(model, a.sites))
         stores[name] = cache_activations(model, tokenizer, records, Path(a.out) / f"acts-{name}", cache_cfg, path)
     result = sweep(stores, cfg, a.out)
@@ -701,6 +713,7 @@ def _probe_sweep_options(p: argparse.ArgumentParser) -> None:
     _add_sites(p)
     add_config_args(p, SweepConfig)
     add_config_args(p, CacheConfig, exclude=("sites",), defaults={"positions": list(ProbesConfig.positions)})
+    _add_chat_template(p)
     _add_out(p, "output folder")
     _add_device(p)
 
@@ -737,7 +750,7 @@ def _steer(a: argparse.Namespace) -> None:
     from rewardlab.steer import SteerConfig, dose_response
     from rewardlab.world import is_grammatical
 
-    model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
+    model, tokenizer = load_model(a.model, device=a.device, dtype="float32", chat_template=a.chat_template)
     direction, site, direction_probe = _steer_direction(a, model, tokenizer)
     probe = load_probe(a.probe) if a.probe else direction_probe
     checker = is_grammatical if a.grammar else None  # called as checker(completion, prompt)
@@ -776,6 +789,7 @@ def _steer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grammar", action="store_true", help="report the review world's grammatical rate")
     p.add_argument("--neutral", default=None, help="JSONL prompts for the next-token KL (default: --prompts)")
     add_config_args(p, SteerConfig, exclude=("site",))
+    _add_chat_template(p)
     _add_out(p, "output folder (steering.json, dose_response.png)")
     _add_device(p)
 
@@ -801,7 +815,7 @@ def _sae_pair(a: argparse.Namespace):
     from rewardlab.io import read_jsonl
     from rewardlab.models import ModelPair
 
-    pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32")
+    pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32", chat_template=a.chat_template)
     return pair, read_jsonl(a.input, required=("prompt", "completion"))
 
 
@@ -812,6 +826,7 @@ def _sae_pair_options(p: argparse.ArgumentParser, exclude: Sequence[str] = ()) -
     _add_in(p, "JSONL with prompt/completion (and reward) records")
     _add_out(p, "output folder")
     add_config_args(p, DiffConfig, exclude=exclude)
+    _add_chat_template(p)
     _add_device(p)
 
 
@@ -873,7 +888,7 @@ def _sae_train(a: argparse.Namespace) -> None:
     from rewardlab.sae.train import TrainConfig
 
     train_cfg = config_from_args(TrainConfig, a)
-    model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
+    model, tokenizer = load_model(a.model, device=a.device, dtype="float32", chat_template=a.chat_template)
     records = read_jsonl(a.input, required=("prompt", "completion"))
     d = model.config.hidden_size
     sae_cfg = config_from_args(SAEConfig, a, d_in=d, d_sae=a.expansion * d, hook_name=a.site)
@@ -893,6 +908,7 @@ def _sae_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expansion", type=_count, default=4, help="dictionary width: d_sae = expansion x d_model")
     add_config_args(p, SAEConfig, exclude=("d_in", "d_sae", "hook_name"))
     add_config_args(p, TrainConfig)
+    _add_chat_template(p)
     _add_out(p, "output folder (sae/, metrics.json)")
     _add_device(p)
 

@@ -1,4 +1,5 @@
-"""Typed configs from YAML/dicts: every key checked against a dataclass before any work starts.
+"""Typed configs from YAML/dicts: every key checked against a dataclass before any work starts; the
+chat-template setting every command shares (`chat_template_field`, `PromptFormat`).
 
 `from_dict(PPOConfig, {"lr": 1e-5}, where="ppo")` builds the dataclass; an unknown key or a value of
 the wrong type is an `InputError` that names the key path and lists the keys that exist.
@@ -128,3 +129,41 @@ def field_docs(cls: type) -> dict[str, str]:
         if "help" in f.metadata:
             docs[f.name] = f.metadata["help"]
     return docs
+
+
+# Config keys that decide how a run runs, not what it computes: left out of every resume fingerprint
+# (a PPO checkpoint, a pipeline stage), so a run resumes with another thread count.
+RUNTIME_SETTINGS = ("threads", "checkpoint_every")
+
+
+def without_runtime(config: dict) -> dict:
+    """`config` (a config as a dict) without its RUNTIME_SETTINGS keys."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_SETTINGS}
+
+
+# --- the chat-template setting that every command and the `models` section share ---
+
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+CHAT_TEMPLATE_HELP = ("render prompts with the tokenizer's chat template (one user turn, or the given messages) "
+                      "and stop generation at its end-of-turn token: auto (on when the tokenizer has one), on, off")
+
+
+def chat_template_field() -> Any:
+    """The `chat_template` field of a config dataclass: default auto, help text CHAT_TEMPLATE_HELP
+    (the setting is applied by `rewardlab.text.set_chat_template`)."""
+    return dataclasses.field(default="auto", metadata={"help": CHAT_TEMPLATE_HELP})
+
+
+def check_chat_template_mode(mode: str, where: str = "chat_template") -> str:
+    """`mode` if it is auto, on or off; else InputError naming `where`."""
+    if mode not in CHAT_TEMPLATE_MODES:
+        raise InputError(f"unknown chat_template setting {mode!r}", where,
+                         f"use one of {', '.join(CHAT_TEMPLATE_MODES)}")
+    return mode
+
+
+@dataclasses.dataclass
+class PromptFormat:
+    """The `--chat-template` option of a command that loads its tokenizer itself."""
+
+    chat_template: str = chat_template_field()

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rewardlab.errors import InputError
+from rewardlab.text import conversation_prompt
 
 
 @contextmanager
@@ -119,11 +120,37 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected")  # must be strings wherever they are read
 
 
+def _conversational(row: dict, where: str) -> dict:
+    """A row in TRL's conversational format as rewardlab reads it: `messages` (without a `prompt`) or a
+    `prompt` given as messages becomes the prompt's one-string form (`rewardlab.text.conversation_prompt`);
+    a `messages` list that ends with the assistant's turn is a prompt and its `completion`; a completion
+    (`completion`, `chosen`, `rejected`) given as one assistant message becomes its text."""
+    row = dict(row)
+    try:
+        if "prompt" not in row and isinstance(row.get("messages"), list):
+            messages = row.pop("messages")
+            if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant" \
+                    and "completion" not in row:
+                row["completion"] = messages[-1].get("content")
+                messages = messages[:-1]
+            row["prompt"] = conversation_prompt(messages)
+        elif isinstance(row.get("prompt"), list):
+            row["prompt"] = conversation_prompt(row["prompt"])
+    except InputError as e:
+        raise InputError(e.what, where, e.fix) from None
+    for k in ("completion", "chosen", "rejected"):
+        turn = row.get(k)
+        if isinstance(turn, list) and len(turn) == 1 and isinstance(turn[0], dict) and turn[0].get("role") == "assistant":
+            row[k] = turn[0].get("content")
+    return row
+
+
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), numbers: Sequence[str] = ()) -> list[dict]:
     """Read a UTF-8 JSONL file of objects; a bad line is an `InputError` naming its line number.
 
     required: fields every line must have; those in TEXT_FIELDS must be strings. numbers: fields every
-    line must have as finite numbers (a target such as a reward)."""
+    line must have as finite numbers (a target such as a reward). Rows in TRL's conversational format
+    (`messages`, or a prompt and completions given as messages) are read as `_conversational` says."""
     path = existing_file(path)
     rows = []
     try:
@@ -140,6 +167,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), numbers: S
             raise InputError(f"malformed JSON ({e.msg})", where, "one JSON object per line") from None
         if not isinstance(row, dict):
             raise InputError("expected a JSON object", where, "one JSON object per line")
+        row = _conversational(row, where)
         missing = [k for k in (*required, *numbers) if k not in row]
         if missing:
             raise InputError(

@@ -3,7 +3,8 @@
 Every loader returns the model in eval mode on the chosen device and dtype. `trust_remote_code` is
 off unless asked for. A tokenizer without a pad token gets its eos token as pad token (and the
 model config's pad_token_id follows), so batches can be padded; attention masks keep the padding
-out of every computation.
+out of every computation. A tokenizer is loaded with its chat-template setting (auto | on | off,
+`rewardlab.text.set_chat_template`), which every prompt encoder then follows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from rewardlab.errors import InputError
+from rewardlab.text import set_chat_template
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -83,8 +85,10 @@ def _load_error(what: str, name_or_path: str | Path, err: Exception) -> InputErr
                       _LOAD_FIX)
 
 
-def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer of a local folder or Hub model; pad token falls back to eos."""
+def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False,
+                   chat_template: str = "auto") -> PreTrainedTokenizerBase:
+    """The tokenizer of a local folder or Hub model; pad token falls back to eos; prompts rendered by its
+    chat template per `chat_template` (auto | on | off)."""
     source = _source(name_or_path, model=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -95,7 +99,7 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False)
                          str(name_or_path), "save the tokenizer into the folder (tokenizer.save_pretrained)")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return set_chat_template(tokenizer, chat_template)
 
 
 def _load_weights(name_or_path: str | Path, tokenizer: PreTrainedTokenizerBase, *, device=None, dtype=None,
@@ -118,10 +122,11 @@ def _load_weights(name_or_path: str | Path, tokenizer: PreTrainedTokenizerBase, 
 
 def load_model(name_or_path: str | Path, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
-               kind: str = "causal-lm") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) from a local folder or Hub name; kind "causal-lm" or "sequence-classification"."""
+               kind: str = "causal-lm", chat_template: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) from a local folder or Hub name; kind "causal-lm" or "sequence-classification";
+    `chat_template` as `load_tokenizer`."""
     _source(name_or_path)
-    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, chat_template=chat_template)
     model = _load_weights(name_or_path, tokenizer, device=device, dtype=dtype,
                           trust_remote_code=trust_remote_code, kind=kind)
     return model, tokenizer
@@ -157,10 +162,12 @@ class ModelPair:
                              fix="compare a post-trained model with the base model it was trained from")
 
     @classmethod
-    def load(cls, base: str | Path, post: str | Path, **kw) -> ModelPair:
-        """Load both (keywords as load_model); the tokenizers are checked before any weights load."""
+    def load(cls, base: str | Path, post: str | Path, chat_template: str = "auto", **kw) -> ModelPair:
+        """Load both (keywords as load_model); the tokenizers are checked before any weights load; the
+        pair's tokenizer is the base's, with the `chat_template` setting."""
         trust = kw.get("trust_remote_code", False)
-        base_tok, post_tok = (load_tokenizer(p, trust_remote_code=trust) for p in (base, post))
+        base_tok = load_tokenizer(base, trust_remote_code=trust, chat_template=chat_template)
+        post_tok = load_tokenizer(post, trust_remote_code=trust)
         check_same_vocabulary(base_tok, post_tok, (model_id(base), model_id(post)))
         return cls(_load_weights(base, base_tok, **kw), _load_weights(post, base_tok, **kw), base_tok)
 

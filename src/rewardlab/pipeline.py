@@ -6,8 +6,8 @@ Stages (`rewardlab.stages`, one module each) run in registry order, each in its 
     world | prompts -> ppo -> sweep -> pairs -> dpo -> diffing -> probes -> sae -> results.json, report.html
 
 Planning checks the whole config before any work (every stage's `plan` reads its section). A stage
-is skipped when its manifest fingerprint (its config, the run's models section, the seed, and the
-hashes of the stage folders and files it reads) matches; a stage killed midway restarts from its
+is skipped when its manifest fingerprint (its config without the runtime settings such as `threads`,
+the run's models section, the seed, and the hashes of the stage folders and files it reads) matches; a stage killed midway restarts from its
 partial folder (PPO resumes from its last checkpoint). Each stage writes its typed results into
 RUN/NAME/results.json; the run's results.json merges them with the artifacts the stages declare and
 the answers to the research questions, so it is rebuilt identically from finished stages.
@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from rewardlab import answers
-from rewardlab.config import from_dict, load_yaml
+from rewardlab.config import from_dict, load_yaml, without_runtime
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, write_json
 from rewardlab.report import build_report
@@ -87,10 +87,13 @@ def _stage_inputs(plan: Plan, inputs: dict[str, Path]) -> dict[str, Path]:
 
 
 def fingerprinted_config(plan: Plan, stage: PlannedStage) -> dict:
-    """What a stage's fingerprint hashes besides its inputs: its config, the run's models section and the
-    results schema version (a stage whose results an older layout wrote runs again)."""
+    """What a stage's fingerprint hashes besides its inputs: its config (without the runtime settings,
+    `rewardlab.config.RUNTIME_SETTINGS`: a run resumes with another thread count), the run's models
+    section and the results schema version (a stage whose results an older layout wrote runs again)."""
     setting = None if plan.setting is None else dataclasses.asdict(plan.setting)
-    return {"config": to_json(stage.config), "models": setting, "schema_version": SCHEMA_VERSION}
+    config = to_json(stage.config)
+    return {"config": without_runtime(config) if isinstance(config, dict) else config, "models": setting,
+            "schema_version": SCHEMA_VERSION}
 
 
 def run_plan(plan: Plan, log: Callable[[str], None] = print) -> dict:
@@ -131,9 +134,25 @@ def merge_results(plan: Plan) -> dict:
         merged.update(to_json(from_json(module.Results, data, f"{stage.name}/results.json")))
         merged["artifacts"].update({k: f"{stage.name}/{v}" for k, v in module.ARTIFACTS.items()
                                     if (plan.path(stage.name) / v).is_file()})
+    post_metrics = given_post_metrics(plan.models.get("post"))
+    if post_metrics is not None and "ppo_metrics" not in merged["artifacts"]:
+        merged["artifacts"]["ppo_metrics"] = str(post_metrics)
     typed = from_json(Results, merged, "results.json")
     merged["answers"] = to_json(answers.answer_all(typed))
     return merged
+
+
+def given_post_metrics(post: str | None) -> Path | None:
+    """The PPO metrics (absolute path) of a given post model that `rewardlab train ppo` wrote: metrics.jsonl
+    in its folder or beside its policy/ folder, with PPO's columns; None otherwise (a Hub name, DPO's)."""
+    if post is None:
+        return None
+    for path in (Path(post) / "metrics.jsonl", Path(post).parent / "metrics.jsonl"):
+        if path.is_file():
+            first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+            if all(f'"{k}"' in first for k in ("phase", "reward_mean", "kl_exact")):
+                return path.resolve()
+    return None
 
 
 def run_config_file(config_path: str | Path, run_dir: str | Path, seed: int | None = None) -> dict:

@@ -8,7 +8,8 @@ the one log-softmax and the one gather of token log-probs that sampling, scoring
 
 `sample_tokens` is the KV-cached loop written out (no `model.generate`), on token tensors: prompts
 are left-padded, with an attention mask and explicit position ids (GPT-2 needs them under left
-padding), and a row stops at eos. `generate` tokenizes text prompts, runs the loop `batch_size`
+padding), and a row stops at a stop token (`rewardlab.text.stop_ids`: EOS, and the chat template's
+end-of-turn token when the template is on). `generate` tokenizes text prompts, runs the loop `batch_size`
 prompts at a time and returns one `Sample` per prompt; PPO's rollout calls the loop directly.
 Each step builds a `StepState` (the tokens fed at this step, the mask over all positions so far,
 their position ids) and calls `model_step(model, state)`, which keeps the model's KV cache in
@@ -37,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
-from rewardlab.text import encode_prompts, pad_token_id
+from rewardlab.text import encode_prompts, pad_token_id, stop_ids
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -118,7 +119,7 @@ def model_step(model: torch.nn.Module, state: StepState, key: str = "main") -> t
 
 @dataclass
 class Sample:
-    """One generated completion. `completion_ids` includes the eos when the row stopped there
+    """One generated completion. `completion_ids` includes the stop token when the row stopped there
     (`finished`); `logprobs` (one per completion id) are under the processed distribution."""
 
     prompt: str
@@ -146,11 +147,15 @@ class Decoded:
 
 @torch.no_grad()
 def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                  max_new_tokens: int, temperature: float, top_k: int, top_p: float, eos_id: int | None, pad_id: int,
+                  max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  eos_id: int | Sequence[int] | None, pad_id: int,
                   generator: torch.Generator, logits_fn: LogitsFn | None = None, return_logprobs: bool = False
                   ) -> Decoded:
     """The decoding loop (see the module docstring) from left-padded prompts `input_ids` and
-    `attention_mask` (B, P); a row is done after it samples `eos_id` (None: never)."""
+    `attention_mask` (B, P); a row is done after it samples `eos_id` (or any of a list of stop ids;
+    None: never)."""
+    stops = None if eos_id is None else torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id),
+                                                     dtype=torch.long, device=input_ids.device)
     attention_mask = attention_mask.long()
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -168,7 +173,7 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
         real.append(~state.done)
         if return_logprobs:
             logprobs.append(gather_logprobs(logits.log_softmax(dim=-1), next_tok))
-        done = state.done | (next_tok == eos_id) if eos_id is not None else state.done
+        done = state.done | torch.isin(next_tok, stops) if stops is not None else state.done
         state = StepState(next_tok[:, None], torch.cat([state.attention_mask, torch.ones_like(next_tok)[:, None]], 1),
                           state.position_ids[:, -1:] + 1, step=step + 1, done=done, caches=state.caches)
         if bool(done.all()):
@@ -180,20 +185,19 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
 def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
                     top_k: int, top_p: float, generator: torch.Generator, logits_fn: LogitsFn | None,
                     return_logprobs: bool) -> list[Sample]:
-    """Tokenize and left-pad one batch of prompts, decode, and cut each row after its eos."""
+    """Tokenize and left-pad one batch of prompts, decode, and cut each row after its stop token."""
     device = next(model.parameters()).device
-    pad_id = pad_token_id(tokenizer)
+    pad_id, stops = pad_token_id(tokenizer), stop_ids(tokenizer)
     input_ids, mask, _ = encode_prompts(tokenizer, prompts, device)
     prompt_ids = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), mask.cpu())]
     decoded = sample_tokens(model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_token_id, pad_id=pad_id,
+                            top_k=top_k, top_p=top_p, eos_id=stops, pad_id=pad_id,
                             generator=generator, logits_fn=logits_fn, return_logprobs=return_logprobs)
-    eos_id = tokenizer.eos_token_id
     tokens, lengths = decoded.tokens.tolist(), decoded.mask.sum(1).tolist()
     logprobs = decoded.logprobs.tolist() if decoded.logprobs is not None else None
     return [Sample(prompt=prompt, completion=tokenizer.decode(tokens[i][:n], skip_special_tokens=True),
                    prompt_ids=list(prompt_ids[i]), completion_ids=tokens[i][:n],
-                   finished=eos_id is not None and tokens[i][n - 1] == eos_id,
+                   finished=tokens[i][n - 1] in stops,
                    logprobs=logprobs[i][:n] if logprobs is not None else None)
             for i, (prompt, n) in enumerate(zip(prompts, lengths))]
 

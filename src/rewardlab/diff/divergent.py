@@ -23,6 +23,7 @@ import torch
 from rewardlab import stats
 from rewardlab.errors import InputError
 from rewardlab.sampling import StepState, generate, model_step
+from rewardlab.text import token_texts
 
 
 @dataclass
@@ -80,7 +81,7 @@ def _sample_batch(base, post, tokenizer, prompts: list[str], alpha: float, cfg: 
             "prompt": s.prompt, "completion": s.completion, "alpha": alpha,
             "implicit_reward": float(sum(lp_post) - sum(lp_base)),
             "n_tokens": n, "finished": s.finished,
-            "tokens": tokenizer.convert_ids_to_tokens(s.completion_ids), "token_ids": s.completion_ids,
+            "tokens": token_texts(tokenizer, s.completion_ids), "token_ids": s.completion_ids,
             "logp_post": lp_post, "logp_base": lp_base, "logp_sample": s.logprobs,
         })
     return rows

@@ -3,7 +3,8 @@
 For a DPO policy with its reference as `base`, beta * this is exactly the reward DPO optimizes
 (TRL logs it as `rewards/chosen`). Summed over completion tokens only; the per-token mean and,
 on request, the per-token vector come with it. Each output row records the models, the reference
-and the chat template used, so a score file says what it was computed against.
+and the chat template used (the tokenizer's setting, `rewardlab.text`), so a score file says what it
+was computed against.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from typing import Sequence
 from rewardlab import stats
 from rewardlab.diff.logprobs import sequence_logprobs
 from rewardlab.stats import Estimate
-from rewardlab.text import encode, pad_token_id
+from rewardlab.text import encode, pad_token_id, uses_chat_template
 
 
 @dataclass
 class ScoreConfig:
     beta: float = 1.0  # scale of the log-ratio; 1.0 = nats; pass the DPO beta (0.1) for TRL's reward scale
     batch_size: int = 16  # records per forward pass
-    chat_template: bool = False  # wrap prompts as one user turn with the tokenizer's template
     per_token: bool = False  # also write the per-token log-ratio vector
 
 
@@ -29,7 +29,7 @@ def implicit_rewards(base, post, tokenizer, prompts: Sequence[str], completions:
                      cfg: ScoreConfig = ScoreConfig()) -> list[dict]:
     """One dict per record: implicit_reward (beta * sum), implicit_reward_mean (beta * mean),
     logp_post, logp_base (sums, nats), n_tokens, and the per-token log-ratio if `cfg.per_token`."""
-    encoded = encode(tokenizer, prompts, completions, cfg.chat_template)
+    encoded = encode(tokenizer, prompts, completions)
     pad = pad_token_id(tokenizer)
     base.eval(), post.eval()
     lp_post = sequence_logprobs(post, encoded, cfg.batch_size, pad)
@@ -63,7 +63,7 @@ def implicit_reward_records(base, post, tokenizer, records: list[dict], cfg: Sco
     out = []
     for i, (record, score) in enumerate(zip(records, scores)):
         row = {**record, **score, "beta": cfg.beta, "model": post_name, "ref_model": base_name,
-               "chat_template": tokenizer.chat_template if cfg.chat_template else None}
+               "chat_template": tokenizer.chat_template if uses_chat_template(tokenizer) else None}
         if true is not None:
             row["reward"] = true[i]
             row["reward_spec"] = reward.name

@@ -18,7 +18,7 @@ import torch
 from rewardlab import stats
 from rewardlab.diff.logprobs import completion_log_softmax
 from rewardlab.errors import InputError
-from rewardlab.text import encode, pad_token_id
+from rewardlab.text import encode, pad_token_id, token_texts
 
 
 @dataclass
@@ -27,17 +27,16 @@ class KLConfig:
     top_positions: int = 20  # positions of highest KL listed with their contexts
     top_tokens: int = 20  # tokens listed as most promoted and most demoted
     context_tokens: int = 8  # tokens of context shown before a listed position
-    chat_template: bool = False  # wrap prompts as one user turn with the tokenizer's template
 
 
 def _token(tokenizer, tok_id: int) -> str:
-    return tokenizer.convert_ids_to_tokens(int(tok_id))
+    return token_texts(tokenizer, [tok_id])[0]
 
 
 def token_kl(base, post, tokenizer, prompts: Sequence[str], completions: Sequence[str],
              cfg: KLConfig = KLConfig()) -> tuple[dict, list[dict]]:
     """(summary, per-record rows). Each row: `kl` (per completion token), `kl_sum`, `n_tokens`."""
-    encoded = encode(tokenizer, prompts, completions, cfg.chat_template)
+    encoded = encode(tokenizer, prompts, completions)
     if not any(e.n_completion for e in encoded):
         raise InputError(f"all {len(encoded)} completions are empty: there are no tokens to compare",
                          fix="give records whose `completion` has text")

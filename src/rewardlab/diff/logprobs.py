@@ -51,10 +51,10 @@ def sequence_logprobs(model, encoded: Sequence[Encoded], batch_size: int = 16, p
 
 
 def completion_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
-                        batch_size: int = 16, chat_template: bool = False) -> list[torch.Tensor]:
+                        batch_size: int = 16) -> list[torch.Tensor]:
     """Per-token completion log-probs of `model`: one float32 tensor [n_completion] per record."""
     model.eval()
-    return sequence_logprobs(model, encode(tokenizer, prompts, completions, chat_template), batch_size,
+    return sequence_logprobs(model, encode(tokenizer, prompts, completions), batch_size,
                              pad_token_id(tokenizer))
 
 

@@ -170,18 +170,22 @@ def dose_response(
 
 
 def divergent_by_alpha(
-    alphas: Sequence[float], reward: Sequence[float | None], grammatical: Sequence[float | None] | None,
+    alphas: Sequence[float], reward: Sequence[float | None], fluency: Sequence[float | None] | None,
+    fluency_label: str = "grammatical rate",
 ) -> str:
-    """True reward (and grammatical rate, right axis) of amplified samples against alpha."""
+    """True reward (and a fluency measure, right axis: the grammatical rate, or a perplexity) of amplified
+    samples against alpha."""
     fig = Figure(figsize=(5.5, 3.5))
     ax = fig.subplots()
     ax.plot(alphas, _finite(reward), "-o", color=POST, label="true reward")
     ax.set(xlabel="amplification α (0 = post model)", ylabel="true reward (mean)", title="Divergent sampling")
     ax.grid(alpha=0.3)
-    if grammatical is not None:
+    if fluency is not None:
         ax2 = ax.twinx()
-        ax2.plot(alphas, _finite(grammatical), "--s", color=BASE, label="grammatical rate")
-        ax2.set(ylabel="grammatical rate", ylim=(-0.05, 1.05))
+        ax2.plot(alphas, _finite(fluency), "--s", color=BASE, label=fluency_label)
+        ax2.set(ylabel=fluency_label)
+        if fluency_label == "grammatical rate":
+            ax2.set(ylim=(-0.05, 1.05))
         ax2.legend(loc="lower right", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     return to_data_uri(fig)

@@ -256,9 +256,15 @@ def ev_divergent(run: Run) -> str:
     d = run.results.divergent
     if d is None:
         return ""
-    gram = d.grammatical_rate
-    parts = [figure(figures.divergent_by_alpha(d.alphas, [m.value for m in d.reward_mean], gram),
-                    "Amplified (divergent) sampling: true reward and grammatical rate against α")]
+    if d.grammatical_rate is not None:
+        fluency, label = d.grammatical_rate, "grammatical rate"
+    elif d.base_perplexity is not None:
+        fluency, label = [None if m is None else m.value for m in d.base_perplexity], "perplexity under the base model"
+    else:
+        fluency, label = None, ""
+    caption = f"true reward and {label}" if fluency is not None else "true reward"
+    parts = [figure(figures.divergent_by_alpha(d.alphas, [m.value for m in d.reward_mean], fluency, label),
+                    f"Amplified (divergent) sampling: {caption} against α")]
     columns = {"reward_mean": d.reward_mean, "implicit_reward_mean": d.implicit_reward_mean,
                "grammatical_rate": d.grammatical_rate, "base_perplexity": d.base_perplexity}
     parts.append(table([{"alpha": a, **{k: to_json(v[i]) for k, v in columns.items() if v is not None}}
@@ -312,7 +318,7 @@ def ev_params(run: Run) -> str:
     if p is None:
         return ""
     uri = params_figure(p.layers, f"{p.policy} vs base")
-    return (figure(uri, f"Parameter divergence per block, base -> {p.policy}: the sum of the "
+    return (figure(uri, f"Parameter divergence per block, base -> {p.policy}: the change (the sum of the "
                         "per-tensor L2 norms of the change) and the change relative to the base weights")
             + key_values(p, skip=("layers",)) + table([to_json(r) for r in p.layers]))
 

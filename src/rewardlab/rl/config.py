@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rewardlab.config import CHAT_TEMPLATE_MODES, chat_template_field
 from rewardlab.errors import Check, raise_first_failed
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact", "exact_reverse")
@@ -21,6 +22,12 @@ def sampling_checks(cfg) -> list[Check]:
         (cfg.top_k >= 0, f"top_k must be 0 (off) or positive, got {cfg.top_k}", None),
         (0 < cfg.top_p <= 1, f"top_p must be in (0, 1], got {cfg.top_p}", None),
     ]
+
+
+def chat_template_check(cfg) -> Check:
+    """The check of a config's `chat_template` setting (auto, on or off)."""
+    return (cfg.chat_template in CHAT_TEMPLATE_MODES, f"unknown chat_template {cfg.chat_template!r}",
+            f"use one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
 
 @dataclass
@@ -40,6 +47,7 @@ class PPOConfig:
     temperature: float = 1.0         # sampling temperature (> 0); scoring uses the same transform
     top_k: int = 0                   # sample from the k most likely tokens only; 0: off
     top_p: float = 1.0               # nucleus sampling: smallest set of tokens reaching this probability; 1.0: off
+    chat_template: str = chat_template_field()
     lr: float = 3e-4                 # policy learning rate (Adam; TRL's 3e-6 suits pretrained LMs)
     value_lr: float = 1e-3           # value head learning rate (ARENA uses its own, 5e-4)
     value_head: str = "mlp"          # linear | mlp (d -> 4d -> 1)
@@ -87,6 +95,7 @@ class PPOConfig:
              "samples_per_phase must be at least 0 and checkpoint_every at least 1", None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
             *sampling_checks(self),
+            chat_template_check(self),
         ], "PPO config")
 
 
@@ -108,6 +117,7 @@ class DPOTrainConfig:
     temperature: float = 1.0        # sampling temperature of the evaluation samples (> 0)
     top_k: int = 0                  # evaluation sampling from the k most likely tokens only; 0: off
     top_p: float = 1.0              # evaluation nucleus sampling probability; 1.0: off
+    chat_template: str = chat_template_field()
     eval_samples: int = 512         # fresh samples from base and policy for summary.json
     threads: int | None = 1         # torch CPU threads (None: leave as is)
 
@@ -123,6 +133,7 @@ class DPOTrainConfig:
              None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
             *sampling_checks(self),
+            chat_template_check(self),
         ], "DPO config")
 
 
@@ -140,6 +151,7 @@ class PairsConfig:
     temperature: float = 1.0         # sampling temperature (> 0)
     top_k: int = 0                   # sample from the k most likely tokens only; 0: off
     top_p: float = 1.0               # nucleus sampling probability; 1.0: off
+    chat_template: str = chat_template_field()
     seed: int = 0                    # seeds the prompt draws and the sampling
     batch_size: int = 64             # completions sampled at a time
 
@@ -149,4 +161,5 @@ class PairsConfig:
             (self.per_prompt >= 2, f"per_prompt must be at least 2, got {self.per_prompt}", "--per-prompt 2 or more"),
             (self.n_prompts >= 1 and self.batch_size >= 1, "n_prompts and batch_size must be at least 1", None),
             *sampling_checks(self),
+            chat_template_check(self),
         ], "pairs config")

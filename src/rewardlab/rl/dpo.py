@@ -22,16 +22,29 @@ from rewardlab.rl.config import DPOTrainConfig
 from rewardlab.rl.eval import eval_summary, evaluate_policy, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.stats import mean
+from rewardlab.text import messages_of, stop_ids, uses_chat_template
 
 
 def _with_eos(text: str, tokenizer) -> str:
-    """`text` + EOS such that the EOS stays its own token (a word-level tokenizer needs a space before it)."""
-    eos = tokenizer.eos_token
+    """`text` + the token that ends it (EOS; the end-of-turn token with the chat template on) such that it
+    stays its own token (a word-level tokenizer needs a space before it)."""
+    eos_id = stop_ids(tokenizer)[-1]
+    eos = tokenizer.convert_ids_to_tokens(eos_id)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     for joined in (text + eos, f"{text} {eos}"):
-        if tokenizer(joined, add_special_tokens=False)["input_ids"] == ids + [tokenizer.eos_token_id]:
+        if tokenizer(joined, add_special_tokens=False)["input_ids"] == ids + [eos_id]:
             return joined
     raise InputError("cannot append EOS to a completion as its own token", fix="check the tokenizer")
+
+
+def trl_pair(row: dict, tokenizer) -> dict:
+    """One preference pair in TRL's layout: conversational with the chat template on (TRL renders it
+    with the template), else text with the completions ending in EOS."""
+    if uses_chat_template(tokenizer):
+        prompt = messages_of(row["prompt"]) or [{"role": "user", "content": row["prompt"]}]
+        return {"prompt": prompt, **{k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected")}}
+    return {"prompt": row["prompt"], "chosen": _with_eos(row["chosen"], tokenizer),
+            "rejected": _with_eos(row["rejected"], tokenizer)}
 
 
 def summed_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
@@ -60,11 +73,10 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
         raise InputError(f"{len(rows)} pairs are too few to hold {n_test} out", cfg.pairs, "give more pairs")
     test, train = [rows[i] for i in order[:n_test]], [rows[i] for i in order[n_test:]]
 
-    policy, tokenizer = load_policy_and_tokenizer(cfg.base)
+    policy, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template)
     ref, _ = load_policy_and_tokenizer(cfg.base)
     ref.requires_grad_(False)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": _with_eos(r["chosen"], tokenizer),
-                                  "rejected": _with_eos(r["rejected"], tokenizer)} for r in train])
+    dataset = Dataset.from_list([trl_pair(r, tokenizer) for r in train])
     args = DPOConfig(
         output_dir=str(out / "trl"), beta=cfg.beta, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, use_cpu=True, report_to=[], save_strategy="no",

@@ -18,7 +18,7 @@ from rewardlab.io import write_json, write_jsonl
 from rewardlab.rl.kl_penalty import exact_kl
 from rewardlab.rl.rollout import completion_logprobs_from_logits, completion_texts, position_ids, rollout
 from rewardlab.stats import mean
-from rewardlab.text import encode_prompts
+from rewardlab.text import encode_prompts, stop_ids
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def evaluate_policy(model, ref, tokenizer, prompts: Sequence[str], reward: Calla
         idx = torch.randint(len(prompts), (size,), generator=generator).tolist()
         ids, pmask, _ = encode_prompts(tokenizer, [prompts[i] for i in idx], device)
         ro = rollout(model, ids, pmask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                     top_p=top_p, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
+                     top_p=top_p, eos_id=stop_ids(tokenizer), pad_id=tokenizer.pad_token_id, generator=generator)
         kwargs = dict(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
                       position_ids=position_ids(ro.attention_mask), use_cache=False)
         P = ids.shape[1]

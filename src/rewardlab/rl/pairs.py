@@ -1,7 +1,8 @@
 """Preference pairs: sample completions per prompt, score them, keep (best, worst) as (chosen, rejected).
 
 Rows use the TRL / RewardBench layout: `prompt`, `chosen`, `rejected` (completions only, each starting
-with the separator that joins it to the prompt), plus `chosen_reward` and `rejected_reward`.
+with the separator that joins it to the prompt; with the chat template on, the assistant's turn as
+sampled), plus `chosen_reward` and `rejected_reward`.
 A prompt whose best and worst completions score the same is dropped (a tie says nothing).
 """
 
@@ -16,7 +17,7 @@ from rewardlab.rewards import get_reward
 from rewardlab.rl.config import PairsConfig
 from rewardlab.rl.inputs import completion_length, load_policy_and_tokenizer, load_prompts
 from rewardlab.sampling import generate
-from rewardlab.text import join_prompt_completion
+from rewardlab.text import join_prompt_completion, uses_chat_template
 
 
 def completion_text(prompt: str, completion: str) -> str:
@@ -30,7 +31,7 @@ def make_preference_pairs(cfg: PairsConfig, out: str | Path) -> dict:
     prompt_set = load_prompts(cfg.model, cfg.prompts)
     max_new_tokens = completion_length(cfg.model, cfg.max_new_tokens)
     reward = get_reward(cfg.reward)
-    model, tokenizer = load_policy_and_tokenizer(cfg.model)
+    model, tokenizer = load_policy_and_tokenizer(cfg.model, cfg.chat_template)
     generator = torch.Generator().manual_seed(cfg.seed)
     picked = [prompt_set[i] for i in torch.randint(len(prompt_set), (cfg.n_prompts,), generator=generator).tolist()]
     repeated = [p for p in picked for _ in range(cfg.per_prompt)]
@@ -47,8 +48,8 @@ def make_preference_pairs(cfg: PairsConfig, out: str | Path) -> dict:
         if best[0] == worst[0]:
             ties += 1
             continue
-        rows.append({"prompt": prompt, "chosen": completion_text(prompt, best[1]),
-                     "rejected": completion_text(prompt, worst[1]),
+        joined = (lambda text: text) if uses_chat_template(tokenizer) else (lambda text: completion_text(prompt, text))
+        rows.append({"prompt": prompt, "chosen": joined(best[1]), "rejected": joined(worst[1]),
                      "chosen_reward": best[0], "rejected_reward": worst[0]})
     write_jsonl(out, rows)
     margin = sum(r["chosen_reward"] - r["rejected_reward"] for r in rows) / max(len(rows), 1)

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rewardlab import rewards
+from rewardlab.config import without_runtime
 from rewardlab.errors import InputError
 from rewardlab.io import load_tensors, read_json, read_jsonl, save_tensors, write_json, write_jsonl
 from rewardlab.rl.config import PPOConfig
@@ -45,7 +46,7 @@ from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
 from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
-from rewardlab.text import encode_prompts
+from rewardlab.text import encode_prompts, stop_ids
 
 RATIO_TOLERANCE = 1e-4
 
@@ -381,13 +382,14 @@ def checkpoint(out: Path, model: PolicyWithValue, optimizer, generator: torch.Ge
 def resume(out: Path, cfg: PPOConfig, model: PolicyWithValue, optimizer, generator: torch.Generator, rank: int,
            kl_ctl: KLController) -> tuple[int, float, list[dict], list[dict]]:
     """Load the checkpoint in `out` (if any) into the model, optimizer, generator and KL controller;
-    returns (first phase to run, seconds already trained, metrics rows and samples kept so far)."""
+    returns (first phase to run, seconds already trained, metrics rows and samples kept so far). A checkpoint
+    written with another config is refused; the phase count and the runtime settings (threads) may differ."""
     ckpt = find_checkpoint(out)
     if ckpt is None:
         return 0, 0.0, [], []
     state = read_json(ckpt / "state.json")
-    saved = {k: v for k, v in state["config"].items() if k != "phases"}
-    mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "phases"}
+    saved = {k: v for k, v in without_runtime(state["config"]).items() if k != "phases"}
+    mine = {k: v for k, v in without_runtime(dataclasses.asdict(cfg)).items() if k != "phases"}
     if saved != mine:
         diff = sorted(k for k in mine if saved.get(k) != mine[k])
         raise InputError(f"checkpoint was written with a different config ({', '.join(diff)})", str(ckpt),
@@ -436,7 +438,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     reward = rewards.get_reward(cfg.reward)
     prompts = load_prompts(cfg.base, cfg.prompts)
     max_new_tokens = completion_length(cfg.base, cfg.max_new_tokens)
-    policy, tokenizer = load_policy_and_tokenizer(cfg.base)
+    policy, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template)
     parse_site(cfg.value_site, n_layers(policy))  # a bad --value-site fails here, not after the base evaluation
     ref, _ = load_policy_and_tokenizer(cfg.base)
     ref.requires_grad_(False)
@@ -467,7 +469,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         prompt_ids, prompt_mask, _ = encode_prompts(tokenizer, [prompts[i] for i in idx], device)
         ro = rollout(unwrapped.policy, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
+                     eos_id=stop_ids(tokenizer), pad_id=tokenizer.pad_token_id, generator=generator)
         texts = completion_texts(tokenizer, ro)
         t_gen = time.perf_counter() - t0
 

@@ -40,11 +40,11 @@ class Rollout:
 
 
 def rollout(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-            temperature: float, top_k: int, top_p: float, eos_id: int | None, pad_id: int,
+            temperature: float, top_k: int, top_p: float, eos_id: int | list[int] | None, pad_id: int,
             generator: torch.Generator) -> Rollout:
     """Sample completions [B, max_new_tokens] from left-padded prompts [B, P] with `sample_tokens`.
 
-    A row stops after EOS; later positions hold `pad_id` with mask 0.
+    A row stops after EOS (or any of a list of stop ids); later positions hold `pad_id` with mask 0.
     """
     decoded = sample_tokens(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, eos_id=eos_id, pad_id=pad_id, generator=generator)

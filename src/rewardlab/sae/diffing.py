@@ -56,7 +56,7 @@ from rewardlab.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
 from rewardlab.sae.train import TrainConfig, train_sae
 from rewardlab.sampling import generate
 from rewardlab.sites import n_layers
-from rewardlab.text import pad_token_id
+from rewardlab.text import pad_token_id, token_texts
 
 SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
 
@@ -246,7 +246,7 @@ def _feature_records(tokenizer, store: ActivationStore, tokens: TokenActs, sae: 
     seqs, acts = [], []
     for r in rows:
         sel = row_ids == int(r)
-        seqs.append(tokenizer.convert_ids_to_tokens(token_ids[sel].tolist()))
+        seqs.append(token_texts(tokenizer, token_ids[sel].tolist()))
         acts.append(f[sel])
     return build_records(seqs, acts, list(range(len(features))), seed=seed), seqs, acts
 

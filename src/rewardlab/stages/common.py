@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rewardlab.config import from_dict
+from rewardlab.config import chat_template_field, from_dict
 from rewardlab.errors import InputError
 from rewardlab.io import read_jsonl
 from rewardlab.sites import parse_site
@@ -23,9 +23,9 @@ class ModelsSection:
     The `prompts` stage splits the prompts: post-training and the probe records use the training
     prompts; the implicit reward, divergent sampling and steering use the held-out ones, the
     `heldout_prompts` file when given, else `heldout_fraction` of the distinct prompts drawn with the
-    run's seed. `reward` is the known (true) reward every stage scores with. The generation settings
-    and `reward` are the defaults of every stage section that has such a key (a key set in the
-    stage's section wins). Checking the config reads no file and loads no model; the prompts
+    run's seed. `reward` is the known (true) reward every stage scores with. The generation settings,
+    `reward` and `chat_template` are the defaults of every stage section that has such a key (a key
+    set in the stage's section wins); every stage loads its tokenizer with `chat_template`. Checking the config reads no file and loads no model; the prompts
     files must exist by then, models are loaded by the stages.
 
     Outside the review world there is no grammar and no minimal-pair world: grammatical rates are
@@ -45,6 +45,7 @@ class ModelsSection:
     top_p: float = 1.0             # 1.0: off
     dtype: str = "float32"         # weights of the diffing, probe and SAE stages (bfloat16 for 7B models on a GPU)
     device: str | None = None      # None: an accelerator if there is one, else CPU (PPO/DPO: their own `cpu` key)
+    chat_template: str = chat_template_field()
 
     def generation(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
@@ -111,7 +112,8 @@ class Planner:
             raise InputError(f"{', '.join(clash)} is set by the pipeline", f"{self.where}.{section}",
                              "remove the key")
         names = {f.name for f in dataclasses.fields(cls)}
-        defaults = {} if self.setting is None else {**self.setting.generation(), "reward": self.setting.reward}
+        defaults = {} if self.setting is None else {**self.setting.generation(), "reward": self.setting.reward,
+                                                    "chat_template": self.setting.chat_template}
         given = {k: v for k, v in defaults.items() if k in names and k not in filled}
         cfg = from_dict(cls, {**given, **values, **filled}, f"{self.where}.{section}")
         if hasattr(cfg, "validate"):
@@ -144,6 +146,11 @@ class Context:
 
     def main_policy(self) -> str | None:
         return main_policy(self.models)
+
+    @property
+    def chat_template(self) -> str:
+        """The run's chat-template setting: the models section's, auto in the review world."""
+        return "auto" if self.setting is None else self.setting.chat_template
 
 
 def main_policy(models: dict[str, str]) -> str | None:

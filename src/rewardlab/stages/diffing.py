@@ -207,7 +207,7 @@ def divergence(base_model, policy, tokenizer, s: Setting, cfg: Config, out: Path
 def run(cfg: Config, ctx: Context) -> Results:
     base = model_folder(ctx.models["base"])
     s = setting_of(ctx, base)
-    base_model, tokenizer = load_model(base, device=s.device, dtype=s.dtype)
+    base_model, tokenizer = load_model(base, device=s.device, dtype=s.dtype, chat_template=ctx.chat_template)
     records = sample_base(base_model, tokenizer, s, cfg)
     policies = {name: model_folder(ctx.models[name]) for name in ("ppo", "post", "dpo") if name in ctx.models}
     main = next(iter(policies), None)  # divergent sampling and parameter divergence: PPO, else post, else DPO

@@ -25,6 +25,7 @@ questions 1, 2, 3 and 7.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -48,7 +49,7 @@ from rewardlab.rl.config import sampling_checks
 from rewardlab.rl.value_head import load_value_head
 from rewardlab.sampling import generate
 from rewardlab.schema import from_json
-from rewardlab.sites import all_sites, n_layers
+from rewardlab.sites import all_sites, n_layers, parse_site
 from rewardlab.stages import ppo as ppo_stage
 from rewardlab.stages import prompts as prompts_stage
 from rewardlab.stages.common import Context, Planner, RunConfig, main_policy, prompt_list
@@ -221,7 +222,24 @@ def plan(run: RunConfig, p: Planner) -> None:
         p.check_site(cfg.steer_site, "probes.steer_site")
     for site in ([] if cfg.sites == "all" else cfg.sites.split(",")):
         p.check_site(site.strip(), "probes.sites")
+    check_value_site(cfg, p)
     p.add(NAME, cfg, {"base": Path(p.base), "policy": Path(policy), **p.data_inputs()})
+
+
+def check_value_site(cfg: Config, p: Planner) -> None:
+    """With a PPO stage in the run, the value-head readout needs the head's site at the last completion
+    token in the activation cache: InputError at config check when `sites` or `positions` leave it out."""
+    ppo = next((s.config for s in p.stages if s.name == ppo_stage.NAME), None)
+    if ppo is None:
+        return
+    depth = p.n_blocks if p.n_blocks is not None else sys.maxsize
+    where, value_site = f"{p.where}.probes", parse_site(ppo.value_site, depth).name
+    if cfg.sites != "all" and value_site not in {parse_site(s.strip(), depth).name for s in cfg.sites.split(",")}:
+        raise InputError(f"probes.sites leaves out {value_site}, the site the PPO value head reads", f"{where}.sites",
+                         f"add {value_site} to probes.sites (or use all), or set ppo.value_site to a probed site")
+    if "last_completion" not in cfg.positions:
+        raise InputError("probes.positions leaves out last_completion, where the PPO value head reads",
+                         f"{where}.positions", "add last_completion to probes.positions")
 
 
 def sample_records(models: dict, tokenizer, prompts: Sequence[str], cfg: Config) -> list[dict]:
@@ -392,7 +410,7 @@ def save_dose_response(steered: dict, path: Path) -> None:
 def run(cfg: Config, ctx: Context) -> Results:
     policy_path, base_path = ctx.main_policy(), ctx.models["base"]
     dtype = "float32" if ctx.setting is None else ctx.setting.dtype
-    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype)
+    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype, chat_template=ctx.chat_template)
     base, _ = load_model(base_path, device=cfg.device, dtype=dtype)
     if ctx.setting is None:
         world = world_of_model(base_path)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from rewardlab.config import from_dict
+from rewardlab.config import check_chat_template_mode, from_dict
 from rewardlab.errors import InputError
 from rewardlab.io import write_jsonl
 from rewardlab.stages.common import Context, ModelsSection, Planner, RunConfig, check_file, prompt_list
@@ -62,6 +62,7 @@ def plan(run: RunConfig, p: Planner) -> None:
                          "a JSONL file with a `prompt` field (see examples/)")
     if not 0 < byo.heldout_fraction < 1:
         raise InputError("heldout_fraction must be between 0 and 1", f"{where}.heldout_fraction")
+    check_chat_template_mode(byo.chat_template, f"{where}.chat_template")
     check_file(byo.prompts, f"{where}.prompts")
     check_file(byo.heldout_prompts, f"{where}.heldout_prompts")
     p.setting, p.base = byo, byo.base

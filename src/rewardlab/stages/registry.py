@@ -21,6 +21,7 @@ class RunHeader:
     name: str
     seed: int
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact name -> path relative to the run folder
+    # (absolute for the PPO metrics of a given post model outside it)
 
 
 def _section_fields() -> list[tuple[str, object, dataclasses.Field]]:

@@ -101,7 +101,7 @@ def plan(run: RunConfig, p: Planner) -> None:
 def run(cfg: Config, ctx: Context) -> Results:
     loading = {"dtype": "float32"} if ctx.setting is None else {"dtype": ctx.setting.dtype,
                                                                  "device": ctx.setting.device}
-    pair = ModelPair.load(ctx.models["base"], ctx.main_policy(), **loading)
+    pair = ModelPair.load(ctx.models["base"], ctx.main_policy(), chat_template=ctx.chat_template, **loading)
     records = read_jsonl(ctx.artifact(probes_stage.NAME, "records"), required=("prompt", "completion"))
     res = compare_models(pair.base, pair.post, pair.tokenizer, records, ctx.out, cfg)
     head, checks = res["headline"], headline_checks(res)["checks"]
