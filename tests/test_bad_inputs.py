@@ -47,6 +47,8 @@ TEXT_FILES = {
     "features.json": json.dumps({"features": []}),
     "results/results.json": json.dumps({"schema_version": 999}),
     "fake.gguf": "GGUF but not really",
+    "long.jsonl": json.dumps({"prompt": " ".join(["the movie was"] * 24), "completion": " good ."}) + "\n",
+    "long_completion.jsonl": json.dumps({"prompt": "the movie was", "completion": " good" * 70}) + "\n",
 }
 BINARY_FILES = {"latin1.jsonl": b'{"prompt": "caf\xe9", "completion": " good ."}\n',
                 "latin1.yaml": b"name: caf\xe9\n", "garbage.safetensors": b"\x00\x01not a safetensors file"}
@@ -78,6 +80,10 @@ def inputs(tmp_path_factory):
     probe = {"weight": torch.ones(7, dtype=torch.float64), "mean": torch.zeros(7, dtype=torch.float64),
              "std": torch.ones(7, dtype=torch.float64)}
     save_file(probe, str(root / "wrong_width_probe.safetensors"), metadata={
+        "kind": '"ridge"', "bias": "0.0", "meta": json.dumps({"site": "blocks.1.hook_resid_post", "position": "last"})})
+    probe = {"weight": torch.ones(32, dtype=torch.float64), "mean": torch.zeros(32, dtype=torch.float64),
+             "std": torch.ones(32, dtype=torch.float64)}
+    save_file(probe, str(root / "long_width_probe.safetensors"), metadata={
         "kind": '"ridge"', "bias": "0.0", "meta": json.dumps({"site": "blocks.1.hook_resid_post", "position": "last"})})
     (root / "truncated.safetensors").write_bytes((root / "wrong_width_probe.safetensors").read_bytes()[:-40])
     return root
@@ -174,6 +180,23 @@ CASES = [
      "KL coefficients must be at least 0, got [-1.0]"),
     ("pairs-per-prompt-1", "data pairs --model {in}/model --per-prompt 1 --out {out}/p.jsonl",
      "per_prompt must be at least 2"),
+    # the model's context (64 tokens): checked before any model work
+    ("context-divergent-prompt", "sample divergent --base {in}/model --post {in}/model --prompts {in}/long.jsonl "
+     "--out {out}/x.jsonl", "the prompt has 72 tokens; the model's context holds 64"),
+    ("context-divergent-budget", "sample divergent --base {in}/model --post {in}/model --prompts {in}/data.jsonl "
+     "--max-new-tokens 100 --out {out}/x.jsonl", "lower max_new_tokens to at most 61"),
+    ("context-ppo-prompt", "train ppo --base {in}/model --prompts {in}/long.jsonl --out {out}",
+     "the prompt has 72 tokens"),
+    ("context-ppo-budget", "train ppo --base {in}/model --prompts {in}/data.jsonl --max-new-tokens 100 --out {out}",
+     "plus max_new_tokens 100 has 103 tokens"),
+    ("context-steer-budget", "steer --model {in}/model --direction {in}/long_width_probe.safetensors "
+     "--prompts {in}/data.jsonl --max-new-tokens 100 --out {out}", "lower max_new_tokens to at most 61"),
+    ("context-acts-record", "acts cache --model {in}/model --in {in}/long_completion.jsonl "
+     "--sites blocks.0.hook_resid_post --out {out}", "the prompt plus its completion has 73 tokens"),
+    ("context-score-record", "score --base {in}/model --post {in}/model --in {in}/long_completion.jsonl "
+     "--out {out}/s.jsonl", "the prompt plus its completion has 73 tokens"),
+    ("context-pairs-budget", "data pairs --model {in}/model --prompts {in}/data.jsonl --max-new-tokens 100 "
+     "--out {out}/p.jsonl", "lower max_new_tokens to at most 61"),
     # activations, probes, steering, SAEs, explanations
     ("acts-batch-size-0", "acts cache --model {in}/model --in {in}/data.jsonl --sites blocks.0.hook_resid_post "
      "--batch-size 0 --out {out}", "--batch-size: must be at least 1, got 0"),

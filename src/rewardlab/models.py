@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from rewardlab.errors import InputError
-from rewardlab.text import set_chat_template
+from rewardlab.text import config_context_length, set_chat_template, set_context_length
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -99,7 +99,16 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False,
                          str(name_or_path), "save the tokenizer into the folder (tokenizer.save_pretrained)")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    set_context_length(tokenizer, _context_of_folder(source, trust_remote_code))
     return set_chat_template(tokenizer, chat_template)
+
+
+def _context_of_folder(source: str, trust_remote_code: bool) -> int | None:
+    """The context length in the model config beside a tokenizer; None without a readable config."""
+    try:
+        return config_context_length(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
+    except _LOAD_ERRORS:
+        return None
 
 
 def _load_weights(name_or_path: str | Path, tokenizer: PreTrainedTokenizerBase, *, device=None, dtype=None,

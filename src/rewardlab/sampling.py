@@ -38,7 +38,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rewardlab.errors import InputError
-from rewardlab.text import encode_prompts, pad_token_id, stop_ids
+from rewardlab.text import (check_generation_fits, config_context_length, encode_prompts, pad_token_id,
+                            prompt_token_ids, stop_ids)
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -154,6 +155,7 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     """The decoding loop (see the module docstring) from left-padded prompts `input_ids` and
     `attention_mask` (B, P); a row is done after it samples `eos_id` (or any of a list of stop ids;
     None: never)."""
+    check_generation_fits(attention_mask.sum(-1).tolist(), max_new_tokens, config_context_length(model.config))
     stops = None if eos_id is None else torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id),
                                                      dtype=torch.long, device=input_ids.device)
     attention_mask = attention_mask.long()
@@ -210,6 +212,8 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *, max_n
     `desc` labels a progress bar over the prompts on stderr (None: no bar)."""
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_generation_fits([len(ids) for ids in prompt_token_ids(tokenizer, prompts)], max_new_tokens,
+                          config_context_length(model.config))  # every batch, before the first one runs
     was_training = model.training
     model.eval()
     try:

@@ -13,6 +13,12 @@ without special tokens (the template holds its own), and the BOS the tokenizer p
 text is added only when the rendering does not already start with it: never doubled, never
 dropped. Generation then stops at the template's end-of-turn token as well as at EOS (`stop_ids`).
 
+Context length. A tokenizer also carries its model's context length (`set_context_length`, done by
+`rewardlab.models.load_tokenizer` from the folder's config.json): a prompt must leave room for one
+completion token, prompt plus completion must fit (`prompt_token_ids`, `encode`), and the decoding loop
+refuses a generation budget that would run past it (`check_generation_fits`). Each is an InputError
+naming the record, its length and the limit, raised before that batch's model work.
+
 A prompt given as messages (TRL's conversational format, `[{"role": "user", "content": ...}, ...]`)
 travels as one string, its canonical JSON (`conversation_prompt`), so prompt ids, splits and records
 treat it like any prompt; `messages_of` reads it back. It needs the chat template on.
@@ -31,6 +37,8 @@ from rewardlab.config import check_chat_template_mode
 from rewardlab.errors import InputError
 
 _SETTING = "rewardlab_chat_template"  # the attribute a tokenizer carries its resolved setting in
+_CONTEXT = "rewardlab_context_length"  # the attribute a tokenizer carries its model's context length in
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")  # config names, first found
 _ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -44,6 +52,42 @@ def set_chat_template(tokenizer, mode: str = "auto"):
                          "use chat_template auto or off, or a tokenizer with a chat template")
     setattr(tokenizer, _SETTING, mode == "on" or (mode == "auto" and has))
     return tokenizer
+
+
+def set_context_length(tokenizer, n_positions: int | None):
+    """Record the model's context length (tokens) on its tokenizer; None: unknown, nothing is checked."""
+    setattr(tokenizer, _CONTEXT, None if n_positions is None else int(n_positions))
+    return tokenizer
+
+
+def context_length(tokenizer) -> int | None:
+    """The context length recorded by `set_context_length`, None when unknown."""
+    return getattr(tokenizer, _CONTEXT, None)
+
+
+def config_context_length(config) -> int | None:
+    """A model config's context length: the first of CONTEXT_FIELDS it sets, None if none."""
+    for name in CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _too_long(length: int, limit: int, what: str, where: str, fix: str) -> InputError:
+    return InputError(f"{what} has {length} tokens; the model's context holds {limit}", where, fix)
+
+
+def check_generation_fits(prompt_lengths: Sequence[int], max_new_tokens: int, n_positions: int | None) -> None:
+    """InputError unless the longest prompt (lengths in tokens) plus `max_new_tokens` fits a context of
+    `n_positions` tokens (None: unknown, no check). The decoding loop refuses rather than clips."""
+    if n_positions is None or not len(prompt_lengths):
+        return
+    longest = max(prompt_lengths)
+    if longest + max_new_tokens > n_positions:
+        raise _too_long(longest + max_new_tokens, n_positions, f"a prompt of {longest} tokens plus "
+                        f"max_new_tokens {max_new_tokens}", f"prompt {list(prompt_lengths).index(longest)}",
+                        f"lower max_new_tokens to at most {max(n_positions - longest, 0)}, or shorten the prompt")
 
 
 def uses_chat_template(tokenizer) -> bool:
@@ -128,10 +172,14 @@ def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
         ids = [row if row[:len(prefix)] == prefix else prefix + row for row in ids]
     else:
         ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=True)["input_ids"] for p in prompts]
+    limit = context_length(tokenizer)
     for i, row in enumerate(ids):
         if not row:
             raise InputError("the prompt has no tokens, so the first completion token has no context",
                              f"record {i}", "give a non-empty prompt (or a tokenizer that adds BOS)")
+        if limit is not None and len(row) >= limit:
+            raise _too_long(len(row), limit, "the prompt", f"record {i}",
+                            "shorten the prompt so that a completion token still fits")
     return [list(row) for row in ids]
 
 
@@ -187,10 +235,13 @@ def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> lis
     """Token ids of each prompt (`prompt_token_ids`) + its completion (without special tokens)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-    out = []
-    for prompt_ids, completion in zip(prompt_token_ids(tokenizer, prompts), completions):
+    out, limit = [], context_length(tokenizer)
+    for i, (prompt_ids, completion) in enumerate(zip(prompt_token_ids(tokenizer, prompts), completions)):
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         out.append(Encoded(prompt_ids + list(completion_ids), len(prompt_ids)))
+        if limit is not None and len(out[-1].ids) > limit:
+            raise _too_long(len(out[-1].ids), limit, "the prompt plus its completion", f"record {i}",
+                            "shorten the record")
     return out
 
 

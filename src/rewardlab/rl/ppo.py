@@ -46,7 +46,8 @@ from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
 from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
-from rewardlab.text import encode_prompts, stop_ids
+from rewardlab.text import (check_generation_fits, config_context_length, encode_prompts, prompt_token_ids,
+                            stop_ids)
 
 RATIO_TOLERANCE = 1e-4
 
@@ -440,6 +441,8 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     max_new_tokens = completion_length(cfg.base, cfg.max_new_tokens)
     policy, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template)
     parse_site(cfg.value_site, n_layers(policy))  # a bad --value-site fails here, not after the base evaluation
+    check_generation_fits([len(ids) for ids in prompt_token_ids(tokenizer, prompts)], max_new_tokens,
+                          config_context_length(policy.config))  # and a prompt that leaves no room to answer
     ref, _ = load_policy_and_tokenizer(cfg.base)
     ref.requires_grad_(False)
     ref.to(device)
