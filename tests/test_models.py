@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rewardlab import models
 from rewardlab.errors import InputError
-from rewardlab.models import (ModelPair, check_same_vocabulary, load_model, load_tokenizer, model_id,
+from rewardlab.models import (ModelPair, check_same_vocabulary, load_model, load_tokenizer, model_id, pair_ids,
                               pick_device, pick_dtype)
 
 VOCAB = len(TINY_WORDS) + 2
@@ -134,6 +134,18 @@ def test_model_pair(saved_model):
         ModelPair.load(base, other)
     with pytest.raises(InputError, match="base embeds 13 tokens, post 14"):
         ModelPair(pair.base, saved_model("wide", words=TINY_WORDS + ("!",))[1], pair.tokenizer)
+
+
+def test_model_pair_refuses_another_architecture_and_names_same_named_folders(saved_model, tmp_path):
+    base, _ = saved_model("base", seed=0)
+    llama, _ = saved_model("llama", family="llama")
+    with pytest.raises(InputError, match="architectures differ: base .*'gpt2'.*, post .*'llama'"):
+        ModelPair.load(base, llama)
+    (tmp_path / "world-a").mkdir()
+    (tmp_path / "world-b").mkdir()
+    a, b = saved_model("world-a/base")[0], saved_model("world-b/base", seed=1)[0]
+    assert pair_ids(a, b) == ("world-a/base", "world-b/base")
+    assert pair_ids(base, llama) == ("base", "llama") and pair_ids("org/m1", "org/m2") == ("org/m1", "org/m2")
 
 
 def test_check_same_vocabulary_names_moved_tokens(word_tokenizer):

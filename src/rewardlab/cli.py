@@ -466,17 +466,18 @@ def _diff_kl_options(p: argparse.ArgumentParser) -> None:
 def _score(a: argparse.Namespace) -> None:
     from rewardlab.diff.implicit import ScoreConfig, implicit_reward_records
     from rewardlab.io import read_jsonl, write_jsonl
-    from rewardlab.models import ModelPair, model_id
+    from rewardlab.models import ModelPair, pair_ids
     from rewardlab.rewards import get_reward
 
     records = read_jsonl(a.input, required=("prompt", "completion"))
     pair = ModelPair.load(a.base, a.post, device=a.device, dtype=a.dtype, chat_template=a.chat_template)
+    base_name, post_name = pair_ids(a.base, a.post)
     rows = implicit_reward_records(pair.base, pair.post, pair.tokenizer, records, config_from_args(ScoreConfig, a),
                                    reward=get_reward(a.reward) if a.reward else None,
                                    rm=get_reward(f"rm:{a.rm}", device=a.device) if a.rm else None,
-                                   base_name=model_id(a.base), post_name=model_id(a.post))
+                                   base_name=base_name, post_name=post_name)
     write_jsonl(a.out, rows)
-    print(f"scored {len(rows)} records (implicit reward vs reference {model_id(a.base)}) -> {a.out}")
+    print(f"scored {len(rows)} records: implicit reward of {post_name} against reference {base_name} -> {a.out}")
 
 
 def _score_options(p: argparse.ArgumentParser) -> None:

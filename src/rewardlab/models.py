@@ -169,6 +169,10 @@ class ModelPair:
         if sizes[0] != sizes[1]:
             raise InputError(f"the models' vocabularies differ: base embeds {sizes[0]} tokens, post {sizes[1]}",
                              fix="compare a post-trained model with the base model it was trained from")
+        shapes = [architecture(m.config) for m in (self.base, self.post)]
+        if shapes[0] != shapes[1]:
+            raise InputError(f"the models' architectures differ: base {shapes[0]}, post {shapes[1]}",
+                             fix="compare a post-trained model with the base model it was trained from")
 
     @classmethod
     def load(cls, base: str | Path, post: str | Path, chat_template: str = "auto", **kw) -> ModelPair:
@@ -179,6 +183,22 @@ class ModelPair:
         post_tok = load_tokenizer(post, trust_remote_code=trust)
         check_same_vocabulary(base_tok, post_tok, (model_id(base), model_id(post)))
         return cls(_load_weights(base, base_tok, **kw), _load_weights(post, base_tok, **kw), base_tok)
+
+
+def architecture(config) -> dict:
+    """What a post-trained model shares with its base: family, width, depth and heads."""
+    return {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                                                  "num_attention_heads")}
+
+
+def pair_ids(base: str | Path, post: str | Path) -> tuple[str, str]:
+    """`model_id`s of a base and a post model that tell them apart: two local folders of one name
+    ("world-a/base" and "world-b/base") are named with their parent folders."""
+    ids = model_id(base), model_id(post)
+    if ids[0] != ids[1] or not all(Path(p).exists() for p in (base, post)):
+        return ids
+    folders = [Path(p).expanduser().resolve() for p in (base, post)]
+    return tuple(f"{f.parent.name}/{f.name}" for f in folders)
 
 
 def model_id(path_or_name: str | Path) -> str:
