@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +166,14 @@ def test_resume_refuses_other_config(tmp_path):
     train_ppo(cfg, tmp_path / "out")
     with pytest.raises(InputError, match="different config"):
         train_ppo(dataclasses.replace(cfg, lr=5e-4), tmp_path / "out")
+
+
+def test_resume_accepts_the_same_files_named_relatively(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, phases=1, eval_samples=4)
+    train_ppo(cfg, tmp_path / "out")
+    monkeypatch.chdir(tmp_path)
+    relative = dataclasses.replace(cfg, phases=2, prompts="prompts.jsonl", base=str(Path(cfg.base).relative_to(tmp_path)))
+    assert train_ppo(relative, tmp_path / "out")["phases"] == 2
 
 
 def test_nan_reward_is_input_error(tmp_path, monkeypatch):

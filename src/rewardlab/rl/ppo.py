@@ -380,6 +380,14 @@ def checkpoint(out: Path, model: PolicyWithValue, optimizer, generator: torch.Ge
     accelerator.wait_for_everyone()
 
 
+def _resolved(value):
+    """A setting as resume compares it: a path to an existing file or folder made absolute, so the same
+    prompts file named relatively or absolutely is the same config."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def resume(out: Path, cfg: PPOConfig, model: PolicyWithValue, optimizer, generator: torch.Generator, rank: int,
            kl_ctl: KLController) -> tuple[int, float, list[dict], list[dict]]:
     """Load the checkpoint in `out` (if any) into the model, optimizer, generator and KL controller;
@@ -389,8 +397,8 @@ def resume(out: Path, cfg: PPOConfig, model: PolicyWithValue, optimizer, generat
     if ckpt is None:
         return 0, 0.0, [], []
     state = read_json(ckpt / "state.json")
-    saved = {k: v for k, v in without_runtime(state["config"]).items() if k != "phases"}
-    mine = {k: v for k, v in without_runtime(dataclasses.asdict(cfg)).items() if k != "phases"}
+    saved = {k: _resolved(v) for k, v in without_runtime(state["config"]).items() if k != "phases"}
+    mine = {k: _resolved(v) for k, v in without_runtime(dataclasses.asdict(cfg)).items() if k != "phases"}
     if saved != mine:
         diff = sorted(k for k in mine if saved.get(k) != mine[k])
         raise InputError(f"checkpoint was written with a different config ({', '.join(diff)})", str(ckpt),
