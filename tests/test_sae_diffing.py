@@ -44,12 +44,67 @@ def test_spliced_metrics_identity_and_zero():
     assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert m["kl_sae"] == pytest.approx(0.0, abs=1e-5) and m["kl_zero"] > 0
     assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5)
-    assert m["n_predictions"] == 4 * 9 - 3  # predictions between two real tokens only
+    # predictions made at modeled positions (not the first) and followed by a real token
+    assert m["n_predictions"] == 3 * 8 + 5 and m["n_spliced_positions"] == 3 * 9 + 6
+    assert m["kl_recovered"] == pytest.approx(1.0, abs=1e-4)
     zero = identity_sae(32, site)
     with torch.no_grad():
         zero.W_dec.zero_()
     mz = spliced_metrics(base, zero, batches())  # reconstructs zeros = zero ablation
     assert mz["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+    assert mz["kl_recovered"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_spliced_metrics_leave_the_sinks_clean_and_count_only_the_region():
+    """Zero ablation through the metric equals zeroing exactly the modeled positions by hand (not the
+    first position, special tokens or positions outside the region) and scoring the predictions made
+    there; the identity still recovers 1."""
+    from rewardlab.sites import intervene, replace_with
+
+    base, _, _ = tiny_pair()
+    site = "blocks.1.hook_resid_post"
+    ids = torch.tensor([[2, 5, 6, 7, 9, 13, 10, 3], [0, 0, 2, 4, 6, 8, 11, 3]])  # <s> ... </s>, left padded
+    mask = (ids != 0).long()
+    region = torch.zeros_like(mask, dtype=torch.bool)
+    region[:, 3:] = True  # "the completion": positions 3..7
+    batch = [{"input_ids": ids, "attention_mask": mask, "positions": region}]
+    m = spliced_metrics(base, identity_sae(32, site), batch, site, special_ids=[0, 2, 3])
+    assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert m["n_spliced_positions"] == 8 and m["n_predictions"] == 8  # positions 3..6 of each row (7 is </s>)
+    zero = identity_sae(32, site)
+    with torch.no_grad():
+        zero.W_dec.zero_()
+    mz = spliced_metrics(base, zero, batch, site, special_ids=[0, 2, 3])
+    modeled = torch.zeros_like(region)
+    modeled[:, 3:7] = True
+    with torch.no_grad(), intervene(base, site, replace_with(torch.zeros(()), modeled)):
+        logp = base(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+    by_hand = -logp[:, 3:7].gather(-1, ids[:, 4:8, None]).mean()
+    assert mz["ce_zero"] == pytest.approx(float(by_hand), abs=1e-5)
+    assert mz["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_sink_rule_first_special_region_and_norm_outliers():
+    from rewardlab.sae.sinks import SINK_NORM_FACTOR, batch_positions, token_positions
+
+    ids = torch.tensor([[0, 0, 2, 5, 6, 3], [7, 5, 6, 8, 9, 10]])
+    mask = (ids != 0).long()
+    acts = torch.ones(2, 6, 4)
+    keep = batch_positions(acts, ids, mask, special_ids=[0, 2, 3])
+    assert keep.tolist() == [[False, False, False, True, True, False], [False, True, True, True, True, True]]
+    acts[1, 4] *= SINK_NORM_FACTOR + 1  # a secondary sink: norm over 10x the median
+    keep = batch_positions(acts, ids, mask, special_ids=[0, 2, 3])
+    assert keep[1].tolist() == [False, True, True, True, False, True]
+    assert batch_positions(acts, ids, mask, factor=None)[1, 4]  # the norm rule can be turned off
+    region = torch.zeros(2, 6, dtype=torch.bool)
+    region[:, 4:] = True
+    assert batch_positions(acts, ids, mask, [0, 2, 3], region).tolist() == [
+        [False, False, False, False, True, False], [False, False, False, False, False, True]]
+    flat = torch.ones(5, 4)
+    flat[3] *= 100
+    assert token_positions(flat, torch.tensor([0, 1, 2, 3, 4])).tolist() == [False, True, True, False, True]
+    assert token_positions(flat, torch.tensor([0, 1, 2, 3, 4]), torch.tensor([2, 5, 6, 7, 8]),
+                           special_ids=[8], factor=None).tolist() == [False, True, True, True, False]
 
 
 def test_activation_relevance_prefers_reward_correlated_features():
@@ -188,7 +243,8 @@ def test_cli_sae_commands_and_interp(tmp_path, capsys):
     assert main(["sae", "train", "--model", post, "--in", data, "--site", "blocks.0.hook_mlp_out",
                  "--out", str(tmp_path / "one"), "--expansion", "2", *small]) == 0
     metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())["metrics"]
-    assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl_sae"} <= set(metrics)
+    assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl_sae", "kl_recovered"} <= set(metrics)
+    assert metrics["n_spliced_positions"] == metrics["n_tokens"]  # one rule: the splice models the held-out tokens
     assert main(["sae", "compare", "--base", base, "--post", post, "--in", data, "--out", str(tmp_path / "bad"),
                  "--layers", "7", *small]) == 2
     assert "layer(s) [7] do not exist" in capsys.readouterr().err

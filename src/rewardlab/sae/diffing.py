@@ -11,7 +11,9 @@ fixed, plus a crosscoder and the headline dictionaries.
     way; those of train prompts join the training tokens, those of test prompts the held-out tokens of
     the reconstruction metrics (FVU, L0, dead and dense fractions: a latent firing once in 10^4
     tokens looks dead on a few thousand) and of the crosscoder's classification. Reward relevance
-    and the spliced CE loss use the records' test rows only.
+    and the spliced CE loss use the records' test rows only. Every token set (training, held-out,
+    the splice, feature records) keeps only the tokens the SAE models (`sae.sinks`: no first
+    position, special token or norm outlier), the same tokens in both models.
  3. per model and layer, train SAEs at `expansions` x d_model (default 1x, 2x) with the same
     sparsity, each with its own seed (seed, seed + 2, ...), plus the smallest size again with seed + 1
     (and with further seeds up to `relevance_saes` SAEs of that size); held-out metrics for each;
@@ -53,6 +55,7 @@ from rewardlab.sae.crosscoder import Crosscoder, diff_summary
 from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics, spliced_metrics
 from rewardlab.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
+from rewardlab.sae.sinks import token_positions
 from rewardlab.sae.train import TrainConfig, train_sae
 from rewardlab.sampling import generate
 from rewardlab.sites import n_layers
@@ -113,12 +116,28 @@ class TokenActs:
     acts: torch.Tensor  # [n_tokens, d]
     row_ids: torch.Tensor  # [n_tokens]
     token_ids: torch.Tensor  # [n_tokens]
+    positions: torch.Tensor  # [n_tokens] the token's position in its sequence (0 = first)
+
+    def subset(self, keep: torch.Tensor) -> "TokenActs":
+        return TokenActs(self.acts[keep], self.row_ids[keep], self.token_ids[keep], self.positions[keep])
 
 
 def load_tokens(store: ActivationStore, site: str) -> TokenActs:
+    """Every cached token of `store` at `site` (the completion tokens, special tokens already skipped)."""
     parts = list(store.iter_batches(site, 1 << 30))
-    return TokenActs(torch.cat([p["acts"] for p in parts]), torch.cat([p["row_ids"] for p in parts]),
-                     torch.cat([p["token_ids"] for p in parts]))
+    row_ids = torch.cat([p["row_ids"] for p in parts])
+    prompt_len = torch.as_tensor([r["n_prompt_tokens"] for r in store.rows], dtype=torch.long)
+    return TokenActs(torch.cat([p["acts"] for p in parts]), row_ids, torch.cat([p["token_ids"] for p in parts]),
+                     prompt_len[row_ids] + torch.cat([p["token_index"] for p in parts]))
+
+
+def modeled_tokens(stores: dict, site: str) -> dict[str, TokenActs]:
+    """{name: the tokens of that store the SAEs model} at `site`: `sae.sinks.token_positions`, one
+    rule for training, held-out metrics and the splice. The stores hold the same texts through
+    different models, so a token left out in one is left out in all (their tokens stay paired)."""
+    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    keep = torch.stack([token_positions(t.acts, t.positions) for t in tokens.values()]).all(0)
+    return {name: t.subset(keep) for name, t in tokens.items()}
 
 
 @dataclass
@@ -131,7 +150,7 @@ class Extra:
     def split(self, name: str, site: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Model `name`'s extra-sample activations at `site`: (train-prompt tokens, test-prompt tokens)."""
         store = self.stores[name]
-        tokens = load_tokens(store, site)
+        tokens = modeled_tokens(self.stores, site)[name]
         row_is_train = torch.as_tensor([p in self.train_prompts for p in store.prompt_ids], dtype=torch.bool)
         is_train = row_is_train[tokens.row_ids]
         return tokens.acts[is_train], tokens.acts[~is_train]
@@ -227,15 +246,18 @@ def description_relevance(explanations: Sequence[str]) -> float:
 
 
 def _batches(store: ActivationStore, rows: Sequence[int], pad: int, batch_size: int = 32):
+    """Right-padded batches of the stored rows' token ids, with `positions`: their completion tokens."""
     for start in range(0, len(rows), batch_size):
-        ids = [store.rows[int(r)]["token_ids"] for r in rows[start:start + batch_size]]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for j, x in enumerate(ids):
-            input_ids[j, :len(x)] = torch.tensor(x)
-            mask[j, :len(x)] = 1
-        yield {"input_ids": input_ids, "attention_mask": mask}
+        meta = [store.rows[int(r)] for r in rows[start:start + batch_size]]
+        width = max(len(m["token_ids"]) for m in meta)
+        input_ids = torch.full((len(meta), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(meta), width), dtype=torch.long)
+        completion = torch.zeros((len(meta), width), dtype=torch.bool)
+        for j, m in enumerate(meta):
+            input_ids[j, :len(m["token_ids"])] = torch.tensor(m["token_ids"])
+            mask[j, :len(m["token_ids"])] = 1
+            completion[j, m["n_prompt_tokens"]:len(m["token_ids"])] = True
+        yield {"input_ids": input_ids, "attention_mask": mask, "positions": completion}
 
 
 def _feature_records(tokenizer, store: ActivationStore, tokens: TokenActs, sae: SparseAutoencoder,
@@ -285,7 +307,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     relevance_seeds = [cfg.seed + 1] + [cfg.seed + 2 * len(cfg.expansions) + j for j in range(cfg.relevance_saes - 2)]
     for L, site in zip(layers, sites):
         layer_out: dict = {"site": site, "models": {}}
-        tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+        tokens = modeled_tokens(stores, site)
         is_train = {name: torch.isin(t.row_ids, torch.as_tensor(train_rows, dtype=torch.long))
                     for name, t in tokens.items()}
         sizes = [e * d_model for e in cfg.expansions]
@@ -351,7 +373,7 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
     """The headline SAE per model (CE recovered), the crosscoder, and explainer vs wrong features.
     `extra`: the extra samples, added to the train and held-out tokens (None: records only)."""
     res: dict = {"site": site, "sae": {}}
-    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    tokens = modeled_tokens(stores, site)
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     d_model = tokens["base"].acts.shape[1]
     sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.headline_expansion * d_model, architecture="batchtopk", k=cfg.k,
@@ -364,7 +386,7 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
         m = reconstruction_metrics(sae, x_test)
         train_m = reconstruction_metrics(sae, x_train)
         m.update(dead_fraction_train=train_m["dead_fraction"], n_train_tokens=train_m["n_tokens"])
-        m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site))
+        m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site, tokenizer.all_special_ids))
         m["train_tokens_per_second"] = result.tokens_per_second
         res["sae"][name] = m
         if name == "post":
@@ -396,7 +418,7 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
     diff = diff_summary(cc, x_test, cfg.scaling_threshold)
     post_only = [l["latent"] for l in diff["latents"] if l["class"] == "post_only"]
     if post_only:
-        fr_tokens = TokenActs(paired, tokens["post"].row_ids, tokens["post"].token_ids)
+        fr_tokens = TokenActs(paired, tokens["post"].row_ids, tokens["post"].token_ids, tokens["post"].positions)
         _, seqs, acts = _feature_records(tokenizer, stores["post"], fr_tokens, cc, [int(r) for r in test_rows],
                                          post_only, cfg.seed)
         for j, latent in enumerate(post_only):
@@ -433,7 +455,7 @@ def crosscoder_models(base, post, tokenizer, records: list[dict], out: str | Pat
     """`rewardlab sae crosscoder`: the crosscoder alone at one site; writes out/crosscoder.json."""
     out = Path(out)
     _, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
-    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    tokens = modeled_tokens(stores, site)
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     res = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, out, extra)
     write_json(out / "crosscoder.json", res)
@@ -448,12 +470,13 @@ def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | 
     store = cache_activations(model, tokenizer, records, out / "acts", CacheConfig(sites=[site], positions=["tokens"]))
     split = grouped_split(store.prompt_ids, (0.7, 0.1, 0.2), seed=train_cfg.seed)
     train_rows = np.concatenate([split.train, split.val])
-    tokens = load_tokens(store, site)
+    tokens = modeled_tokens({"model": store}, site)["model"]
     is_train = torch.isin(tokens.row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     result = train_sae(tokens.acts[is_train], sae_cfg, train_cfg)
     metrics = reconstruction_metrics(result.sae, tokens.acts[~is_train])
     if splice:
-        metrics.update(spliced_metrics(model, result.sae, _batches(store, split.test, pad_token_id(tokenizer)), site))
+        metrics.update(spliced_metrics(model, result.sae, _batches(store, split.test, pad_token_id(tokenizer)), site,
+                                       tokenizer.all_special_ids))
     metrics["train_tokens_per_second"] = result.tokens_per_second
     save_sae(result.sae, out / "sae")
     write_json(out / "metrics.json", {"config": asdict(sae_cfg), "train": asdict(train_cfg), "metrics": metrics,
@@ -499,7 +522,7 @@ def interp_features_file(path: str | Path, out: str | Path, explainer=None, simu
         if too_big:
             raise InputError(f"feature ids {too_big[:5]} do not exist in an SAE of {sae.cfg.d_sae} latents",
                              f"{path}: features[{i}]", "use ids below the SAE's width")
-        tokens = load_tokens(store, entry["site"])
+        tokens = modeled_tokens({"model": store}, entry["site"])["model"]
         fr, _, _ = _feature_records(tokenizer, store, tokens, sae, np.arange(len(store)), entry["features"], 0)
         res = interpret_features(fr, explainer, simulator, detector, workers)
         for row in res["features"]:
