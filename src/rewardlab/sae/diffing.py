@@ -21,10 +21,10 @@ fixed, plus a crosscoder and the headline dictionaries.
     random unit dictionaries of the same shapes and the other-seed SAE of the same size;
  5. explain the top-k most similar features (offline lexical explainer unless another is given),
     and reward relevance: the 2023 SAE paper's |VADER valence| of the explanation words, and the activation
-    metric (top-k summed |Pearson| between a feature's mean completion activation and the reward,
+    metric (the top-k features by |Pearson| between a feature's mean completion activation and the
+    reward, chosen on the train rows; their sign-aligned correlations summed on the test rows;
     averaged over the `relevance_saes` same-size SAEs of each model, post minus base with a paired
-    bootstrap CI over prompt groups of all completions and over those SAEs, beside the seed-to-seed
-    control);
+    bootstrap CI over test prompts and over those SAEs, beside the seed-to-seed control);
  6. on the top layer: the headline SAE (BatchTopK, 4x, k=16) per model with CE loss recovered,
     a BatchTopK crosscoder with Latent Scaling, and auto-interpretation scores vs wrong features.
 Everything lands in `out/sae_compare.json`; SAEs are saved as SAELens folders under `out/saes/`;
@@ -189,49 +189,75 @@ def row_means(feature_acts: torch.Tensor, row_ids: torch.Tensor, n_rows: int) ->
     return sums / counts
 
 
-def _abs_corr_topk(x: np.ndarray, y: np.ndarray, k: int) -> float:
-    """Sum of the k largest |Pearson(x[:, j], y)| (constant columns count 0). x [n, F], y [n]."""
+def _corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of x [n, F] with y [n] -> [F] (constant columns count 0)."""
     xc, yc = x - x.mean(0), y - y.mean()
     denom = np.sqrt((xc ** 2).sum(0) * (yc ** 2).sum())
-    r = np.divide(xc.T @ yc, denom, out=np.zeros(x.shape[1]), where=denom > 0)
-    return float(np.sort(np.abs(r))[::-1][:k].sum())
+    return np.divide(xc.T @ yc, denom, out=np.zeros(x.shape[1]), where=denom > 0)
+
+
+def select_features(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k features of x [n, F] with the largest |Pearson r| with y [n], and the signs of their r."""
+    r = _corr(x, y)
+    top = np.argsort(-np.abs(r), kind="stable")[:k]
+    return top, np.where(r[top] < 0, -1.0, 1.0)
+
+
+def aligned_relevance(x: np.ndarray, y: np.ndarray, features: np.ndarray, signs: np.ndarray) -> float:
+    """sum_j sign_j * Pearson(x[:, features_j], y): the chosen features' correlation with the reward
+    in the direction they were chosen for (0 in expectation for features that only fit noise)."""
+    return float((signs * _corr(x[:, features], y)).sum())
 
 
 def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, groups: Sequence | None = None,
-                         seed: int = 0) -> dict:
-    """Top-k summed |corr(feature, reward)| per model and post - base with a paired bootstrap CI.
+                         seed: int = 0, select: np.ndarray | None = None) -> dict:
+    """Reward relevance per model: top-k features chosen on selection rows, measured on the others.
 
-    base_feats, post_feats: [n_completions, F] feature values per completion (row means), or a
-    list of such matrices, one per SAE training seed; a model's relevance is then the mean over
-    its SAEs. reward [n_completions]. The top-k features are re-chosen inside every bootstrap
-    resample, so selection is part of the interval. Every resample draws completions (by prompt
-    `groups`) and, with several SAEs per model, that model's SAEs with replacement, so the CIs
-    count SAE training as a source of variance (two SAEs still understate it); the values use every
-    SAE. `seed_control` (first SAE minus second, per model, completions resampled) measures how much
-    two SAEs of the same model differ: a post - base gap is only meaningful if it clearly exceeds that.
+    base_feats, post_feats: [n_completions, F] feature values per completion (row means), or a list
+    of such matrices, one per SAE training seed; reward [n_completions]; select: indices of the
+    selection rows (default: half of the `groups`, seeded). Each SAE's k features with the largest
+    |Pearson r| with the reward, and their signs, are chosen once on the selection rows; its
+    relevance is `aligned_relevance` on the evaluation rows (all the others). A model's relevance is
+    the mean over its SAEs. The bootstrap resamples evaluation completions (by prompt `groups`) and,
+    with several SAEs per model, that model's SAEs with replacement, never re-choosing features (a
+    top-k re-chosen inside each resample lifts every draw above the estimate, and a summed |r| is
+    biased upward for noise features). `seed_control` (first SAE
+    minus second, per model) measures how much two SAEs of one model differ: a post - base gap is
+    only meaningful if it clearly exceeds that.
     """
     base_list = [base_feats] if np.ndim(base_feats) == 2 else list(base_feats)
     post_list = [post_feats] if np.ndim(post_feats) == 2 else list(post_feats)
-    idx = np.arange(len(reward))
+    reward = np.asarray(reward, dtype=np.float64)
+    keys = np.asarray(groups) if groups is not None else np.arange(len(reward))
+    if select is None:
+        split = grouped_split(keys, (0.45, 0.05, 0.5), seed=seed)
+        select = np.concatenate([split.train, split.val])
+    is_eval = np.ones(len(reward), dtype=bool)
+    is_eval[np.asarray(select, dtype=int)] = False
+    evaluation = np.flatnonzero(is_eval)
+    chosen = {name: [select_features(f[~is_eval], reward[~is_eval], k) for f in feats]
+              for name, feats in (("base", base_list), ("post", post_list))}
     rng = np.random.default_rng(seed)
 
-    def per_sae(feats_list, i) -> list[float]:
-        return [_abs_corr_topk(f[i], reward[i], k) for f in feats_list]
+    def per_sae(name, feats_list, i) -> list[float]:
+        return [aligned_relevance(f[i], reward[i], *c) for f, c in zip(feats_list, chosen[name])]
 
     def boot(fn, resample_saes: bool = True) -> dict:
         """fn(per-SAE base relevances, per-SAE post relevances) -> statistic, bootstrapped."""
         def resampled(i):
             i = i.astype(int)
-            b, p = per_sae(base_list, i), per_sae(post_list, i)
+            b, p = per_sae("base", base_list, i), per_sae("post", post_list, i)
             if resample_saes:
                 b, p = ([x[j] for j in rng.integers(0, len(x), len(x))] for x in (b, p))
             return fn(b, p)
-        estimate = stats.bootstrap(resampled, idx, groups=groups, seed=seed).to_dict()
-        # bootstrap's own value comes from `resampled` on all completions, with SAEs drawn: use every SAE
-        return {**estimate, "value": fn(per_sae(base_list, idx), per_sae(post_list, idx))}
+        estimate = stats.bootstrap(resampled, evaluation, groups=None if groups is None else keys[evaluation],
+                                   seed=seed).to_dict()
+        # bootstrap's own value comes from `resampled` on all evaluation rows, with SAEs drawn: use every SAE
+        return {**estimate, "value": fn(per_sae("base", base_list, evaluation), per_sae("post", post_list, evaluation))}
 
-    out = {"k": k, "n_saes": len(base_list), "base": boot(lambda b, p: float(np.mean(b))),
-           "post": boot(lambda b, p: float(np.mean(p))),
+    out = {"k": k, "n_saes": len(base_list), "n_selection_rows": int((~is_eval).sum()),
+           "features": {name: [c[0].tolist() for c in chosen[name]] for name in chosen},
+           "base": boot(lambda b, p: float(np.mean(b))), "post": boot(lambda b, p: float(np.mean(p))),
            "post_minus_base": boot(lambda b, p: float(np.mean(p) - np.mean(b)))}
     if len(base_list) > 1 and len(post_list) > 1:
         out["seed_control"] = {"base": boot(lambda b, p: b[0] - b[1], resample_saes=False),
@@ -337,7 +363,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                               np.arange(len(records)), top, cfg.seed)
             interp = interpret_features(fr, explainer, simulator, detector)
             explanations = [r["explanation"] for r in interp["features"]]
-            # every completion counts: the SAEs never see the reward, and top-k selection is redone per resample
+            # every completion has feature values; activation_relevance chooses features on the train rows
             row_feats[name] = [row_means(sae.encode(tokens[name].acts), tokens[name].row_ids, len(records)).numpy()
                                for sae in (small, other, *more)]
             layer_out["models"][name] = {
@@ -354,7 +380,8 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                         "sae": str((out / "saes" / name / f"L{L}" / f"{cfg.expansions[0]}x").resolve()),
                                         "features": top})
         layer_out["activation_relevance"] = activation_relevance(
-            row_feats["base"], row_feats["post"], reward, cfg.n_top_features, groups=list(prompt_ids), seed=cfg.seed)
+            row_feats["base"], row_feats["post"], reward, cfg.n_top_features, groups=list(prompt_ids), seed=cfg.seed,
+            select=train_rows)
         results["by_layer"][str(L)] = layer_out
     best = layers[0]
     results["headline"] = headline_dictionaries(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
