@@ -195,7 +195,8 @@ def test_compare_models_end_to_end(tmp_path):
     cfg = DiffConfig(k=4, n_top_features=5, train=TrainConfig(batch_size=64, n_tokens=6_000, dead_window=2_000),
                      headline_expansion=2, crosscoder_expansion=2, relevance_saes=3)
     res = compare_models(base, post, tok, records, tmp_path, cfg)
-    assert res["layers"] == [1]  # the perturbed block ranks first
+    assert res["layers"] == [1]  # the perturbed block stands out
+    assert res["layer_rule"].startswith("parameter divergence") and res["params"]["standing_out"] == ["blocks.1"]
     layer = res["by_layer"]["1"]
     for name in ("base", "post"):
         m = layer["models"][name]
@@ -302,3 +303,17 @@ def test_headline_checks_reads_compare_results(tmp_path):
     assert set(summary["checks"]) >= {"fvu", "dead_fraction", "ce_loss_recovered", "mmcs_minus_random",
                                       "reward_relevance_post_minus_base", "crosscoder", "explainer_vs_wrong"}
     assert isinstance(summary["all_pass"], bool)
+
+
+def test_choose_layers_falls_back_to_the_middle_when_no_block_stands_out():
+    from rewardlab.diff.params import Divergence
+    from rewardlab.sae.diffing import choose_layers
+
+    none = Divergence([], 1.1, 1.25, [], "no layer stands out: ...")
+    assert choose_layers(none, 1, 30) == ([15], "the middle block (no layer stands out: ...)")
+    assert choose_layers(none, 3, 30)[0] == [15, 14, 16]
+    assert choose_layers(none, 1, 4)[0] == [2]
+    one = Divergence([], 1.1, 1.25, ["blocks.22"], "blocks.22 stands out")
+    layers, rule = choose_layers(one, 1, 30)
+    assert layers == [22] and rule.startswith("parameter divergence")
+    assert choose_layers(one, 2, 30) == ([22, 15], "the 1 blocks that stand out, then the middle ones")

@@ -167,7 +167,7 @@ def answer_model_diff(r: Results) -> Answer:
     rr = r.reward_relevance
     parts = []
     if r.params is not None:
-        parts.append(f"parameters changed most in {', '.join(r.params.top_layers)}")
+        parts.append(f"parameter divergence: {r.params.statement}")
     if r.sae is not None:
         parts.append(f"the post model's 1x and 2x SAE dictionaries share MMCS {r.sae.mmcs:.3f} against "
                      f"{r.sae.mmcs_random:.3f} for random dictionaries")

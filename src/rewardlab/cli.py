@@ -410,13 +410,13 @@ def _diff_params(a: argparse.Namespace) -> None:
     from rewardlab.stages.diffing import params_figure
 
     pair = ModelPair.load(a.base, a.post, device="cpu", dtype="float32")
-    layers = parameter_divergence(pair.base, pair.post)
-    summary = write_divergence(layers, a.out, model_id(a.base), model_id(a.post))
-    save_png(params_figure(layers, f"{model_id(a.post)} vs {model_id(a.base)}"), Path(a.out) / "params.png")
+    div = parameter_divergence(pair.base, pair.post)
+    summary = write_divergence(div, a.out, model_id(a.base), model_id(a.post))
+    save_png(params_figure(div.layers, f"{model_id(a.post)} vs {model_id(a.base)}"), Path(a.out) / "params.png")
     for row in summary["layers"][:10]:
         print(f"{row['rank']:>3} {row['group']:<28} norm sum {row['tensor_norm_sum']:.4g}  l2 {row['l2']:.4g}  "
               f"relative {row['relative_change']:.4g}")
-    print(f"blocks that changed most: {', '.join(summary['top_blocks'])} -> {a.out}/params.json")
+    print(f"blocks that changed most: {', '.join(summary['top_blocks'])}; {summary['statement']} -> {a.out}/params.json")
 
 
 def _diff_params_options(p: argparse.ArgumentParser) -> None:

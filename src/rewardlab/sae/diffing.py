@@ -2,8 +2,9 @@
 fixed, plus a crosscoder and the headline dictionaries.
 
 `compare_models(base, post, tokenizer, records, out)`:
- 1. rank blocks by parameter divergence (rewardlab.diff.params, the 2023 SAE paper's sum of per-tensor L2
-    norms) and keep the top `n_layers` (or the given `layers`);
+ 1. choose `n_layers` blocks (or take the given `layers`): those whose parameter divergence stands out
+    above its noise floor (rewardlab.diff.params), else the middle block(s) (`choose_layers`; the
+    rule is recorded as `layer_rule`);
  2. cache per-token completion activations of both models at each chosen site (same records, so
     token i of base and post is the same token); split rows by prompt into train and held-out test;
     the SAEs train on the train rows' tokens. With `samples_per_prompt` > 0 each model also samples
@@ -42,7 +43,7 @@ import torch
 
 from rewardlab import stats
 from rewardlab.acts import ActivationStore, CacheConfig, cache_activations
-from rewardlab.diff.params import parameter_divergence
+from rewardlab.diff.params import Divergence, parameter_divergence
 from rewardlab.errors import InputError, raise_first_failed
 from rewardlab.interp.explain import explanation_words
 from rewardlab.interp.records import build_records
@@ -66,7 +67,7 @@ SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_att
 
 @dataclass
 class DiffConfig:
-    n_layers: int = 1  # how many of the most-diverged blocks to analyse
+    n_layers: int = 1  # how many blocks to analyse: those standing out in parameter divergence, else the middle ones
     layers: list[int] | None = None  # explicit blocks (overrides the ranking)
     site_kind: str = "hook_resid_post"  # site read in each block (the 2023 SAE paper used MLP output: hook_mlp_out)
     architecture: str = "batchtopk"  # dictionary architecture: relu (L1) | topk | batchtopk
@@ -177,9 +178,17 @@ def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prom
                               batch_size=256, desc=f"sampling SAE text ({name})")]
 
 
-def rank_layers(base, post) -> list[dict]:
-    """Blocks ranked by the 2023 SAE paper's divergence measure (rank 1 = changed most)."""
-    return [asdict(r) for r in parameter_divergence(base, post) if r.group.startswith("blocks.")]
+def choose_layers(div: Divergence, n: int, depth: int) -> tuple[list[int], str]:
+    """The `n` blocks the SAEs analyse and the rule that chose them: the blocks that stand out above
+    the parameter-divergence noise floor (`diff.params`), highest score first; when fewer than `n`
+    stand out (often none: fine-tuning moves every block alike), the rest are the blocks nearest the
+    middle block depth // 2 (lower first on a tie), the customary choice for SAEs and model diffing."""
+    chosen = [int(g.split(".")[1]) for g in div.standing_out][:n]
+    middle = sorted((L for L in range(depth) if L not in chosen), key=lambda L: (abs(L - depth // 2), L))
+    rule = ("parameter divergence: the blocks that stand out above the noise floor" if len(chosen) == n else
+            f"the middle block{'s' if n > 1 else ''} ({div.statement})" if not chosen else
+            f"the {len(chosen)} blocks that stand out, then the middle ones")
+    return chosen + middle[:n - len(chosen)], rule
 
 
 def row_means(feature_acts: torch.Tensor, row_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -313,9 +322,10 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     """Run the pipeline (module docstring); returns the results dict also written to out/sae_compare.json."""
     out = Path(out)
     cfg.validate()
-    ranking = rank_layers(base, post)
+    div = parameter_divergence(base, post, seed=cfg.seed)
     depth = n_layers(base)
-    layers = cfg.layers if cfg.layers is not None else [int(r["group"].split(".")[1]) for r in ranking[:cfg.n_layers]]
+    layers, rule = (cfg.layers, "given (sae.layers)") if cfg.layers is not None else \
+        choose_layers(div, cfg.n_layers, depth)
     bad = [L for L in layers if not 0 <= L < depth]
     if bad:
         raise InputError(f"layer(s) {bad} do not exist", fix=f"the models have blocks 0..{depth - 1}")
@@ -325,7 +335,10 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     reward = stores["base"].field(cfg.reward_field)
     d_model = stores["base"].d_model
     results: dict = {"config": {**asdict(cfg), "train": asdict(cfg.train)}, "base": base_name, "post": post_name,
-                     "layer_ranking": ranking, "layers": layers, "n_rows": len(records),
+                     "layer_ranking": [asdict(r) for r in div.layers if r.group.startswith("blocks.")],
+                     "params": {"noise_floor": div.noise_floor, "threshold": div.threshold,
+                                "standing_out": div.standing_out, "statement": div.statement},
+                     "layers": layers, "layer_rule": rule, "n_rows": len(records),
                      "n_train_rows": len(train_rows), "n_test_rows": len(test_rows),
                      "n_extra_rows": 0 if extra is None else len(extra.stores["base"]), "by_layer": {}}
     features_for_interp = []
@@ -610,5 +623,5 @@ def headline_checks(results: dict) -> dict:
                                "difference": interp.get("simulation_minus_wrong"), "target": "simulation > wrong",
                                "pass": sim is not None and wrong is not None and sim > wrong},
     }
-    return {"layer": acc["layer"], "site": acc["site"], "checks": checks,
+    return {"layer": acc["layer"], "layer_rule": results.get("layer_rule"), "site": acc["site"], "checks": checks,
             "all_pass": all(c.get("pass", True) for c in checks.values())}

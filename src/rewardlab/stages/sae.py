@@ -23,9 +23,10 @@ ARTIFACTS = {"features": "top_features.jsonl"}
 
 @dataclass
 class SAESection:
-    """The headline SAE of the post model at the most diverged layer, and its dictionary comparison."""
+    """The headline SAE of the post model at the chosen layer, and its dictionary comparison."""
 
     layer: int
+    layer_rule: str                # what chose the layer: a block standing out in parameter divergence, else the middle
     site: str
     fvu: float                     # fraction of variance unexplained on held-out tokens
     l0: float                      # active latents per token
@@ -116,7 +117,7 @@ def run(cfg: Config, ctx: Context) -> Results:
     write_jsonl(ctx.out / ARTIFACTS["features"], [vars(f) for f in features])
     post_sae = head["sae"]["post"]
     return Results(
-        sae=SAESection(layer=head["layer"], site=head["site"], fvu=post_sae["fvu"], l0=post_sae["l0"],
+        sae=SAESection(layer=head["layer"], layer_rule=res["layer_rule"], site=head["site"], fvu=post_sae["fvu"], l0=post_sae["l0"],
                        dead_fraction=post_sae["dead_fraction"], ce_loss_recovered=post_sae["ce_loss_recovered"],
                        kl_recovered=post_sae["kl_recovered"],
                        mmcs=post["mmcs"]["mmcs_max"], mmcs_one_to_one=post["mmcs"]["mmcs_one_to_one"],
