@@ -137,8 +137,8 @@ def answer_steering(r: Results) -> Answer:
            "no": "does less than the strongest random direction of the same norm, steering up and down",
            "inconclusive": "cannot be told apart from the strongest random direction of the same norm: the CIs of "
                            "its effects contain that direction's effect, or no α keeps fluency"}[verdict]
-    text = (f"Steering at {s.site}, the {s.direction.replace('_', ' ')} direction {how}, read at the largest α "
-            f"up and down whose fluency holds ({s.fluency_bound}). "
+    text = (f"Steering at {s.site}, read at the largest α up and down whose fluency holds ({s.fluency_bound}), "
+            f"the {s.direction.replace('_', ' ')} direction {how}. "
             + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
     return Answer(verdict, text, {"site": s.site, "headline_direction": s.direction, "fluency_bound": s.fluency_bound,
                                   "directions": evidence})

@@ -17,7 +17,7 @@ alphas are the control, shared by all directions: an effect is only interesting 
 random one.
 
 Fluency: a reward effect bought by breaking the text is not steering. An alpha keeps fluency when
-the grammatical rate (with a checker) is at most `max_grammatical_drop` below the unsteered rate,
+the grammatical rate (with a checker) is at least `min_grammatical_ratio` times the unsteered rate,
 or else when the perplexity under the unsteered model is at most `max_perplexity_ratio` times the
 unsteered samples' (`fluency`). The headline effect over random is read at the largest and the most
 negative alphas that keep fluency (`summarize`), never beyond them; every row records its fluency
@@ -67,7 +67,7 @@ class SteerConfig:
     seed: int = 0  # sampling seed (same for every alpha and direction) and random-direction seed
     n_boot: int = 1000  # bootstrap resamples per CI
     max_perplexity_ratio: float = 2.0  # fluency holds while perplexity <= this x the unsteered (no checker)
-    max_grammatical_drop: float = 0.1  # fluency holds while the grammatical rate drops by at most this (checker)
+    min_grammatical_ratio: float = 0.8  # fluency holds while the grammatical rate is >= this x the unsteered (checker)
 
 
 def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_size: int = 64) -> float:
@@ -249,8 +249,8 @@ def fluency(row: dict, reference: dict, cfg: SteerConfig) -> dict:
     (grammatical rate, or perplexity / the unsteered perplexity), "fluency_measure", "fluent"}."""
     if "grammatical_rate" in row:
         rate, ref = row["grammatical_rate"]["value"], reference["grammatical_rate"]["value"]
-        return {"fluency": rate, "fluency_measure": f"grammatical rate (unsteered {ref:.3f}, at most "
-                f"{cfg.max_grammatical_drop:g} lower)", "fluent": bool(rate >= ref - cfg.max_grammatical_drop)}
+        return {"fluency": rate, "fluency_measure": f"grammatical rate (at least {cfg.min_grammatical_ratio:g} x the "
+                f"unsteered {ref:.3f})", "fluent": bool(rate >= cfg.min_grammatical_ratio * ref)}
     ratio = row["perplexity"] / reference["perplexity"]
     return {"fluency": ratio, "fluency_measure": f"perplexity ratio to unsteered (at most {cfg.max_perplexity_ratio:g})",
             "fluent": bool(np.isfinite(ratio) and ratio <= cfg.max_perplexity_ratio)}
