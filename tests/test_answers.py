@@ -73,9 +73,9 @@ def test_prompt_only_probe_against_its_prompt_baselines(results):
 
 def _steering(r: Results, up: Estimate, random_up: float) -> Results:
     s = r.steering
-    top = max(range(len(s.alphas)), key=lambda i: s.alphas[i])
-    low = min(range(len(s.alphas)), key=lambda i: s.alphas[i])
     d = s.directions[s.direction]
+    top = s.alphas.index(d.summary.alpha_up)  # the answer reads the largest alpha whose fluency holds
+    low = min(range(len(s.alphas)), key=lambda i: s.alphas[i])
     effect = list(d.effect)
     effect[top], effect[low] = up, est(0.0, -0.1, 0.1)
     per_alpha = [0.05] * len(s.alphas)

@@ -146,7 +146,7 @@ def test_aux_k_loss_reaches_only_dead_latents():
     damped = _aux_k_loss(sae, pre.detach(), residual, dead, aux_k=6)
     f3 = torch.zeros_like(dead_pre).scatter(1, dead_pre.topk(3, dim=1).indices, dead_pre.topk(3, dim=1).values)
     ref3 = ((f3 @ sae.W_dec[dead] - residual) ** 2).sum(-1).mean() * 3 / 6
-    assert float(damped) == pytest.approx(float(ref3.detach()), rel=1e-5)
+    assert float(damped.detach()) == pytest.approx(float(ref3.detach()), rel=1e-5)
 
 
 def test_random_baseline_is_low():

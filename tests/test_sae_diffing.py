@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rewardlab.errors import InputError
-from rewardlab.sae.diffing import DiffConfig, _abs_corr_topk, activation_relevance, compare_models
+from rewardlab.sae.diffing import DiffConfig, _corr, activation_relevance, compare_models
 from rewardlab.sae.metrics import spliced_metrics
 from rewardlab.sae.model import SAEConfig, SparseAutoencoder
 from rewardlab.sae.train import TrainConfig
@@ -44,12 +44,75 @@ def test_spliced_metrics_identity_and_zero():
     assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert m["kl_sae"] == pytest.approx(0.0, abs=1e-5) and m["kl_zero"] > 0
     assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5)
-    assert m["n_predictions"] == 4 * 9 - 3  # predictions between two real tokens only
+    # predictions made at modeled positions (not the first) and followed by a real token
+    assert m["n_predictions"] == 3 * 8 + 5 and m["n_spliced_positions"] == 3 * 9 + 6
+    assert m["kl_recovered"] == pytest.approx(1.0, abs=1e-4)
     zero = identity_sae(32, site)
     with torch.no_grad():
         zero.W_dec.zero_()
     mz = spliced_metrics(base, zero, batches())  # reconstructs zeros = zero ablation
     assert mz["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+    assert mz["kl_recovered"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_spliced_metrics_leave_the_sinks_clean_and_count_only_the_region():
+    """Zero ablation through the metric equals zeroing exactly the modeled positions by hand (not the
+    first position, special tokens or positions outside the region) and scoring the predictions made
+    there; the identity still recovers 1."""
+    from rewardlab.sites import intervene, replace_with
+
+    base, _, _ = tiny_pair()
+    site = "blocks.1.hook_resid_post"
+    ids = torch.tensor([[2, 5, 6, 7, 9, 13, 10, 3], [0, 0, 2, 4, 6, 8, 11, 3]])  # <s> ... </s>, left padded
+    mask = (ids != 0).long()
+    region = torch.zeros_like(mask, dtype=torch.bool)
+    region[:, 3:] = True  # "the completion": positions 3..7
+    batch = [{"input_ids": ids, "attention_mask": mask, "positions": region}]
+    m = spliced_metrics(base, identity_sae(32, site), batch, site, special_ids=[0, 2, 3])
+    assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert m["n_spliced_positions"] == 8 and m["n_predictions"] == 8  # positions 3..6 of each row (7 is </s>)
+    zero = identity_sae(32, site)
+    with torch.no_grad():
+        zero.W_dec.zero_()
+    mz = spliced_metrics(base, zero, batch, site, special_ids=[0, 2, 3])
+    modeled = torch.zeros_like(region)
+    modeled[:, 3:7] = True
+    with torch.no_grad(), intervene(base, site, replace_with(torch.zeros(()), modeled)):
+        logp = base(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+    by_hand = -logp[:, 3:7].gather(-1, ids[:, 4:8, None]).mean()
+    assert mz["ce_zero"] == pytest.approx(float(by_hand), abs=1e-5)
+    assert mz["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_sink_rule_first_special_region_and_norm_outliers():
+    from rewardlab.sae.sinks import SINK_NORM_FACTOR, batch_positions, token_positions
+
+    ids = torch.tensor([[0, 0, 2, 5, 6, 3], [7, 5, 6, 8, 9, 10]])
+    mask = (ids != 0).long()
+    acts = torch.ones(2, 6, 4)
+    keep = batch_positions(acts, ids, mask, special_ids=[0, 2, 3])
+    assert keep.tolist() == [[False, False, False, True, True, False], [False, True, True, True, True, True]]
+    acts[1, 4] *= SINK_NORM_FACTOR + 1  # a secondary sink: norm over 10x the median
+    keep = batch_positions(acts, ids, mask, special_ids=[0, 2, 3])
+    assert keep[1].tolist() == [False, True, True, True, False, True]
+    assert batch_positions(acts, ids, mask, factor=None)[1, 4]  # the norm rule can be turned off
+    region = torch.zeros(2, 6, dtype=torch.bool)
+    region[:, 4:] = True
+    assert batch_positions(acts, ids, mask, [0, 2, 3], region).tolist() == [
+        [False, False, False, False, True, False], [False, False, False, False, False, True]]
+    flat = torch.ones(5, 4)
+    flat[3] *= 100
+    assert token_positions(flat, torch.tensor([0, 1, 2, 3, 4])).tolist() == [False, True, True, False, True]
+    assert token_positions(flat, torch.tensor([0, 1, 2, 3, 4]), torch.tensor([2, 5, 6, 7, 8]),
+                           special_ids=[8], factor=None).tolist() == [False, True, True, True, False]
+
+
+def brute_relevance(x, reward, select, k):
+    """Top-k |r| features and their signs on the `select` rows, sign-aligned r summed on the rest."""
+    ev = np.setdiff1d(np.arange(len(reward)), select)
+    r_sel = [np.corrcoef(x[select, j], reward[select])[0, 1] for j in range(x.shape[1])]
+    top = np.argsort(-np.abs(r_sel))[:k]
+    return sum(np.sign(r_sel[j]) * np.corrcoef(x[ev, j], reward[ev])[0, 1] for j in top), sorted(top)
 
 
 def test_activation_relevance_prefers_reward_correlated_features():
@@ -58,22 +121,48 @@ def test_activation_relevance_prefers_reward_correlated_features():
     noise = rng.normal(size=(200, 20))
     post = noise.copy()
     post[:, :3] += 2 * reward[:, None]
-    rel = activation_relevance(noise, post, reward, k=3)
-    xc = post - post.mean(0)
-    r = (xc.T @ (reward - reward.mean())) / np.sqrt((xc ** 2).sum(0) * ((reward - reward.mean()) ** 2).sum())
-    assert rel["post"]["value"] == pytest.approx(np.sort(np.abs(r))[-3:].sum())
-    assert rel["post_minus_base"]["ci"][0] > 0.5
-    assert _abs_corr_topk(np.ones((5, 2)), np.arange(5.0), 2) == 0.0
+    post[:, 5] -= 2 * reward  # anti-correlated: counts with its sign
+    select = np.arange(0, 200, 2)
+    rel = activation_relevance(noise, post, reward, k=4, select=select)
+    value, top = brute_relevance(post, reward, select, 4)
+    assert top == [0, 1, 2, 5] and sorted(rel["features"]["post"][0]) == top
+    assert rel["post"]["value"] == pytest.approx(value) and value > 3
+    assert rel["post"]["n"] == 100 and rel["n_selection_rows"] == 100  # measured on the other rows only
+    assert rel["post_minus_base"]["ci"][0] > 2
+    assert _corr(np.ones((5, 2)), np.arange(5.0)).tolist() == [0.0, 0.0]
     # two SAEs per model: relevance is their mean; the seed control compares a model's two SAEs
     post2 = noise[:, ::-1].copy()
     post2[:, :2] += 2 * reward[:, None]
-    two = activation_relevance([noise, noise[:, ::-1]], [post, post2], reward, k=3)
+    two = activation_relevance([noise, noise[:, ::-1]], [post, post2], reward, k=3, select=select)
+    per = [brute_relevance(x, reward, select, 3)[0] for x in (post, post2)]
     assert two["n_saes"] == 2
-    assert two["post"]["value"] == pytest.approx((_abs_corr_topk(post, reward, 3) + _abs_corr_topk(post2, reward, 3)) / 2)
-    assert two["seed_control"]["base"]["value"] == pytest.approx(0.0, abs=1e-12)
-    assert two["seed_control"]["post"]["value"] == pytest.approx(
-        _abs_corr_topk(post, reward, 3) - _abs_corr_topk(post2, reward, 3))
+    assert two["post"]["value"] == pytest.approx(np.mean(per))
+    assert two["seed_control"]["base"]["value"] == pytest.approx(0.0, abs=1e-12)  # the same columns, reordered
+    assert two["seed_control"]["post"]["value"] == pytest.approx(per[0] - per[1])
 
+
+def test_relevance_chooses_features_once_so_its_ci_contains_its_value():
+    """Features of pure noise (the base model of the issue's real run): re-choosing the top k inside
+    every resample put the interval above the estimate; chosen once on the selection rows, the
+    interval is around the estimate and around 0."""
+    rng = np.random.default_rng(3)
+    reward = rng.normal(size=300)
+    groups = np.repeat(np.arange(100), 3)
+    feats = [rng.normal(size=(300, 200)) for _ in range(4)]
+    rel = activation_relevance(feats[:2], feats[2:], reward, k=30, groups=groups, seed=1)
+    for name in ("base", "post", "post_minus_base"):
+        e = rel[name]
+        assert e["ci"][0] <= e["value"] <= e["ci"][1], (name, e)
+        assert e["ci"][0] < 0 < e["ci"][1], (name, e)  # noise features: no relevance
+        assert e["n_groups"] == 50  # half the prompts select, the other half measure
+    # the old statistic (top-k summed |r| re-chosen inside each resample) on the same data: its
+    # interval misses its own estimate, as base 3.021 [3.065, 4.422] did on the real run
+    from rewardlab import stats
+
+    def old(i):
+        return float(np.sort(np.abs(_corr(feats[0][i.astype(int)], reward[i.astype(int)])))[-30:].sum())
+    e = stats.bootstrap(old, np.arange(300), groups=groups, n_boot=200)
+    assert e.value < e.ci[0]
 
 
 def test_relevance_ci_counts_the_spread_between_a_models_saes():
@@ -82,9 +171,10 @@ def test_relevance_ci_counts_the_spread_between_a_models_saes():
     noise = [rng.normal(size=(300, 20)) for _ in range(4)]
     strong = noise[2].copy()
     strong[:, :3] += 2 * reward[:, None]  # one post SAE finds reward features, the other finds none
-    rel = activation_relevance(noise[:2], [strong, noise[3]], reward, k=3)
+    select = np.arange(150)
+    rel = activation_relevance(noise[:2], [strong, noise[3]], reward, k=3, select=select)
     gap = rel["post_minus_base"]
-    per_sae = [_abs_corr_topk(f, reward, 3) for f in (noise[0], noise[1], strong, noise[3])]
+    per_sae = [brute_relevance(f, reward, select, 3)[0] for f in (noise[0], noise[1], strong, noise[3])]
     assert gap["value"] == pytest.approx((per_sae[2] + per_sae[3] - per_sae[0] - per_sae[1]) / 2)
     # completions alone would put the interval tightly around the value (about +-0.2 here); with
     # the SAEs resampled it reaches down to the gap of the weaker post SAE, near 0
@@ -95,6 +185,7 @@ def test_relevance_ci_counts_the_spread_between_a_models_saes():
     assert control["value"] == pytest.approx(per_sae[2] - per_sae[3])
     assert control["ci"][0] > 0.5 * control["value"]
 
+
 def test_compare_models_end_to_end(tmp_path):
     base, post, tok = tiny_pair(scale=0.2, layer=1)
     rng = np.random.default_rng(0)
@@ -104,7 +195,8 @@ def test_compare_models_end_to_end(tmp_path):
     cfg = DiffConfig(k=4, n_top_features=5, train=TrainConfig(batch_size=64, n_tokens=6_000, dead_window=2_000),
                      headline_expansion=2, crosscoder_expansion=2, relevance_saes=3)
     res = compare_models(base, post, tok, records, tmp_path, cfg)
-    assert res["layers"] == [1]  # the perturbed block ranks first
+    assert res["layers"] == [1]  # the perturbed block stands out
+    assert res["layer_rule"].startswith("parameter divergence") and res["params"]["standing_out"] == ["blocks.1"]
     layer = res["by_layer"]["1"]
     for name in ("base", "post"):
         m = layer["models"][name]
@@ -114,11 +206,13 @@ def test_compare_models_end_to_end(tmp_path):
         assert m["mmcs"]["n_a"] == 32 and m["mmcs"]["n_b"] == 64
         assert m["baseline_random"]["mmcs_max"] < m["mmcs"]["mmcs_max"]
         assert len(m["top_features"]) <= 5
-    assert set(layer["activation_relevance"]) == {"k", "n_saes", "base", "post", "post_minus_base", "seed_control"}
+    assert set(layer["activation_relevance"]) == {"k", "n_saes", "n_selection_rows", "features", "base", "post",
+                                                  "post_minus_base", "seed_control"}
     assert layer["activation_relevance"]["n_saes"] == 3
     with pytest.raises(InputError, match="relevance_saes"):
         compare_models(base, post, tok, records, tmp_path / "one", dataclasses.replace(cfg, relevance_saes=1))
-    assert layer["activation_relevance"]["post"]["n"] == 60  # every completion, bootstrapped by prompt
+    rel = layer["activation_relevance"]
+    assert rel["post"]["n"] == res["n_test_rows"] and rel["n_selection_rows"] == res["n_train_rows"]
     # each SAE has its own init: the 2x dictionary does not start from the 1x rows
     assert layer["models"]["post"]["mmcs"]["mmcs_max"] < 0.99
     acc = res["headline"]
@@ -188,7 +282,8 @@ def test_cli_sae_commands_and_interp(tmp_path, capsys):
     assert main(["sae", "train", "--model", post, "--in", data, "--site", "blocks.0.hook_mlp_out",
                  "--out", str(tmp_path / "one"), "--expansion", "2", *small]) == 0
     metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())["metrics"]
-    assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl_sae"} <= set(metrics)
+    assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl_sae", "kl_recovered"} <= set(metrics)
+    assert metrics["n_spliced_positions"] == metrics["n_tokens"]  # one rule: the splice models the held-out tokens
     assert main(["sae", "compare", "--base", base, "--post", post, "--in", data, "--out", str(tmp_path / "bad"),
                  "--layers", "7", *small]) == 2
     assert "layer(s) [7] do not exist" in capsys.readouterr().err
@@ -208,3 +303,17 @@ def test_headline_checks_reads_compare_results(tmp_path):
     assert set(summary["checks"]) >= {"fvu", "dead_fraction", "ce_loss_recovered", "mmcs_minus_random",
                                       "reward_relevance_post_minus_base", "crosscoder", "explainer_vs_wrong"}
     assert isinstance(summary["all_pass"], bool)
+
+
+def test_choose_layers_falls_back_to_the_middle_when_no_block_stands_out():
+    from rewardlab.diff.params import Divergence
+    from rewardlab.sae.diffing import choose_layers
+
+    none = Divergence([], 1.1, 1.25, [], "no layer stands out: ...")
+    assert choose_layers(none, 1, 30) == ([15], "the middle block (no layer stands out: ...)")
+    assert choose_layers(none, 3, 30)[0] == [15, 14, 16]
+    assert choose_layers(none, 1, 4)[0] == [2]
+    one = Divergence([], 1.1, 1.25, ["blocks.22"], "blocks.22 stands out")
+    layers, rule = choose_layers(one, 1, 30)
+    assert layers == [22] and rule.startswith("parameter divergence")
+    assert choose_layers(one, 2, 30) == ([22, 15], "the 1 blocks that stand out, then the middle ones")

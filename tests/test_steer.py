@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rewardlab.errors import InputError
-from rewardlab.steer import (SteerConfig, dose_response, next_token_kl, random_directions, steered_samples,
-                             steering, summarize, typical_norm)
+from rewardlab.steer import (SteerConfig, dose_response, fluency, next_token_kl, random_directions,
+                             steered_samples, steering, summarize, typical_norm)
 
 WORDS = ("the", "movie", "was", "good", "bad", "great", "plot", "acting", "and", "but", ".")
 PROMPTS = ["the movie", "the plot was", "acting", "the acting and", "but the", "movie was"]
@@ -91,6 +91,15 @@ def test_dose_response_along_a_word_direction(setup, tmp_path):
     assert len(result["random_effects"]) == 8
     assert rows[1]["kl_neutral"] == 0.0 and rows[-1]["kl_neutral"]["value"] > 0
     assert "grammatical_rate" in rows[0]
+    # fluency beside every effect; the checker here ("good" in the text) only rises with alpha
+    assert all(r["fluent"] for r in rows[1:]) and s["alpha_up"] == 2.0 and s["alpha_down"] in (-1.0, None)
+    assert [r["fluency"] for r in rows] == [r["grammatical_rate"]["value"] for r in rows]
+    # every steered text of every direction and alpha, with its reward
+    samples = result["samples"]
+    assert len(samples) == 5 * len(PROMPTS) * 2
+    at_two = [x for x in samples if x["alpha"] == 2.0]
+    assert np.mean([x["reward"] for x in at_two]) == pytest.approx(rows[-1]["reward_mean"]["value"])
+    assert {x["prompt"] for x in at_two} == set(PROMPTS)
 
 
 def test_a_zero_or_nan_direction_is_refused_before_sampling(setup):
@@ -119,10 +128,37 @@ def test_summarize_and_random_directions():
     assert up_only["effect_at_min_alpha"] is None and up_only["effect_over_random_at_min_alpha"] is None
 
 
+def test_effect_over_random_is_read_only_where_fluency_holds():
+    rows = [{"reward_mean": {"value": m}, "effect": {"value": m - 1.0}, "fluent": ok, "fluency": f}
+            for m, ok, f in ((0.5, False, 9.0), (1.0, True, 1.0), (1.5, True, 1.3), (2.0, True, 1.8),
+                             (3.0, False, 40.0))]
+    random = [[0.1, 0, -0.2, 0.1, 0.3], [0.0, 0, 0.1, -0.4, -0.5]]
+    s = summarize([-1.0, 0.0, 0.5, 1.0, 2.0], rows, random)
+    assert s["alpha_up"] == 1.0 and s["fluency_up"] == 1.8  # alpha 2 broke the text: not the headline
+    assert s["effect_at_max_alpha"] == 1.0 and s["effect_over_random"] == pytest.approx(1.0 / 0.4)
+    assert s["alpha_down"] is None and s["effect_over_random_at_min_alpha"] is None
+    assert s["fluent"] == [False, True, True, True, False]
+    broken = [dict(r, fluent=r["effect"]["value"] == 0.0) for r in rows]
+    none = summarize([-1.0, 0.0, 0.5, 1.0, 2.0], broken, random)
+    assert none["alpha_up"] is None and none["effect_over_random"] is None and none["effect_at_max_alpha"] is None
+
+
+def test_fluency_bounds():
+    cfg = SteerConfig(site="blocks.0.hook_resid_post")
+    ref = {"perplexity": 26.0}
+    assert fluency({"perplexity": 52.0}, ref, cfg)["fluent"]  # 2x: the bound itself
+    f = fluency({"perplexity": 1543.0}, ref, cfg)  # the real run
+    assert not f["fluent"] and f["fluency"] == pytest.approx(1543 / 26) and "perplexity" in f["fluency_measure"]
+    assert not fluency({"perplexity": float("nan")}, ref, cfg)["fluent"]
+    gram = {"grammatical_rate": {"value": 0.9}}
+    assert fluency({"grammatical_rate": {"value": 0.73}}, gram, cfg)["fluent"]  # 0.8 x 0.9 = 0.72
+    assert not fluency({"grammatical_rate": {"value": 0.71}}, gram, cfg)["fluent"]
+
+
 @pytest.mark.slow
 def test_cli_acts_probe_steer(setup, tmp_path):
     from rewardlab.cli import main
-    from rewardlab.io import read_json, write_jsonl
+    from rewardlab.io import read_json, read_jsonl, write_jsonl
 
     model, tok = setup
     model.save_pretrained(tmp_path / "m")
@@ -146,6 +182,7 @@ def test_cli_acts_probe_steer(setup, tmp_path):
                  "--alphas=-1,0,1", "--prompts", str(tmp_path / "p.jsonl"), "--n-random", "1",
                  "--max-new-tokens", "3", "--reward", "char:.", "--out", str(tmp_path / "st")]) == 0
     assert len(read_json(tmp_path / "st" / "steering.json")["directions"]["probe"]["rows"]) == 3
+    assert len(read_jsonl(tmp_path / "st" / "steered.jsonl")) == 3 * len(PROMPTS)
     assert (tmp_path / "st" / "dose_response.png").stat().st_size > 1000
     for direction in ("mean-diff", "reward-gradient"):
         assert main(["steer", "--model", m, "--direction", direction, "--site", site, "--records",

@@ -112,22 +112,22 @@ def answer_steering(r: Results) -> Answer:
     s = r.steering
     if s is None:
         return not_run("no steering stage in this run")
-    top = max(range(len(s.alphas)), key=lambda i: s.alphas[i])
-    low = min(range(len(s.alphas)), key=lambda i: s.alphas[i])
     parts, evidence = [], {}
     for name, d in s.directions.items():
-        up, rnd_up = d.effect[top], d.summary.random_max_abs_effect_per_alpha[top]
-        line = (f"along {name.replace('_', ' ')}, α = {s.alphas[top]:g} changes the reward by {est(up)} against "
-                f"{rnd_up:.3f} for the strongest of {len(s.random_effects)} random directions "
-                f"({d.summary.effect_over_random:.2f}×)")
-        evidence[name] = {"effect_up": up, "random_up": rnd_up}
-        if s.alphas[low] < 0:
-            down, rnd_down = d.effect[low], d.summary.random_max_abs_effect_per_alpha[low]
-            line += f"; α = {s.alphas[low]:g} changes it by {est(down)} against {rnd_down:.3f}"
-            evidence[name].update(effect_down=down, random_down=rnd_down)
-        parts.append(line)
+        line, evidence[name] = f"along {name.replace('_', ' ')}", {}
+        for side, alpha in (("up", d.summary.alpha_up), ("down", d.summary.alpha_down)):
+            if alpha is None:
+                continue
+            i = s.alphas.index(alpha)
+            rnd = d.summary.random_max_abs_effect_per_alpha[i]
+            line += (f"{',' if evidence[name] else ''} α = {alpha:g} changes the reward by {est(d.effect[i])} against "
+                     f"{rnd:.3f} for the strongest of {len(s.random_effects)} random directions (fluency "
+                     f"{d.fluency[i]:.3f})")
+            evidence[name].update({f"effect_{side}": d.effect[i], f"random_{side}": rnd,
+                                   f"fluency_{side}": d.fluency[i]})
+        parts.append(line if evidence[name] else line + ": no nonzero α keeps fluency")
     head = evidence[s.direction]
-    up_verdict = versus(head["effect_up"].ci, head["random_up"])
+    up_verdict = versus(head["effect_up"].ci, head["random_up"]) if "effect_up" in head else "inconclusive"
     down_verdict = (versus((-head["effect_down"].ci[1], -head["effect_down"].ci[0]), head["random_down"])
                     if "effect_down" in head else "inconclusive")
     verdict = "yes" if "yes" in (up_verdict, down_verdict) else (
@@ -136,10 +136,12 @@ def answer_steering(r: Results) -> Answer:
                   "direction's effect",
            "no": "does less than the strongest random direction of the same norm, steering up and down",
            "inconclusive": "cannot be told apart from the strongest random direction of the same norm: the CIs of "
-                           "its effects contain that direction's effect"}[verdict]
-    text = (f"Steering at {s.site}, the {s.direction.replace('_', ' ')} direction {how}. "
+                           "its effects contain that direction's effect, or no α keeps fluency"}[verdict]
+    text = (f"Steering at {s.site}, read at the largest α up and down whose fluency holds ({s.fluency_bound}), "
+            f"the {s.direction.replace('_', ' ')} direction {how}. "
             + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
-    return Answer(verdict, text, {"site": s.site, "headline_direction": s.direction, "directions": evidence})
+    return Answer(verdict, text, {"site": s.site, "headline_direction": s.direction, "fluency_bound": s.fluency_bound,
+                                  "directions": evidence})
 
 
 def answer_implicit_reward(r: Results) -> Answer:
@@ -167,7 +169,7 @@ def answer_model_diff(r: Results) -> Answer:
     rr = r.reward_relevance
     parts = []
     if r.params is not None:
-        parts.append(f"parameters changed most in {', '.join(r.params.top_layers)}")
+        parts.append(f"parameter divergence: {r.params.statement}")
     if r.sae is not None:
         parts.append(f"the post model's 1x and 2x SAE dictionaries share MMCS {r.sae.mmcs:.3f} against "
                      f"{r.sae.mmcs_random:.3f} for random dictionaries")

@@ -418,13 +418,13 @@ def _diff_params(a: argparse.Namespace) -> None:
     from rewardlab.stages.diffing import params_figure
 
     pair = ModelPair.load(a.base, a.post, device="cpu", dtype="float32")
-    layers = parameter_divergence(pair.base, pair.post)
-    summary = write_divergence(layers, a.out, model_id(a.base), model_id(a.post))
-    save_png(params_figure(layers, f"{model_id(a.post)} vs {model_id(a.base)}"), Path(a.out) / "params.png")
+    div = parameter_divergence(pair.base, pair.post)
+    summary = write_divergence(div, a.out, model_id(a.base), model_id(a.post))
+    save_png(params_figure(div.layers, f"{model_id(a.post)} vs {model_id(a.base)}"), Path(a.out) / "params.png")
     for row in summary["layers"][:10]:
         print(f"{row['rank']:>3} {row['group']:<28} norm sum {row['tensor_norm_sum']:.4g}  l2 {row['l2']:.4g}  "
               f"relative {row['relative_change']:.4g}")
-    print(f"blocks that changed most: {', '.join(summary['top_blocks'])} -> {a.out}/params.json")
+    print(f"blocks that changed most: {', '.join(summary['top_blocks'])}; {summary['statement']} -> {a.out}/params.json")
 
 
 def _diff_params_options(p: argparse.ArgumentParser) -> None:
@@ -742,7 +742,7 @@ def _steer_direction(a: argparse.Namespace, model, tokenizer):
 
 
 def _steer(a: argparse.Namespace) -> None:
-    from rewardlab.io import read_jsonl, write_json
+    from rewardlab.io import read_jsonl, write_json, write_jsonl
     from rewardlab.models import load_model
     from rewardlab.probes.linear import load_probe
     from rewardlab.rewards import get_reward
@@ -761,14 +761,20 @@ def _steer(a: argparse.Namespace) -> None:
     name = "probe" if direction_probe else a.direction
     result = dose_response(model, tokenizer, prompts, {name: direction}, config_from_args(SteerConfig, a, site=site),
                            get_reward(a.reward), probe=probe, base=base, checker=checker, neutral_prompts=neutral)
+    write_jsonl(Path(a.out) / "steered.jsonl", result.pop("samples"))
     write_json(Path(a.out) / "steering.json", result)
     save_dose_response(result, Path(a.out) / "dose_response.png")
     steered = result["directions"][name]
     for row in steered["rows"]:
-        print(f"alpha {row['alpha']:+.3g}: reward {describe(row['reward_mean'])}")
+        print(f"alpha {row['alpha']:+.3g}: reward {describe(row['reward_mean'])}; {row['fluency_measure']} "
+              f"{row['fluency']:.3f}{'' if row['fluent'] else ' (fluency lost)'}")
     s = steered["summary"]
-    print(f"largest random |effect| {s['random_max_abs_effect']:.3f}; effect / random {s['effect_over_random']:.2f}"
-          f" -> {a.out}/steering.json, dose_response.png")
+    if s["alpha_up"] is None:
+        print("no positive alpha keeps fluency: no effect over random reported")
+    else:
+        print(f"at alpha {s['alpha_up']:+.3g} (fluency {s['fluency_up']:.3f}): largest random |effect| "
+              f"{s['random_max_abs_effect']:.3f}; effect / random {s['effect_over_random']:.2f}")
+    print(f"-> {a.out}/steering.json, steered.jsonl, dose_response.png")
 
 
 def _steer_options(p: argparse.ArgumentParser) -> None:

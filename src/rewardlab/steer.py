@@ -14,7 +14,14 @@ effect against alpha 0, the probe score and the implicit reward (if given), the 
 (with a checker) or the perplexity under the unsteered model, and the KL from the unsteered to the
 steered next-token distribution on neutral prompts. `n_random` random unit directions at the same
 alphas are the control, shared by all directions: an effect is only interesting beyond the largest
-random one. Every hook is removed when generation ends, also on an exception
+random one.
+
+Fluency: a reward effect bought by breaking the text is not steering. An alpha keeps fluency when
+the grammatical rate (with a checker) is at least `min_grammatical_ratio` times the unsteered rate,
+or else when the perplexity under the unsteered model is at most `max_perplexity_ratio` times the
+unsteered samples' (`fluency`). The headline effect over random is read at the largest and the most
+negative alphas that keep fluency (`summarize`), never beyond them; every row records its fluency
+beside its effect, and every steered text is returned under "samples". Every hook is removed when generation ends, also on an exception
 (`rewardlab.sites.intervene`).
 
 `reward_gradient_direction` is the causal reference for any representational direction: the
@@ -59,6 +66,8 @@ class SteerConfig:
     batch_size: int = 64  # prompts per generation batch
     seed: int = 0  # sampling seed (same for every alpha and direction) and random-direction seed
     n_boot: int = 1000  # bootstrap resamples per CI
+    max_perplexity_ratio: float = 2.0  # fluency holds while perplexity <= this x the unsteered (no checker)
+    min_grammatical_ratio: float = 0.8  # fluency holds while the grammatical rate is >= this x the unsteered (checker)
 
 
 def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_size: int = 64) -> float:
@@ -209,7 +218,7 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
                                             for s in reference_samples], cfg.site, cfg.batch_size)
     reference_measures = _text_measures(model, tokenizer, reference_samples, probe, base, checker, groups, kw)
     result = {"config": asdict(cfg), "typical_norm": scale, "n_prompts": len(prompts), "alphas": list(cfg.alphas),
-              "directions": {}}
+              "directions": {}, "samples": []}
     for name, direction in units.items():
         rows = []
         for alpha in cfg.alphas:
@@ -219,9 +228,12 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
                    "effect": stats.mean(reward - reference, groups=groups, **kw).to_dict()}
             row.update(reference_measures if alpha == 0 else
                        _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw))
+            row.update(fluency(row, reference_measures, cfg))
             row["kl_neutral"] = (0.0 if vector is None else
                                  stats.mean(next_token_kl(model, tokenizer, neutral, vector, cfg), **kw).to_dict())
             rows.append(row)
+            result["samples"] += [{"direction": name, "alpha": alpha, "prompt": s.prompt, "completion": s.completion,
+                                   "reward": float(r)} for s, r in zip(samples, reward)]
         result["directions"][name] = {"rows": rows}
     controls = random_directions(next(iter(units.values())).numel(), cfg.n_random, cfg.seed + 1)
     result["random_effects"] = [[0.0 if alpha == 0 else float(np.mean(rewards_for(alpha * scale * v)[1] - reference))
@@ -230,6 +242,18 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     for entry in result["directions"].values():
         entry["summary"] = summarize(result["alphas"], entry["rows"], result["random_effects"])
     return result
+
+
+def fluency(row: dict, reference: dict, cfg: SteerConfig) -> dict:
+    """Whether a dose-response row keeps fluency (module docstring): {"fluency": the measure's value
+    (grammatical rate, or perplexity / the unsteered perplexity), "fluency_measure", "fluent"}."""
+    if "grammatical_rate" in row:
+        rate, ref = row["grammatical_rate"]["value"], reference["grammatical_rate"]["value"]
+        return {"fluency": rate, "fluency_measure": f"grammatical rate (at least {cfg.min_grammatical_ratio:g} x the "
+                f"unsteered {ref:.3f})", "fluent": bool(rate >= cfg.min_grammatical_ratio * ref)}
+    ratio = row["perplexity"] / reference["perplexity"]
+    return {"fluency": ratio, "fluency_measure": f"perplexity ratio to unsteered (at most {cfg.max_perplexity_ratio:g})",
+            "fluent": bool(np.isfinite(ratio) and ratio <= cfg.max_perplexity_ratio)}
 
 
 def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) -> dict:
@@ -257,33 +281,39 @@ def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) 
 
 
 def summarize(alphas: Sequence[float], rows: list[dict], random_effects: list[list[float]]) -> dict:
-    """The headline numbers of one direction: monotone rise over positive alphas, the effect at the
-    largest alpha against the largest mean |effect| of the random directions there, whether negative
-    alphas lower it, and the same ratio at the most negative alpha (steering down; a policy already
-    pushed up along a direction can saturate on the positive side only). rows: per alpha
-    {"reward_mean", "effect"}; random_effects [n_random][n_alphas]."""
+    """The headline numbers of one direction: monotone rise over positive alphas, whether negative
+    alphas lower it, and, at the largest positive alpha that keeps fluency (`alpha_up`), the effect
+    against the largest mean |effect| of the random directions there; the same at the most negative
+    fluent alpha (`alpha_down`: steering down; a policy already pushed up along a direction can
+    saturate on the positive side only). None where no such alpha keeps fluency. rows: per alpha
+    {"reward_mean", "effect", optionally "fluent" and "fluency" (missing: fluent)};
+    random_effects [n_random][n_alphas]."""
     alphas = np.asarray(alphas, dtype=np.float64)
     means = np.asarray([r["reward_mean"]["value"] for r in rows])
     effects = np.asarray([r["effect"]["value"] for r in rows])
-    order = np.argsort(alphas)
-    alphas, means, effects = alphas[order], means[order], effects[order]
-    random_abs = np.abs(np.asarray(random_effects, dtype=np.float64).reshape(-1, len(alphas)))[:, order]
-    nonneg = alphas >= 0
-    top, bottom = int(np.argmax(alphas)), int(np.argmin(alphas))
+    fluent = np.asarray([r.get("fluent", True) for r in rows], dtype=bool)
+    random_abs = np.abs(np.asarray(random_effects, dtype=np.float64).reshape(-1, len(alphas)))
     random_max_per_alpha = random_abs.max(0) if len(random_abs) else np.full(len(alphas), np.nan)
-    random_max = float(random_max_per_alpha[top])
-    return {
-        "positive_alphas": int((alphas > 0).sum()),
-        "monotone_positive": bool(np.all(np.diff(means[nonneg]) > 0)),
-        "negative_lowers": bool(np.all(effects[alphas < 0] < 0)) if (alphas < 0).any() else None,
-        "effect_at_max_alpha": float(effects[top]),
-        "random_max_abs_effect": random_max,
-        "effect_over_random": _ratio(effects[top], random_max),
-        "effect_at_min_alpha": float(effects[bottom]) if alphas[bottom] < 0 else None,
-        "effect_over_random_at_min_alpha": (_ratio(-effects[bottom], float(random_max_per_alpha[bottom]))
-                                            if alphas[bottom] < 0 else None),
-        "random_max_abs_effect_per_alpha": random_max_per_alpha.tolist() if len(random_abs) else [],
-    }
+    order = np.argsort(alphas)
+    up = next((i for i in order[::-1] if alphas[i] > 0 and fluent[i]), None)
+    down = next((i for i in order if alphas[i] < 0 and fluent[i]), None)
+    nonneg = order[alphas[order] >= 0]
+    out = {"positive_alphas": int((alphas > 0).sum()),
+           "monotone_positive": bool(np.all(np.diff(means[nonneg]) > 0)),
+           "negative_lowers": bool(np.all(effects[alphas < 0] < 0)) if (alphas < 0).any() else None,
+           "fluent": fluent.tolist()}
+    for side, i in (("up", up), ("down", down)):
+        out[f"alpha_{side}"] = None if i is None else float(alphas[i])
+        out[f"fluency_{side}"] = None if i is None else rows[i].get("fluency")
+    out.update({
+        "effect_at_max_alpha": None if up is None else float(effects[up]),
+        "random_max_abs_effect": None if up is None else float(random_max_per_alpha[up]),
+        "effect_over_random": None if up is None else _ratio(effects[up], float(random_max_per_alpha[up])),
+        "effect_at_min_alpha": None if down is None else float(effects[down]),
+        "effect_over_random_at_min_alpha": (None if down is None else
+                                            _ratio(-effects[down], float(random_max_per_alpha[down]))),
+        "random_max_abs_effect_per_alpha": random_max_per_alpha.tolist() if len(random_abs) else []})
+    return out
 
 
 def _ratio(effect: float, random_max: float) -> float:

@@ -2,8 +2,9 @@
 fixed, plus a crosscoder and the headline dictionaries.
 
 `compare_models(base, post, tokenizer, records, out)`:
- 1. rank blocks by parameter divergence (rewardlab.diff.params, the 2023 SAE paper's sum of per-tensor L2
-    norms) and keep the top `n_layers` (or the given `layers`);
+ 1. choose `n_layers` blocks (or take the given `layers`): those whose parameter divergence stands out
+    above its noise floor (rewardlab.diff.params), else the middle block(s) (`choose_layers`; the
+    rule is recorded as `layer_rule`);
  2. cache per-token completion activations of both models at each chosen site (same records, so
     token i of base and post is the same token); split rows by prompt into train and held-out test;
     the SAEs train on the train rows' tokens. With `samples_per_prompt` > 0 each model also samples
@@ -11,7 +12,9 @@ fixed, plus a crosscoder and the headline dictionaries.
     way; those of train prompts join the training tokens, those of test prompts the held-out tokens of
     the reconstruction metrics (FVU, L0, dead and dense fractions: a latent firing once in 10^4
     tokens looks dead on a few thousand) and of the crosscoder's classification. Reward relevance
-    and the spliced CE loss use the records' test rows only.
+    and the spliced CE loss use the records' test rows only. Every token set (training, held-out,
+    the splice, feature records) keeps only the tokens the SAE models (`sae.sinks`: no first
+    position, special token or norm outlier), the same tokens in both models.
  3. per model and layer, train SAEs at `expansions` x d_model (default 1x, 2x) with the same
     sparsity, each with its own seed (seed, seed + 2, ...), plus the smallest size again with seed + 1
     (and with further seeds up to `relevance_saes` SAEs of that size); held-out metrics for each;
@@ -19,10 +22,10 @@ fixed, plus a crosscoder and the headline dictionaries.
     random unit dictionaries of the same shapes and the other-seed SAE of the same size;
  5. explain the top-k most similar features (offline lexical explainer unless another is given),
     and reward relevance: the 2023 SAE paper's |VADER valence| of the explanation words, and the activation
-    metric (top-k summed |Pearson| between a feature's mean completion activation and the reward,
+    metric (the top-k features by |Pearson| between a feature's mean completion activation and the
+    reward, chosen on the train rows; their sign-aligned correlations summed on the test rows;
     averaged over the `relevance_saes` same-size SAEs of each model, post minus base with a paired
-    bootstrap CI over prompt groups of all completions and over those SAEs, beside the seed-to-seed
-    control);
+    bootstrap CI over test prompts and over those SAEs, beside the seed-to-seed control);
  6. on the top layer: the headline SAE (BatchTopK, 4x, k=16) per model with CE loss recovered,
     a BatchTopK crosscoder with Latent Scaling, and auto-interpretation scores vs wrong features.
 Everything lands in `out/sae_compare.json`; SAEs are saved as SAELens folders under `out/saes/`;
@@ -40,7 +43,7 @@ import torch
 
 from rewardlab import stats
 from rewardlab.acts import ActivationStore, CacheConfig, cache_activations
-from rewardlab.diff.params import parameter_divergence
+from rewardlab.diff.params import Divergence, parameter_divergence
 from rewardlab.errors import InputError, raise_first_failed
 from rewardlab.interp.explain import explanation_words
 from rewardlab.interp.records import build_records
@@ -53,6 +56,7 @@ from rewardlab.sae.crosscoder import Crosscoder, diff_summary
 from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics, spliced_metrics
 from rewardlab.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
+from rewardlab.sae.sinks import token_positions
 from rewardlab.sae.train import TrainConfig, train_sae
 from rewardlab.sampling import generate
 from rewardlab.sites import n_layers
@@ -63,7 +67,7 @@ SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_att
 
 @dataclass
 class DiffConfig:
-    n_layers: int = 1  # how many of the most-diverged blocks to analyse
+    n_layers: int = 1  # how many blocks to analyse: those standing out in parameter divergence, else the middle ones
     layers: list[int] | None = None  # explicit blocks (overrides the ranking)
     site_kind: str = "hook_resid_post"  # site read in each block (the 2023 SAE paper used MLP output: hook_mlp_out)
     architecture: str = "batchtopk"  # dictionary architecture: relu (L1) | topk | batchtopk
@@ -113,12 +117,28 @@ class TokenActs:
     acts: torch.Tensor  # [n_tokens, d]
     row_ids: torch.Tensor  # [n_tokens]
     token_ids: torch.Tensor  # [n_tokens]
+    positions: torch.Tensor  # [n_tokens] the token's position in its sequence (0 = first)
+
+    def subset(self, keep: torch.Tensor) -> "TokenActs":
+        return TokenActs(self.acts[keep], self.row_ids[keep], self.token_ids[keep], self.positions[keep])
 
 
 def load_tokens(store: ActivationStore, site: str) -> TokenActs:
+    """Every cached token of `store` at `site` (the completion tokens, special tokens already skipped)."""
     parts = list(store.iter_batches(site, 1 << 30))
-    return TokenActs(torch.cat([p["acts"] for p in parts]), torch.cat([p["row_ids"] for p in parts]),
-                     torch.cat([p["token_ids"] for p in parts]))
+    row_ids = torch.cat([p["row_ids"] for p in parts])
+    prompt_len = torch.as_tensor([r["n_prompt_tokens"] for r in store.rows], dtype=torch.long)
+    return TokenActs(torch.cat([p["acts"] for p in parts]), row_ids, torch.cat([p["token_ids"] for p in parts]),
+                     prompt_len[row_ids] + torch.cat([p["token_index"] for p in parts]))
+
+
+def modeled_tokens(stores: dict, site: str) -> dict[str, TokenActs]:
+    """{name: the tokens of that store the SAEs model} at `site`: `sae.sinks.token_positions`, one
+    rule for training, held-out metrics and the splice. The stores hold the same texts through
+    different models, so a token left out in one is left out in all (their tokens stay paired)."""
+    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    keep = torch.stack([token_positions(t.acts, t.positions) for t in tokens.values()]).all(0)
+    return {name: t.subset(keep) for name, t in tokens.items()}
 
 
 @dataclass
@@ -131,7 +151,7 @@ class Extra:
     def split(self, name: str, site: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Model `name`'s extra-sample activations at `site`: (train-prompt tokens, test-prompt tokens)."""
         store = self.stores[name]
-        tokens = load_tokens(store, site)
+        tokens = modeled_tokens(self.stores, site)[name]
         row_is_train = torch.as_tensor([p in self.train_prompts for p in store.prompt_ids], dtype=torch.bool)
         is_train = row_is_train[tokens.row_ids]
         return tokens.acts[is_train], tokens.acts[~is_train]
@@ -158,9 +178,17 @@ def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prom
                               batch_size=256, desc=f"sampling SAE text ({name})")]
 
 
-def rank_layers(base, post) -> list[dict]:
-    """Blocks ranked by the 2023 SAE paper's divergence measure (rank 1 = changed most)."""
-    return [asdict(r) for r in parameter_divergence(base, post) if r.group.startswith("blocks.")]
+def choose_layers(div: Divergence, n: int, depth: int) -> tuple[list[int], str]:
+    """The `n` blocks the SAEs analyse and the rule that chose them: the blocks that stand out above
+    the parameter-divergence noise floor (`diff.params`), highest score first; when fewer than `n`
+    stand out (often none: fine-tuning moves every block alike), the rest are the blocks nearest the
+    middle block depth // 2 (lower first on a tie), the customary choice for SAEs and model diffing."""
+    chosen = [int(g.split(".")[1]) for g in div.standing_out][:n]
+    middle = sorted((L for L in range(depth) if L not in chosen), key=lambda L: (abs(L - depth // 2), L))
+    rule = ("parameter divergence: the blocks that stand out above the noise floor" if len(chosen) == n else
+            f"the middle block{'s' if n > 1 else ''} ({div.statement})" if not chosen else
+            f"the {len(chosen)} blocks that stand out, then the middle ones")
+    return chosen + middle[:n - len(chosen)], rule
 
 
 def row_means(feature_acts: torch.Tensor, row_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -170,49 +198,75 @@ def row_means(feature_acts: torch.Tensor, row_ids: torch.Tensor, n_rows: int) ->
     return sums / counts
 
 
-def _abs_corr_topk(x: np.ndarray, y: np.ndarray, k: int) -> float:
-    """Sum of the k largest |Pearson(x[:, j], y)| (constant columns count 0). x [n, F], y [n]."""
+def _corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of x [n, F] with y [n] -> [F] (constant columns count 0)."""
     xc, yc = x - x.mean(0), y - y.mean()
     denom = np.sqrt((xc ** 2).sum(0) * (yc ** 2).sum())
-    r = np.divide(xc.T @ yc, denom, out=np.zeros(x.shape[1]), where=denom > 0)
-    return float(np.sort(np.abs(r))[::-1][:k].sum())
+    return np.divide(xc.T @ yc, denom, out=np.zeros(x.shape[1]), where=denom > 0)
+
+
+def select_features(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k features of x [n, F] with the largest |Pearson r| with y [n], and the signs of their r."""
+    r = _corr(x, y)
+    top = np.argsort(-np.abs(r), kind="stable")[:k]
+    return top, np.where(r[top] < 0, -1.0, 1.0)
+
+
+def aligned_relevance(x: np.ndarray, y: np.ndarray, features: np.ndarray, signs: np.ndarray) -> float:
+    """sum_j sign_j * Pearson(x[:, features_j], y): the chosen features' correlation with the reward
+    in the direction they were chosen for (0 in expectation for features that only fit noise)."""
+    return float((signs * _corr(x[:, features], y)).sum())
 
 
 def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, groups: Sequence | None = None,
-                         seed: int = 0) -> dict:
-    """Top-k summed |corr(feature, reward)| per model and post - base with a paired bootstrap CI.
+                         seed: int = 0, select: np.ndarray | None = None) -> dict:
+    """Reward relevance per model: top-k features chosen on selection rows, measured on the others.
 
-    base_feats, post_feats: [n_completions, F] feature values per completion (row means), or a
-    list of such matrices, one per SAE training seed; a model's relevance is then the mean over
-    its SAEs. reward [n_completions]. The top-k features are re-chosen inside every bootstrap
-    resample, so selection is part of the interval. Every resample draws completions (by prompt
-    `groups`) and, with several SAEs per model, that model's SAEs with replacement, so the CIs
-    count SAE training as a source of variance (two SAEs still understate it); the values use every
-    SAE. `seed_control` (first SAE minus second, per model, completions resampled) measures how much
-    two SAEs of the same model differ: a post - base gap is only meaningful if it clearly exceeds that.
+    base_feats, post_feats: [n_completions, F] feature values per completion (row means), or a list
+    of such matrices, one per SAE training seed; reward [n_completions]; select: indices of the
+    selection rows (default: half of the `groups`, seeded). Each SAE's k features with the largest
+    |Pearson r| with the reward, and their signs, are chosen once on the selection rows; its
+    relevance is `aligned_relevance` on the evaluation rows (all the others). A model's relevance is
+    the mean over its SAEs. The bootstrap resamples evaluation completions (by prompt `groups`) and,
+    with several SAEs per model, that model's SAEs with replacement, never re-choosing features (a
+    top-k re-chosen inside each resample lifts every draw above the estimate, and a summed |r| is
+    biased upward for noise features). `seed_control` (first SAE
+    minus second, per model) measures how much two SAEs of one model differ: a post - base gap is
+    only meaningful if it clearly exceeds that.
     """
     base_list = [base_feats] if np.ndim(base_feats) == 2 else list(base_feats)
     post_list = [post_feats] if np.ndim(post_feats) == 2 else list(post_feats)
-    idx = np.arange(len(reward))
+    reward = np.asarray(reward, dtype=np.float64)
+    keys = np.asarray(groups) if groups is not None else np.arange(len(reward))
+    if select is None:
+        split = grouped_split(keys, (0.45, 0.05, 0.5), seed=seed)
+        select = np.concatenate([split.train, split.val])
+    is_eval = np.ones(len(reward), dtype=bool)
+    is_eval[np.asarray(select, dtype=int)] = False
+    evaluation = np.flatnonzero(is_eval)
+    chosen = {name: [select_features(f[~is_eval], reward[~is_eval], k) for f in feats]
+              for name, feats in (("base", base_list), ("post", post_list))}
     rng = np.random.default_rng(seed)
 
-    def per_sae(feats_list, i) -> list[float]:
-        return [_abs_corr_topk(f[i], reward[i], k) for f in feats_list]
+    def per_sae(name, feats_list, i) -> list[float]:
+        return [aligned_relevance(f[i], reward[i], *c) for f, c in zip(feats_list, chosen[name])]
 
     def boot(fn, resample_saes: bool = True) -> dict:
         """fn(per-SAE base relevances, per-SAE post relevances) -> statistic, bootstrapped."""
         def resampled(i):
             i = i.astype(int)
-            b, p = per_sae(base_list, i), per_sae(post_list, i)
+            b, p = per_sae("base", base_list, i), per_sae("post", post_list, i)
             if resample_saes:
                 b, p = ([x[j] for j in rng.integers(0, len(x), len(x))] for x in (b, p))
             return fn(b, p)
-        estimate = stats.bootstrap(resampled, idx, groups=groups, seed=seed).to_dict()
-        # bootstrap's own value comes from `resampled` on all completions, with SAEs drawn: use every SAE
-        return {**estimate, "value": fn(per_sae(base_list, idx), per_sae(post_list, idx))}
+        estimate = stats.bootstrap(resampled, evaluation, groups=None if groups is None else keys[evaluation],
+                                   seed=seed).to_dict()
+        # bootstrap's own value comes from `resampled` on all evaluation rows, with SAEs drawn: use every SAE
+        return {**estimate, "value": fn(per_sae("base", base_list, evaluation), per_sae("post", post_list, evaluation))}
 
-    out = {"k": k, "n_saes": len(base_list), "base": boot(lambda b, p: float(np.mean(b))),
-           "post": boot(lambda b, p: float(np.mean(p))),
+    out = {"k": k, "n_saes": len(base_list), "n_selection_rows": int((~is_eval).sum()),
+           "features": {name: [c[0].tolist() for c in chosen[name]] for name in chosen},
+           "base": boot(lambda b, p: float(np.mean(b))), "post": boot(lambda b, p: float(np.mean(p))),
            "post_minus_base": boot(lambda b, p: float(np.mean(p) - np.mean(b)))}
     if len(base_list) > 1 and len(post_list) > 1:
         out["seed_control"] = {"base": boot(lambda b, p: b[0] - b[1], resample_saes=False),
@@ -227,15 +281,18 @@ def description_relevance(explanations: Sequence[str]) -> float:
 
 
 def _batches(store: ActivationStore, rows: Sequence[int], pad: int, batch_size: int = 32):
+    """Right-padded batches of the stored rows' token ids, with `positions`: their completion tokens."""
     for start in range(0, len(rows), batch_size):
-        ids = [store.rows[int(r)]["token_ids"] for r in rows[start:start + batch_size]]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for j, x in enumerate(ids):
-            input_ids[j, :len(x)] = torch.tensor(x)
-            mask[j, :len(x)] = 1
-        yield {"input_ids": input_ids, "attention_mask": mask}
+        meta = [store.rows[int(r)] for r in rows[start:start + batch_size]]
+        width = max(len(m["token_ids"]) for m in meta)
+        input_ids = torch.full((len(meta), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(meta), width), dtype=torch.long)
+        completion = torch.zeros((len(meta), width), dtype=torch.bool)
+        for j, m in enumerate(meta):
+            input_ids[j, :len(m["token_ids"])] = torch.tensor(m["token_ids"])
+            mask[j, :len(m["token_ids"])] = 1
+            completion[j, m["n_prompt_tokens"]:len(m["token_ids"])] = True
+        yield {"input_ids": input_ids, "attention_mask": mask, "positions": completion}
 
 
 def _feature_records(tokenizer, store: ActivationStore, tokens: TokenActs, sae: SparseAutoencoder,
@@ -265,9 +322,10 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     """Run the pipeline (module docstring); returns the results dict also written to out/sae_compare.json."""
     out = Path(out)
     cfg.validate()
-    ranking = rank_layers(base, post)
+    div = parameter_divergence(base, post, seed=cfg.seed)
     depth = n_layers(base)
-    layers = cfg.layers if cfg.layers is not None else [int(r["group"].split(".")[1]) for r in ranking[:cfg.n_layers]]
+    layers, rule = (cfg.layers, "given (sae.layers)") if cfg.layers is not None else \
+        choose_layers(div, cfg.n_layers, depth)
     bad = [L for L in layers if not 0 <= L < depth]
     if bad:
         raise InputError(f"layer(s) {bad} do not exist", fix=f"the models have blocks 0..{depth - 1}")
@@ -277,7 +335,10 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     reward = stores["base"].field(cfg.reward_field)
     d_model = stores["base"].d_model
     results: dict = {"config": {**asdict(cfg), "train": asdict(cfg.train)}, "base": base_name, "post": post_name,
-                     "layer_ranking": ranking, "layers": layers, "n_rows": len(records),
+                     "layer_ranking": [asdict(r) for r in div.layers if r.group.startswith("blocks.")],
+                     "params": {"noise_floor": div.noise_floor, "threshold": div.threshold,
+                                "standing_out": div.standing_out, "statement": div.statement},
+                     "layers": layers, "layer_rule": rule, "n_rows": len(records),
                      "n_train_rows": len(train_rows), "n_test_rows": len(test_rows),
                      "n_extra_rows": 0 if extra is None else len(extra.stores["base"]), "by_layer": {}}
     features_for_interp = []
@@ -285,7 +346,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     relevance_seeds = [cfg.seed + 1] + [cfg.seed + 2 * len(cfg.expansions) + j for j in range(cfg.relevance_saes - 2)]
     for L, site in zip(layers, sites):
         layer_out: dict = {"site": site, "models": {}}
-        tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+        tokens = modeled_tokens(stores, site)
         is_train = {name: torch.isin(t.row_ids, torch.as_tensor(train_rows, dtype=torch.long))
                     for name, t in tokens.items()}
         sizes = [e * d_model for e in cfg.expansions]
@@ -315,7 +376,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                               np.arange(len(records)), top, cfg.seed)
             interp = interpret_features(fr, explainer, simulator, detector)
             explanations = [r["explanation"] for r in interp["features"]]
-            # every completion counts: the SAEs never see the reward, and top-k selection is redone per resample
+            # every completion has feature values; activation_relevance chooses features on the train rows
             row_feats[name] = [row_means(sae.encode(tokens[name].acts), tokens[name].row_ids, len(records)).numpy()
                                for sae in (small, other, *more)]
             layer_out["models"][name] = {
@@ -332,7 +393,8 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                                         "sae": str((out / "saes" / name / f"L{L}" / f"{cfg.expansions[0]}x").resolve()),
                                         "features": top})
         layer_out["activation_relevance"] = activation_relevance(
-            row_feats["base"], row_feats["post"], reward, cfg.n_top_features, groups=list(prompt_ids), seed=cfg.seed)
+            row_feats["base"], row_feats["post"], reward, cfg.n_top_features, groups=list(prompt_ids), seed=cfg.seed,
+            select=train_rows)
         results["by_layer"][str(L)] = layer_out
     best = layers[0]
     results["headline"] = headline_dictionaries(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
@@ -351,7 +413,7 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
     """The headline SAE per model (CE recovered), the crosscoder, and explainer vs wrong features.
     `extra`: the extra samples, added to the train and held-out tokens (None: records only)."""
     res: dict = {"site": site, "sae": {}}
-    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    tokens = modeled_tokens(stores, site)
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     d_model = tokens["base"].acts.shape[1]
     sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.headline_expansion * d_model, architecture="batchtopk", k=cfg.k,
@@ -364,7 +426,7 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
         m = reconstruction_metrics(sae, x_test)
         train_m = reconstruction_metrics(sae, x_train)
         m.update(dead_fraction_train=train_m["dead_fraction"], n_train_tokens=train_m["n_tokens"])
-        m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site))
+        m.update(spliced_metrics(model, sae, _batches(stores[name], test_rows, pad), site, tokenizer.all_special_ids))
         m["train_tokens_per_second"] = result.tokens_per_second
         res["sae"][name] = m
         if name == "post":
@@ -396,7 +458,7 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
     diff = diff_summary(cc, x_test, cfg.scaling_threshold)
     post_only = [l["latent"] for l in diff["latents"] if l["class"] == "post_only"]
     if post_only:
-        fr_tokens = TokenActs(paired, tokens["post"].row_ids, tokens["post"].token_ids)
+        fr_tokens = TokenActs(paired, tokens["post"].row_ids, tokens["post"].token_ids, tokens["post"].positions)
         _, seqs, acts = _feature_records(tokenizer, stores["post"], fr_tokens, cc, [int(r) for r in test_rows],
                                          post_only, cfg.seed)
         for j, latent in enumerate(post_only):
@@ -433,7 +495,7 @@ def crosscoder_models(base, post, tokenizer, records: list[dict], out: str | Pat
     """`rewardlab sae crosscoder`: the crosscoder alone at one site; writes out/crosscoder.json."""
     out = Path(out)
     _, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
-    tokens = {name: load_tokens(store, site) for name, store in stores.items()}
+    tokens = modeled_tokens(stores, site)
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     res = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, out, extra)
     write_json(out / "crosscoder.json", res)
@@ -448,12 +510,13 @@ def train_site_sae(model, tokenizer, records: list[dict], site: str, out: str | 
     store = cache_activations(model, tokenizer, records, out / "acts", CacheConfig(sites=[site], positions=["tokens"]))
     split = grouped_split(store.prompt_ids, (0.7, 0.1, 0.2), seed=train_cfg.seed)
     train_rows = np.concatenate([split.train, split.val])
-    tokens = load_tokens(store, site)
+    tokens = modeled_tokens({"model": store}, site)["model"]
     is_train = torch.isin(tokens.row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     result = train_sae(tokens.acts[is_train], sae_cfg, train_cfg)
     metrics = reconstruction_metrics(result.sae, tokens.acts[~is_train])
     if splice:
-        metrics.update(spliced_metrics(model, result.sae, _batches(store, split.test, pad_token_id(tokenizer)), site))
+        metrics.update(spliced_metrics(model, result.sae, _batches(store, split.test, pad_token_id(tokenizer)), site,
+                                       tokenizer.all_special_ids))
     metrics["train_tokens_per_second"] = result.tokens_per_second
     save_sae(result.sae, out / "sae")
     write_json(out / "metrics.json", {"config": asdict(sae_cfg), "train": asdict(train_cfg), "metrics": metrics,
@@ -499,7 +562,7 @@ def interp_features_file(path: str | Path, out: str | Path, explainer=None, simu
         if too_big:
             raise InputError(f"feature ids {too_big[:5]} do not exist in an SAE of {sae.cfg.d_sae} latents",
                              f"{path}: features[{i}]", "use ids below the SAE's width")
-        tokens = load_tokens(store, entry["site"])
+        tokens = modeled_tokens({"model": store}, entry["site"])["model"]
         fr, _, _ = _feature_records(tokenizer, store, tokens, sae, np.arange(len(store)), entry["features"], 0)
         res = interpret_features(fr, explainer, simulator, detector, workers)
         for row in res["features"]:
@@ -560,5 +623,5 @@ def headline_checks(results: dict) -> dict:
                                "difference": interp.get("simulation_minus_wrong"), "target": "simulation > wrong",
                                "pass": sim is not None and wrong is not None and sim > wrong},
     }
-    return {"layer": acc["layer"], "site": acc["site"], "checks": checks,
+    return {"layer": acc["layer"], "layer_rule": results.get("layer_rule"), "site": acc["site"], "checks": checks,
             "all_pass": all(c.get("pass", True) for c in checks.values())}

@@ -8,7 +8,8 @@ with its bootstrap CI and n.
   and grammatical rate per alpha (outside the review world: perplexity under the base model);
 - audits of the utility and of the DPO policy's implicit reward (reference: base) on review-world
   minimal pairs; outside the world the audit is skipped, and the section says why;
-- parameter divergence of the main policy, its most changed blocks.
+- parameter divergence of the main policy, its most changed blocks, and which blocks stand out
+  above a permutation noise floor (`diff.params`; often none).
 
 Inside the review world the prompts, generation settings and grammar are the world's and the reward
 is the utility; a `models` section sets them for other models.
@@ -122,8 +123,14 @@ class AuditSection:
 
 @dataclass
 class ParamsSection:
+    """Parameter divergence of the main policy per block, and which blocks stand out (`diff.params`)."""
+
     policy: str                    # the policy compared with the base
-    top_layers: list[str]          # the most changed blocks, most changed first
+    top_layers: list[str]          # the five blocks with the largest sum of tensor norms, whether or not they stand out
+    standing_out: list[str]        # blocks whose score exceeds the threshold, highest first (often none)
+    noise_floor: float | None      # 95th percentile of the top block score when tensors are permuted among blocks
+    threshold: float | None        # the score a block must exceed: max(noise floor, 1 + diff.params.MIN_EXCESS)
+    statement: str                 # which blocks stand out, or "no layer stands out"
     layers: list[LayerDivergence]
 
 
@@ -227,10 +234,11 @@ def run(cfg: Config, ctx: Context) -> Results:
                                                pairs, cfg.seed, ctx.out / "audit_dpo")
         if name == main:
             divergent = divergence(base_model, policy, tokenizer, s, cfg, ctx.out)
-            layers = parameter_divergence(base_model, policy)
-            write_divergence(layers, ctx.out, "base", name)
-            figures.save_png(params_figure(layers, f"{name} vs base"), ctx.out / ARTIFACTS["params_png"])
-            params = ParamsSection(name, [r.group for r in layers if r.group.startswith("blocks.")][:5], layers)
+            div = parameter_divergence(base_model, policy, seed=cfg.seed)
+            write_divergence(div, ctx.out, "base", name)
+            figures.save_png(params_figure(div.layers, f"{name} vs base"), ctx.out / ARTIFACTS["params_png"])
+            params = ParamsSection(name, [r.group for r in div.layers if r.group.startswith("blocks.")][:5],
+                                   div.standing_out, div.noise_floor, div.threshold, div.statement, div.layers)
     implicit = None if main is None else ImplicitRewardSection(fits[main].spearman_true, main, fits)
     reward_mean = stats.mean([r["reward"] for r in records], groups=[r["prompt"] for r in records])
     return Results(implicit_reward=implicit, divergent=divergent, audit=audit_section(audits), params=params,

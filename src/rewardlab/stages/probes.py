@@ -13,7 +13,8 @@ questions 1, 2, 3 and 7.
    and the value head direction, each in the basis it lives in (`probes.cross`).
 4. Steering on held-out prompts (`steer.dose_response`) at `steer_site` (default the last block's
    resid_post, completion positions), with shared random controls, grammaticality from the review
-   world's grammar, else perplexity. Three directions, from all the records (training prompts):
+   world's grammar, else perplexity; effects over random are read only at alphas whose fluency holds
+   (`steer.fluency`), and every steered text is saved (`steered_texts`). Three directions, from all the records (training prompts):
    - "mean_diff" (the headline): mean activation at `steer_position` of the base model's samples
      above the median reward minus those below, read through the policy (the policy's own samples
      are nearly all positive and differ from the base's in style as well as reward);
@@ -60,7 +61,8 @@ from rewardlab.world import is_grammatical, world_of_model
 NAME = "probes"
 ARTIFACTS = {"records": "records.jsonl", "probe_heatmap_policy_png": "sweep/heatmap-policy.png",
              "probe_heatmap_base_png": "sweep/heatmap-base.png", "probe": "sweep/probe-policy.safetensors",
-             "steering": "steer/steering.json", "dose_response_png": "steer/dose_response.png"}
+             "steering": "steer/steering.json", "dose_response_png": "steer/dose_response.png",
+             "steered_texts": "steer/steered.jsonl"}
 
 
 @dataclass
@@ -154,15 +156,22 @@ class ProbeSection:
 
 @dataclass
 class SteeringSummary:
-    """One direction against the random controls (`steer.summarize`)."""
+    """One direction against the random controls (`steer.summarize`), read only at alphas whose
+    fluency holds: "max alpha" is alpha_up, the largest positive fluent alpha, "min alpha" alpha_down,
+    the most negative fluent one (None when no such alpha keeps fluency)."""
 
     positive_alphas: int
     monotone_positive: bool
     negative_lowers: bool | None
-    effect_at_max_alpha: float
-    random_max_abs_effect: float   # the largest mean |effect| of the random directions there
-    effect_over_random: float
-    effect_at_min_alpha: float | None
+    fluent: list[bool]             # per alpha: fluency within its bound (`steer.fluency`)
+    alpha_up: float | None
+    fluency_up: float | None       # the fluency measure there
+    alpha_down: float | None
+    fluency_down: float | None
+    effect_at_max_alpha: float | None  # at alpha_up
+    random_max_abs_effect: float | None  # the largest mean |effect| of the random directions there
+    effect_over_random: float | None
+    effect_at_min_alpha: float | None  # at alpha_down
     effect_over_random_at_min_alpha: float | None
     random_max_abs_effect_per_alpha: list[float]
 
@@ -175,6 +184,8 @@ class DirectionCurve:
     effect: list[Estimate]         # true reward minus the unsteered sample's
     kl_neutral: list[Estimate | float]  # next-token KL(steered || unsteered) on the prompts, nats (0 at alpha 0)
     summary: SteeringSummary
+    fluency: list[float]           # grammatical rate, or perplexity / the unsteered perplexity
+    fluent: list[bool]             # fluency within its bound (the section's fluency_bound)
     probe_score: list[Estimate] | None = None
     implicit_reward: list[Estimate] | None = None
     grammatical_rate: list[Estimate] | None = None  # review world
@@ -191,10 +202,15 @@ class SteeringSection:
     typical_norm: float
     n: int                         # steered samples per alpha
     n_prompts: int
-    effect_at_max_alpha: Estimate  # the headline direction's
-    effect_over_random: float      # effect at the largest alpha over the largest random effect there
-    random_max_abs_effect: float
-    effect_at_min_alpha: Estimate | None
+    fluency_bound: str             # when an alpha keeps fluency (the headline reads only those)
+    alpha_up: float | None         # the largest positive alpha whose fluency holds (headline direction)
+    fluency_up: float | None
+    effect_at_max_alpha: Estimate | None  # the headline direction's, at alpha_up
+    effect_over_random: float | None  # that effect over the largest random effect there
+    random_max_abs_effect: float | None
+    alpha_down: float | None       # the most negative alpha whose fluency holds
+    fluency_down: float | None
+    effect_at_min_alpha: Estimate | None  # at alpha_down
     effect_over_random_at_min_alpha: float | None
     directions: dict[str, DirectionCurve]
     random_effects: list[list[float]]  # [n_random][n_alphas] mean effect of each random direction
@@ -372,18 +388,21 @@ def steering_section(steered: dict, site: str, n: int, n_prompts: int, cosines: 
         return from_json(DirectionCurve, {"reward_mean": [r["reward_mean"] for r in rows],
                                           "effect": [r["effect"] for r in rows],
                                           "kl_neutral": [r["kl_neutral"] for r in rows],
+                                          "fluency": [r["fluency"] for r in rows], "fluent": [r["fluent"] for r in rows],
                                           "summary": entry["summary"], **columns}, "steering")
 
     headline = steered["directions"]["mean_diff"]
-    top = max(headline["rows"], key=lambda r: r["alpha"])
-    bottom = min(headline["rows"], key=lambda r: r["alpha"])
     summary = headline["summary"]
+    effect = {r["alpha"]: from_json(Estimate, r["effect"]) for r in headline["rows"]}
     return SteeringSection(
         site=site, direction="mean_diff", position=cfg.steer_position, where=cfg.steer_where,
         alphas=steered["alphas"], typical_norm=steered["typical_norm"], n=n, n_prompts=n_prompts,
-        effect_at_max_alpha=from_json(Estimate, top["effect"]), effect_over_random=summary["effect_over_random"],
+        fluency_bound=headline["rows"][0]["fluency_measure"],
+        alpha_up=summary["alpha_up"], fluency_up=summary["fluency_up"],
+        effect_at_max_alpha=effect.get(summary["alpha_up"]), effect_over_random=summary["effect_over_random"],
         random_max_abs_effect=summary["random_max_abs_effect"],
-        effect_at_min_alpha=from_json(Estimate, bottom["effect"]) if bottom["alpha"] < 0 else None,
+        alpha_down=summary["alpha_down"], fluency_down=summary["fluency_down"],
+        effect_at_min_alpha=effect.get(summary["alpha_down"]),
         effect_over_random_at_min_alpha=summary["effect_over_random_at_min_alpha"],
         directions={name: curve(entry) for name, entry in steered["directions"].items()},
         random_effects=steered["random_effects"],
@@ -444,6 +463,7 @@ def run(cfg: Config, ctx: Context) -> Results:
                             n_boot=cfg.n_boot)
     steered = dose_response(policy, tokenizer, steer_prompts, directions, steer_cfg, reward, probe=probe,
                             base=base, checker=checker)
+    write_jsonl(out / ARTIFACTS["steered_texts"], steered.pop("samples"))
     write_json(out / ARTIFACTS["steering"], steered)
     save_dose_response(steered, out / ARTIFACTS["dose_response_png"])
     return Results(probe_results, steering_section(steered, steer_site, len(steer_prompts), len(set(steer_prompts)),

@@ -23,14 +23,17 @@ ARTIFACTS = {"features": "top_features.jsonl"}
 
 @dataclass
 class SAESection:
-    """The headline SAE of the post model at the most diverged layer, and its dictionary comparison."""
+    """The headline SAE of the post model at the chosen layer, and its dictionary comparison."""
 
     layer: int
+    layer_rule: str                # what chose the layer: a block standing out in parameter divergence, else the middle
     site: str
     fvu: float                     # fraction of variance unexplained on held-out tokens
     l0: float                      # active latents per token
     dead_fraction: float           # latents that never fire on held-out tokens
-    ce_loss_recovered: float       # of the next-token loss gap between zero-ablation and the clean model
+    ce_loss_recovered: float       # of the next-token loss gap between zero-ablation and the clean model, at the
+    # positions the SAE models (no first position, special token or norm outlier: `rewardlab.sae.sinks`)
+    kl_recovered: float            # 1 - KL(clean || SAE spliced) / KL(clean || zero-ablated), same positions
     mmcs: float                    # mean max cosine similarity of the 1x and 2x dictionaries' decoder rows
     mmcs_one_to_one: float
     mmcs_random: float             # the same for random dictionaries of the same shapes
@@ -114,8 +117,9 @@ def run(cfg: Config, ctx: Context) -> Results:
     write_jsonl(ctx.out / ARTIFACTS["features"], [vars(f) for f in features])
     post_sae = head["sae"]["post"]
     return Results(
-        sae=SAESection(layer=head["layer"], site=head["site"], fvu=post_sae["fvu"], l0=post_sae["l0"],
+        sae=SAESection(layer=head["layer"], layer_rule=res["layer_rule"], site=head["site"], fvu=post_sae["fvu"], l0=post_sae["l0"],
                        dead_fraction=post_sae["dead_fraction"], ce_loss_recovered=post_sae["ce_loss_recovered"],
+                       kl_recovered=post_sae["kl_recovered"],
                        mmcs=post["mmcs"]["mmcs_max"], mmcs_one_to_one=post["mmcs"]["mmcs_one_to_one"],
                        mmcs_random=post["baseline_random"]["mmcs_max"],
                        mmcs_other_seed=post["baseline_other_seed"]["mmcs_max"],
