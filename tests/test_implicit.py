@@ -90,6 +90,27 @@ def test_equals_trl_dpo_logprobs(tmp_path):
         ours_rejected = completion_logprobs(model, tok, PROMPTS, [r + eos for r in rejected], batch_size=3)
         assert torch.allclose(torch.stack([x.sum() for x in ours_chosen]), trl_chosen, atol=1e-5)
         assert torch.allclose(torch.stack([x.sum() for x in ours_rejected]), trl_rejected, atol=1e-5)
+    # under append_eos always, the implicit reward is TRL's DPO reward beta * (logp_post - logp_ref)
+    trl_post, trl_ref = trainer.compute_ref_log_probs(post, batch)[0], trainer.compute_ref_log_probs(base, batch)[0]
+    ours = implicit_rewards(base, post, tok, PROMPTS, COMPLETIONS, ScoreConfig(beta=0.1, append_eos="always"))
+    expected = (0.1 * (trl_post - trl_ref)).tolist()
+    assert [r["implicit_reward"] for r in ours] == pytest.approx(expected, abs=1e-5)
+    as_given = implicit_rewards(base, post, tok, PROMPTS, COMPLETIONS, ScoreConfig(beta=0.1))
+    assert max(abs(a["implicit_reward"] - b) for a, b in zip(as_given, expected)) > 1e-4  # the EOS term matters
+
+
+def test_append_eos_finished_follows_each_record(tmp_path):
+    base, post, tok = tiny_pair()
+    finished = [True, False, True, False]
+    cfg = ScoreConfig(append_eos="finished")
+    rows = implicit_rewards(base, post, tok, PROMPTS, COMPLETIONS, cfg, finished=finished)
+    always = implicit_rewards(base, post, tok, PROMPTS, COMPLETIONS, ScoreConfig(append_eos="always"))
+    never = implicit_rewards(base, post, tok, PROMPTS, COMPLETIONS)
+    for row, flag, a, n in zip(rows, finished, always, never):
+        assert row == (a if flag else n)
+    records = [{"prompt": p, "completion": c} for p, c in zip(PROMPTS, COMPLETIONS)]
+    with pytest.raises(InputError, match="record 0"):
+        implicit_reward_records(base, post, tok, records, cfg)
 
 
 def test_score_cli(tmp_path):

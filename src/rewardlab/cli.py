@@ -172,6 +172,8 @@ def _argument_kwargs(option: ConfigOption, ranged: bool) -> dict[str, Any]:
         args = typing.get_args(tp)
         size = len(args) if origin is tuple and Ellipsis not in args else None
         return {"type": _comma_list(_without_none(args[0]), origin, size), "metavar": _LIST}
+    if origin is typing.Literal:
+        return {"choices": list(typing.get_args(tp))}
     if option.name in _CHOICES:
         module, name = _CHOICES[option.name]
         return {"choices": list(getattr(importlib.import_module(module), name))}

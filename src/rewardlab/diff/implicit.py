@@ -10,12 +10,13 @@ was computed against.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 from rewardlab import stats
 from rewardlab.diff.logprobs import sequence_logprobs
 from rewardlab.stats import Estimate
-from rewardlab.text import encode, pad_token_id, uses_chat_template
+from rewardlab.errors import InputError
+from rewardlab.text import Encoded, encode, pad_token_id, stop_ids, uses_chat_template
 
 
 @dataclass
@@ -23,13 +24,25 @@ class ScoreConfig:
     beta: float = 1.0  # scale of the log-ratio; 1.0 = nats; pass the DPO beta (0.1) for TRL's reward scale
     batch_size: int = 16  # records per forward pass
     per_token: bool = False  # also write the per-token log-ratio vector
+    append_eos: Literal["never", "always", "finished"] = "never"  # score the token that ends a completion
+    # (EOS, or the chat template's end of turn) after it: never (the text as given), always (TRL's DPO
+    # convention for plain-text completions), finished (where a record's `finished` says the sampler
+    # stopped there, as `sample divergent` writes it)
 
 
 def implicit_rewards(base, post, tokenizer, prompts: Sequence[str], completions: Sequence[str],
-                     cfg: ScoreConfig = ScoreConfig()) -> list[dict]:
+                     cfg: ScoreConfig = ScoreConfig(), finished: Sequence[bool] | None = None) -> list[dict]:
     """One dict per record: implicit_reward (beta * sum), implicit_reward_mean (beta * mean),
-    logp_post, logp_base (sums, nats), n_tokens, and the per-token log-ratio if `cfg.per_token`."""
+    logp_post, logp_base (sums, nats), n_tokens (the end token included when appended), and the
+    per-token log-ratio if `cfg.per_token`. `finished`: per record, for `cfg.append_eos == "finished"`."""
     encoded = encode(tokenizer, prompts, completions)
+    if cfg.append_eos != "never":
+        if cfg.append_eos == "finished" and (finished is None or len(finished) != len(encoded)):
+            raise InputError("append_eos finished needs each record's `finished` flag", fix="score records "
+                             "written by the sampler, or use append_eos never or always")
+        end = stop_ids(tokenizer)[-1:]
+        flags = [True] * len(encoded) if cfg.append_eos == "always" else finished
+        encoded = [Encoded(e.ids + end, e.prompt_len) if flag else e for e, flag in zip(encoded, flags)]
     pad = pad_token_id(tokenizer)
     base.eval(), post.eval()
     lp_post = sequence_logprobs(post, encoded, cfg.batch_size, pad)
@@ -57,7 +70,14 @@ def implicit_reward_records(base, post, tokenizer, records: list[dict], cfg: Sco
     `rewardlab.rewards.Reward`, scored on the completion) and the reward-model score `rm` if given."""
     prompts = [r["prompt"] for r in records]
     completions = [r["completion"] for r in records]
-    scores = implicit_rewards(base, post, tokenizer, prompts, completions, cfg)
+    finished = None
+    if cfg.append_eos == "finished":
+        missing = next((i for i, r in enumerate(records) if not isinstance(r.get("finished"), bool)), None)
+        if missing is not None:
+            raise InputError("append_eos finished: the record has no true/false `finished` field",
+                             f"record {missing}", "use --append-eos never or always, or records from the sampler")
+        finished = [r["finished"] for r in records]
+    scores = implicit_rewards(base, post, tokenizer, prompts, completions, cfg, finished)
     true = reward(completions) if reward is not None else None
     rm_scores = rm(completions) if rm is not None else None
     out = []
