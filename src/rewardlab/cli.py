@@ -928,6 +928,62 @@ def _sae_commands() -> list[Command]:
     ]
 
 
+# --- value ---
+
+def _load_models(a: argparse.Namespace) -> tuple[dict, object]:
+    """({"post": --model, "base": --base if given}, the shared tokenizer)."""
+    from rewardlab.models import ModelPair, load_model
+
+    if a.base is None:
+        model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
+        return {"post": model}, tokenizer
+    pair = ModelPair.load(a.base, a.model, device=a.device, dtype="float32")
+    return {"post": pair.post, "base": pair.base}, pair.tokenizer
+
+
+def _value_targets(a: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from rewardlab.io import read_jsonl, write_jsonl
+    from rewardlab.rewards import get_reward
+    from rewardlab.value.targets import TargetsConfig, compute_targets
+
+    cfg = config_from_args(TargetsConfig, a)
+    records = read_jsonl(a.input, required=("prompt", "completion"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    reward = get_reward(cfg.reward)
+    models, tokenizer = _load_models(a)
+    start = time.perf_counter()
+    rows = compute_targets(models, tokenizer, records, reward, cfg)
+    write_jsonl(a.out, rows)
+    for name in models:
+        se = sum(r[f"value_se_{name}"] for r in rows) / len(rows)
+        print(f"V_{name}: mean {sum(r[f'value_{name}'] for r in rows) / len(rows):.3f}, mean se {se:.3f}")
+    print(f"{len(rows)} prefixes x {len(models)} models x {cfg.k} continuations in "
+          f"{time.perf_counter() - start:.1f} s -> {a.out}")
+
+
+def _value_targets_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.value.targets import TargetsConfig
+
+    _add_model(p, "model whose continuations define V (the post-trained model)")
+    p.add_argument("--base", default=None, help="also estimate V under this base model, on the same prefixes")
+    _add_in(p, "JSONL with prompt/completion records (the prefixes are cut from them)")
+    _add_out(p, "output JSONL, one line per prefix", file=True)
+    add_config_args(p, TargetsConfig)
+    _add_device(p)
+
+
+def _value_commands() -> list[Command]:
+    return [
+        Command(("value", "targets"), "Monte Carlo V(h), R(h) and F(h) = V - R for prefixes of records",
+                _value_targets_options, _value_targets),
+    ]
+
+
 _GROUPS = {
     "models": "model folders: convert a GGUF checkpoint into a Hugging Face folder",
     "world": "the review world: a grammar, tokenizer and base model with a known reward",
@@ -939,13 +995,14 @@ _GROUPS = {
     "acts": "activation store: cache site activations to disk",
     "probe": "reward probes on activations",
     "sae": "sparse autoencoders and crosscoders for model diffing",
+    "value": "does the model estimate its own expected reward? Monte Carlo values and value probes",
 }
 
 
 def commands() -> list[Command]:
     """Every subcommand, in the order `rewardlab --help` lists them."""
     return [*_pipeline_commands(), *_world_commands(), *_diff_commands(), *_train_commands(), *_acts_commands(),
-            *_sae_commands()]
+            *_sae_commands(), *_value_commands()]
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
