@@ -977,10 +977,54 @@ def _value_targets_options(p: argparse.ArgumentParser) -> None:
     _add_device(p)
 
 
+def _value_probe(a: argparse.Namespace) -> None:
+    from rewardlab.io import read_jsonl, write_json
+    from rewardlab.stats import describe
+    from rewardlab.value.probes import ValueProbeConfig, collect_value_acts, value_head_predictions, value_probe_study
+    from rewardlab.value.targets import check_rows
+
+    cfg = config_from_args(ValueProbeConfig, a)
+    records = read_jsonl(a.input, required=("prompt", "completion"))
+    rows = read_jsonl(a.targets, required=("record", "position", "prefix_ids", "written", "realized"))
+    models, tokenizer = _load_models(a)
+    positions = check_rows(tokenizer, records, rows)
+    head = None
+    if a.value_head:
+        from rewardlab.rl.value_head import load_value_head
+
+        head = load_value_head(a.value_head)
+    sites = list(dict.fromkeys(_sites(models["post"], a.sites) + ([head.site] if head else [])))
+    acts = collect_value_acts(models, tokenizer, records, positions, sites)
+    vh = value_head_predictions(head, acts["post"], positions) if head else None
+    result = value_probe_study(acts, rows, records, cfg, value_head=vh)
+    write_json(Path(a.out) / "value_probe.json", result)
+    for r in result["table"]:
+        ev = describe(r["evidence"]) if r["evidence"] else "-"
+        print(f"{r['acts']:>4} acts, {r['target']:<12} @ {r['position']:<11} {r['best_site']:<26} "
+              f"Spearman {describe(r['spearman'])}; vs {r['strongest_baseline']}: {ev} ({r['verdict']})")
+    print(f"-> {a.out}/value_probe.json")
+
+
+def _value_probe_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.value.probes import ValueProbeConfig
+
+    _add_model(p, "the model whose targets were estimated (the post-trained model)")
+    p.add_argument("--base", default=None, help="base model: its activations give the cross matrix")
+    _add_in(p, "the records JSONL the targets were cut from")
+    p.add_argument("--targets", required=True, help="JSONL written by `rewardlab value targets`")
+    _add_sites(p)
+    p.add_argument("--value-head", default=None, help="PPO value_head.safetensors (or its folder) of --model")
+    add_config_args(p, ValueProbeConfig)
+    _add_out(p, "output folder (value_probe.json)")
+    _add_device(p)
+
+
 def _value_commands() -> list[Command]:
     return [
         Command(("value", "targets"), "Monte Carlo V(h), R(h) and F(h) = V - R for prefixes of records",
                 _value_targets_options, _value_targets),
+        Command(("value", "probe"), "probes of V and F on every site x position against text-only baselines",
+                _value_probe_options, _value_probe),
     ]
 
 

@@ -210,3 +210,19 @@ def compute_targets(models: dict, tokenizer, records: Sequence[dict], reward: Re
                                        desc=f"V_{name} ({len(prefixes)} prefixes x {cfg.k})" if progress else None)
               for name, model in models.items()}
     return target_rows(tokenizer, prefixes, realized, values)
+
+
+def check_rows(tokenizer, records: Sequence[dict], rows: Sequence[dict], chat_template: bool = False) -> list:
+    """The distinct positions of target `rows`, after checking that the rows are exactly the prefixes
+    `build_prefixes` cuts from `records` at those positions (so activations read from the records
+    at a row's position have seen exactly its prefix)."""
+    if not rows:
+        raise InputError("the targets file has no rows", fix="write it with `rewardlab value targets`")
+    positions = list(dict.fromkeys(parse_position(r["position"]) for r in rows))
+    prefixes = build_prefixes(tokenizer, records, positions, chat_template)
+    want = [(p.record, p.position, list(p.ids)) for p in prefixes]
+    have = [(r["record"], parse_position(r["position"]), r["prefix_ids"]) for r in rows]
+    if want != have:
+        raise InputError("the targets do not match the prefixes of these records and tokenizer",
+                         fix="pass the records file and the models the targets were written from")
+    return positions
