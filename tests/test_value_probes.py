@@ -148,6 +148,7 @@ def test_value_probe_command(tmp_path, capsys):
     result = json.loads((tmp_path / "vp" / "value_probe.json").read_text())
     assert result["sites"] == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
     assert len(result["table"]) == 2 * 4 * 2 and len(result["cross"]) == 4 * 2 and len(result["value_head"]) == 2
+    assert (tmp_path / "vp" / "value_probe.png").read_bytes()[:4] == b"\x89PNG"
     assert "value_probe.json" in capsys.readouterr().out
     other = write_records(tmp_path / "other.jsonl", prompts[::-1], completions)
     assert main([*args, "--in", other, "--out", str(tmp_path / "vq")]) == 2

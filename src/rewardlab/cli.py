@@ -979,6 +979,7 @@ def _value_targets_options(p: argparse.ArgumentParser) -> None:
 
 def _value_probe(a: argparse.Namespace) -> None:
     from rewardlab.io import read_jsonl, write_json
+    from rewardlab.report.figures import save_png, value_probes
     from rewardlab.stats import describe
     from rewardlab.value.probes import ValueProbeConfig, collect_value_acts, value_head_predictions, value_probe_study
     from rewardlab.value.targets import check_rows
@@ -998,11 +999,12 @@ def _value_probe(a: argparse.Namespace) -> None:
     vh = value_head_predictions(head, acts["post"], positions) if head else None
     result = value_probe_study(acts, rows, records, cfg, value_head=vh)
     write_json(Path(a.out) / "value_probe.json", result)
+    save_png(value_probes(result["table"]), Path(a.out) / "value_probe.png")
     for r in result["table"]:
         ev = describe(r["evidence"]) if r["evidence"] else "-"
         print(f"{r['acts']:>4} acts, {r['target']:<12} @ {r['position']:<11} {r['best_site']:<26} "
               f"Spearman {describe(r['spearman'])}; vs {r['strongest_baseline']}: {ev} ({r['verdict']})")
-    print(f"-> {a.out}/value_probe.json")
+    print(f"-> {a.out}/value_probe.json, value_probe.png")
 
 
 def _value_probe_options(p: argparse.ArgumentParser) -> None:
@@ -1015,7 +1017,7 @@ def _value_probe_options(p: argparse.ArgumentParser) -> None:
     _add_sites(p)
     p.add_argument("--value-head", default=None, help="PPO value_head.safetensors (or its folder) of --model")
     add_config_args(p, ValueProbeConfig)
-    _add_out(p, "output folder (value_probe.json)")
+    _add_out(p, "output folder (value_probe.json, value_probe.png)")
     _add_device(p)
 
 
