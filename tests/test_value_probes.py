@@ -153,3 +153,12 @@ def test_value_probe_command(tmp_path, capsys):
     other = write_records(tmp_path / "other.jsonl", prompts[::-1], completions)
     assert main([*args, "--in", other, "--out", str(tmp_path / "vq")]) == 2
     assert "do not match the prefixes" in capsys.readouterr().err
+
+
+def test_reliability_is_the_share_of_variance_that_is_not_monte_carlo_noise():
+    from rewardlab.value.probes import reliability
+
+    rows = [{"position": "last_prompt", "value_post": v, "value_se_post": 0.5} for v in (0.0, 1.0, 2.0, 3.0)]
+    ys = {"value_post": {"last_prompt": np.array([0.0, 1.0, 2.0, 3.0])}}
+    pr = type("PR", (), {"index": np.arange(4)})()
+    assert reliability(rows, ys, {"last_prompt": pr}) == {"value_post": {"last_prompt": pytest.approx(1 - 0.25 / (5 / 3))}}

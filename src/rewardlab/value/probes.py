@@ -99,6 +99,19 @@ def text_features(rows: Sequence[dict], records: Sequence[dict], pr: PositionRow
     return {"bag_of_words": bag, "realized": realized, "bag_and_realized": np.hstack([bag, realized])}
 
 
+def reliability(rows: Sequence[dict], ys: dict, prs: dict) -> dict[str, dict[str, float]]:
+    """{target: {position: 1 - mean(se^2) / var(target)}}: the share of the target's variance across
+    prefixes that is not Monte Carlo noise (F has V's se: R is exact). A perfect predictor of the true
+    V reaches a squared correlation of about this with the estimate, so it bounds every probe's."""
+    out: dict[str, dict[str, float]] = {}
+    for target, by_position in ys.items():
+        se_field = "value_se_" + target.split("_", 1)[1]
+        for position, y in by_position.items():
+            se2 = np.mean([rows[i][se_field] ** 2 for i in prs[position].index]) if se_field in rows[0] else np.nan
+            out.setdefault(target, {})[position] = float(1 - se2 / np.var(y, ddof=1)) if np.var(y) > 0 else np.nan
+    return out
+
+
 def _fit(x: np.ndarray, y: np.ndarray, split: Split, cfg: ValueProbeConfig, meta: dict) -> dict:
     """A ridge cell: its penalty, validation and test Spearman, and its scores on every row."""
     probe, val = fit_cell(x, y, split, cfg.l2_grid, meta)
@@ -212,7 +225,8 @@ def value_probe_study(acts: dict[str, dict[str, np.ndarray]], rows: Sequence[dic
                 table.append(_table_row(acts_name, target, pr, y, fits, baselines, cfg))
     result = {"n_prefixes": len(rows), "n_prompts": len({r["prompt_id"] for r in rows}),
               "split": {p: pr.split.sizes() for p, pr in prs.items()}, "positions": list(prs), "sites": sites,
-              "models": list(acts), "targets": targets, "table": table, "cross": _cross(table, fitted, ys, prs, cfg)}
+              "models": list(acts), "targets": targets, "reliability": reliability(rows, ys, prs),
+              "table": table, "cross": _cross(table, fitted, ys, prs, cfg)}
     if value_head is not None:
         result["value_head"] = _value_head_rows(value_head, fitted, table, ys, prs, cfg)
     return {**result, "cells": cells}
