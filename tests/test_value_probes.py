@@ -150,6 +150,13 @@ def test_value_probe_command(tmp_path, capsys):
     assert len(result["table"]) == 2 * 4 * 2 and len(result["cross"]) == 4 * 2 and len(result["value_head"]) == 2
     assert (tmp_path / "vp" / "value_probe.png").read_bytes()[:4] == b"\x89PNG"
     assert "value_probe.json" in capsys.readouterr().out
+    run = ["value", "run", "--model", post, "--base", base, "--in", records, "--k", "2", "--positions", "last_prompt,1",
+           "--max-new-tokens", "6", "--n-boot", "20", "--sites", "blocks.0.hook_resid_pre,blocks.1.hook_resid_post",
+           "--value-head", str(tmp_path)]
+    assert main([*run, "--out", str(tmp_path / "run")]) == 0  # targets then probe: the same numbers as the two steps
+    assert json.loads((tmp_path / "run" / "value_probe.json").read_text()) == result
+    assert main([*run, "--fractions", "0.5,0.5,0.5", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
     other = write_records(tmp_path / "other.jsonl", prompts[::-1], completions)
     assert main([*args, "--in", other, "--out", str(tmp_path / "vq")]) == 2
     assert "do not match the prefixes" in capsys.readouterr().err

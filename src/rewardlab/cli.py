@@ -1021,12 +1021,39 @@ def _value_probe_options(p: argparse.ArgumentParser) -> None:
     _add_device(p)
 
 
+def _value_run(a: argparse.Namespace) -> None:
+    from rewardlab.value.probes import ValueProbeConfig
+    from rewardlab.value.targets import TargetsConfig
+
+    config_from_args(TargetsConfig, a), config_from_args(ValueProbeConfig, a)  # bad settings stop before any work
+    out = Path(a.out)
+    targets = str(out / "targets.jsonl")
+    _value_targets(argparse.Namespace(**{**vars(a), "out": targets}))
+    _value_probe(argparse.Namespace(**{**vars(a), "targets": targets}))
+
+
+def _value_run_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.value.probes import ValueProbeConfig
+    from rewardlab.value.targets import TargetsConfig
+
+    _add_model(p, "the post-trained model: V_post, and the activations probed")
+    p.add_argument("--base", default=None, help="base model: V_base and the cross matrix")
+    _add_in(p, "JSONL with prompt/completion records (the prefixes are cut from them)")
+    _add_sites(p)
+    p.add_argument("--value-head", default=None, help="PPO value_head.safetensors (or its folder) of --model")
+    add_config_args(p, TargetsConfig)
+    add_config_args(p, ValueProbeConfig, exclude=("seed",))  # --seed seeds the sampler, the split and the bootstrap
+    _add_out(p, "output folder (targets.jsonl, value_probe.json, value_probe.png)")
+    _add_device(p)
+
+
 def _value_commands() -> list[Command]:
     return [
         Command(("value", "targets"), "Monte Carlo V(h), R(h) and F(h) = V - R for prefixes of records",
                 _value_targets_options, _value_targets),
         Command(("value", "probe"), "probes of V and F on every site x position against text-only baselines",
                 _value_probe_options, _value_probe),
+        Command(("value", "run"), "value targets, then value probe, into one folder", _value_run_options, _value_run),
     ]
 
 

@@ -52,6 +52,12 @@ class ValueProbeConfig:
     seed: int = 0  # split and bootstrap seed
     n_boot: int = 1000  # bootstrap resamples per CI
 
+    def validate(self) -> None:
+        if self.n_boot < 1 or not self.l2_grid or min(self.l2_grid) <= 0:
+            raise InputError(f"n_boot must be >= 1 and l2_grid positive, got {self.n_boot} and {self.l2_grid}")
+        if len(self.fractions) != 3 or min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
+            raise InputError(f"split fractions {self.fractions} must be 3 positive numbers summing to 1")
+
 
 @dataclass
 class PositionRows:
