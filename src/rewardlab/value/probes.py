@@ -170,12 +170,11 @@ def _cross(table: list[dict], fitted: dict, ys: dict, prs: dict, cfg: ValueProbe
             y, t = ys[target][position], pr.split.test
             post = fitted[("post", target, position)][best["post"]]["score"][t]
             base = fitted[("base", target, position)][best["base"]]["score"][t]
-            diff = stats.bootstrap(lambda y_, a, b: spearman_r(y_, a) - spearman_r(y_, b), y[t], post, base,
-                                   groups=pr.groups[t], n_boot=cfg.n_boot, seed=cfg.seed)
+            diff = versus_strongest(y[t], post, {"base": base}, pr.groups[t], n_boot=cfg.n_boot, seed=cfg.seed)
             out.append({"target": target, "position": position, "post_site": best["post"], "base_site": best["base"],
                         "post": _test_estimate(y, fitted[("post", target, position)][best["post"]]["score"], pr, cfg),
                         "base": _test_estimate(y, fitted[("base", target, position)][best["base"]]["score"], pr, cfg),
-                        "post_minus_base": diff.to_dict()})
+                        "post_minus_base": diff["difference"]})
     return out
 
 
@@ -197,8 +196,7 @@ def _value_head_rows(head: dict[str, np.ndarray], fitted: dict, table: list[dict
                     "head_spearman": stats.spearman(y, vh, groups=g, **kw).to_dict(),
                     "probe_rmse": stats.bootstrap(rmse, y, probe, groups=g, **kw).to_dict(),
                     "head_rmse": stats.bootstrap(rmse, y, vh, groups=g, **kw).to_dict(),
-                    "spearman_probe_minus_head": stats.bootstrap(
-                        lambda y_, a, b: spearman_r(y_, a) - spearman_r(y_, b), y, probe, vh, groups=g, **kw).to_dict(),
+                    "spearman_probe_minus_head": versus_strongest(y, probe, {"head": vh}, g, **kw)["difference"],
                     "rmse_probe_minus_head": stats.bootstrap(
                         lambda y_, a, b: rmse(y_, a) - rmse(y_, b), y, probe, vh, groups=g, **kw).to_dict()})
     return out
