@@ -953,6 +953,135 @@ def _sae_commands() -> list[Command]:
     ]
 
 
+# --- value ---
+
+def _load_models(a: argparse.Namespace) -> tuple[dict, object]:
+    """({"post": --model, "base": --base if given}, the shared tokenizer)."""
+    from rewardlab.models import ModelPair, load_model
+
+    if a.base is None:
+        model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
+        return {"post": model}, tokenizer
+    pair = ModelPair.load(a.base, a.model, device=a.device, dtype="float32")
+    return {"post": pair.post, "base": pair.base}, pair.tokenizer
+
+
+def _value_targets(a: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from rewardlab.io import read_jsonl, write_jsonl
+    from rewardlab.rewards import get_reward
+    from rewardlab.value.targets import TargetsConfig, compute_targets
+
+    cfg = config_from_args(TargetsConfig, a)
+    records = read_jsonl(a.input, required=("prompt", "completion"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    reward = get_reward(cfg.reward)
+    models, tokenizer = _load_models(a)
+    start = time.perf_counter()
+    rows = compute_targets(models, tokenizer, records, reward, cfg)
+    write_jsonl(a.out, rows)
+    for name in models:
+        se = sum(r[f"value_se_{name}"] for r in rows) / len(rows)
+        print(f"V_{name}: mean {sum(r[f'value_{name}'] for r in rows) / len(rows):.3f}, mean se {se:.3f}")
+    print(f"{len(rows)} prefixes x {len(models)} models x {cfg.k} continuations in "
+          f"{time.perf_counter() - start:.1f} s -> {a.out}")
+
+
+def _value_targets_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.value.targets import TargetsConfig
+
+    _add_model(p, "model whose continuations define V (the post-trained model)")
+    p.add_argument("--base", default=None, help="also estimate V under this base model, on the same prefixes")
+    _add_in(p, "JSONL with prompt/completion records (the prefixes are cut from them)")
+    _add_out(p, "output JSONL, one line per prefix", file=True)
+    add_config_args(p, TargetsConfig)
+    _add_device(p)
+
+
+def _value_probe(a: argparse.Namespace) -> None:
+    from rewardlab.io import read_jsonl, write_json
+    from rewardlab.report.figures import save_png, value_probes
+    from rewardlab.stats import describe
+    from rewardlab.value.probes import ValueProbeConfig, collect_value_acts, value_head_predictions, value_probe_study
+    from rewardlab.value.targets import check_rows
+
+    cfg = config_from_args(ValueProbeConfig, a)
+    records = read_jsonl(a.input, required=("prompt", "completion"))
+    rows = read_jsonl(a.targets, required=("record", "position", "prefix_ids", "written", "realized"))
+    models, tokenizer = _load_models(a)
+    positions = check_rows(tokenizer, records, rows)
+    head = None
+    if a.value_head:
+        from rewardlab.rl.value_head import load_value_head
+
+        head = load_value_head(a.value_head)
+    sites = list(dict.fromkeys(_sites(models["post"], a.sites) + ([head.site] if head else [])))
+    acts = collect_value_acts(models, tokenizer, records, positions, sites)
+    vh = value_head_predictions(head, acts["post"], positions) if head else None
+    result = value_probe_study(acts, rows, records, cfg, value_head=vh)
+    write_json(Path(a.out) / "value_probe.json", result)
+    save_png(value_probes(result["table"]), Path(a.out) / "value_probe.png")
+    for r in result["table"]:
+        ev = describe(r["evidence"]) if r["evidence"] else "-"
+        print(f"{r['acts']:>4} acts, {r['target']:<12} @ {r['position']:<11} {r['best_site']:<26} "
+              f"Spearman {describe(r['spearman'])}; vs {r['strongest_baseline']}: {ev} ({r['verdict']})")
+    print(f"-> {a.out}/value_probe.json, value_probe.png")
+
+
+def _value_probe_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.value.probes import ValueProbeConfig
+
+    _add_model(p, "the model whose targets were estimated (the post-trained model)")
+    p.add_argument("--base", default=None, help="base model: its activations give the cross matrix")
+    _add_in(p, "the records JSONL the targets were cut from")
+    p.add_argument("--targets", required=True, help="JSONL written by `rewardlab value targets`")
+    _add_sites(p)
+    p.add_argument("--value-head", default=None, help="PPO value_head.safetensors (or its folder) of --model")
+    add_config_args(p, ValueProbeConfig)
+    _add_out(p, "output folder (value_probe.json, value_probe.png)")
+    _add_device(p)
+
+
+def _value_run(a: argparse.Namespace) -> None:
+    from rewardlab.value.probes import ValueProbeConfig
+    from rewardlab.value.targets import TargetsConfig
+
+    config_from_args(TargetsConfig, a), config_from_args(ValueProbeConfig, a)  # bad settings stop before any work
+    out = Path(a.out)
+    targets = str(out / "targets.jsonl")
+    _value_targets(argparse.Namespace(**{**vars(a), "out": targets}))
+    _value_probe(argparse.Namespace(**{**vars(a), "targets": targets}))
+
+
+def _value_run_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.value.probes import ValueProbeConfig
+    from rewardlab.value.targets import TargetsConfig
+
+    _add_model(p, "the post-trained model: V_post, and the activations probed")
+    p.add_argument("--base", default=None, help="base model: V_base and the cross matrix")
+    _add_in(p, "JSONL with prompt/completion records (the prefixes are cut from them)")
+    _add_sites(p)
+    p.add_argument("--value-head", default=None, help="PPO value_head.safetensors (or its folder) of --model")
+    add_config_args(p, TargetsConfig)
+    add_config_args(p, ValueProbeConfig, exclude=("seed",))  # --seed seeds the sampler, the split and the bootstrap
+    _add_out(p, "output folder (targets.jsonl, value_probe.json, value_probe.png)")
+    _add_device(p)
+
+
+def _value_commands() -> list[Command]:
+    return [
+        Command(("value", "targets"), "Monte Carlo V(h), R(h) and F(h) = V - R for prefixes of records",
+                _value_targets_options, _value_targets),
+        Command(("value", "probe"), "probes of V and F on every site x position against text-only baselines",
+                _value_probe_options, _value_probe),
+        Command(("value", "run"), "value targets, then value probe, into one folder", _value_run_options, _value_run),
+    ]
+
+
 _GROUPS = {
     "models": "model folders: convert a GGUF checkpoint into a Hugging Face folder",
     "world": "the review world: a grammar, tokenizer and base model with a known reward",
@@ -964,13 +1093,14 @@ _GROUPS = {
     "acts": "activation store: cache site activations to disk",
     "probe": "reward probes on activations",
     "sae": "sparse autoencoders and crosscoders for model diffing",
+    "value": "does the model estimate its own expected reward? Monte Carlo values and value probes",
 }
 
 
 def commands() -> list[Command]:
     """Every subcommand, in the order `rewardlab --help` lists them."""
     return [*_pipeline_commands(), *_world_commands(), *_diff_commands(), *_train_commands(), *_acts_commands(),
-            *_sae_commands()]
+            *_sae_commands(), *_value_commands()]
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -219,3 +219,39 @@ def param_divergence(labels: Sequence[str], tensor_norm_sum: Sequence[float], re
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
     return to_data_uri(fig)
+
+
+def value_probes(table: Sequence[Mapping[str, Any]]) -> str:
+    """Value probes (`value.probes`, the `table` of value_probe.json): one panel per target (V or F of
+    a model), test Spearman with its 95% CI against the position class (last prompt token, then
+    completion offsets) for the best probe on each model's activations and for the strongest text-only
+    baseline (chosen on validation, shown for the post row)."""
+    targets = list(dict.fromkeys(r["target"] for r in table))
+    positions = list(dict.fromkeys(str(r["position"]) for r in table))
+    fig = Figure(figsize=(3.2 * len(targets), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(targets), squeeze=False, sharey=True)[0]
+    series = (("post", "probe, post acts", POST, "spearman"), ("base", "probe, base acts", BASE, "spearman"),
+              ("post", "strongest text baseline", RANDOM, None))
+    for ax, target in zip(axes, targets):
+        for k, (acts, label, color, key) in enumerate(series):
+            rows = {str(r["position"]): r for r in table if r["target"] == target and r["acts"] == acts}
+            xs, ys, err = [], [], [[], []]
+            for i, position in enumerate(positions):
+                r = rows.get(position)
+                est = (r or {}).get(key) if key else (r["baselines"][r["strongest_baseline"]]["spearman"]
+                                                      if r and r.get("strongest_baseline") else None)
+                if est is None or not math.isfinite(est["value"]):
+                    continue
+                xs.append(i + (k - 1) * 0.15)
+                ys.append(est["value"])
+                err[0].append(max(est["value"] - est["ci"][0], 0))
+                err[1].append(max(est["ci"][1] - est["value"], 0))
+            if xs:
+                ax.errorbar(xs, ys, yerr=err, fmt="o", color=color, capsize=3, label=label, markersize=4)
+        ax.set_xticks(range(len(positions)), positions, rotation=30, fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set(title=target, xlabel="prefix ends at")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test Spearman with Monte Carlo target (95% CI)")
+    axes[0].legend(loc="best", fontsize=7)
+    return to_data_uri(fig)
