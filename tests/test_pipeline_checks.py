@@ -13,7 +13,7 @@ MICRO = {"name": "t", "seed": 0, "world": {"preset": "micro"}}
 
 
 @pytest.mark.parametrize("probes,match", [
-    ({"sites": "blocks.0.hook_resid_post"}, r"probes.sites: probes.sites leaves out ln_final.hook_normalized"),
+    ({"sites": "blocks.0.hook_resid_post"}, r"probes.sites: probes.sites leaves out ln_final.hook_out"),
     ({"positions": ["mean_completion"]}, r"probes.positions: probes.positions leaves out last_completion"),
 ])
 def test_probe_sites_without_the_value_heads_site_stop_at_config_check(probes, match):
@@ -22,7 +22,7 @@ def test_probe_sites_without_the_value_heads_site_stop_at_config_check(probes, m
 
 
 def test_probe_sites_with_the_value_heads_site_plan():
-    plan = plan_run({**MICRO, "probes": {"sites": "blocks.0.hook_resid_post,ln_final.hook_normalized"}}, "/x")
+    plan = plan_run({**MICRO, "probes": {"sites": "blocks.0.hook_resid_post,ln_final.hook_out"}}, "/x")
     assert "probes" in [s.name for s in plan.stages]
     moved = {**MICRO, "ppo": {"value_site": "blocks.0.hook_resid_post"}, "probes": {"sites": "blocks.0.hook_resid_post"}}
     assert "probes" in [s.name for s in plan_run(moved, "/x").stages]

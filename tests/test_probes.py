@@ -127,7 +127,7 @@ def test_sweep_two_models_shared_split(tiny_model, word_tokenizer, tmp_path):
             reward = words.count("good") + 2 * words.count("great") - words.count("bad")
             records.append({"prompt": prompt + " " + "x" * (p // 7), "completion": " ".join(words), "reward": reward})
     tok = word_tokenizer()
-    cfg = CacheConfig(sites=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "ln_final.hook_normalized"],
+    cfg = CacheConfig(sites=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "ln_final.hook_out"],
                       positions=["last_completion", "mean_completion", "last_prompt"])
     stores = {name: cache_activations(tiny_model("gpt2", seed=seed), tok, records, tmp_path / name, cfg, name)
               for name, seed in (("post", 0), ("base", 1))}
@@ -178,7 +178,7 @@ def test_probes_stage_end_to_end(tiny_model, word_tokenizer, tmp_path):
     prompts = [f"the {w} {v}" for w in ("movie", "plot") for v in ("was", "and", ".", "the", "good", "bad")]
     write_jsonl(tmp_path / "prompts" / "train.jsonl", [{"prompt": p} for p in prompts])
     write_jsonl(tmp_path / "prompts" / "heldout.jsonl", [{"prompt": p} for p in prompts[:4]])
-    cfg = probes.Config(samples_per_prompt=3, max_new_tokens=6, sites="blocks.1.hook_resid_post,ln_final.hook_normalized",
+    cfg = probes.Config(samples_per_prompt=3, max_new_tokens=6, sites="blocks.1.hook_resid_post,ln_final.hook_out",
                         steer_alphas=(-1.0, 0.0, 0.5, 1.0), n_steer_prompts=4, n_random=2, n_boot=50)
     (tmp_path / "out").mkdir()
     setting = ModelsSection(base=str(folders["base"]), prompts="p.jsonl")

@@ -60,7 +60,7 @@ def test_every_resid_site_equals_hugging_face_hidden_states(smol):
     assert n == 30 and len(out.hidden_states) == n + 1
     for layer in range(n):
         assert torch.equal(acts[f"blocks.{layer}.hook_resid_pre"], out.hidden_states[layer]), layer
-    assert torch.equal(acts["ln_final.hook_normalized"], out.hidden_states[-1])
+    assert torch.equal(acts["ln_final.hook_out"], out.hidden_states[-1])
 
 
 @pytest.mark.parametrize("chat_template", ["off", "on"])

@@ -49,7 +49,7 @@ def test_sites_match_hidden_states(tiny_model, family):
         assert torch.equal(acts[f"blocks.{layer}.hook_resid_pre"], hidden[layer])
     for layer in range(N_LAYERS - 1):
         assert torch.equal(acts[f"blocks.{layer}.hook_resid_post"], acts[f"blocks.{layer + 1}.hook_resid_pre"])
-    assert torch.equal(acts["ln_final.hook_normalized"], hidden[-1])
+    assert torch.equal(acts["ln_final.hook_out"], hidden[-1])
     # The last block's resid_post is the raw block output: the final norm of it is HF's last hidden state.
     last_post = acts[f"blocks.{N_LAYERS - 1}.hook_resid_post"]
     assert not torch.allclose(last_post, hidden[-1])
@@ -72,7 +72,7 @@ def test_attn_plus_mlp_plus_resid_pre_is_resid_post(tiny_model, family):
     ("blocks.1.hook_attn_out", 2, 1),
     ("blocks.1.hook_mlp_out", 2, 2),
     ("blocks.1.hook_resid_post", 2, 2),
-    ("ln_final.hook_normalized", 3, 3),
+    ("ln_final.hook_out", 3, 3),
 ])
 def test_stop_early_same_tensors_and_nothing_later(tiny_model, family, deepest, attn_calls, mlp_calls):
     model = tiny_model(family)
@@ -138,7 +138,7 @@ def test_hooks_removed_on_exit_and_on_exceptions(tiny_model, family):
 
 def test_parse_site_and_all_sites(tiny_model):
     assert parse_site("blocks.2.hook_attn_out", 3) == Site(2, "attn_out")
-    assert parse_site("ln_final.hook_normalized", 3) == Site(3, "ln_final")
+    assert parse_site("ln_final.hook_out", 3) == Site(3, "ln_final")
     assert Site(0, "resid_post").name == "blocks.0.hook_resid_post"
     for bad in ["blocks.1.hook_resid", "blocks.x.hook_resid_pre", "hook_resid_pre", "ln_final", ""]:
         with pytest.raises(InputError, match="unknown site"):
@@ -150,7 +150,7 @@ def test_parse_site_and_all_sites(tiny_model):
     names = all_sites(model)
     assert len(names) == 4 * N_LAYERS + 1 and names[:4] == [
         "blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"]
-    assert names[-1] == "ln_final.hook_normalized"
+    assert names[-1] == "ln_final.hook_out"
     assert all_sites(model, kinds=["resid_post"]) == [f"blocks.{i}.hook_resid_post" for i in range(N_LAYERS)]
     with pytest.raises(InputError, match="unknown site kinds"):
         all_sites(model, kinds=["resid"])

@@ -146,7 +146,7 @@ def test_value_probe_command(tmp_path, capsys):
             "--sites", "blocks.0.hook_resid_pre,blocks.1.hook_resid_post"]
     assert main([*args, "--in", records, "--value-head", str(tmp_path), "--out", str(tmp_path / "vp")]) == 0
     result = json.loads((tmp_path / "vp" / "value_probe.json").read_text())
-    assert result["sites"] == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
+    assert result["sites"] == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "ln_final.hook_out"]
     assert len(result["table"]) == 2 * 4 * 2 and len(result["cross"]) == 4 * 2 and len(result["value_head"]) == 2
     assert (tmp_path / "vp" / "value_probe.png").read_bytes()[:4] == b"\x89PNG"
     assert "value_probe.json" in capsys.readouterr().out

@@ -6,7 +6,11 @@ A site is one activation of shape [batch, seq, d_model]:
     blocks.{L}.hook_attn_out     output of block L's attention module (first element of its tuple)
     blocks.{L}.hook_mlp_out      output of block L's MLP module
     blocks.{L}.hook_resid_post   output of block L                    (== resid_pre of block L+1)
-    ln_final.hook_normalized     output of the final norm             (== output_hidden_states[-1])
+    ln_final.hook_out            output of the final norm             (== output_hidden_states[-1])
+
+ln_final.hook_out is the final norm's output, after its weight and bias: what the unembedding reads.
+TransformerLens has no hook there; its `ln_final.hook_normalized` is the point before the weight and
+bias, so rewardlab does not use that name (asking for it is an InputError that says so).
 
 resid_post of the last block is the raw block output, before the final norm (Hugging Face's last
 hidden state is after it). In eval mode resid_post = resid_pre + attn_out + mlp_out for GPT-2, the
@@ -48,8 +52,8 @@ from rewardlab.errors import InputError
 
 KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post", "ln_final")  # order of computation
 _SITE = re.compile(r"blocks\.(-?\d+)\.hook_(resid_pre|attn_out|mlp_out|resid_post)")
-_FINAL = "ln_final.hook_normalized"
-_FIX = "use blocks.L.hook_resid_pre|hook_attn_out|hook_mlp_out|hook_resid_post or ln_final.hook_normalized"
+_FINAL = "ln_final.hook_out"
+_FIX = "use blocks.L.hook_resid_pre|hook_attn_out|hook_mlp_out|hook_resid_post or ln_final.hook_out"
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ def parse_site(name: str, n_layers: int) -> Site:
     """Parse a site name for a model with `n_layers` blocks; InputError if unknown or out of range."""
     if name == _FINAL:
         return Site(n_layers, "ln_final")
+    if name == "ln_final.hook_normalized":
+        raise InputError("ln_final.hook_normalized is TransformerLens's point before the final norm's weight and "
+                         "bias, which rewardlab does not capture", fix="use ln_final.hook_out, the final norm's "
+                         "output (after its weight and bias, what the unembedding reads)")
     match = _SITE.fullmatch(name)
     if match is None:
         raise InputError(f"unknown site {name!r}", fix=_FIX)

@@ -5,7 +5,7 @@
     cosine(a, b)                      cosine of two directions
 
 Directions compare only in one basis: a probe on `blocks.L.hook_resid_post` and a value head that
-reads `ln_final.hook_normalized` live in different bases (the final norm divides by each token's
+reads `ln_final.hook_out` live in different bases (the final norm divides by each token's
 scale and multiplies by its own gain), so the probes stage fits a probe on the value head's own site
 for the cosine, and compares the value head's predictions with the probe and the true reward
 (Spearman), which compare whatever the basis.

@@ -51,7 +51,7 @@ class PPOConfig:
     lr: float = 3e-4                 # policy learning rate (Adam; TRL's 3e-6 suits pretrained LMs)
     value_lr: float = 1e-3           # value head learning rate (ARENA uses its own, 5e-4)
     value_head: str = "mlp"          # linear | mlp (d -> 4d -> 1)
-    value_site: str = "ln_final.hook_normalized"  # site the value head reads (gradient stopped)
+    value_site: str = "ln_final.hook_out"  # site the value head reads (gradient stopped)
     kl_estimator: str = "k1"         # k1 | k2 | k3 | exact | exact_reverse
     kl_in: str = "reward"            # reward (per-token penalty) | loss (a term of the loss)
     kl_coef: float = 0.3             # initial KL coefficient (reward or loss per nat)

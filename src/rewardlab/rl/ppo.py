@@ -17,7 +17,7 @@ Tensors of one phase: prompts [B, P] left-padded; completions [B, T] right-padde
 `mask` [B, T] is 1 on real completion tokens (up to and including EOS): pads contribute nothing to
 any loss or statistic. Position t of a completion is predicted by the logits at P - 1 + t.
 
-The value head reads a site of the policy (default `ln_final.hook_normalized`, the final normalized
+The value head reads a site of the policy (default `ln_final.hook_out`, the final normalized
 residual stream, as ARENA) with the gradient stopped: it is trained by the value loss only, at its
 own learning rate, and never moves the policy, so it can be compared with probes on the same site.
 """

@@ -24,7 +24,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 class ValueHead(nn.Module):
     """Maps activations [..., d_model] to values [...] (expected return, in reward units)."""
 
-    def __init__(self, d_model: int, kind: str = "mlp", site: str = "ln_final.hook_normalized"):
+    def __init__(self, d_model: int, kind: str = "mlp", site: str = "ln_final.hook_out"):
         super().__init__()
         if kind not in VALUE_HEAD_KINDS:
             raise InputError(f"unknown value head kind {kind!r}", fix=f"use one of {', '.join(VALUE_HEAD_KINDS)}")

@@ -263,7 +263,7 @@ def collect_value_acts(models: dict, tokenizer, records: Sequence[dict], positio
 
 def value_head_predictions(head, acts: dict[str, np.ndarray], positions: Sequence) -> dict[str, np.ndarray]:
     """{position: the value head's prediction per record [n_records]} from one model's activations at
-    the head's site (`rl.value_head.ValueHead`, reading e.g. ln_final.hook_normalized)."""
+    the head's site (`rl.value_head.ValueHead`, reading e.g. ln_final.hook_out)."""
     import torch
 
     out = {}
