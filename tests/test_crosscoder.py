@@ -83,7 +83,9 @@ def test_run_crosscoder_lists_post_only_top_tokens():
     tok = word_tokenizer()
     row_ids = torch.arange(len(acts)) // 10
     token_ids = torch.randint(4, len(tok), (len(acts),), generator=torch.Generator().manual_seed(0))
-    tokens = {"base": TokenActs(acts[:, :16], row_ids, token_ids), "post": TokenActs(acts[:, 16:], row_ids, token_ids)}
+    positions = torch.arange(len(acts)) % 10 + 1  # none is a sequence's first position
+    tokens = {"base": TokenActs(acts[:, :16], row_ids, token_ids, positions),
+              "post": TokenActs(acts[:, 16:], row_ids, token_ids, positions)}
     cfg = DiffConfig(k=2, crosscoder_expansion=4,
                      train=TrainConfig(batch_size=256, n_tokens=400_000, dead_window=20_000))
     res = run_crosscoder(tok, {"base": None, "post": None}, tokens, row_ids < 1000, np.arange(1000, 1200),
