@@ -192,3 +192,20 @@ def test_sae_config_refuses_k_wider_than_the_dictionary():
     with pytest.raises(InputError, match="l1_coefficient must be at least 0"):
         SAEConfig(d_in=8, d_sae=16, architecture="relu", l1_coefficient=-1.0)
     assert SAEConfig(d_in=8, d_sae=16, architecture="relu", k=10_000).k == 10_000  # relu ignores k
+
+
+def test_an_sae_folder_whose_weights_do_not_match_its_config_or_activations_is_one_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from rewardlab.errors import InputError
+
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2, hook_name="blocks.0.hook_resid_post"))
+    save_sae(sae, tmp_path / "sae", metadata={"model_name": "tiny"})
+    weights = tmp_path / "sae" / "sae_weights.safetensors"
+    tensors = load_file(str(weights))
+    tensors["W_dec"] = torch.zeros(32, 8)  # from a wider SAE
+    save_file(tensors, str(weights))
+    with pytest.raises(InputError, match=r"W_dec has shape \(32, 8\), cfg.json says \(16, 8\)"):
+        load_sae(tmp_path / "sae")
+    with pytest.raises(InputError, match="activations of width 12 given to an SAE of width 8"):
+        sae.encode(torch.zeros(3, 12))

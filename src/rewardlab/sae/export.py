@@ -57,7 +57,19 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
         raise InputError("cfg.json has no rewardlab config", str(cfg_path),
                          "only folders written by rewardlab can be loaded here; use sae_lens for others")
     tensors, _ = load_tensors(folder / "sae_weights.safetensors")
-    sae = SparseAutoencoder.from_config_dict(config)
+    try:
+        sae = SparseAutoencoder.from_config_dict(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise InputError(f"cfg.json's rewardlab config is not valid ({err})", str(cfg_path),
+                         "re-create the folder with rewardlab sae") from None
+    expected = {name: tuple(p.shape) for name, p in (("W_dec", sae.W_dec), ("W_enc", sae.W_enc),
+                                                      ("b_enc", sae.b_enc), ("b_dec", sae.b_dec)) if p is not None}
+    for name, shape in expected.items():
+        found = tuple(tensors[name].shape) if name in tensors else None
+        if found != shape:
+            raise InputError(f"{name} has shape {found}, cfg.json says {shape} (d_in {sae.cfg.d_in}, "
+                             f"d_sae {sae.cfg.d_sae})", str(folder / "sae_weights.safetensors"),
+                             "the weights and cfg.json come from different SAEs: re-export the folder")
     with torch.no_grad():
         sae.W_dec.copy_(tensors["W_dec"])
         if sae.W_enc is not None:

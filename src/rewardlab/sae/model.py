@@ -105,6 +105,9 @@ class SparseAutoencoder(nn.Module):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] -> pre-activations [..., d_sae]"""
+        if x.shape[-1] != self.cfg.d_in:
+            raise InputError(f"activations of width {x.shape[-1]} given to an SAE of width {self.cfg.d_in}",
+                             self.cfg.hook_name or None, "use the SAE trained on this model's site")
         return (x - self.b_dec) @ self.encoder + self.b_enc
 
     def selection_values(self, pre: torch.Tensor) -> torch.Tensor:
