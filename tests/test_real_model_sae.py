@@ -8,7 +8,7 @@ from rewardlab.sae.metrics import spliced_metrics
 from rewardlab.sae.model import SAEConfig, SparseAutoencoder
 from rewardlab.sae.sinks import SINK_NORM_FACTOR, batch_positions
 from rewardlab.sites import run_with_capture
-from rewardlab.text import encode, pad_token_id, right_padded
+from rewardlab.text import encode, pad_token_id, right_padded, set_chat_template
 from test_real_model import smol  # noqa: F401  (the module-scoped real-model fixture)
 
 pytestmark = pytest.mark.real_model
@@ -44,8 +44,10 @@ def batch(smol):  # noqa: F811
 
 def test_the_sink_is_not_modeled(smol):  # noqa: F811
     model, tokenizer = smol
-    for chat_template in (False, True):
-        encoded = encode(tokenizer, PROMPTS, COMPLETIONS, chat_template=chat_template)
+    for chat_template in ("off", "on"):
+        set_chat_template(tokenizer, chat_template)
+        encoded = encode(tokenizer, PROMPTS, COMPLETIONS)
+        set_chat_template(tokenizer, "auto")
         ids, mask = right_padded(encoded, pad_token_id(tokenizer))
         acts = run_with_capture(model, ids, mask, [SITE])[SITE]
         norms = acts.norm(dim=-1)

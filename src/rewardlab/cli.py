@@ -960,9 +960,9 @@ def _load_models(a: argparse.Namespace) -> tuple[dict, object]:
     from rewardlab.models import ModelPair, load_model
 
     if a.base is None:
-        model, tokenizer = load_model(a.model, device=a.device, dtype="float32")
+        model, tokenizer = load_model(a.model, device=a.device, dtype="float32", chat_template=a.chat_template)
         return {"post": model}, tokenizer
-    pair = ModelPair.load(a.base, a.model, device=a.device, dtype="float32")
+    pair = ModelPair.load(a.base, a.model, device=a.device, dtype="float32", chat_template=a.chat_template)
     return {"post": pair.post, "base": pair.base}, pair.tokenizer
 
 
@@ -1042,6 +1042,7 @@ def _value_probe_options(p: argparse.ArgumentParser) -> None:
     _add_sites(p)
     p.add_argument("--value-head", default=None, help="PPO value_head.safetensors (or its folder) of --model")
     add_config_args(p, ValueProbeConfig)
+    _add_chat_template(p)
     _add_out(p, "output folder (value_probe.json, value_probe.png)")
     _add_device(p)
 

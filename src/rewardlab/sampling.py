@@ -155,7 +155,8 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     """The decoding loop (see the module docstring) from left-padded prompts `input_ids` and
     `attention_mask` (B, P); a row is done after it samples `eos_id` (or any of a list of stop ids;
     None: never)."""
-    check_generation_fits(attention_mask.sum(-1).tolist(), max_new_tokens, config_context_length(model.config))
+    context = config_context_length(getattr(model, "config", None))  # None for a model without a HF config
+    check_generation_fits(attention_mask.sum(-1).tolist(), max_new_tokens, context)
     stops = None if eos_id is None else torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id),
                                                      dtype=torch.long, device=input_ids.device)
     attention_mask = attention_mask.long()
@@ -213,7 +214,7 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *, max_n
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_generation_fits([len(ids) for ids in prompt_token_ids(tokenizer, prompts)], max_new_tokens,
-                          config_context_length(model.config))  # every batch, before the first one runs
+                          config_context_length(getattr(model, "config", None)))  # all batches, before the first
     was_training = model.training
     model.eval()
     try:

@@ -252,12 +252,12 @@ def _acts(a: dict[str, np.ndarray], site: str, position: str, pr: PositionRows) 
 
 
 def collect_value_acts(models: dict, tokenizer, records: Sequence[dict], positions: Sequence, sites: Sequence[str],
-                       batch_size: int = 16, chat_template: bool = False) -> dict[str, dict[str, np.ndarray]]:
+                       batch_size: int = 16) -> dict[str, dict[str, np.ndarray]]:
     """{model name: {"SITE|POSITION": float32 [n_records, d]}} at the targets' positions."""
     from rewardlab.acts import collect_activations
 
     return {name: {k: v.numpy() for k, v in collect_activations(model, tokenizer, records, sites, positions,
-                                                                batch_size, chat_template).items()}
+                                                                batch_size).items()}
             for name, model in models.items()}
 
 

@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rewardlab.acts import parse_position
+from rewardlab.config import chat_template_field
 from rewardlab.errors import InputError
 from rewardlab.rewards import Reward
 from rewardlab.sampling import sample_tokens
@@ -53,7 +54,7 @@ class TargetsConfig:
     top_p: float = 1.0  # top-p of the continuations (1 = off)
     batch_size: int = 512  # continuation rows per decoding batch
     seed: int = 0  # seed of the continuation sampler
-    chat_template: bool = False  # wrap prompts in the tokenizer's chat template (as acts and diff.logprobs)
+    chat_template: str = chat_template_field()
     threads: int = 1  # torch CPU threads of the command (1 avoids OpenMP spin contention on shared cores;
     # 0 = torch's choice)
 
@@ -85,14 +86,13 @@ class Prefix:
         return len(self.ids) - self.prompt_len
 
 
-def build_prefixes(tokenizer, records: Sequence[dict], positions: Sequence[str | int],
-                   chat_template: bool = False) -> list[Prefix]:
+def build_prefixes(tokenizer, records: Sequence[dict], positions: Sequence[str | int]) -> list[Prefix]:
     """The distinct prefixes of `records` at `positions` (see the module docstring), record by record."""
     positions = [parse_position(p) for p in positions]
     for i, r in enumerate(records):
         if "prompt" not in r or "completion" not in r:
             raise InputError("record lacks prompt or completion", f"record {i}")
-    encoded = encode(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records], chat_template)
+    encoded = encode(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records])
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     seen, out = set(), []
     for i, (r, e) in enumerate(zip(records, encoded)):
@@ -204,7 +204,7 @@ def compute_targets(models: dict, tokenizer, records: Sequence[dict], reward: Re
     """`target_rows` for the prefixes of `records`, with V, its se and F under each named model
     (e.g. {"post": policy, "base": base}, sharing `tokenizer`), each sampled with generator seed `cfg.seed`."""
     cfg.validate()
-    prefixes = build_prefixes(tokenizer, records, cfg.positions, cfg.chat_template)
+    prefixes = build_prefixes(tokenizer, records, cfg.positions)
     realized = realized_rewards(tokenizer, prefixes, reward)
     values = {name: monte_carlo_values(model, tokenizer, prefixes, reward, cfg,
                                        desc=f"V_{name} ({len(prefixes)} prefixes x {cfg.k})" if progress else None)
@@ -212,14 +212,14 @@ def compute_targets(models: dict, tokenizer, records: Sequence[dict], reward: Re
     return target_rows(tokenizer, prefixes, realized, values)
 
 
-def check_rows(tokenizer, records: Sequence[dict], rows: Sequence[dict], chat_template: bool = False) -> list:
+def check_rows(tokenizer, records: Sequence[dict], rows: Sequence[dict]) -> list:
     """The distinct positions of target `rows`, after checking that the rows are exactly the prefixes
     `build_prefixes` cuts from `records` at those positions (so activations read from the records
     at a row's position have seen exactly its prefix)."""
     if not rows:
         raise InputError("the targets file has no rows", fix="write it with `rewardlab value targets`")
     positions = list(dict.fromkeys(parse_position(r["position"]) for r in rows))
-    prefixes = build_prefixes(tokenizer, records, positions, chat_template)
+    prefixes = build_prefixes(tokenizer, records, positions)
     want = [(p.record, p.position, list(p.ids)) for p in prefixes]
     have = [(r["record"], parse_position(r["position"]), r["prefix_ids"]) for r in rows]
     if want != have:
