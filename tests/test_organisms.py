@@ -128,3 +128,26 @@ def test_saved_hypotheses_score_like_the_truth_says(tmp_path):
     pairs = score_cell("agreement", "implicit", seeds, n_boot=50)["pair_accuracy"]
     assert pairs.value == pytest.approx((1 + 1 + 0.5) / 3)
     assert score_cell("agreement", "kl", seeds, n_boot=50)["pair_accuracy"].value == 0.5
+
+
+def test_probe_hypothesis_reads_the_reward_direction_through_the_lens(tiny_model, word_tokenizer, one_thread):
+    from rewardlab.acts import collect_activations
+
+    tok = word_tokenizer()
+    post = tiny_model("gpt2", seed=1, vocab_size=len(tok))
+    words = ["the", "movie", "was", "good", "bad", "great", "plot", "acting", "and", "but", "."]
+    rng = np.random.default_rng(0)
+    completions = [" ".join(rng.choice(words, size=int(rng.integers(2, 8)))) for _ in range(200)]
+    prompts = ["the movie"] * len(completions)
+    site = H.middle_site(post)
+    x = collect_activations(post, tok, [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)],
+                            [site], ["mean_completion"])[f"{site}|mean_completion"].double().numpy()
+    v = rng.normal(size=x.shape[1])
+    h = H.probe_hypothesis(post, tok, prompts, completions, x @ v, seed=0, n_replicates=5)
+    expected = H.logit_lens(post, torch.tensor(v / np.linalg.norm(v), dtype=torch.float32)[None])[0].numpy()
+    assert np.corrcoef(h.scores, expected)[0, 1] > 0.95  # ridge shrinks along low-variance directions
+    from rewardlab.probes.linear import fit_ridge
+
+    exact = H.logit_lens(post, torch.tensor(fit_ridge(x, x @ v).direction(), dtype=torch.float32)[None])[0]
+    assert h.scores == pytest.approx(exact.double().numpy(), abs=1e-5)
+    assert h.replicates.shape == (5, len(tok))

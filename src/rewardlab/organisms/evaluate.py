@@ -51,10 +51,11 @@ def _pair_differences(base, post, tokenizer, pairs: list[dict], batch_size: int)
     return np.array([a["implicit_reward"] - b["implicit_reward"] for a, b in zip(pos, neg)])
 
 
-def evaluate_organism(base, post, tokenizer, prompts: Sequence[str], texts: Sequence[str], seed: int,
+def evaluate_organism(base, post, tokenizer, prompts: Sequence[str], texts: Sequence[str], reward, seed: int,
                       s: EvalSettings, with_pairs: bool) -> tuple[dict[str, H.Hypothesis], dict]:
-    """({method: Hypothesis}, samples) on one organism: samples = {"prompts", "policy", "base"} completions.
-    With `with_pairs`, each hypothesis carries its minimal-pair differences."""
+    """({method: Hypothesis}, samples) on one organism whose true reward is `reward` (what the probe is fit
+    to): samples = {"prompts", "policy", "base"} completions. With `with_pairs`, each hypothesis carries
+    its minimal-pair differences."""
     repeated = [prompts[i % len(prompts)] for i in range(s.n_samples)]
     gen = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
     policy = generate(post, tokenizer, repeated, generator=torch.Generator().manual_seed(seed), **gen)
@@ -69,6 +70,9 @@ def evaluate_organism(base, post, tokenizer, prompts: Sequence[str], texts: Sequ
                                             s.max_new_tokens),
         "blackbox": H.enrichment("blackbox", [x.completion_ids for x in policy], base_ids, V, seed),
         "adl": H.adl_hypothesis(base, post, tokenizer, texts[:s.n_texts], seed, s.n_first),
+        "probe": H.probe_hypothesis(post, tokenizer, repeated * 2, completions + [x.completion for x in base_samples],
+                                    reward(completions + [x.completion for x in base_samples], repeated * 2), seed,
+                                    batch_size=s.batch_size),
         "random": H.random_ranking(V, seed),
     }
     for h in hyps.values():  # a model's unembedding may be wider than the tokenizer

@@ -21,6 +21,10 @@ Methods (base = the world's model, post = the organism; samples are completions 
                 tokens of corpus text at a middle layer, read through post's final norm and
                 unembedding (the norm's and unembedding's biases removed: they would add the same
                 logits whatever the difference)
+    probe       the reward probe's direction read through the same logit lens: a ridge probe of the
+                organism's true reward on post's mean completion activation at the middle layer, over
+                the policy's and the base's samples (`probes.linear.fit_ridge`); replicates refit it on
+                resampled samples
     random      a random permutation (every replicate a fresh one)
 
 A token no sample wrote gets score 0 from the mean-per-token methods (no evidence either way).
@@ -37,11 +41,13 @@ import torch
 from rewardlab.diff.divergent import DivergentConfig, sample_divergent
 from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
 from rewardlab.diff.kl import KLConfig, token_kl
+from rewardlab.acts import collect_activations
 from rewardlab.errors import InputError
+from rewardlab.probes.linear import fit_ridge
 from rewardlab.sites import final_norm, n_layers, run_with_capture, unembed
 from rewardlab.text import encode
 
-METHODS = ("implicit", "kl", "divergent", "blackbox", "adl", "random")
+METHODS = ("implicit", "kl", "divergent", "blackbox", "adl", "probe", "random")
 N_REPLICATES = 200
 
 
@@ -176,6 +182,21 @@ def adl_hypothesis(base, post, tokenizer, texts: Sequence[str], seed: int, n_fir
     means = torch.cat([diffs.mean(0, keepdim=True), diffs[idx].mean(1)]).to(next(post.parameters()).device)
     lens = logit_lens(post, means).double().cpu().numpy()
     return Hypothesis("adl", lens[0], lens[1:])
+
+
+def probe_hypothesis(post, tokenizer, prompts: Sequence[str], completions: Sequence[str], rewards: Sequence[float],
+                     seed: int, n_replicates: int = N_REPLICATES, batch_size: int = 64) -> Hypothesis:
+    site = middle_site(post)
+    records = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
+    x = collect_activations(post, tokenizer, records, [site], ["mean_completion"],
+                            batch_size=batch_size)[f"{site}|mean_completion"].double().numpy()
+    y = np.asarray(rewards, dtype=np.float64)
+    rng = _rng(seed, "probe")
+    fits = [np.arange(len(y))] + [rng.integers(0, len(y), len(y)) for _ in range(n_replicates)]
+    directions = np.stack([fit_ridge(x[idx], y[idx]).direction() for idx in fits])
+    device = next(post.parameters()).device
+    lens = logit_lens(post, torch.as_tensor(directions, dtype=torch.float32, device=device)).double().cpu().numpy()
+    return Hypothesis("probe", lens[0], lens[1:])
 
 
 def adl_summary(base, post, tokenizer, texts: Sequence[str], n_first: int = 5, site: str | None = None,

@@ -28,6 +28,7 @@ from rewardlab.errors import Check, raise_first_failed
 from rewardlab.io import read_json, read_jsonl, write_json
 from rewardlab.organisms.build import ORGANISMS, POST_TRAINING, Training, build_organism, planted_rate, toned_prompts
 from rewardlab.organisms.evaluate import EvalSettings, load_hypotheses, save_hypotheses, score_cell
+from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
@@ -159,7 +160,8 @@ def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Pat
     prompts = toned_prompts(len(world.heldout_prompts), 10_000 + seed) if organism == "agreement" \
         else world.heldout_prompts
     texts = [r["text"] for r in read_jsonl(world.path / "corpus_sample.jsonl", required=("text",))]
-    hyps, samples = evaluate_organism(base.eval(), post.eval(), tokenizer, prompts, texts, seed, settings,
+    hyps, samples = evaluate_organism(base.eval(), post.eval(), tokenizer, prompts, texts,
+                                      get_reward(truth["reward_spec"]), seed, settings,
                                       with_pairs=organism == "agreement")
     signs = None
     if organism == "agreement":
