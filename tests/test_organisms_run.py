@@ -61,8 +61,10 @@ def test_diff_adl_command(tmp_path, tiny_model, word_tokenizer, one_thread):
         tok.save_pretrained(tmp_path / name)
     texts = ["the movie was good and the plot was great .", "the acting was bad but the plot was good ."]
     write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in texts])
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "the movie"}, {"prompt": "the plot was"}])
     args = ["diff", "adl", "--base", str(tmp_path / "base"), "--post", str(tmp_path / "post"),
-            "--in", str(tmp_path / "texts.jsonl"), "--out", str(tmp_path / "adl"), "--n-first", "4"]
+            "--in", str(tmp_path / "texts.jsonl"), "--out", str(tmp_path / "adl"),
+            "--prompts", str(tmp_path / "prompts.jsonl"), "--steer-alpha", "20", "--n-first", "4"]
     assert main(args) == 0
     written = read_json(tmp_path / "adl" / "adl.json")
     pair = ModelPair.load(tmp_path / "base", tmp_path / "post", device="cpu", dtype="float32")
@@ -71,4 +73,7 @@ def test_diff_adl_command(tmp_path, tiny_model, word_tokenizer, one_thread):
     assert [t["logit"] for t in written["promoted"]] == pytest.approx([t["logit"] for t in expected["promoted"]])
     assert written["n_texts"] == 2
     assert written["site"] == "blocks.1.hook_resid_post"
+    steered = written["steered"]
+    assert [r["prompt"] for r in steered] == ["the movie", "the plot was"]
+    assert any(r["steered"] != r["unsteered"] for r in steered)  # same sampling seed: only the steering differs
     assert main(args[:-1] + ["40"]) == 2

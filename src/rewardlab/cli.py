@@ -552,7 +552,9 @@ def _diff_adl(a: argparse.Namespace) -> None:
     texts = [r["text"] if "text" in r else join_prompt_completion(r.get("prompt", ""), r.get("completion", ""))
              for r in rows]
     pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32")
-    summary, tensors = adl_summary(pair.base, pair.post, pair.tokenizer, texts, a.n_first, a.site, a.top_tokens)
+    prompts = [r["prompt"] for r in read_jsonl(a.prompts, required=("prompt",))] if a.prompts else []
+    summary, tensors = adl_summary(pair.base, pair.post, pair.tokenizer, texts, a.n_first, a.site, a.top_tokens,
+                                   prompts, a.steer_alpha, seed=a.seed)
     summary.update(base=model_id(a.base), post=model_id(a.post))
     write_json(f"{a.out}/adl.json", summary)
     save_tensors(f"{a.out}/adl.safetensors", tensors)
@@ -560,6 +562,8 @@ def _diff_adl(a: argparse.Namespace) -> None:
           f"{summary['n_texts']} texts, read through the logit lens")
     print("promoted:", " ".join(t["token"] for t in summary["promoted"][:10]))
     print("demoted: ", " ".join(t["token"] for t in summary["demoted"][:10]))
+    for row in summary["steered"][:3]:
+        print(f"  [{row['prompt']}] steered: {row['steered']}")
     print(f"-> {a.out}/adl.json")
 
 
@@ -570,6 +574,10 @@ def _diff_adl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", default=None, help="site to read (default: the residual stream after the middle block)")
     p.add_argument("--n-first", type=_count, default=5, help="first tokens of each text averaged")
     p.add_argument("--top-tokens", type=_count, default=20, help="tokens listed as most promoted and demoted")
+    p.add_argument("--prompts", default=None, help="JSONL with `prompt`: also sample the base model steered with the "
+                   "difference from these")
+    p.add_argument("--steer-alpha", type=_positive, default=0.5, help="steering strength in typical activation norms")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the steered and unsteered samples")
     _add_device(p)
 
 

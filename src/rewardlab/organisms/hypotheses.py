@@ -45,6 +45,7 @@ from rewardlab.acts import collect_activations
 from rewardlab.errors import InputError
 from rewardlab.probes.linear import fit_ridge
 from rewardlab.sites import final_norm, n_layers, run_with_capture, unembed
+from rewardlab.steer import SteerConfig, steered_samples, typical_norm
 from rewardlab.text import encode
 
 METHODS = ("implicit", "kl", "divergent", "blackbox", "adl", "probe", "random")
@@ -200,9 +201,13 @@ def probe_hypothesis(post, tokenizer, prompts: Sequence[str], completions: Seque
 
 
 def adl_summary(base, post, tokenizer, texts: Sequence[str], n_first: int = 5, site: str | None = None,
-                top: int = 20) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The activation difference lens on `texts`: ({site, n_texts, n_first, promoted, demoted}, tensors
-    {"difference": (d,) mean post - base activation, "logits": (V,) its logit lens})."""
+                top: int = 20, steer_prompts: Sequence[str] = (), steer_alpha: float = 0.5, max_new_tokens: int = 32,
+                seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The activation difference lens on `texts`: ({site, n_texts, n_first, difference_norm, promoted,
+    demoted, steered}, tensors {"difference": (d,) mean post - base activation, "logits": (V,) its logit
+    lens}). `steered`: the base model's samples for `steer_prompts` with the difference added at the site
+    at every position, scaled to `steer_alpha` times the site's typical norm (`steer.typical_norm` over the
+    texts), beside its unsteered samples (same sampling seed)."""
     site = site or middle_site(base)
     diffs = activation_differences(base, post, tokenizer, texts, n_first, site)
     mean = diffs.mean(0)
@@ -212,5 +217,14 @@ def adl_summary(base, post, tokenizer, texts: Sequence[str], n_first: int = 5, s
     def listed(ids):
         return [{"token": tokenizer.convert_ids_to_tokens(i), "logit": float(logits[i])} for i in ids[:top]]
     summary = {"site": site, "n_texts": len(diffs), "n_first": n_first, "difference_norm": float(mean.norm()),
-               "promoted": listed(order), "demoted": listed(order[::-1])}
+               "promoted": listed(order), "demoted": listed(order[::-1]), "steered": []}
+    if steer_prompts:
+        cfg = SteerConfig(site=site, max_new_tokens=max_new_tokens, seed=seed)
+        split = [t.split(maxsplit=1) for t in texts]
+        norm = typical_norm(base, tokenizer, [{"prompt": w[0], "completion": w[1]} for w in split if len(w) == 2], site)
+        vector = (steer_alpha * norm * mean / mean.norm().clamp_min(1e-12)).to(next(base.parameters()).device)
+        plain, steered = (steered_samples(base, tokenizer, steer_prompts, v, cfg) for v in (None, vector))
+        summary["steer_alpha"] = steer_alpha
+        summary["steered"] = [{"prompt": a.prompt, "unsteered": a.completion, "steered": b.completion}
+                              for a, b in zip(plain, steered)]
     return summary, {"difference": mean.contiguous(), "logits": logits.contiguous()}

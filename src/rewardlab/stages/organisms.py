@@ -4,7 +4,8 @@ each, and score the rankings against the organisms' truths.
 
     DIR/world/                   the base world (`world.build_world`)
     DIR/{organism}-seed{S}/      the organism (`organisms.build`: policy/, truth.json, PPO outputs) and
-                                 hypotheses.safetensors (`organisms.evaluate`), organism.json
+                                 hypotheses.safetensors (`organisms.evaluate`), organism.json (post-
+                                 training figures, each method's top tokens, ADL-steered samples)
     DIR/results.json             section `organisms`: post-training figures per organism and seed, and
                                  per organism x method the scores that apply, each with a bootstrap CI
                                  over organism seeds and samples
@@ -36,6 +37,7 @@ from rewardlab.stats import Estimate
 
 NAME = "organisms"
 ARTIFACTS = {"world": "world"}
+N_STEERED = 4  # prompts whose base-model samples steered by the ADL difference organism.json shows
 KIND = {"planted": "planted", "agreement": "agreement", "sentiment": "utility", "flipped": "utility",
         "length": "utility"}
 
@@ -149,6 +151,7 @@ def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Pat
     """Post-train one organism into `work`, then have every method rank the vocabulary on it."""
     from rewardlab.models import load_model
     from rewardlab.organisms.evaluate import evaluate_organism
+    from rewardlab.organisms.hypotheses import adl_summary
     from rewardlab.world import load_world
 
     world = load_world(world_dir)
@@ -168,6 +171,8 @@ def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Pat
         from rewardlab.organisms.build import minimal_pairs
         signs = [p["sign"] for p in minimal_pairs(settings.n_pairs, seed)]
     save_hypotheses(work / "hypotheses.safetensors", hyps, signs)
+    adl, _ = adl_summary(base, post, tokenizer, texts[:settings.n_texts], settings.n_first,
+                         steer_prompts=prompts[:N_STEERED], max_new_tokens=settings.max_new_tokens, seed=seed)
     rates = {}
     if organism == "planted":
         rates = {"planted_rate_base": planted_rate(samples["base"], truth["planted"]),
@@ -176,7 +181,7 @@ def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Pat
         "organism": organism, "seed": seed, "reward_spec": truth["reward_spec"], **rates,
         "summary": {k: summary.get(k) for k in ("reward_base_ci", "reward_policy_ci", "reward_gain_base_std",
                                                  "kl_exact_ci", "grammatical_rate_ci")},
-        "top_tokens": {m: h.top(truth["vocabulary"]) for m, h in hyps.items()}})
+        "top_tokens": {m: h.top(truth["vocabulary"]) for m, h in hyps.items()}, "adl_steered": adl["steered"]})
 
 
 def _run_of(folder: Path) -> OrganismRun:
