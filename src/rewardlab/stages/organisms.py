@@ -2,7 +2,7 @@
 one organism per (reward, seed) from its base model, have every diffing method rank the vocabulary on
 each, and score the rankings against the organisms' truths.
 
-    DIR/world/                   the base world (`world.build_world`)
+    DIR/world/                   the base world (`world.build_world`), unless an existing one is given
     DIR/{organism}-seed{S}/      the organism (`organisms.build`: policy/, truth.json, PPO outputs) and
                                  hypotheses.safetensors (`organisms.evaluate`), organism.json (post-
                                  training figures, each method's top tokens, ADL-steered samples)
@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from rewardlab.errors import Check, raise_first_failed
+from rewardlab.errors import Check, InputError, raise_first_failed
 from rewardlab.io import read_json, read_jsonl, write_json
 from rewardlab.organisms.build import ORGANISMS, POST_TRAINING, Training, build_organism, planted_rate, toned_prompts
 from rewardlab.organisms.evaluate import EvalSettings, load_hypotheses, save_hypotheses, score_cell
@@ -68,6 +68,7 @@ class Config:
     preset: str = "tiny"           # micro | tiny: the world's size, post-training and how much each method reads
     post_training: str = "ppo"     # ppo | dpo (DPO on base-sample pairs labelled by the organism's reward)
     world_seed: int = 0            # seed of the one base world every organism starts from
+    world: str | None = None       # an already built review world folder (`rewardlab world build`) of the preset's size
     n_boot: int = 1000             # bootstrap draws of each cell's CI
 
     def validate(self) -> None:
@@ -132,8 +133,14 @@ def _training(cfg: Config) -> Training:
 
 
 def _world(cfg: Config, out: Path, log: Callable[[str], None]) -> Path:
-    from rewardlab.world import build_world
+    from rewardlab.world import build_world, load_world
 
+    if cfg.world is not None:
+        preset = load_world(cfg.world).info["preset"]
+        if preset != PRESETS[cfg.preset].world:
+            raise InputError(f"the world is a {preset} world, the {cfg.preset} preset needs a "
+                             f"{PRESETS[cfg.preset].world} one", cfg.world, f"pass --preset {preset}, or another world")
+        return Path(cfg.world).resolve()
     stage = Stage(out, "world", {"preset": PRESETS[cfg.preset].world}, seed=cfg.world_seed)
     if not stage.done():
         log(f"[world] building the {PRESETS[cfg.preset].world} world")
