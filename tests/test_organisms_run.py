@@ -40,6 +40,9 @@ def test_organisms_micro_run_scores_every_method_and_resumes_identically(tmp_pat
     shutil.rmtree(out / "length-seed0")
     assert main(["organisms", "run", "--out", str(out), "--preset", "micro", "--seeds", "1"]) == 0
     assert read_json(out / "results.json") == first
+    # a given world must match the preset's size
+    assert main(["organisms", "run", "--out", str(tmp_path / "other"), "--world", str(out / "world")]) == 2
+    assert "the tiny preset needs a tiny one" in capsys.readouterr().err
 
 
 def test_organisms_run_checks_its_options_before_any_work(tmp_path, capsys):
