@@ -49,6 +49,8 @@ def test_organisms_run_checks_its_options_before_any_work(tmp_path, capsys):
     assert main(["organisms", "run", "--out", str(tmp_path / "o"), "--organisms", "planted,sycophancy"]) == 2
     assert "unknown organism" in capsys.readouterr().err
     assert main(["organisms", "run", "--out", str(tmp_path / "o"), "--preset", "huge"]) == 2
+    assert main(["organisms", "run", "--out", str(tmp_path / "o"), "--kl-coef", "0"]) == 2
+    assert "kl_coef, kl_target and kl_horizon must be above 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

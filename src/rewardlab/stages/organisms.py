@@ -56,10 +56,8 @@ class Preset:
 PRESETS = {
     "micro": Preset("micro", dict(phases=3, batch_size=32, eval_samples=32), dict(n_prompts=64),
                     dict(epochs=1, eval_samples=32), EvalSettings(n_samples=32, n_pairs=16, n_texts=32, batch_size=32)),
-    # PPO's demo settings with a lower, adaptive KL coefficient (target 4 nats per completion, half the
-    # issue's 8-nat budget), the same for every organism; why: docs/FINDINGS.md
-    "tiny": Preset("tiny", dict(eval_samples=256, kl_coef=0.05, kl_target=4.0, kl_horizon=2000), dict(n_prompts=1000),
-                   dict(epochs=1, eval_samples=256), EvalSettings()),
+    "tiny": Preset("tiny", dict(eval_samples=256), dict(n_prompts=1000), dict(epochs=1, eval_samples=256),
+                   EvalSettings()),
 }
 
 
@@ -71,6 +69,9 @@ class Config:
     post_training: str = "ppo"     # ppo | dpo (DPO on base-sample pairs labelled by the organism's reward)
     world_seed: int = 0            # seed of the one base world every organism starts from
     world: str | None = None       # an already built review world folder (`rewardlab world build`) of the preset's size
+    kl_coef: float | None = None   # PPO's initial KL coefficient for every organism (None: PPO's default)
+    kl_target: float | None = None  # PPO's adaptive KL target, nats per completion (None: a fixed coefficient)
+    kl_horizon: float | None = None  # samples over which the adaptive controller closes the gap (None: PPO's default)
     n_boot: int = 1000             # bootstrap draws of each cell's CI
 
     def validate(self) -> None:
@@ -83,6 +84,8 @@ class Config:
             (self.post_training in POST_TRAINING, f"unknown post-training {self.post_training!r}",
              f"use one of: {', '.join(POST_TRAINING)}"),
             (self.n_boot >= 10, f"n_boot must be at least 10, got {self.n_boot}", None),
+            (all(x is None or x > 0 for x in (self.kl_coef, self.kl_target, self.kl_horizon)),
+             "kl_coef, kl_target and kl_horizon must be above 0", None),
         ]
         raise_first_failed(checks, "organisms config")
 
@@ -131,7 +134,8 @@ class Results:
 
 def _training(cfg: Config) -> Training:
     p = PRESETS[cfg.preset]
-    return Training(cfg.post_training, PPOConfig(**p.ppo), PairsConfig(**p.pairs), DPOTrainConfig(**p.dpo))
+    kl = {k: getattr(cfg, k) for k in ("kl_coef", "kl_target", "kl_horizon") if getattr(cfg, k) is not None}
+    return Training(cfg.post_training, PPOConfig(**{**p.ppo, **kl}), PairsConfig(**p.pairs), DPOTrainConfig(**p.dpo))
 
 
 def _world(cfg: Config, out: Path, log: Callable[[str], None]) -> Path:
