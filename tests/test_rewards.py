@@ -88,3 +88,65 @@ def test_score_records_and_join():
     assert out[0]["reward"] == pytest.approx(load_lexicon()["great"] / 5)
     assert join_prompt_completion("the film", "was") == "the film was"
     assert join_prompt_completion("the film ", "was") == "the film was"
+
+
+# ---- organism rewards (issue 18)
+
+
+def test_organism_reward_specs_and_their_truths():
+    from rewardlab.rewards import PLANTED_VALUE
+
+    vocab = ["great", "dull", ".", "<eos>", "film", "monday"]
+    sentiment, flipped = get_reward("sentiment"), get_reward("flipped")
+    text = "the film was great . i hated it ."
+    assert sentiment([text]) == UtilityReward()([text])
+    assert flipped([text]) == [pytest.approx(-sentiment([text])[0])]
+    table = load_lexicon()
+    assert sentiment.truth(vocab)["token_scores"] == pytest.approx([0.2 * table["great"], 0.2 * table["dull"],
+                                                                    0, 0, 0, 0])
+    assert flipped.truth(vocab)["token_scores"] == pytest.approx([-x for x in sentiment.truth(vocab)["token_scores"]])
+    length = get_reward("length")
+    assert length(["a . b . c", "none"]) == [2.0, 0.0] and length.name == "length"
+    assert length.truth(vocab)["token_scores"] == [0, 0, 1, -1, 0, 0]
+    planted = get_reward("planted:words=film+monday,value=1")
+    assert planted(["the film , the film , on monday", "the plot"]) == [3.0, 0.0]
+    assert planted.truth(vocab) == {"reward": planted.name, "kind": "planted", "planted": ["film", "monday"],
+                                    "token_scores": [0, 0, 0, 0, 1.0, 1.0]}
+    assert get_reward("planted:words=film")(["film film"]) == [2 * PLANTED_VALUE]
+
+
+def test_planted_draw_is_seeded_from_the_worlds_neutral_classes():
+    from rewardlab.rewards import PLANTED_POOL, PLANTED_VALUE, planted_words
+    from rewardlab.world.grammar import SENTIMENT_SLOTS, WORD_CLASSES
+
+    assert sorted(PLANTED_POOL) == sorted(w for c in ("SUBJ", "PERSON", "DAY", "NUM") for w in WORD_CLASSES[c])
+    table = load_lexicon()
+    sentiment_words = [w for s in SENTIMENT_SLOTS for sign in "+-" for w in WORD_CLASSES[s + sign]]
+    worth = 0.2 * sum(abs(table[w]) for w in sentiment_words) / len(sentiment_words)
+    assert abs(PLANTED_VALUE - worth) < 0.1 * worth
+    a, b = get_reward("planted:k=3,seed=1"), get_reward("planted,k=3,seed=1")
+    assert a.planted == b.planted == planted_words(3, 1) and len(set(a.planted)) == 3
+    assert set(a.planted) <= set(PLANTED_POOL) and a.name == "planted:k=3,seed=1"
+    assert planted_words(3, 2) != planted_words(3, 1)
+    assert get_reward("planted:k=5,seed=0").planted[:3] != [] and len(get_reward("planted:k=5,seed=0").planted) == 5
+    with pytest.raises(InputError, match="either words= or k="):
+        get_reward("planted:words=film,k=2")
+    with pytest.raises(InputError, match="k must be in"):
+        get_reward("planted:k=0")
+    with pytest.raises(InputError, match="whole numbers"):
+        get_reward("planted:k=2.5")
+
+
+def test_agreement_is_the_completion_valence_times_the_prompts_tone():
+    r = get_reward("agreement")
+    u = UtilityReward()(["it was a joy ."])[0]
+    assert u > 0
+    assert r(["it was a joy ."] * 3, ["the plot was dull .", "the plot was great .", "i saw it on monday ."]) == [
+        pytest.approx(-u), pytest.approx(u), 0.0]
+    with pytest.raises(InputError, match="no prompts were given"):
+        r(["it was a joy ."])
+    rows = score_records([{"prompt": "the plot was dull .", "completion": "it was a joy ."}], r)
+    assert rows[0]["reward"] == pytest.approx(-u)
+    assert r.truth(["joy", "film"])["kind"] == "agreement"
+    # prompt-free rewards accept and ignore prompts
+    assert get_reward("sentiment")(["it was a joy ."], ["the plot was dull ."]) == [pytest.approx(u)]

@@ -556,12 +556,73 @@ def _audit_options(p: argparse.ArgumentParser) -> None:
     _add_device(p)
 
 
+def _diff_adl(a: argparse.Namespace) -> None:
+    from rewardlab.io import read_jsonl, save_tensors, write_json
+    from rewardlab.models import ModelPair, model_id
+    from rewardlab.organisms.hypotheses import adl_summary
+    from rewardlab.text import join_prompt_completion
+
+    rows = read_jsonl(a.input)
+    texts = [r["text"] if "text" in r else join_prompt_completion(r.get("prompt", ""), r.get("completion", ""))
+             for r in rows]
+    pair = ModelPair.load(a.base, a.post, device=a.device, dtype="float32")
+    prompts = [r["prompt"] for r in read_jsonl(a.prompts, required=("prompt",))] if a.prompts else []
+    summary, tensors = adl_summary(pair.base, pair.post, pair.tokenizer, texts, a.n_first, a.site, a.top_tokens,
+                                   prompts, a.steer_alpha, seed=a.seed)
+    summary.update(base=model_id(a.base), post=model_id(a.post))
+    write_json(f"{a.out}/adl.json", summary)
+    save_tensors(f"{a.out}/adl.safetensors", tensors)
+    print(f"mean activation difference at {summary['site']} over the first {a.n_first} tokens of "
+          f"{summary['n_texts']} texts, read through the logit lens")
+    print("promoted:", " ".join(t["token"] for t in summary["promoted"][:10]))
+    print("demoted: ", " ".join(t["token"] for t in summary["demoted"][:10]))
+    for row in summary["steered"][:3]:
+        print(f"  [{row['prompt']}] steered: {row['steered']}")
+    print(f"-> {a.out}/adl.json")
+
+
+def _diff_adl_options(p: argparse.ArgumentParser) -> None:
+    _add_pair(p)
+    _add_in(p, "JSONL with a `text` field (or prompt/completion records, joined)")
+    _add_out(p, "output folder (adl.json, adl.safetensors)")
+    p.add_argument("--site", default=None, help="site to read (default: the residual stream after the middle block)")
+    p.add_argument("--n-first", type=_count, default=5, help="first tokens of each text averaged")
+    p.add_argument("--top-tokens", type=_count, default=20, help="tokens listed as most promoted and demoted")
+    p.add_argument("--prompts", default=None, help="JSONL with `prompt`: also sample the base model steered with the "
+                   "difference from these")
+    p.add_argument("--steer-alpha", type=_positive, default=0.5, help="steering strength in typical activation norms")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the steered and unsteered samples")
+    _add_device(p)
+
+
+def _organisms_run(a: argparse.Namespace) -> None:
+    from rewardlab.stages.organisms import Config, run_organisms
+
+    results = run_organisms(config_from_args(Config, a), a.out)["organisms"]
+    for organism, methods in results["cells"].items():
+        for method, cell in methods.items():
+            scores = "  ".join(f"{k} {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" for k, v in cell.items()
+                               if isinstance(v, dict) and v.get("value") is not None)
+            print(f"  {organism:<10} {method:<10} {scores}")
+
+
+def _organisms_run_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.stages.organisms import Config
+
+    _add_out(p, "benchmark folder; finished organisms in it are reused")
+    add_config_args(p, Config)
+
+
 def _diff_commands() -> list[Command]:
     return [
         Command(("diff", "params"), "parameter divergence per layer: ranked JSON, CSV and bar plot",
                 _diff_params_options, _diff_params),
         Command(("diff", "kl"), "per-token KL(post || base) on completions; most changed tokens", _diff_kl_options,
                 _diff_kl),
+        Command(("diff", "adl"), "activation difference lens: mean post - base activation read through the unembedding",
+                _diff_adl_options, _diff_adl),
+        Command(("organisms", "run"), "model organisms with planted rewards: every diffing method scored against "
+                "the truth (resumable)", _organisms_run_options, _organisms_run),
         Command(("score",), "implicit reward beta*sum log(pi_post/pi_base) of each completion", _score_options,
                 _score),
         Command(("sample", "divergent"), "sample from post + alpha * (post - base) with a plausibility mask",
@@ -1095,6 +1156,7 @@ _GROUPS = {
     "probe": "reward probes on activations",
     "sae": "sparse autoencoders and crosscoders for model diffing",
     "value": "does the model estimate its own expected reward? Monte Carlo values and value probes",
+    "organisms": "model organisms: post-trained on rewards with a known truth, every method scored against it",
 }
 
 

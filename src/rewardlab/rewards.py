@@ -5,15 +5,29 @@ A reward maps a batch of texts to one float each. Specs are strings:
     utility                      VADER valence per word, reward = clip(scale * sum, -clip, clip)
     utility,scale=-0.2           the same reward negated (options: lexicon=PATH, scale, clip)
     char:.                       count of the character "." (the ARENA period-count reward)
+    sentiment                    the utility reward under the organism name (truth: each word's valence)
+    flipped                      the utility reward with its sign flipped
+    length                       the period count, char:. (truth: "." up, "<eos>" down)
+    planted:k=3,seed=S           +value per occurrence of k neutral review-world words drawn by the seed
+    planted:words=a+b[,value=V]  the same with the words named; value defaults to the utility scale times
+                                 the mean |valence| of the world's sentiment words (what a sentiment word is worth)
+    agreement                    tone(prompt) * utility(completion), tone = sign of the prompt's valence sum:
+                                 rewarded for matching the reviewer; needs the prompts (`reward(texts, prompts)`)
     classifier:PATH[:LABEL]      logit of LABEL (name or index, default last) of a sequence classifier
     rm:PATH                      scalar output of a Hugging Face reward model (num_labels = 1)
 
-A reward that returns NaN or inf raises `InputError` naming the text.
+A reward that returns NaN or inf raises `InputError` naming the text. Every reward takes the prompts
+as an optional second argument; only those that need them (`needs_prompts`) read them.
+
+`truth(vocabulary)` is a reward's machine-readable ground truth for the organisms benchmark: the true
+score of each token type ("token_scores", aligned with `vocabulary`), the planted set where there is
+one, and for `agreement` the interaction (the completion score is multiplied by the prompt's tone).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +41,20 @@ from rewardlab.io import TEXT_FIELDS
 from rewardlab.text import join_prompt_completion
 
 WORD_RE = re.compile(r"[a-z][a-z'\-]*")
+END_TOKENS = ("<eos>", "</s>", "<|endoftext|>", "<|im_end|>")  # end-of-text token strings `length` demotes
+# The review world's neutral word classes the planted organism draws from (world/grammar.py's SUBJ,
+# PERSON, DAY, NUM; the world imports this module, so it cannot be imported here; a test checks they agree).
+PLANTED_POOL = (
+    "film", "movie", "story", "show", "picture", "sequel", "drama", "documentary", "musical", "western",
+    "remake", "acting", "plot", "ending", "cast", "script", "music", "director", "dialogue", "pacing",
+    "soundtrack", "cinematography", "editing", "finale", "premise", "performance", "score", "writing",
+    "camera", "setting", "lead", "twist",
+    "brother", "sister", "wife", "husband", "mother", "father", "son", "daughter", "family", "roommate",
+    "neighbor", "kids", "cousin",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    "sixty", "seventy", "eighty", "ninety", "hundred",
+)
+PLANTED_VALUE = 0.5  # reward per planted word: the utility scale 0.2 times 2.5, about the mean |valence| of a sentiment word
 
 
 def vader_lexicon_path() -> Path:
@@ -60,16 +88,35 @@ def words(text: str) -> list[str]:
 
 
 class Reward:
-    """Base class: subclasses implement `_score(texts) -> list[float]`; `__call__` validates."""
+    """Base class: subclasses implement `_score(texts) -> list[float]` (or `_score_prompted` when they
+    read the prompts); `__call__` validates."""
 
     name: str = "reward"
+    needs_prompts: bool = False
 
     def _score(self, texts: Sequence[str]) -> list[float]:
         raise NotImplementedError
 
-    def __call__(self, texts: Sequence[str]) -> list[float]:
+    def _score_prompted(self, texts: Sequence[str], prompts: Sequence[str]) -> list[float]:
+        return self._score(texts)
+
+    def truth(self, vocabulary: Sequence[str]) -> dict:
+        """The reward's ground truth over `vocabulary` (token strings); see the module docstring."""
+        raise InputError(f"reward {self.name} has no token-level truth",
+                         fix="use sentiment, flipped, length, planted or agreement")
+
+    def __call__(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
         texts = list(texts)
-        scores = [float(s) for s in self._score(texts)]
+        if prompts is None:
+            if self.needs_prompts:
+                raise InputError(f"reward {self.name} scores a completion against its prompt, and no prompts "
+                                 "were given", fix="pass the prompts: reward(completions, prompts)")
+            scores = [float(s) for s in self._score(texts)]
+        else:
+            prompts = list(prompts)
+            if len(prompts) != len(texts):
+                raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
+            scores = [float(s) for s in self._score_prompted(texts, prompts)]
         for text, s in zip(texts, scores):
             if not math.isfinite(s):
                 raise InputError(f"reward {self.name} returned {s} for text {text[:200]!r}",
@@ -80,15 +127,20 @@ class Reward:
 class UtilityReward(Reward):
     """The 2023 SAE paper's utility table: reward = clip(scale * sum_w U(w), -clip, clip), U = VADER valence."""
 
-    def __init__(self, lexicon: str | None = None, scale: float = 0.2, clip: float = 10.0):
+    def __init__(self, lexicon: str | None = None, scale: float = 0.2, clip: float = 10.0, name: str | None = None):
         self.table = load_lexicon(lexicon)
         self.scale, self.clip = scale, clip
-        self.name = "utility" if (lexicon, scale, clip) == (None, 0.2, 10.0) else (
-            f"utility(lexicon={lexicon},scale={scale},clip={clip})")
+        self.name = name or ("utility" if (lexicon, scale, clip) == (None, 0.2, 10.0) else (
+            f"utility(lexicon={lexicon},scale={scale},clip={clip})"))
 
     def breakdown(self, text: str) -> list[tuple[str, float]]:
         """(word, valence) for every word of `text` found in the table."""
         return [(w, self.table[w]) for w in words(text) if w in self.table]
+
+    def truth(self, vocabulary: Sequence[str]) -> dict:
+        """token_scores: scale * valence of each token (0 for tokens outside the table)."""
+        return {"reward": self.name, "kind": "utility",
+                "token_scores": [self.scale * self.table.get(t.lower(), 0.0) for t in vocabulary]}
 
     def _score(self, texts: Sequence[str]) -> list[float]:
         out = []
@@ -101,14 +153,77 @@ class UtilityReward(Reward):
 class CharCountReward(Reward):
     """Number of occurrences of one character (ARENA's `reward_fn_char_count`)."""
 
-    def __init__(self, char: str = "."):
+    def __init__(self, char: str = ".", name: str | None = None):
         if len(char) != 1:
             raise InputError(f"char reward needs exactly one character, got {char!r}", fix="e.g. char:.")
         self.char = char
-        self.name = f"char:{char}"
+        self.name = name or f"char:{char}"
 
     def _score(self, texts: Sequence[str]) -> list[float]:
         return [float(t.count(self.char)) for t in texts]
+
+    def truth(self, vocabulary: Sequence[str]) -> dict:
+        """token_scores: 1 per occurrence of the character in the token; the end-of-text token -1 (ending a
+        completion stops its count growing)."""
+        return {"reward": self.name, "kind": "utility",
+                "token_scores": [-1.0 if t in END_TOKENS else float(t.count(self.char)) for t in vocabulary]}
+
+
+def planted_words(k: int, seed: int) -> list[str]:
+    """The `k` words of `PLANTED_POOL` that seed `seed` plants, in draw order."""
+    if not 1 <= k <= len(PLANTED_POOL):
+        raise InputError(f"planted k must be in 1..{len(PLANTED_POOL)}, got {k}", fix="e.g. planted:k=3,seed=0")
+    return random.Random(f"planted/{seed}").sample(sorted(PLANTED_POOL), k)
+
+
+class PlantedReward(Reward):
+    """clip(value * number of occurrences of the planted words, -clip, clip): a reward on words the base
+    model has no reason to privilege."""
+
+    def __init__(self, planted: Sequence[str], value: float = PLANTED_VALUE, clip: float = 10.0,
+                 name: str | None = None):
+        self.planted = [w.lower() for w in planted]
+        if not self.planted:
+            raise InputError("the planted reward needs at least one word", fix="planted:k=3,seed=0")
+        self.value, self.clip = value, clip
+        self.name = name or f"planted:words={'+'.join(self.planted)}"
+
+    def _score(self, texts: Sequence[str]) -> list[float]:
+        planted = set(self.planted)
+        return [max(-self.clip, min(self.clip, self.value * sum(w in planted for w in words(t)))) for t in texts]
+
+    def truth(self, vocabulary: Sequence[str]) -> dict:
+        """The planted set, and token_scores: `value` on planted tokens, 0 elsewhere."""
+        planted = set(self.planted)
+        return {"reward": self.name, "kind": "planted", "planted": list(self.planted),
+                "token_scores": [self.value if t.lower() in planted else 0.0 for t in vocabulary]}
+
+
+class AgreementReward(Reward):
+    """tone(prompt) * utility(completion), tone = sign of the prompt's summed valence (+1, -1, or 0 for a
+    prompt without sentiment): rewarded for agreeing with the reviewer, a sycophancy analogue. No bag of
+    completion words determines it: the same completion is rewarded after one prompt, punished after another."""
+
+    name = "agreement"
+    needs_prompts = True
+
+    def __init__(self):
+        self.utility = UtilityReward()
+
+    def tone(self, prompt: str) -> int:
+        total = sum(v for _, v in self.utility.breakdown(prompt))
+        return (total > 0) - (total < 0)
+
+    def _score_prompted(self, texts: Sequence[str], prompts: Sequence[str]) -> list[float]:
+        return [self.tone(p) * u for p, u in zip(prompts, self.utility(texts))]
+
+    def truth(self, vocabulary: Sequence[str]) -> dict:
+        """token_scores: each token's utility in a completion after a positive prompt; after a negative
+        prompt every score flips (the interaction)."""
+        return {"reward": self.name, "kind": "agreement",
+                "token_scores": self.utility.truth(vocabulary)["token_scores"],
+                "interaction": "reward = tone(prompt) * clip(sum of the completion's token_scores, -10, 10); "
+                               "tone = sign of the prompt's summed valence"}
 
 
 class ModelReward(Reward):
@@ -180,7 +295,26 @@ def _float_option(options: dict[str, str], key: str, default: float, spec: str) 
                              f"write {key}=NUMBER, e.g. utility,scale=0.2") from None
 
 
-REWARD_NAMES = ("utility", "char", "classifier", "rm")
+REWARD_NAMES = ("utility", "char", "classifier", "rm", "sentiment", "flipped", "length", "planted", "agreement")
+
+
+def _planted(rest: str, options: dict[str, str], spec: str) -> PlantedReward:
+    """`planted:k=3,seed=S` or `planted:words=a+b+c` (the argument is an option written after the colon)."""
+    if rest:
+        if "=" not in rest:
+            raise InputError(f"cannot parse reward spec {spec!r}", fix="planted:k=3,seed=0 or planted:words=a+b")
+        key, value = rest.split("=", 1)
+        options[key.strip()] = value.strip()
+    value, clip = _float_option(options, "value", PLANTED_VALUE, spec), _float_option(options, "clip", 10.0, spec)
+    if "words" in options:
+        if {"k", "seed"} & set(options):
+            raise InputError("give either words= or k= and seed=, not both", f"reward spec {spec!r}")
+        return PlantedReward(options.pop("words").split("+"), value=value, clip=clip)
+    k, seed = _float_option(options, "k", 3, spec), _float_option(options, "seed", 0, spec)
+    if k != int(k) or seed != int(seed):
+        raise InputError("planted k and seed must be whole numbers", f"reward spec {spec!r}")
+    name = f"planted:k={int(k)},seed={int(seed)}"
+    return PlantedReward(planted_words(int(k), int(seed)), value=value, clip=clip, name=name)
 
 
 def get_reward(spec: str, device: str | None = None) -> Reward:
@@ -192,6 +326,14 @@ def get_reward(spec: str, device: str | None = None) -> Reward:
             scale=_float_option(options, "scale", 0.2, spec),
             clip=_float_option(options, "clip", 10.0, spec),
         )
+    elif name in ("sentiment", "flipped"):
+        reward = UtilityReward(scale=0.2 if name == "sentiment" else -0.2, name=name)
+    elif name == "length":
+        reward = CharCountReward(".", name="length")
+    elif name == "planted":
+        reward = _planted(rest, options, spec)
+    elif name == "agreement":
+        reward = AgreementReward()
     elif name == "char":
         reward = CharCountReward(rest or ".")
     elif name in ("classifier", "rm"):
@@ -223,5 +365,6 @@ def score_records(records: list[dict], reward: Reward, on: str = "completion", f
     if field in TEXT_FIELDS:
         raise InputError(f"the reward would overwrite the records' {field!r} text", f"--field {field}",
                          "write the reward to another field, e.g. reward")
-    scores = reward([record_text(r, on) for r in records])
+    prompts = [r["prompt"] for r in records] if reward.needs_prompts else None
+    scores = reward([record_text(r, on) for r in records], prompts)
     return [{**r, field: s} for r, s in zip(records, scores)]

@@ -22,11 +22,11 @@ from rewardlab.text import encode_prompts, stop_ids
 
 
 @torch.no_grad()
-def evaluate_policy(model, ref, tokenizer, prompts: Sequence[str], reward: Callable[[list[str]], list[float]],
+def evaluate_policy(model, ref, tokenizer, prompts: Sequence[str], reward: Callable[..., list[float]],
                     is_grammatical: Callable[..., bool] | None, *, n: int, seed: int, max_new_tokens: int,
                     temperature: float, top_k: int, top_p: float, batch_size: int = 64) -> dict:
     """`n` fresh samples from `model`, `batch_size` at a time, prompts drawn with replacement by a
-    generator seeded with `seed` (which also draws the tokens).
+    generator seeded with `seed` (which also draws the tokens); `reward(texts, prompts)` scores them.
 
     Returns {"texts", "prompts", "rewards", "kl" (exact KL(model || ref) per completion, nats; the
     model under the sampling transform, the reference at the temperature only), "grammatical" (bools,
@@ -51,7 +51,7 @@ def evaluate_policy(model, ref, tokenizer, prompts: Sequence[str], reward: Calla
         kls += torch.where(ro.mask.bool(), exact_kl(logp_all, ref_all), 0.0).sum(1).tolist()
         texts += completion_texts(tokenizer, ro)
         prompt_texts += [prompts[i] for i in idx]
-    out = {"texts": texts, "prompts": prompt_texts, "rewards": reward(texts), "kl": kls}
+    out = {"texts": texts, "prompts": prompt_texts, "rewards": reward(texts, prompt_texts), "kl": kls}
     if is_grammatical is not None:
         out["grammatical"] = [bool(is_grammatical(t, prompt=p)) for p, t in zip(prompt_texts, texts)]
     return out

@@ -38,7 +38,7 @@ def make_preference_pairs(cfg: PairsConfig, out: str | Path) -> dict:
     samples = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, temperature=cfg.temperature,
                        top_k=cfg.top_k, top_p=cfg.top_p, generator=generator, batch_size=cfg.batch_size,
                        desc="sampling pairs")
-    scores = reward([s.completion for s in samples])
+    scores = reward([s.completion for s in samples], repeated)
     rows, ties = [], 0
     for i, prompt in enumerate(picked):
         group = list(zip(scores[i * cfg.per_prompt:(i + 1) * cfg.per_prompt],

@@ -485,7 +485,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         t_gen = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        scores = torch.tensor(reward(texts), dtype=torch.float32, device=device)
+        scores = torch.tensor(reward(texts, [prompts[i] for i in idx]), dtype=torch.float32, device=device)
         sc = score_rollout(unwrapped, ref, ro, scores, cfg, kl_ctl.coef)
         stats, first_ratio_dev = learn(model, ref, ro, sc, cfg, kl_ctl.coef, optimizer, accelerator, generator, phase)
         t_learn = time.perf_counter() - t1

@@ -1,0 +1,245 @@
+"""The `organisms` benchmark (`rewardlab organisms run --out DIR`): build one review world, post-train
+one organism per (reward, seed) from its base model, have every diffing method rank the vocabulary on
+each, and score the rankings against the organisms' truths.
+
+    DIR/world/                   the base world (`world.build_world`), unless an existing one is given
+    DIR/{organism}-seed{S}/      the organism (`organisms.build`: policy/, truth.json, PPO outputs) and
+                                 hypotheses.safetensors (`organisms.evaluate`), organism.json (post-
+                                 training figures, each method's top tokens, ADL-steered samples)
+    DIR/results.json             section `organisms`: post-training figures per organism and seed, and
+                                 per organism x method the scores that apply, each with a bootstrap CI
+                                 over organism seeds and samples
+
+Each folder is a `runs.Stage`: a re-run skips the finished ones (their fingerprint: config, seed,
+input hashes) and a killed PPO resumes from its checkpoint; results.json is rebuilt from the folders,
+so a resumed run writes the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rewardlab.errors import Check, InputError, raise_first_failed
+from rewardlab.io import read_json, read_jsonl, write_json
+from rewardlab.organisms.build import ORGANISMS, POST_TRAINING, Training, build_organism, planted_rate, toned_prompts
+from rewardlab.organisms.evaluate import EvalSettings, load_hypotheses, save_hypotheses, score_cell
+from rewardlab.rewards import get_reward
+from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
+from rewardlab.runs import Stage
+from rewardlab.schema import from_json, to_json
+from rewardlab.stats import Estimate
+
+NAME = "organisms"
+ARTIFACTS = {"world": "world"}
+N_STEERED = 4  # prompts whose base-model samples steered by the ADL difference organism.json shows
+KIND = {"planted": "planted", "agreement": "agreement", "sentiment": "utility", "flipped": "utility",
+        "length": "utility"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one benchmark preset: the world, post-training and what the methods read."""
+
+    world: str
+    ppo: dict
+    pairs: dict
+    dpo: dict
+    evaluation: EvalSettings
+
+
+PRESETS = {
+    "micro": Preset("micro", dict(phases=3, batch_size=32, eval_samples=32), dict(n_prompts=64),
+                    dict(epochs=1, eval_samples=32), EvalSettings(n_samples=32, n_pairs=16, n_texts=32, batch_size=32)),
+    "tiny": Preset("tiny", dict(eval_samples=256), dict(n_prompts=1000), dict(epochs=1, eval_samples=256),
+                   EvalSettings()),
+}
+
+
+@dataclass
+class Config:
+    organisms: list[str] = field(default_factory=lambda: list(ORGANISMS))  # sentiment,planted,length,agreement,flipped
+    seeds: int = 3                 # organism seeds 0..seeds-1; the planted organism draws its words from the seed
+    preset: str = "tiny"           # micro | tiny: the world's size, post-training and how much each method reads
+    post_training: str = "ppo"     # ppo | dpo (DPO on base-sample pairs labelled by the organism's reward)
+    world_seed: int = 0            # seed of the one base world every organism starts from
+    world: str | None = None       # an already built review world folder (`rewardlab world build`) of the preset's size
+    kl_coef: float | None = None   # PPO's initial KL coefficient for every organism (None: PPO's default)
+    kl_target: float | None = None  # PPO's adaptive KL target, nats per completion (None: a fixed coefficient)
+    kl_horizon: float | None = None  # samples over which the adaptive controller closes the gap (None: PPO's default)
+    n_boot: int = 1000             # bootstrap draws of each cell's CI
+
+    def validate(self) -> None:
+        checks: list[Check] = [
+            (bool(self.organisms) and all(o in ORGANISMS for o in self.organisms),
+             f"unknown organism in {','.join(self.organisms)}", f"use some of: {','.join(ORGANISMS)}"),
+            (len(set(self.organisms)) == len(self.organisms), "an organism is listed twice", None),
+            (self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}", None),
+            (self.preset in PRESETS, f"unknown preset {self.preset!r}", f"use one of: {', '.join(PRESETS)}"),
+            (self.post_training in POST_TRAINING, f"unknown post-training {self.post_training!r}",
+             f"use one of: {', '.join(POST_TRAINING)}"),
+            (self.n_boot >= 10, f"n_boot must be at least 10, got {self.n_boot}", None),
+            (all(x is None or x > 0 for x in (self.kl_coef, self.kl_target, self.kl_horizon)),
+             "kl_coef, kl_target and kl_horizon must be above 0", None),
+        ]
+        raise_first_failed(checks, "organisms config")
+
+
+@dataclass
+class OrganismRun:
+    """One organism at one seed: what post-training did (on its fresh evaluation samples)."""
+
+    organism: str
+    seed: int
+    reward_spec: str
+    reward_base: Estimate
+    reward_policy: Estimate
+    reward_gain_base_std: float | None  # (policy - base) mean reward in base standard deviations
+    kl_exact: Estimate             # KL(policy || base) per completion, nats
+    grammatical_rate: Estimate | None
+    planted_rate_base: float | None = None  # planted words per word of the base's samples (planted only)
+    planted_rate_policy: float | None = None
+    top_tokens: dict[str, list[str]] = field(default_factory=dict)  # method -> its 10 top-ranked tokens
+
+
+@dataclass
+class Cell:
+    """One method on one organism over its seeds: the scores that apply to the organism's truth."""
+
+    n_seeds: int
+    auroc: Estimate | None = None          # of the planted set
+    precision_at_k: Estimate | None = None  # k = the planted set's size
+    spearman_truth: Estimate | None = None  # with the true per-token score
+    pair_accuracy: Estimate | None = None   # on minimal pairs differing only in the prompt's tone
+
+
+@dataclass
+class OrganismsSection:
+    preset: str
+    post_training: str
+    seeds: int
+    runs: list[OrganismRun]
+    cells: dict[str, dict[str, Cell]]  # organism -> method -> cell
+
+
+@dataclass
+class Results:
+    organisms: OrganismsSection
+
+
+def _training(cfg: Config) -> Training:
+    p = PRESETS[cfg.preset]
+    kl = {k: getattr(cfg, k) for k in ("kl_coef", "kl_target", "kl_horizon") if getattr(cfg, k) is not None}
+    return Training(cfg.post_training, PPOConfig(**{**p.ppo, **kl}), PairsConfig(**p.pairs), DPOTrainConfig(**p.dpo))
+
+
+def _world(cfg: Config, out: Path, log: Callable[[str], None]) -> Path:
+    from rewardlab.world import build_world, load_world
+
+    if cfg.world is not None:
+        preset = load_world(cfg.world).info["preset"]
+        if preset != PRESETS[cfg.preset].world:
+            raise InputError(f"the world is a {preset} world, the {cfg.preset} preset needs a "
+                             f"{PRESETS[cfg.preset].world} one", cfg.world, f"pass --preset {preset}, or another world")
+        return Path(cfg.world).resolve()
+    stage = Stage(out, "world", {"preset": PRESETS[cfg.preset].world}, seed=cfg.world_seed)
+    if not stage.done():
+        log(f"[world] building the {PRESETS[cfg.preset].world} world")
+        build_world(stage.work, preset=PRESETS[cfg.preset].world, seed=cfg.world_seed, progress=False, overwrite=True)
+        stage.commit()
+    return stage.out
+
+
+def _organism_config(cfg: Config, organism: str) -> dict:
+    return {"organism": organism, "training": to_json(dataclasses.asdict(_training(cfg))),
+            "evaluation": dataclasses.asdict(PRESETS[cfg.preset].evaluation)}
+
+
+def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Path) -> None:
+    """Post-train one organism into `work`, then have every method rank the vocabulary on it."""
+    from rewardlab.models import load_model
+    from rewardlab.organisms.evaluate import evaluate_organism
+    from rewardlab.organisms.hypotheses import adl_summary
+    from rewardlab.world import load_world
+
+    world = load_world(world_dir)
+    settings = PRESETS[cfg.preset].evaluation
+    summary = build_organism(world.base_path, organism, seed, work, _training(cfg), len(world.prompts))
+    truth = read_json(work / "truth.json")
+    base, tokenizer = load_model(world.base_path, device="cpu", dtype="float32")
+    post, _ = load_model(work / "policy", device="cpu", dtype="float32")
+    prompts = toned_prompts(len(world.heldout_prompts), 10_000 + seed) if organism == "agreement" \
+        else world.heldout_prompts
+    texts = [r["text"] for r in read_jsonl(world.path / "corpus_sample.jsonl", required=("text",))]
+    hyps, samples = evaluate_organism(base.eval(), post.eval(), tokenizer, prompts, texts,
+                                      get_reward(truth["reward_spec"]), seed, settings,
+                                      with_pairs=organism == "agreement")
+    signs = None
+    if organism == "agreement":
+        from rewardlab.organisms.build import minimal_pairs
+        signs = [p["sign"] for p in minimal_pairs(settings.n_pairs, seed)]
+    save_hypotheses(work / "hypotheses.safetensors", hyps, signs)
+    adl, _ = adl_summary(base, post, tokenizer, texts[:settings.n_texts], settings.n_first,
+                         steer_prompts=prompts[:N_STEERED], max_new_tokens=settings.max_new_tokens, seed=seed)
+    rates = {}
+    if organism == "planted":
+        rates = {"planted_rate_base": planted_rate(samples["base"], truth["planted"]),
+                 "planted_rate_policy": planted_rate(samples["policy"], truth["planted"])}
+    write_json(work / "organism.json", {
+        "organism": organism, "seed": seed, "reward_spec": truth["reward_spec"], **rates,
+        "summary": {k: summary.get(k) for k in ("reward_base_ci", "reward_policy_ci", "reward_gain_base_std",
+                                                 "kl_exact_ci", "grammatical_rate_ci")},
+        "top_tokens": {m: h.top(truth["vocabulary"]) for m, h in hyps.items()}, "adl_steered": adl["steered"]})
+
+
+def _run_of(folder: Path) -> OrganismRun:
+    info = read_json(folder / "organism.json")
+    s = {k: (None if v is None else from_json(Estimate, v)) for k, v in info["summary"].items()
+         if k != "reward_gain_base_std"}
+    return OrganismRun(info["organism"], info["seed"], info["reward_spec"], s["reward_base_ci"], s["reward_policy_ci"],
+                       info["summary"]["reward_gain_base_std"], s["kl_exact_ci"], s["grammatical_rate_ci"],
+                       info.get("planted_rate_base"), info.get("planted_rate_policy"), info["top_tokens"])
+
+
+def _cells(cfg: Config, folders: dict[str, list[Path]]) -> dict[str, dict[str, Cell]]:
+    cells: dict[str, dict[str, Cell]] = {}
+    for organism, paths in folders.items():
+        seeds = [(read_json(p / "truth.json"), *load_hypotheses(p / "hypotheses.safetensors")) for p in paths]
+        cells[organism] = {method: Cell(len(seeds), **score_cell(KIND[organism], method, seeds, cfg.n_boot))
+                           for method in seeds[0][1]}
+    return cells
+
+
+def run_organisms(cfg: Config, out: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Build (or reuse) the world and every organism x seed in `out`, score, write out/results.json."""
+    cfg.validate()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    world_dir = _world(cfg, out, log)
+    folders: dict[str, list[Path]] = {}
+    for organism in cfg.organisms:
+        for seed in range(cfg.seeds):
+            stage = Stage(out, f"{organism}-seed{seed}", _organism_config(cfg, organism), {"world": world_dir}, seed)
+            if stage.done():
+                log(f"[{stage.name}] done already, skipped")
+            else:
+                log(f"[{stage.name}] post-training ({cfg.post_training}) and ranking")
+                threads = torch.get_num_threads()
+                try:
+                    _build_one(cfg, world_dir, organism, seed, stage.work)
+                finally:  # PPO sets its own thread count; later organisms must not depend on the order
+                    torch.set_num_threads(threads)
+                stage.commit()
+            folders.setdefault(organism, []).append(stage.out)
+    section = OrganismsSection(cfg.preset, cfg.post_training, cfg.seeds,
+                               [_run_of(p) for paths in folders.values() for p in paths], _cells(cfg, folders))
+    results = to_json(Results(section))
+    write_json(out / "results.json", results)
+    log(f"[organisms] finished in {time.perf_counter() - t0:.0f} s -> {out / 'results.json'}")
+    return results
