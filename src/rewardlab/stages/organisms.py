@@ -21,7 +21,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
@@ -65,8 +65,8 @@ PRESETS = {
 class Config:
     organisms: list[str] = field(default_factory=lambda: list(ORGANISMS))  # sentiment,planted,length,agreement,flipped
     seeds: int = 3                 # organism seeds 0..seeds-1; the planted organism draws its words from the seed
-    preset: str = "tiny"           # micro | tiny: the world's size, post-training and how much each method reads
-    post_training: str = "ppo"     # ppo | dpo (DPO on base-sample pairs labelled by the organism's reward)
+    preset: Literal["micro", "tiny"] = "tiny"  # the world's size, post-training and how much each method reads
+    post_training: Literal["ppo", "dpo"] = "ppo"  # PPO, or DPO on base-sample pairs labelled by the organism's reward
     world_seed: int = 0            # seed of the one base world every organism starts from
     world: str | None = None       # an already built review world folder (`rewardlab world build`) of the preset's size
     kl_coef: float | None = None   # PPO's initial KL coefficient for every organism (None: PPO's default)
