@@ -176,6 +176,19 @@ def test_resume_accepts_the_same_files_named_relatively(tmp_path, monkeypatch):
     assert train_ppo(relative, tmp_path / "out")["phases"] == 2
 
 
+def test_a_step_size_that_wrecks_the_policy_is_reported_loudly(tmp_path, capsys):
+    from rewardlab.rl.ppo import STEP_SIZE_LIMITS, step_size_warning
+
+    summary = train_ppo(tiny_config(tmp_path, phases=2, eval_samples=4, lr=0.5), tmp_path / "out")
+    rows = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    over = [r["phase"] for r in rows if r["approx_kl"] > STEP_SIZE_LIMITS["approx_kl"]
+            or r["clipfrac"] > STEP_SIZE_LIMITS["clipfrac"]]
+    assert over and summary["phases_over_step_size_limits"] == over
+    assert "lower --lr (now 0.5)" in capsys.readouterr().err
+    calm = {"phase": 0, "approx_kl": 0.008, "clipfrac": 0.05}  # the tuned review world's values
+    assert step_size_warning(calm, tiny_config(tmp_path)) is None
+
+
 def test_nan_reward_is_input_error(tmp_path, monkeypatch):
     from rewardlab import rewards
     from rewardlab.errors import InputError

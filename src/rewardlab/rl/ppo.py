@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,20 @@ from rewardlab.text import (check_generation_fits, config_context_length, encode
                             stop_ids)
 
 RATIO_TOLERANCE = 1e-4
+# A phase whose mean approx_kl (0.5 * log-ratio^2 between the rollout policy and the updated one) or clip
+# fraction is above these moved the policy too far per update: the step size (lr) is wrong for this model.
+# The tuned review-world runs stay below 0.01 and 0.05.
+STEP_SIZE_LIMITS = {"approx_kl": 0.1, "clipfrac": 0.3}
+
+
+def step_size_warning(row: dict, cfg: PPOConfig) -> str | None:
+    """A loud message when a phase's metrics `row` exceed STEP_SIZE_LIMITS, else None."""
+    over = {k: row[k] for k, limit in STEP_SIZE_LIMITS.items() if row.get(k) is not None and row[k] > limit}
+    if not over:
+        return None
+    seen = ", ".join(f"{k} {v:.3g} (limit {STEP_SIZE_LIMITS[k]:g})" for k, v in over.items())
+    return (f"rewardlab: warning: PPO phase {row['phase']}: {seen}: each update moves the policy too far, "
+            f"which wrecks a pretrained model; lower --lr (now {cfg.lr:g}), e.g. to 1e-5 for a pretrained model")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,6 +511,8 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
                             base_std, grammatical, t_gen, t_learn)
         kl_ctl.update(row[f"kl_{cfg.kl_estimator}"], cfg.batch_size)
         metrics.append(row)
+        if (warning := step_size_warning(row, cfg)) and accelerator.is_main_process:
+            tqdm.write(warning, file=sys.stderr)
         bar.update()
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward_mean", "kl_exact", "grammatical_rate") if k in row})
         samples += [{"phase": phase, "prompt": prompts[i], "completion": t, "reward": float(s)}
@@ -513,6 +530,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     policy_eval = _evaluate(unwrapped.policy, ref, tokenizer, prompts, reward, is_grammatical, cfg, max_new_tokens,
                             seed=cfg.seed + 20_000)
     summary = {"reward": cfg.reward, **eval_summary(base_eval, policy_eval), "phases": cfg.phases,
+               "phases_over_step_size_limits": [m["phase"] for m in metrics if step_size_warning(m, cfg)],
                "processes": world_size, "train_seconds": elapsed_before + t_eval - t_start}
     summary["seconds"] = elapsed_before + time.perf_counter() - t_start
     if accelerator.is_main_process:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewardlab.rl.config import PPOConfig as Config
@@ -28,6 +28,7 @@ class PPOSection:
     seconds: float
     grammatical_rate: Estimate | None = None  # review world only
     grammatical_rate_base: float | None = None
+    phases_over_step_size_limits: list[int] = field(default_factory=list)  # approx_kl or clip fraction too high
 
 
 @dataclass
@@ -42,7 +43,8 @@ def section_of(summary: dict) -> PPOSection:
     return PPOSection(**ci, reward_base_std=summary["reward_base_std"],
                       reward_gain_base_std=summary["reward_gain_base_std"], seconds=summary["seconds"],
                       grammatical_rate=None if grammatical is None else from_json(Estimate, grammatical),
-                      grammatical_rate_base=summary.get("grammatical_rate_base"))
+                      grammatical_rate_base=summary.get("grammatical_rate_base"),
+                      phases_over_step_size_limits=summary.get("phases_over_step_size_limits", []))
 
 
 def plan(run: RunConfig, p: Planner) -> None:
