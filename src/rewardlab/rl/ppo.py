@@ -57,6 +57,12 @@ RATIO_TOLERANCE = 1e-4
 STEP_SIZE_LIMITS = {"approx_kl": 0.1, "clipfrac": 0.3}
 
 
+def _warn_step_size(row: dict, cfg: PPOConfig, accelerator) -> None:
+    """Print `step_size_warning` on stderr (main process only), without breaking the progress bar."""
+    if (warning := step_size_warning(row, cfg)) and accelerator.is_main_process:
+        tqdm.write(warning, file=sys.stderr)
+
+
 def step_size_warning(row: dict, cfg: PPOConfig) -> str | None:
     """A loud message when a phase's metrics `row` exceed STEP_SIZE_LIMITS, else None."""
     over = {k: row[k] for k, limit in STEP_SIZE_LIMITS.items() if row.get(k) is not None and row[k] > limit}
@@ -511,8 +517,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
                             base_std, grammatical, t_gen, t_learn)
         kl_ctl.update(row[f"kl_{cfg.kl_estimator}"], cfg.batch_size)
         metrics.append(row)
-        if (warning := step_size_warning(row, cfg)) and accelerator.is_main_process:
-            tqdm.write(warning, file=sys.stderr)
+        _warn_step_size(row, cfg, accelerator)
         bar.update()
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward_mean", "kl_exact", "grammatical_rate") if k in row})
         samples += [{"phase": phase, "prompt": prompts[i], "completion": t, "reward": float(s)}
