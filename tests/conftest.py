@@ -79,3 +79,14 @@ def fast_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("fast-demo") / "demo"
     assert main(["demo", "--fast", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def organisms_micro(tmp_path_factory):
+    """A finished `rewardlab organisms run --preset micro --seeds 1` folder (under a minute; built once
+    per test session). Tests that change it work on a copy."""
+    from rewardlab.cli import main
+
+    out = tmp_path_factory.mktemp("organisms-micro") / "bench"
+    assert main(["organisms", "run", "--out", str(out), "--preset", "micro", "--seeds", "1"]) == 0
+    return out

@@ -10,9 +10,9 @@ from rewardlab.organisms.build import ORGANISMS
 from rewardlab.organisms.hypotheses import METHODS
 
 
-def test_organisms_micro_run_scores_every_method_and_resumes_identically(tmp_path, capsys):
+def test_organisms_micro_run_scores_every_method_and_resumes_identically(organisms_micro, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["organisms", "run", "--out", str(out), "--preset", "micro", "--seeds", "1"]) == 0
+    shutil.copytree(organisms_micro, out)  # the session's run (conftest), which other tests read unchanged
     first = read_json(out / "results.json")
     section = first["organisms"]
     assert list(section["cells"]) == list(ORGANISMS) and section["preset"] == "micro"

@@ -255,3 +255,36 @@ def value_probes(table: Sequence[Mapping[str, Any]]) -> str:
     axes[0].set_ylabel("test Spearman with Monte Carlo target (95% CI)")
     axes[0].legend(loc="best", fontsize=7)
     return to_data_uri(fig)
+
+
+def estimate_label(value: float | None, ci: Sequence[float] | None) -> str:
+    """A cell's annotation: the value over its 95% CI, two decimals; "n/a" when undefined."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    lo, hi = ci if ci is not None else (math.nan, math.nan)
+    bounds = f"[{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "[n/a]"
+    return f"{value:.2f}\n{bounds}"
+
+
+def score_heatmap(rows: Sequence[str], columns: Sequence[tuple[str, float]],
+                  cells: Sequence[Sequence[tuple[float, tuple[float, float]] | None]], title: str) -> str:
+    """Rows (methods) x columns, each column its own score with its chance level: `columns` =
+    (label, chance), a score whose best is 1 and whose scale is symmetric about chance (an AUROC or an
+    accuracy: chance 0.5 on 0..1; a correlation: chance 0 on -1..1). `cells[i][j]` = (value, 95% CI) or
+    None. Each cell is coloured by (value - chance) / (1 - chance), so -1..1 on every column with white
+    at chance, and annotated with its value and CI; a missing or undefined cell is blank, "n/a"."""
+    grid = [[math.nan if c is None else (_finite([c[0]])[0] - chance) / (1 - chance)
+             for c, (_, chance) in zip(row, columns)] for row in cells]
+    fig = Figure(figsize=(2.0 + 1.45 * len(columns), 1.3 + 0.55 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu_r", aspect="auto")
+    ax.set_xticks(range(len(columns)), [f"{label}\n(chance {chance:g})" for label, chance in columns], fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("organism: the score that applies to its truth (95% CI)")
+    ax.set_ylabel("method")
+    for i, row in enumerate(cells):
+        for j, c in enumerate(row):
+            ax.text(j, i, estimate_label(*(c or (None, None))), ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="(score − chance) / (1 − chance)")
+    ax.set_title(title, fontsize=10)
+    return to_data_uri(fig)

@@ -6,6 +6,12 @@ answers to the research questions first, then one evidence section per results s
 by its own renderer from its dataclass. Besides the sections it reads only the artifacts the stages
 declare: the PPO metrics, the divergent samples' tokens, and the probe heatmaps (PNG). An artifact
 that cannot be read renders as a visible note in its section, never as a missing section.
+
+The organisms benchmark (`rewardlab organisms run --out DIR`) writes a results.json of its own: no
+header, one section `organisms` (`stages.organisms.Results`, typed and checked the same way). It is
+not a pipeline stage (it builds its own world and post-trains many models), so `build_report(DIR)`
+recognises that file by its keys and renders its own page: the methods x organisms heatmap, the
+table of every score with its CI, each organism's post-training, and what each method ranked top.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, read_json, read_jsonl
 from rewardlab.report import figures
 from rewardlab.schema import from_json, to_json
+from rewardlab.stages import organisms as organisms_stage
 from rewardlab.stages.diffing import params_figure
 from rewardlab.stages.registry import SCHEMA_VERSION, Results
 from rewardlab.stages.sweep import frontier_figure
@@ -389,7 +396,7 @@ def _section(sid: str, title: str, body: str, cls: str) -> str:
             f"<{level}>{e(title)}</{level}>{body}</section>")
 
 
-def _guarded(render: Callable[[Run], str], run: Run) -> str:
+def _guarded(render: Callable[[Any], str], run: Any) -> str:
     """The section's HTML, or a visible note when one of its artifacts cannot be read."""
     try:
         return render(run)
@@ -397,32 +404,113 @@ def _guarded(render: Callable[[Run], str], run: Run) -> str:
         return note(f"could not read this section's evidence: {err}")
 
 
-def render_html(run: Run) -> str:
-    """The whole page as a string."""
-    title = str(run.results.name or run.dir.name)
-    evidence = [_section(sid, title_, _guarded(render, run) or not_run(missing), "evidence")
-                for sid, (title_, render, missing) in EVIDENCE.items()]
-    nav = " ".join(f'<a href="#{e(sid)}">{e(t)}</a>' for sid, (t, *_) in EVIDENCE.items())
+def _page(title: str, intro: str, nav: dict[str, str], body: str) -> str:
+    """The HTML document: `nav` = section id -> title, `body` the sections."""
+    links = " ".join(f'<a href="#{e(sid)}">{e(t)}</a>' for sid, t in nav.items())
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>rewardlab report: {e(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>rewardlab report: {e(title)}</h1>"
-        '<p class="note">What did post-training teach the model about reward, and does the model carry its own '
-        "estimate of expected reward? Every statistic reads value [95% bootstrap CI] (n). A verdict is yes only "
-        "when the evidence beats the strongest baseline with a CI that excludes it.</p>"
-        f"<nav>Evidence: {nav}</nav>"
-        '<h2 id="questions">The research questions</h2>' + "".join(answers_html(run)) + "".join(evidence) +
+        f'<p class="note">{e(intro)}</p><nav>Evidence: {links}</nav>{body}'
         f"<script>{SCRIPT}</script></body></html>\n"
     )
 
 
-def load_results(run_dir: str | Path) -> Results:
-    """RUN/results.json as the typed Results; InputError for another schema version or a bad key."""
+def render_html(run: Run) -> str:
+    """The whole page as a string."""
+    evidence = [_section(sid, title_, _guarded(render, run) or not_run(missing), "evidence")
+                for sid, (title_, render, missing) in EVIDENCE.items()]
+    intro = ("What did post-training teach the model about reward, and does the model carry its own estimate of "
+             "expected reward? Every statistic reads value [95% bootstrap CI] (n). A verdict is yes only when the "
+             "evidence beats the strongest baseline with a CI that excludes it.")
+    return _page(str(run.results.name or run.dir.name), intro, {sid: t for sid, (t, *_) in EVIDENCE.items()},
+                 '<h2 id="questions">The research questions</h2>' + "".join(answers_html(run)) + "".join(evidence))
+
+
+# --- the organisms benchmark -------------------------------------------------------------------
+
+SCORE_COLUMNS = ("auroc", "precision_at_k", "spearman_truth", "pair_accuracy")
+
+
+def org_heatmap(s: organisms_stage.OrganismsSection) -> str:
+    shown = "; ".join(f"{label} for {', '.join(o for o in s.cells if organisms_stage.KIND[o] == kind)} (chance "
+                      f"{chance:g})" for kind, (_, label, chance) in organisms_stage.SHOWN.items()
+                      if any(organisms_stage.KIND[o] == kind for o in s.cells))
+    return figure(organisms_stage.heatmap_figure(s),
+                  f"Each method (row) on each organism (column), by the score that applies to its truth: {shown}. "
+                  "Colour: (score - chance) / (1 - chance), white at chance; each cell: value and 95% bootstrap CI "
+                  f"over {s.seeds} organism seed(s) and the samples the method read.")
+
+
+def org_table(s: organisms_stage.OrganismsSection) -> str:
+    rows = [{"organism": o, "method": m, **to_json(cell)} for o, cells in s.cells.items() for m, cell in cells.items()]
+    return (f'<p class="note">preset {e(s.preset)}, post-training {e(s.post_training)}, {s.seeds} organism seed(s); '
+            "n = organism seeds. auroc and precision_at_k (k = the planted set's size) of the planted set; "
+            "spearman_truth with the true per-token score; pair_accuracy on minimal pairs that differ only in "
+            "the prompt's tone.</p>" + table(rows, ["organism", "method", "n_seeds", *SCORE_COLUMNS]))
+
+
+def org_runs(s: organisms_stage.OrganismsSection) -> str:
+    columns = ["organism", "seed", "reward_spec", "reward_base", "reward_policy", "kl_exact", "grammatical_rate"]
+    return ('<p class="note">On fresh evaluation samples of each organism (n = samples); kl_exact: KL(policy || '
+            "base) per completion, nats.</p>" + table([to_json(r) for r in s.runs], columns))
+
+
+def _tokens(tokens: list[str]) -> str:
+    return " ".join(f"<code>{e(t)}</code>" for t in tokens)
+
+
+def org_top_tokens(s: organisms_stage.OrganismsSection) -> str:
+    """Per organism, each method's top-ranked tokens, one column per seed."""
+    parts = []
+    for organism in s.cells:
+        runs = sorted((r for r in s.runs if r.organism == organism), key=lambda r: r.seed)
+        head = "".join(f"<th>seed {r.seed}</th>" for r in runs)
+        body = "".join(f"<tr><th>{e(m)}</th>" + "".join(f"<td>{_tokens(r.top_tokens.get(m, []))}</td>" for r in runs)
+                       + "</tr>" for m in s.cells[organism])
+        spec = ", ".join(dict.fromkeys(r.reward_spec for r in runs))
+        parts.append(f"<h4>{e(organism)} <span class=\"note\">({e(spec)})</span></h4>"
+                     f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "".join(parts)
+
+
+ORGANISM_SECTIONS: dict[str, tuple[str, Callable[[organisms_stage.OrganismsSection], str]]] = {
+    "org-heatmap": ("Methods x organisms", org_heatmap),
+    "org-table": ("Every score with its CI", org_table),
+    "org-runs": ("Post-training of each organism", org_runs),
+    "org-top-tokens": ("What each method put at its top", org_top_tokens),
+}
+
+
+def render_organisms_html(results: organisms_stage.Results, title: str) -> str:
+    """The organisms benchmark's page as a string."""
+    s = results.organisms
+    body = "".join(_section(sid, t, _guarded(render, s), "evidence") for sid, (t, render) in ORGANISM_SECTIONS.items())
+    intro = ("Model organisms: the same base model post-trained on rewards with a known truth, and every diffing "
+             "method scored against it. Every statistic reads value [95% bootstrap CI] (n).")
+    return _page(title, intro, {sid: t for sid, (t, _) in ORGANISM_SECTIONS.items()}, body)
+
+
+def _read(run_dir: str | Path) -> tuple[Path, dict]:
     path = Path(run_dir) / "results.json"
     data = read_json(path)
     if not isinstance(data, dict):
         raise InputError("results.json must hold a JSON object", str(path), "re-run the pipeline to rewrite it")
+    return path, data
+
+
+def is_organisms(data: dict) -> bool:
+    """Whether results.json data is the organisms benchmark's (`organisms` and no pipeline header)."""
+    return "organisms" in data and "schema_version" not in data
+
+
+def load_results(run_dir: str | Path) -> Results:
+    """RUN/results.json as the typed Results; InputError for another schema version or a bad key."""
+    return _pipeline_results(*_read(run_dir))
+
+
+def _pipeline_results(path: Path, data: dict) -> Results:
     if data.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"results.json has schema version {data.get('schema_version')}, this rewardlab reads "
                          f"{SCHEMA_VERSION}", str(path), "re-run the pipeline (finished stages are reused)")
@@ -430,9 +518,14 @@ def load_results(run_dir: str | Path) -> Results:
 
 
 def build_report(run_dir: str | Path) -> Path:
-    """Write RUN/report.html from RUN/results.json and the artifacts it lists; return its path."""
+    """Write RUN/report.html from RUN/results.json and the artifacts it lists (or, for an organisms
+    benchmark folder, from its results.json alone); return its path."""
     run_dir = Path(run_dir)
-    page = render_html(Run(run_dir, load_results(run_dir)))
+    path, data = _read(run_dir)
+    if is_organisms(data):
+        page = render_organisms_html(from_json(organisms_stage.Results, data, str(path)), run_dir.name)
+    else:
+        page = render_html(Run(run_dir, _pipeline_results(path, data)))
     out = run_dir / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -29,6 +29,7 @@ from rewardlab.errors import Check, InputError, raise_first_failed
 from rewardlab.io import read_json, read_jsonl, write_json
 from rewardlab.organisms.build import ORGANISMS, POST_TRAINING, Training, build_organism, planted_rate, toned_prompts
 from rewardlab.organisms.evaluate import EvalSettings, load_hypotheses, save_hypotheses, score_cell
+from rewardlab.report import figures
 from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 from rewardlab.runs import Stage
@@ -40,6 +41,8 @@ ARTIFACTS = {"world": "world"}
 N_STEERED = 4  # prompts whose base-model samples steered by the ADL difference organism.json shows
 KIND = {"planted": "planted", "agreement": "agreement", "sentiment": "utility", "flipped": "utility",
         "length": "utility"}
+SHOWN = {"planted": ("auroc", "AUROC", 0.5), "agreement": ("pair_accuracy", "pair accuracy", 0.5),
+         "utility": ("spearman_truth", "Spearman", 0.0)}  # kind -> the score the heatmap shows, its label, chance
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class Cell:
 
 @dataclass
 class OrganismsSection:
+    """The benchmark: every organism's post-training per seed, and each method's scores per organism."""
+
     preset: str
     post_training: str
     seeds: int
@@ -130,6 +135,22 @@ class OrganismsSection:
 @dataclass
 class Results:
     organisms: OrganismsSection
+
+
+def heatmap_figure(section: OrganismsSection) -> str:
+    """Methods x organisms (`report.figures.score_heatmap`), each organism by the score of `SHOWN`."""
+    organisms = list(section.cells)
+    methods = list(dict.fromkeys(m for cells in section.cells.values() for m in cells))
+    columns = [(f"{o}\n{SHOWN[KIND[o]][1]}", SHOWN[KIND[o]][2]) for o in organisms]
+    grid = []
+    for method in methods:
+        row = []
+        for o in organisms:
+            est = getattr(section.cells[o][method], SHOWN[KIND[o]][0]) if method in section.cells[o] else None
+            row.append(None if est is None else (est.value, tuple(est.ci)))
+        grid.append(row)
+    return figures.score_heatmap(methods, columns, grid, f"Methods x organisms ({section.preset} preset, "
+                                 f"{section.post_training}, {section.seeds} seed{'s' * (section.seeds > 1)})")
 
 
 def _training(cfg: Config) -> Training:
