@@ -350,8 +350,8 @@ def _pipeline_commands() -> list[Command]:
         Command(("demo",), "the bundled review-world run: every stage, results.json and report.html",
                 _demo_options, _demo),
         Command(("run",), "run the pipeline of a YAML config into a run folder (resumable)", _run_options, _run),
-        Command(("report",), "write RUN/report.html from RUN/results.json and its artifacts (a pipeline run or an organisms folder)", _report_options,
-                _report),
+        Command(("report",), "write RUN/report.html from RUN/results.json and its artifacts (a pipeline run or "
+                "an organisms folder)", _report_options, _report),
     ]
 
 
