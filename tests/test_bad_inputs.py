@@ -262,14 +262,22 @@ def test_a_full_disk_is_one_clear_error_and_leaves_no_partial_file(inputs, tmp_p
 
 def test_ctrl_c_exits_130_and_leaves_no_temporary_file(tmp_path):
     out, log = tmp_path / "world", tmp_path / "stderr.txt"
+    # SIGINT's default disposition for the child: a shell's background job inherits it ignored, and
+    # Python then installs no KeyboardInterrupt handler
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     with log.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "rewardlab", "world", "build", "--preset", "tiny",
-                                 "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr, text=True)
-        deadline = time.monotonic() + 300
-        while "pretraining" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # interrupt while it trains, not while Python starts
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+                                 "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                                preexec_fn=default_sigint)
+        try:
+            deadline = time.monotonic() + 300
+            while "pretraining" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)  # interrupt while it trains, not while Python starts
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     err = log.read_text()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert not out.exists() or not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.is_file()]
