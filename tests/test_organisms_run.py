@@ -48,7 +48,9 @@ def test_organisms_micro_run_scores_every_method_and_resumes_identically(organis
 def test_organisms_run_checks_its_options_before_any_work(tmp_path, capsys):
     assert main(["organisms", "run", "--out", str(tmp_path / "o"), "--organisms", "planted,sycophancy"]) == 2
     assert "unknown organism" in capsys.readouterr().err
-    assert main(["organisms", "run", "--out", str(tmp_path / "o"), "--preset", "huge"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # a choice argparse checks
+        main(["organisms", "run", "--out", str(tmp_path / "o"), "--preset", "huge"])
+    assert exit_.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
     assert main(["organisms", "run", "--out", str(tmp_path / "o"), "--kl-coef", "0"]) == 2
     assert "kl_coef, kl_target and kl_horizon must be above 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
