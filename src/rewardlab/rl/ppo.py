@@ -474,6 +474,17 @@ def _evaluate(model, ref, tokenizer, prompts: list[str], reward, is_grammatical,
                            top_p=cfg.top_p)
 
 
+def write_outputs(out: Path, model: PolicyWithValue, peft_model, tokenizer, cfg: PPOConfig, policy_eval: dict,
+                  summary: dict) -> None:
+    """The value head, the policy (with LoRA: merged, the adapter in adapter/) and the run's files; then
+    checkpoint/ is removed unless `keep_checkpoint`."""
+    model.value_head.save(out)
+    policy = model.policy if peft_model is None else save_lora(peft_model, out)
+    write_run(out, policy, tokenizer, cfg, policy_eval, summary)
+    if not cfg.keep_checkpoint:
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+
+
 def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train a policy with PPO into `out_dir`; resume from `out_dir/checkpoint` if one is there.
 
@@ -569,10 +580,6 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
                "processes": world_size, "train_seconds": elapsed_before + t_eval - t_start}
     summary["seconds"] = elapsed_before + time.perf_counter() - t_start
     if accelerator.is_main_process:
-        unwrapped.value_head.save(out)
-        write_run(out, unwrapped.policy if peft_model is None else save_lora(peft_model, out), tokenizer, cfg,
-                  policy_eval, summary)
-        if not cfg.keep_checkpoint:
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        write_outputs(out, unwrapped, peft_model, tokenizer, cfg, policy_eval, summary)
     accelerator.wait_for_everyone()
     return summary
