@@ -140,6 +140,12 @@ class DPOTrainConfig:
     chat_template: str = chat_template_field()
     eval_samples: int = 512         # fresh samples from base and policy for summary.json
     threads: int | None = 1         # torch CPU threads (None: leave as is)
+    device: str = "cpu"             # cpu | cuda | mps | auto (cuda when available): where TRL trains and evaluation runs
+    dtype: Literal["float32", "bfloat16"] = "float32"  # float32 | bfloat16: the model's weights (LoRA adapters stay float32)
+    lora_rank: int | None = None    # LoRA rank (peft): train an adapter only, the reference is the base with it off; None: fullfine-tuning
+    lora_alpha: float = 16.0        # LoRA scale: the update is (alpha / r) B A
+    lora_target_modules: str = "all-linear"  # LoRA layers: all-linear (attention, MLP; not the output head) or names, e.g. q_proj,v_proj
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (TRL's activation_checkpointing)
 
     def validate(self) -> None:
         raise_first_failed([
@@ -152,6 +158,7 @@ class DPOTrainConfig:
             (self.eval_samples >= 2, f"eval_samples must be at least 2 (a std and a CI), got {self.eval_samples}",
              None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
+            *memory_checks(self),
             *sampling_checks(self),
             chat_template_check(self),
         ], "DPO config")
