@@ -63,7 +63,6 @@ def _spy_trainer(monkeypatch) -> list:
     return seen
 
 
-@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft's own call (save)
 def test_dpo_with_lora_trains_an_adapter_against_the_adapter_disabled_base(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -120,7 +119,7 @@ def test_dpo_device_reaches_trl_and_a_missing_gpu_fails_before_work(tmp_path, mo
                           tmp_path / "pairs.jsonl")
     with pytest.raises(Stop):
         train_dpo(DPOTrainConfig(base=base, pairs=str(tmp_path / "pairs.jsonl"), prompts=prompts, device="auto",
-                                 gradient_checkpointing=True), tmp_path / "out")
+                                 gradient_checkpointing=True, dtype="bfloat16"), tmp_path / "out")
     (kw,) = seen
     assert kw["args"].use_cpu == (not torch.cuda.is_available())
-    assert kw["args"].activation_checkpointing
+    assert kw["args"].activation_checkpointing and kw["model"].dtype == torch.bfloat16

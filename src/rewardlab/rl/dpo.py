@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +23,7 @@ from rewardlab.rl.config import DPOTrainConfig
 from rewardlab.rl.eval import eval_summary, evaluate_policy, write_run
 from rewardlab.models import pick_device
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
-from rewardlab.rl.lora import AdapterOff, lora_config, save_lora
+from rewardlab.rl.lora import AdapterOff, checkpointing_deprecations_ignored, lora_config, save_lora
 from rewardlab.stats import mean
 from rewardlab.text import messages_of, stop_ids, uses_chat_template
 
@@ -71,8 +70,7 @@ def dpo_trainer(cfg: DPOTrainConfig, policy, ref, tokenizer, dataset, out: Path,
     peft_config = None if cfg.lora_rank is None else lora_config(policy, cfg.lora_rank, cfg.lora_alpha,
                                                                  cfg.lora_target_modules)
     torch.manual_seed(cfg.seed)  # the adapter's initial A is drawn when TRL wraps the policy
-    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing` itself
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with checkpointing_deprecations_ignored():
         return DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=peft_config)
 
@@ -106,8 +104,7 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
         ref.requires_grad_(False)
     dataset = Dataset.from_list([trl_pair(r, tokenizer) for r in train])
     trainer = dpo_trainer(cfg, policy, ref, tokenizer, dataset, out, device)
-    with warnings.catch_warnings():  # TRL reads transformers' deprecated `is_gradient_checkpointing` itself
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with checkpointing_deprecations_ignored():
         trainer.train()
     shutil.rmtree(out / "trl", ignore_errors=True)  # TRL's scratch folder: nothing is saved there
     peft_model = trainer.model if cfg.lora_rank is not None else None

@@ -11,6 +11,7 @@ folder is a plain Hugging Face model with the adapter merged in; the adapter is 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -50,9 +51,17 @@ def add_lora(model: nn.Module, rank: int, alpha: float, target_modules: str):
     from peft import get_peft_model
 
     config = lora_config(model, rank, alpha, target_modules)
-    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing` itself
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with checkpointing_deprecations_ignored():
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def checkpointing_deprecations_ignored():
+    """Silence transformers' FutureWarnings about its renamed `gradient_checkpointing_*` methods, which peft
+    and TRL call themselves (our own code uses `activation_checkpointing_enable`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
 
 
 class AdapterOff(nn.Module):
@@ -76,8 +85,9 @@ class AdapterOff(nn.Module):
 def save_lora(peft_model, out: Path) -> nn.Module:
     """Save the adapter to `out/adapter` and return the merged plain model (base + (alpha / r) B A,
     merged in place: call it last)."""
-    peft_model.save_pretrained(out / ADAPTER_DIR)
-    return peft_model.merge_and_unload()
+    with checkpointing_deprecations_ignored():
+        peft_model.save_pretrained(out / ADAPTER_DIR)
+        return peft_model.merge_and_unload()
 
 
 def mark_checkpointed_layers(model: nn.Module) -> int:

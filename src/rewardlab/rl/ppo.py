@@ -23,8 +23,10 @@ own learning rate, and never moves the policy, so it can be compared with probes
 
 Memory (`rewardlab.rl.lora`): with `lora_rank` set, the policy is the base with a LoRA adapter and the
 reference the same weights with the adapter off (one copy instead of two; Adam state for the adapter
-only; checkpoints hold the adapter and value head only); `dtype` bfloat16 halves the weights;
-`gradient_checkpointing` recomputes each layer's activations in the backward pass.
+only; checkpoints hold the adapter and value head only); `dtype` bfloat16 halves the weights (with
+full fine-tuning, Adam steps below bfloat16's resolution, 2^-8 of a weight, are lost: pair it with LoRA,
+whose adapter stays float32); `gradient_checkpointing` recomputes each layer's activations in the
+backward pass (same numbers, less memory, slower).
 """
 
 from __future__ import annotations
