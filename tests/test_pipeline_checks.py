@@ -45,7 +45,7 @@ def test_ppo_resumes_with_another_thread_count(tmp_path):
     from rewardlab.io import read_jsonl
     from rewardlab.rl.ppo import train_ppo
 
-    cfg = tiny_config(tmp_path, phases=2, eval_samples=4, threads=1)
+    cfg = tiny_config(tmp_path, phases=2, eval_samples=4, threads=1, keep_checkpoint=True)  # resumed below
     before = torch.get_num_threads()
     try:
         train_ppo(dataclasses.replace(cfg, phases=1), tmp_path / "out")  # "interrupted" after phase 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rewardlab.io import load_tensors, read_json, read_jsonl, write_jsonl
 from rewardlab.rl.config import PPOConfig
@@ -80,8 +81,9 @@ def test_ppo_runs_and_writes_outputs(tmp_path):
     summary = train_ppo(cfg, tmp_path / "out")
     out = tmp_path / "out"
     for name in ("policy/config.json", "policy/model.safetensors", "value_head.safetensors", "config.json",
-                 "metrics.jsonl", "samples.jsonl", "summary.json", "checkpoint/state.json"):
+                 "metrics.jsonl", "samples.jsonl", "summary.json"):
         assert (out / name).is_file(), name
+    assert not (out / "checkpoint").exists() and not (out / "adapter").exists()  # removed once finished; no LoRA
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["phase"] for m in metrics] == [0, 1]
     for m in metrics:
@@ -148,12 +150,19 @@ def test_ppo_kl_variants_run(tmp_path, estimator, kl_in, target, top_k):
 def test_resume_matches_uninterrupted(tmp_path):
     cfg = tiny_config(tmp_path, phases=3)
     full = train_ppo(cfg, tmp_path / "full")
-    train_ppo(dataclasses.replace(cfg, phases=1), tmp_path / "resumed")  # "interrupted" after phase 1
-    resumed = train_ppo(cfg, tmp_path / "resumed")
-    a, _ = load_tensors(tmp_path / "full" / "checkpoint" / "model.safetensors")
-    b, _ = load_tensors(tmp_path / "resumed" / "checkpoint" / "model.safetensors")
+    # "interrupted" after phase 1: the checkpoint kept as an unfinished run keeps it
+    train_ppo(dataclasses.replace(cfg, phases=1, keep_checkpoint=True), tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "checkpoint" / "state.json").is_file()
+    resumed = train_ppo(dataclasses.replace(cfg, keep_checkpoint=True), tmp_path / "resumed")
+    a = load_file(tmp_path / "full" / "policy" / "model.safetensors")  # Hugging Face files
+    b = load_file(tmp_path / "resumed" / "policy" / "model.safetensors")
+    assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert not (tmp_path / "full" / "checkpoint").exists()  # removed once the run finished (the default)
+    ckpt, _ = load_tensors(tmp_path / "resumed" / "checkpoint" / "model.safetensors")  # kept when asked
+    assert read_json(tmp_path / "resumed" / "checkpoint" / "state.json")["phase"] == 3
+    assert any(k.startswith("value_head.") for k in ckpt) and any(k.startswith("policy.") for k in ckpt)
     assert full["reward_policy"] == resumed["reward_policy"]
     strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]
     assert strip(read_jsonl(tmp_path / "full" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
@@ -162,18 +171,19 @@ def test_resume_matches_uninterrupted(tmp_path):
 def test_resume_refuses_other_config(tmp_path):
     from rewardlab.errors import InputError
 
-    cfg = tiny_config(tmp_path, phases=1, eval_samples=4)
+    cfg = tiny_config(tmp_path, phases=1, eval_samples=4, keep_checkpoint=True)
     train_ppo(cfg, tmp_path / "out")
     with pytest.raises(InputError, match="different config"):
         train_ppo(dataclasses.replace(cfg, lr=5e-4), tmp_path / "out")
 
 
 def test_resume_accepts_the_same_files_named_relatively(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, phases=1, eval_samples=4)
+    cfg = tiny_config(tmp_path, phases=1, eval_samples=4, keep_checkpoint=True)
     train_ppo(cfg, tmp_path / "out")
     monkeypatch.chdir(tmp_path)
     relative = dataclasses.replace(cfg, phases=2, prompts="prompts.jsonl", base=str(Path(cfg.base).relative_to(tmp_path)))
     assert train_ppo(relative, tmp_path / "out")["phases"] == 2
+    assert [m["phase"] for m in read_jsonl(tmp_path / "out" / "metrics.jsonl")] == [0, 1]  # resumed
 
 
 def test_a_step_size_that_wrecks_the_policy_is_reported_loudly(tmp_path, capsys):

@@ -20,7 +20,7 @@ def test_ppo_two_cpu_processes(tmp_path):
            "-m", "rewardlab.cli", "train", "ppo",
            "--base", base, "--prompts", prompts, "--out", str(tmp_path / "out"), "--phases", "2",
            "--batch-size", "8", "--minibatch-size", "2", "--ppo-epochs", "1", "--max-new-tokens", "5",
-           "--eval-samples", "8", "--lr", "1e-3"]
+           "--eval-samples", "8", "--lr", "1e-3", "--keep-checkpoint"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = read_jsonl(tmp_path / "out" / "metrics.jsonl")

@@ -6,11 +6,13 @@ Kept free of heavy imports so the CLI can build its options from them without lo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from rewardlab.config import CHAT_TEMPLATE_MODES, chat_template_field
 from rewardlab.errors import Check, raise_first_failed
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact", "exact_reverse")
+DTYPES = ("float32", "bfloat16")
 VALUE_HEAD_KINDS = ("linear", "mlp")
 
 
@@ -21,6 +23,17 @@ def sampling_checks(cfg) -> list[Check]:
         (cfg.temperature > 0, f"temperature must be above 0, got {cfg.temperature}", None),
         (cfg.top_k >= 0, f"top_k must be 0 (off) or positive, got {cfg.top_k}", None),
         (0 < cfg.top_p <= 1, f"top_p must be in (0, 1], got {cfg.top_p}", None),
+    ]
+
+
+def memory_checks(cfg) -> list[Check]:
+    """Checks of the dtype and LoRA fields configs share."""
+    return [
+        (cfg.dtype in DTYPES, f"unknown dtype {cfg.dtype!r}", f"use one of {', '.join(DTYPES)}"),
+        (cfg.lora_rank is None or cfg.lora_rank >= 1, f"lora_rank must be at least 1, got {cfg.lora_rank}",
+         "or leave it unset for full fine-tuning"),
+        (cfg.lora_alpha > 0, f"lora_alpha must be above 0, got {cfg.lora_alpha}", None),
+        (bool(cfg.lora_target_modules.strip()), "lora_target_modules is empty", "use all-linear"),
     ]
 
 
@@ -68,8 +81,14 @@ class PPOConfig:
     samples_per_phase: int = 8       # completions kept in samples.jsonl per phase
     eval_samples: int = 512          # fresh samples from base and policy for summary.json
     checkpoint_every: int = 1        # phases between checkpoints
+    keep_checkpoint: bool = False    # keep checkpoint/ after the run finishes (resume needs it only while unfinished)
     cpu: bool = True                 # run on CPU even where an accelerator exists
     threads: int | None = 1          # torch CPU threads (None: leave as is)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # float32 | bfloat16: the model's weights and activations (LoRA adapters stay float32)
+    lora_rank: int | None = None     # LoRA rank (peft): train an adapter and the value head only, the reference is the base with the adapter off (one copy of the weights); None: full fine-tuning
+    lora_alpha: float = 16.0         # LoRA scale: the update is (alpha / r) B A
+    lora_target_modules: str = "all-linear"  # LoRA layers: all-linear (attention, MLP; not the output head) or names, e.g. q_proj,v_proj
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass: less memory, slower; same numbers
 
     def validate(self) -> None:
         raise_first_failed([
@@ -94,6 +113,7 @@ class PPOConfig:
             (self.samples_per_phase >= 0 and self.checkpoint_every >= 1,
              "samples_per_phase must be at least 0 and checkpoint_every at least 1", None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
+            *memory_checks(self),
             *sampling_checks(self),
             chat_template_check(self),
         ], "PPO config")
@@ -120,6 +140,12 @@ class DPOTrainConfig:
     chat_template: str = chat_template_field()
     eval_samples: int = 512         # fresh samples from base and policy for summary.json
     threads: int | None = 1         # torch CPU threads (None: leave as is)
+    device: str = "cpu"             # cpu | cuda | mps | auto (cuda when available): where TRL trains and evaluation runs
+    dtype: Literal["float32", "bfloat16"] = "float32"  # float32 | bfloat16: the model's weights (LoRA adapters stay float32)
+    lora_rank: int | None = None    # LoRA rank (peft): train an adapter only, the reference is the base with it off; None: fullfine-tuning
+    lora_alpha: float = 16.0        # LoRA scale: the update is (alpha / r) B A
+    lora_target_modules: str = "all-linear"  # LoRA layers: all-linear (attention, MLP; not the output head) or names, e.g. q_proj,v_proj
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (TRL's activation_checkpointing)
 
     def validate(self) -> None:
         raise_first_failed([
@@ -132,6 +158,7 @@ class DPOTrainConfig:
             (self.eval_samples >= 2, f"eval_samples must be at least 2 (a std and a CI), got {self.eval_samples}",
              None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
+            *memory_checks(self),
             *sampling_checks(self),
             chat_template_check(self),
         ], "DPO config")

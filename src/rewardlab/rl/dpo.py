@@ -8,6 +8,7 @@ nats per completion against the base), `grammatical_rate` (review world only), `
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +21,9 @@ from rewardlab.io import read_jsonl, write_jsonl
 from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig
 from rewardlab.rl.eval import eval_summary, evaluate_policy, write_run
+from rewardlab.models import pick_device
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
+from rewardlab.rl.lora import AdapterOff, checkpointing_deprecations_ignored, lora_config, save_lora
 from rewardlab.stats import mean
 from rewardlab.text import messages_of, stop_ids, uses_chat_template
 
@@ -52,12 +55,33 @@ def summed_logprobs(model, tokenizer, prompts: Sequence[str], completions: Seque
     return torch.stack([lp.sum() for lp in completion_logprobs(model, tokenizer, prompts, completions, batch_size=64)])
 
 
-def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
-    """Train with TRL's DPOTrainer into `out_dir` (policy/, config.json, metrics.jsonl, summary.json)."""
-    from datasets import Dataset  # datasets and trl take ~3 s to import; only DPO training needs them
+def dpo_trainer(cfg: DPOTrainConfig, policy, ref, tokenizer, dataset, out: Path, device: torch.device):
+    """TRL's DPOTrainer on `device` (its scratch folder `out/trl`); with LoRA (`ref` None) TRL wraps the policy
+    with `rewardlab.rl.lora`'s LoraConfig and takes the adapter-disabled base as the reference."""
     from trl import DPOConfig, DPOTrainer
 
+    args = DPOConfig(
+        output_dir=str(out / "trl"), beta=cfg.beta, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, use_cpu=device.type == "cpu", report_to=[], save_strategy="no",
+        logging_steps=10, seed=cfg.seed, disable_tqdm=False, lr_scheduler_type="constant",
+        bf16=False,  # TRL 1.x turns mixed precision on by default, slow on CPU; `dtype` loads bfloat16 weights instead
+        activation_checkpointing=cfg.gradient_checkpointing,  # TRL 1.x's default is on
+    )
+    peft_config = None if cfg.lora_rank is None else lora_config(policy, cfg.lora_rank, cfg.lora_alpha,
+                                                                 cfg.lora_target_modules)
+    torch.manual_seed(cfg.seed)  # the adapter's initial A is drawn when TRL wraps the policy
+    with checkpointing_deprecations_ignored():
+        return DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config)
+
+
+def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
+    """Train with TRL's DPOTrainer into `out_dir` (policy/, config.json, metrics.jsonl, summary.json; with
+    LoRA policy/ has the adapter merged in and adapter/ holds the adapter)."""
+    from datasets import Dataset  # datasets and trl take ~3 s to import; only DPO training needs them
+
     cfg.validate()
+    device = pick_device(cfg.device)
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -73,19 +97,21 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
         raise InputError(f"{len(rows)} pairs are too few to hold {n_test} out", cfg.pairs, "give more pairs")
     test, train = [rows[i] for i in order[:n_test]], [rows[i] for i in order[n_test:]]
 
-    policy, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template)
-    ref, _ = load_policy_and_tokenizer(cfg.base)
-    ref.requires_grad_(False)
+    policy, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template, cfg.dtype)
+    ref = None
+    if cfg.lora_rank is None:
+        ref, _ = load_policy_and_tokenizer(cfg.base, dtype=cfg.dtype)
+        ref.requires_grad_(False)
     dataset = Dataset.from_list([trl_pair(r, tokenizer) for r in train])
-    args = DPOConfig(
-        output_dir=str(out / "trl"), beta=cfg.beta, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, use_cpu=True, report_to=[], save_strategy="no",
-        logging_steps=10, seed=cfg.seed, disable_tqdm=False, lr_scheduler_type="constant",
-        bf16=False, activation_checkpointing=False,  # TRL 1.x turns both on by default, slow on CPU
-    )
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    policy = trainer.model.eval()
+    trainer = dpo_trainer(cfg, policy, ref, tokenizer, dataset, out, device)
+    with checkpointing_deprecations_ignored():
+        trainer.train()
+    shutil.rmtree(out / "trl", ignore_errors=True)  # TRL's scratch folder: nothing is saved there
+    peft_model = trainer.model if cfg.lora_rank is not None else None
+    if peft_model is not None:
+        policy, ref = peft_model.base_model.model.eval(), AdapterOff(peft_model)
+    else:
+        policy, ref = trainer.model.eval(), ref.to(trainer.model.device)
     train_seconds = time.perf_counter() - t_start
 
     prompts_t = [r["prompt"] for r in test]
@@ -107,5 +133,5 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
                **eval_summary(base_eval, policy_eval), "train_seconds": train_seconds}
     summary["seconds"] = time.perf_counter() - t_start
     write_jsonl(out / "metrics.jsonl", [dict(h) for h in trainer.state.log_history] or [{}])
-    write_run(out, policy, tokenizer, cfg, policy_eval, summary)
+    write_run(out, policy if peft_model is None else save_lora(peft_model, out), tokenizer, cfg, policy_eval, summary)
     return summary

@@ -41,8 +41,8 @@ def grammar_checker(base: str) -> Callable[..., bool] | None:
     return None if world_of_model(base) is None else is_grammatical
 
 
-def load_policy_and_tokenizer(path: str, chat_template: str = "auto"):
-    """(float32 causal LM on the CPU in eval mode, tokenizer with the `chat_template` setting) via
+def load_policy_and_tokenizer(path: str, chat_template: str = "auto", dtype: str = "float32"):
+    """(causal LM in `dtype` on the CPU in eval mode, tokenizer with the `chat_template` setting) via
     `rewardlab.models.load_model`."""
-    model, tokenizer = load_model(path, device="cpu", dtype="float32", chat_template=chat_template)
+    model, tokenizer = load_model(path, device="cpu", dtype=dtype, chat_template=chat_template)
     return model.eval(), tokenizer

@@ -20,6 +20,13 @@ any loss or statistic. Position t of a completion is predicted by the logits at 
 The value head reads a site of the policy (default `ln_final.hook_out`, the final normalized
 residual stream, as ARENA) with the gradient stopped: it is trained by the value loss only, at its
 own learning rate, and never moves the policy, so it can be compared with probes on the same site.
+
+Memory (`rewardlab.rl.lora`): with `lora_rank` set, the policy is the base with a LoRA adapter and the
+reference the same weights with the adapter off (one copy instead of two; Adam state for the adapter
+only; checkpoints hold the adapter and value head only); `dtype` bfloat16 halves the weights (with
+full fine-tuning, Adam steps below bfloat16's resolution, 2^-8 of a weight, are lost: pair it with LoRA,
+whose adapter stays float32); `gradient_checkpointing` recomputes each layer's activations in the
+backward pass (same numbers, less memory, slower).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.eval import eval_summary, evaluate_policy, mean_std, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
+from rewardlab.rl.lora import AdapterOff, add_lora, mark_checkpointed_layers, save_lora, trainable
 from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
@@ -173,22 +181,31 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
 
 
 def _untied_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """State dict without the second name of tied tensors (safetensors refuses shared memory)."""
+    """State dict without the second name of tied tensors (safetensors refuses shared memory); when some
+    parameters are frozen (LoRA), only the trained ones (adapter and value head): the rest is the base."""
+    frozen = any(not p.requires_grad for p in model.parameters())
+    keep = {name for name, p in model.named_parameters() if p.requires_grad}
     tensors, tied, seen = {}, {}, {}
     for name, tensor in model.state_dict().items():
+        if frozen and name not in keep:
+            continue
         if tensor.data_ptr() in seen:
             tied[name] = seen[tensor.data_ptr()]
         else:
             seen[tensor.data_ptr()] = name
             tensors[name] = tensor
-    return tensors, {"tied": tied}
+    return tensors, {"tied": tied, "trained_only": frozen}
 
 
 def _load_untied_state(model: nn.Module, path: Path) -> None:
     tensors, meta = load_tensors(path)
     for name, source in meta["tied"].items():
         tensors[name] = tensors[source]
-    model.load_state_dict(tensors)
+    _, unexpected = model.load_state_dict(tensors, strict=not meta.get("trained_only", False))
+    trained_missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in tensors]
+    if unexpected or trained_missing:
+        raise InputError(f"checkpoint does not match the model ({len(unexpected)} unknown tensors, "
+                         f"{len(trained_missing)} trained ones missing)", str(path), "use another --out folder")
 
 
 def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, generator: torch.Generator, rank: int,
@@ -378,16 +395,38 @@ def phase_metrics(accelerator, phase: int, sc: Scored, mask: torch.Tensor, stats
 
 def policy_with_value(policy: nn.Module, cfg: PPOConfig, device) -> tuple[PolicyWithValue, torch.optim.Optimizer]:
     """The policy with a fresh value head (initial weights seeded by `cfg.seed`, global RNG untouched) on
-    `device`, and its Adam optimizer (policy at `lr`, value head at `value_lr`)."""
+    `device`, and its Adam optimizer (the policy's trainable parameters at `lr`: all of them, or the LoRA
+    adapter's; the value head at `value_lr`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         value_head = ValueHead(d_model(policy), cfg.value_head, cfg.value_site)
     model = PolicyWithValue(policy, value_head).to(device)
     optimizer = torch.optim.Adam([
-        {"params": list(model.policy.parameters()), "lr": cfg.lr},
+        {"params": trainable(model.policy), "lr": cfg.lr},
         {"params": list(model.value_head.parameters()), "lr": cfg.value_lr},
     ], eps=1e-5)
     return model, optimizer
+
+
+def policy_and_reference(cfg: PPOConfig, device):
+    """(policy, reference, tokenizer, peft model or None) on `device` in `cfg.dtype`. Full fine-tuning:
+    two copies of the base, the reference frozen. LoRA: one copy; the policy is it with a fresh adapter
+    on, the reference the same modules with the adapter off (`rewardlab.rl.lora`)."""
+    policy, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template, cfg.dtype)
+    parse_site(cfg.value_site, n_layers(policy))  # a bad --value-site fails here, not after the base evaluation
+    peft_model = None
+    if cfg.lora_rank is None:
+        ref, _ = load_policy_and_tokenizer(cfg.base, dtype=cfg.dtype)
+        ref.requires_grad_(False)
+        ref.to(device)
+    else:
+        with torch.random.fork_rng(devices=[]):  # the adapter's initial A is seeded, the global RNG untouched
+            torch.manual_seed(cfg.seed)
+            peft_model = add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+        ref = AdapterOff(peft_model)
+    if cfg.gradient_checkpointing:
+        mark_checkpointed_layers(policy)
+    return policy, ref, tokenizer, peft_model
 
 
 def checkpoint(out: Path, model: PolicyWithValue, optimizer, generator: torch.Generator, accelerator,
@@ -443,11 +482,24 @@ def _evaluate(model, ref, tokenizer, prompts: list[str], reward, is_grammatical,
                            top_p=cfg.top_p)
 
 
+def write_outputs(out: Path, model: PolicyWithValue, peft_model, tokenizer, cfg: PPOConfig, policy_eval: dict,
+                  summary: dict) -> None:
+    """The value head, the policy (with LoRA: merged, the adapter in adapter/) and the run's files; then
+    checkpoint/ is removed unless `keep_checkpoint`."""
+    model.value_head.save(out)
+    policy = model.policy if peft_model is None else save_lora(peft_model, out)
+    write_run(out, policy, tokenizer, cfg, policy_eval, summary)
+    if not cfg.keep_checkpoint:
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+
+
 def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train a policy with PPO into `out_dir`; resume from `out_dir/checkpoint` if one is there.
 
-    Writes policy/ (Hugging Face folder), value_head.safetensors, config.json, metrics.jsonl,
-    samples.jsonl, base_eval.json, eval_samples.jsonl and summary.json; returns the summary.
+    Writes policy/ (Hugging Face folder; with LoRA the adapter merged in, and the adapter in adapter/),
+    value_head.safetensors, config.json, metrics.jsonl, samples.jsonl, base_eval.json, eval_samples.jsonl
+    and summary.json; returns the summary. checkpoint/ is removed once the run finishes unless
+    `keep_checkpoint` (extending a finished run with more phases needs it).
     `progress`: a bar over phases on stderr with the phase's reward, exact KL and grammatical rate.
     """
     cfg = config
@@ -468,13 +520,9 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     reward = rewards.get_reward(cfg.reward)
     prompts = load_prompts(cfg.base, cfg.prompts)
     max_new_tokens = completion_length(cfg.base, cfg.max_new_tokens)
-    policy, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template)
-    parse_site(cfg.value_site, n_layers(policy))  # a bad --value-site fails here, not after the base evaluation
+    policy, ref, tokenizer, peft_model = policy_and_reference(cfg, device)
     check_generation_fits([len(ids) for ids in prompt_token_ids(tokenizer, prompts)], max_new_tokens,
-                          config_context_length(policy.config))  # and a prompt that leaves no room to answer
-    ref, _ = load_policy_and_tokenizer(cfg.base)
-    ref.requires_grad_(False)
-    ref.to(device)
+                          config_context_length(policy.config))  # a prompt that leaves no room to answer fails here
     model, optimizer = policy_with_value(policy, cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -539,7 +587,6 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
                "processes": world_size, "train_seconds": elapsed_before + t_eval - t_start}
     summary["seconds"] = elapsed_before + time.perf_counter() - t_start
     if accelerator.is_main_process:
-        unwrapped.value_head.save(out)
-        write_run(out, unwrapped.policy, tokenizer, cfg, policy_eval, summary)
+        write_outputs(out, unwrapped, peft_model, tokenizer, cfg, policy_eval, summary)
     accelerator.wait_for_everyone()
     return summary
