@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rewardlab.errors import InputError
+from rewardlab.stats import spearman_r
 from rewardlab.text import prompt_id
 from rewardlab.value.probes import ValueProbeConfig, position_rows, text_features, value_probe_study
 
@@ -27,6 +28,7 @@ def synthetic(n_prompts: int = 90, d: int = 6, seed: int = 0):
         realized = 0.38 if first == "good" else -0.5
         for position, written, r in (("last_prompt", "", 0.0), (0, first, realized)):
             rows.append({"record": i, "prompt_id": prompt_id(prompt), "position": position, "written": written,
+                         "n_written": 0 if position == "last_prompt" else 1,
                          "realized": r, "value_post": r + z[i], "future_post": z[i],
                          "value_base": r + 0.5 * z[i], "future_base": 0.5 * z[i]})
     acts = {}
@@ -169,3 +171,19 @@ def test_reliability_is_the_share_of_variance_that_is_not_monte_carlo_noise():
     ys = {"value_post": {"last_prompt": np.array([0.0, 1.0, 2.0, 3.0])}}
     pr = type("PR", (), {"index": np.arange(4)})()
     assert reliability(rows, ys, {"last_prompt": pr}) == {"value_post": {"last_prompt": pytest.approx(1 - 0.25 / (5 / 3))}}
+
+
+def test_traces_are_the_best_v_probe_on_test_prefixes(study):
+    """Each trace point: a test prefix, its Monte Carlo V_post and the best V_post probe's prediction."""
+    traces = study["traces"]
+    assert len(traces) == sum(s["test"] for s in study["split"].values())
+    for t in traces:
+        assert t["n_written"] == (0 if t["position"] == "last_prompt" else 1)
+        z = t["value"] - t["realized"]  # the fixture's head: -z at the last prompt token, 0 at offset 0
+        assert t["head"] == pytest.approx(-z if t["position"] == "last_prompt" else 0.0)
+    # the best V_post probe holds z: its predictions rank the test prefixes' V like the table says
+    for position in ("last_prompt", "0"):
+        pts = [t for t in traces if t["position"] == position]
+        row = _row(study, "post", "value_post", position)
+        assert spearman_r([t["value"] for t in pts], [t["probe"] for t in pts]) == pytest.approx(
+            row["spearman"]["value"])

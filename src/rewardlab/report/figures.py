@@ -257,6 +257,41 @@ def value_probes(table: Sequence[Mapping[str, Any]]) -> str:
     return to_data_uri(fig)
 
 
+def value_traces(traces: Sequence[Mapping[str, Any]], max_records: int = 6) -> str:
+    """V along completions (`value.probes` traces): per held-out record (the first `max_records`), the
+    Monte Carlo V_post with +-1.96 se against the number of completion tokens written (0 = the last
+    prompt token), the best V probe's prediction at each position and the PPO value head's where given."""
+    by_record: dict[int, list[Mapping[str, Any]]] = {}
+    for t in traces:
+        if t["position"] != "last_prompt":
+            by_record.setdefault(int(t["record"]), []).append(t)
+    at_prompt = {t["prompt_id"]: t for t in traces if t["position"] == "last_prompt"}  # shared by its records
+    for pts in by_record.values():
+        if pts[0]["prompt_id"] in at_prompt:
+            pts.append(at_prompt[pts[0]["prompt_id"]])
+    records = sorted(by_record)[:max_records]
+    cols = min(3, max(len(records), 1))
+    rows_ = max(1, math.ceil(len(records) / cols))
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows_), layout="constrained")
+    axes = fig.subplots(rows_, cols, squeeze=False, sharey=True)
+    for ax in axes.flat[len(records):]:
+        ax.set_visible(False)
+    for ax, record in zip(axes.flat, records):
+        pts = sorted(by_record[record], key=lambda t: t["n_written"])
+        xs = [t["n_written"] for t in pts]
+        se = [1.96 * (t["value_se"] or 0.0) for t in pts]
+        ax.errorbar(xs, [t["value"] for t in pts], yerr=se, fmt="o-", color="black", capsize=3, markersize=4,
+                    label="Monte Carlo V")
+        ax.plot(xs, [t["probe"] for t in pts], "s--", color=POST, markersize=4, label="V probe")
+        if all(t.get("head") is not None for t in pts):
+            ax.plot(xs, [t["head"] for t in pts], "^:", color=BASE, markersize=4, label="value head")
+        ax.set(title=f"record {record}", xlabel="completion tokens written")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("V (true reward)")
+    axes[0][0].legend(loc="best", fontsize=7)
+    return to_data_uri(fig)
+
+
 def estimate_label(value: float | None, ci: Sequence[float] | None) -> str:
     """A cell's annotation: the value over its 95% CI, two decimals; "n/a" when undefined."""
     if value is None or not math.isfinite(value):

@@ -202,11 +202,34 @@ def _value_head_rows(head: dict[str, np.ndarray], fitted: dict, table: list[dict
     return out
 
 
+def _traces(rows: Sequence[dict], fitted: dict, table: list[dict], prs: dict, head: dict | None,
+            model: str = "post") -> list[dict]:
+    """Per test prefix (held-out prompts only): the Monte Carlo V_model with its standard error, the
+    best V_model probe's prediction at that prefix's position and, with `head`, the value head's; one
+    row per (record, position), for drawing V along a completion token by token."""
+    target, out = f"value_{model}", []
+    for position, pr in prs.items():
+        best = [r["best_site"] for r in table if (r["acts"], r["target"], r["position"]) == (model, target, position)]
+        if not best:
+            continue
+        score = fitted[(model, target, position)][best[0]]["score"]
+        for j in pr.split.test:
+            i = int(pr.index[j])
+            out.append({"record": rows[i]["record"], "prompt_id": rows[i]["prompt_id"], "position": position,
+                        "n_written": rows[i]["n_written"], "value": rows[i][target],
+                        "value_se": rows[i].get(f"value_se_{model}"), "realized": rows[i]["realized"],
+                        "probe": float(score[j]),
+                        "head": None if head is None or position not in head else
+                        float(np.asarray(head[position])[pr.records[j]])})
+    return sorted(out, key=lambda t: (t["record"], t["n_written"]))
+
+
 def value_probe_study(acts: dict[str, dict[str, np.ndarray]], rows: Sequence[dict], records: Sequence[dict],
                       cfg: ValueProbeConfig = ValueProbeConfig(), value_head: dict[str, np.ndarray] | None = None
                       ) -> dict:
-    """The probe table, the cross matrix and every cell (see the module docstring); with `value_head`
-    ({position: the post model's value head's prediction per record}), also the value-head comparison."""
+    """The probe table, the cross matrix, the traces of V_post on test prefixes (`_traces`) and every
+    cell (see the module docstring); with `value_head` ({position: the post model's value head's
+    prediction per record}), also the value-head comparison."""
     targets = target_names(rows)
     prs = {pr.position: pr for pr in position_rows(rows, cfg)}
     sites = sorted({key.split("|")[0] for a in acts.values() for key in a}, key=_site_order)
@@ -233,6 +256,8 @@ def value_probe_study(acts: dict[str, dict[str, np.ndarray]], rows: Sequence[dic
               "table": table, "cross": _cross(table, fitted, ys, prs, cfg)}
     if value_head is not None:
         result["value_head"] = _value_head_rows(value_head, fitted, table, ys, prs, cfg)
+    if "post" in acts and "value_post" in targets:
+        result["traces"] = _traces(rows, fitted, table, prs, value_head)
     return {**result, "cells": cells}
 
 
