@@ -23,7 +23,8 @@ def est(value, lo, hi, n=100):
 
 
 def with_probe(r: Results, **changes) -> Results:
-    return dataclasses.replace(r, probe=dataclasses.replace(r.probe, **changes))
+    """The probe section changed, and no value section: questions 1 and 2 then read the probe."""
+    return dataclasses.replace(r, probe=dataclasses.replace(r.probe, **changes), value_probe=None)
 
 
 def test_every_question_has_an_answer_consistent_with_the_rule(results):
@@ -31,10 +32,15 @@ def test_every_question_has_an_answer_consistent_with_the_rule(results):
     assert list(answers) == list(QUESTIONS)
     assert {a.verdict for a in answers.values()} <= {"yes", "no", "inconclusive"}
     assert answers["q8-dialogue"].verdict == "inconclusive" and answers["q8-dialogue"].text.startswith("Not run")
-    diff = results.probe.versus_baselines.difference
-    if answers["q1-probe"].verdict == "yes":
-        assert diff.ci[0] > 0
-    assert results.probe.versus_baselines.baseline.replace("_", " ") in answers["q1-probe"].text
+    for qid in ("q1-probe", "q2-prompt-probe"):  # from the value section in the demo (tests/test_value_stage.py)
+        a = answers[qid]
+        if a.verdict == "yes":
+            assert a.evidence["difference"].ci[0] > 0
+        assert a.evidence["baseline"].replace("_", " ") in a.text
+    probe_only = answer_all(dataclasses.replace(results, value_probe=None))["q1-probe"]
+    if probe_only.verdict == "yes":
+        assert results.probe.versus_baselines.difference.ci[0] > 0
+    assert results.probe.versus_baselines.baseline.replace("_", " ") in probe_only.text
 
 
 def test_versus():

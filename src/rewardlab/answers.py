@@ -7,6 +7,13 @@ Each answer is a verdict with the sentence that justifies it and the numbers it 
                   words (the best probe is the embedding layer)
     inconclusive  the CI contains the baseline, or the run has no stage for the question
 
+Questions 1 and 2 read the value stage when the run has one: the target is then the Monte Carlo
+expected reward V (or the part still to come, F = V - R) of the policy's own continuations, and the
+baseline the strongest text-only predictor (bag of words, the reward of the words written, both, the
+embedding-layer probe), chosen on validation prompts; for question 1 the cell (target and completion
+position) with the largest validation margin over its baseline is the headline. Without a value
+stage they read the probes stage, whose target is the reward of the finished completion.
+
 The baselines: for a probe, the strongest of a bag of the tokens it can see, the completion length
 and the same probe on the embedding layer (question 1), a bag of the prompt's tokens and the
 embedding-layer probe at the last prompt token (question 2); for steering, the largest effect of
@@ -80,10 +87,61 @@ def against_baseline(lead: str, site: str, cmp, baseline: Estimate | None, reads
     return verdict, text
 
 
+@dataclass
+class _Versus:
+    baseline: str
+    difference: Estimate
+
+
+def _value_rows(r: Results, targets: tuple[str, ...], completion: bool) -> list:
+    """The value section's rows on the policy's activations for `targets`, at completion positions
+    (`completion`) or at the last prompt token, that have a strongest baseline."""
+    vp = r.value_probe
+    return [] if vp is None else [
+        row for row in vp.table if row.acts == "post" and row.target in targets and row.evidence is not None
+        and (row.position != "last_prompt") == completion]
+
+
+def _validation_margin(row) -> float:
+    margin = row.val_spearman - row.baselines[row.strongest_baseline].val_spearman
+    return margin if math.isfinite(margin) else -math.inf
+
+
+def answer_value(r: Results, row, question: str) -> Answer:
+    """A question answered from one row of the value section (chosen without its test numbers)."""
+    vp = r.value_probe
+    target = {"value_post": "V (the mean true reward of the policy's own continuations)",
+              "future_post": "F = V - R (the reward still to come beyond the words written)"}[row.target]
+    where = "the last prompt token" if row.position == "last_prompt" else f"completion token {row.position}"
+    baseline = row.baselines[row.strongest_baseline].spearman
+    verdict, text = against_baseline(
+        f"A probe of {target} on the policy's activations at {where} ({row.best_site}) predicts the Monte Carlo "
+        f"estimate (k = {vp.k} continuations per prefix) with Spearman ρ = {est(row.spearman)} on held-out prompts",
+        row.best_site, _Versus(row.strongest_baseline, row.evidence), baseline,
+        "the prompt's words" if row.position == "last_prompt" else "the words written so far")
+    ceiling = vp.reliability.get(row.target, {}).get(row.position)
+    if ceiling is not None and math.isfinite(ceiling):
+        text += f" The Monte Carlo noise ceiling (reliability) there is {ceiling:.2f}."
+    cross = next((c for c in vp.cross if (c.target, c.position) == (row.target, row.position)), None)
+    if cross is not None:
+        text += (f" The base model's activations predict the policy's {row.target.split('_')[0]} with "
+                 f"{est(cross.base)} (post − base {est(cross.post_minus_base)}).")
+    if question == "q1" and r.probe is not None:
+        text += (f" For comparison, the reward probe of finished completions (probes stage) reaches "
+                 f"{est(r.probe.spearman)} at {r.probe.best_site}: the reward of written words, not an expectation.")
+    return Answer(verdict, text, {"target": row.target, "position": row.position, "site": row.best_site,
+                                  "spearman": row.spearman, "baseline": row.strongest_baseline,
+                                  "baseline_spearman": baseline, "difference": row.evidence,
+                                  "reliability": ceiling, "source": "value_probe"})
+
+
 def answer_probe(r: Results) -> Answer:
+    rows = _value_rows(r, ("value_post", "future_post"), completion=True)
+    if rows:  # the headline cell: the largest margin over its baseline on validation prompts
+        return answer_value(r, max(rows, key=_validation_margin), "q1")
     p = r.probe
     if p is None:
-        return not_run("no probe stage in this run")
+        return not_run("no probe or value stage in this run")
     cmp = p.versus_baselines
     baseline = p.baselines_test.get(cmp.baseline, {}).get("spearman")
     verdict, text = against_baseline(
@@ -97,6 +155,9 @@ def answer_probe(r: Results) -> Answer:
 
 
 def answer_prompt_probe(r: Results) -> Answer:
+    rows = _value_rows(r, ("value_post",), completion=False)
+    if rows:
+        return answer_value(r, rows[0], "q2")
     po = r.probe.prompt_only if r.probe is not None else None
     if po is None:
         return not_run("no prompt-only probe (no last_prompt position) in this run")

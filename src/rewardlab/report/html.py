@@ -32,7 +32,8 @@ from rewardlab.stages.diffing import params_figure
 from rewardlab.stages.registry import SCHEMA_VERSION, Results
 from rewardlab.stages.sweep import frontier_figure
 
-ARTIFACTS_READ = ("ppo_metrics", "divergent_samples", "probe_heatmap_policy_png", "probe_heatmap_base_png")
+ARTIFACTS_READ = ("ppo_metrics", "divergent_samples", "probe_heatmap_policy_png", "probe_heatmap_base_png",
+                  "value_traces")
 MAX_SAMPLES_PER_ALPHA = 4
 MAX_FEATURES = 20
 MAX_TABLE_ROWS = 50
@@ -198,6 +199,37 @@ def ev_probe(run: Run) -> str:
     return "".join(parts)
 
 
+def ev_value(run: Run) -> str:
+    vp = run.results.value_probe
+    if vp is None:
+        return ""
+    rows = [{"acts": r.acts, "target": r.target, "position": r.position, "best site": r.best_site,
+             "spearman": to_json(r.spearman), "strongest baseline": r.strongest_baseline,
+             "its spearman": to_json(r.baselines[r.strongest_baseline].spearman) if r.strongest_baseline else None,
+             "probe − baseline": to_json(r.evidence) if r.evidence else None, "verdict": r.verdict}
+            for r in vp.table]
+    parts = [key_values(vp, skip=("table", "cross", "value_head", "reliability")),
+             figure(figures.value_probes([to_json(r) for r in vp.table]),
+                    "Value probes: test Spearman with the Monte Carlo target per position, the best probe on each "
+                    "model's activations and the strongest text-only baseline"),
+             "<h4>Each cell against its strongest text-only baseline (chosen on validation prompts)</h4>" + table(rows),
+             "<h4>Whose expectation: the policy's activations against the base model's</h4>"
+             + table([to_json(c) for c in vp.cross]),
+             "<h4>Monte Carlo noise ceiling (reliability) per target and position</h4>"
+             + table([{"target": t, **by_position} for t, by_position in vp.reliability.items()])]
+    if vp.value_head:
+        parts.append("<h4>The PPO value head against the best V probe</h4>" + table([to_json(v) for v in vp.value_head]))
+    if vp.best_of_n:
+        parts.append("<h4>Best-of-n on held-out prompts: the true reward of the pick by each selector</h4>"
+                     + table([to_json(b) for b in vp.best_of_n]))
+    traces = run.rows("value_traces")
+    if traces:
+        _required(traces, ("record", "n_written", "value", "probe"), "value_traces")
+        parts.append(figure(figures.value_traces(traces), "V along held-out completions: the Monte Carlo value "
+                                                          "(95% CI), the V probe and the value head, token by token"))
+    return "".join(parts)
+
+
 def ev_steering(run: Run) -> str:
     s = run.results.steering
     if s is None:
@@ -335,6 +367,7 @@ EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
     "ev-post-training": ("Post-training: reward and KL", ev_post_training, "no world, PPO or DPO stage in this run"),
     "ev-frontier": ("Reward-KL frontier", ev_frontier, "no KL sweep in this run"),
     "ev-probe": ("Probes: where the reward lives", ev_probe, "no probe stage in this run"),
+    "ev-value": ("Value probes: expected reward against a Monte Carlo truth", ev_value, "no value stage in this run"),
     "ev-steering": ("Steering dose-response", ev_steering, "no steering stage in this run"),
     "ev-implicit": ("Implicit reward against the true reward", ev_implicit, "no implicit-reward scoring in this run"),
     "ev-divergent": ("Divergent samples and the implicit reward", ev_divergent, "no divergent sampling in this run"),

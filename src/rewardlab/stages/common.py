@@ -67,6 +67,7 @@ class RunConfig:
     diffing: dict | None = None                         # stages.diffing.Config
     probes: dict | None = None                          # stages.probes.Config
     sae: dict | None = None                             # rewardlab.sae.diffing.DiffConfig
+    value: dict | None = None                           # stages.value.Config: value probes against Monte Carlo V
     report: bool = True                                 # write report.html
 
 
