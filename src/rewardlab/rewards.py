@@ -20,7 +20,8 @@ A reward maps a batch of texts to one float each. Specs are strings:
     judge:PATH                   the same with a local Hugging Face chat model: the expected rating under its
                                  log-probs over the scale; options rubric=review|helpful|FILE (a text file; {low}
                                  and {high} stand for the scale's ends), scale=1-10, mode=auto|logprob|sample,
-                                 retries=3, timeout=60 (seconds), workers=8, cache=DIR|off (default
+                                 retries=3 (per call: transport failures and unreadable replies each),
+                                 timeout=60 and backoff=1 (seconds), workers=8, cache=DIR|off (default
                                  $REWARDLAB_CACHE/judge, else ~/.cache/rewardlab/judge)
 
 A reward that returns NaN or inf raises `InputError` naming the text. Every reward takes the prompts
@@ -345,7 +346,8 @@ def _judge(target: str, options: dict[str, str], spec: str, device: str | None) 
     from rewardlab.interp.judge import RUBRICS, JudgeConfig, Judge
 
     where = f"reward spec {spec!r}"
-    unknown = set(options) - {"model", "key_env", "rubric", "scale", "mode", "retries", "workers", "timeout", "cache"}
+    unknown = set(options) - {"model", "key_env", "rubric", "scale", "mode", "retries", "workers", "timeout", "backoff",
+                                "cache"}
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for reward judge", where)
     rubric = options.pop("rubric", "review")
@@ -355,7 +357,8 @@ def _judge(target: str, options: dict[str, str], spec: str, device: str | None) 
     low, _, high = options.pop("scale", "1-10").partition("-")
     if not (low.strip().isdigit() and high.strip().isdigit()):
         raise InputError("judge scale must be LOW-HIGH whole numbers", where, "e.g. scale=1-10")
-    counts = {k: _float_option(options, k, d, spec) for k, d in (("retries", 3), ("workers", 8), ("timeout", 60))}
+    counts = {k: _float_option(options, k, d, spec)
+              for k, d in (("retries", 3), ("workers", 8), ("timeout", 60), ("backoff", 1))}
     cfg = JudgeConfig(rubric=RUBRICS.get(rubric) or Path(rubric).read_text(encoding="utf-8").strip(),
                       low=int(low), high=int(high), mode=options.pop("mode", "auto"),
                       retries=int(counts["retries"]), workers=max(1, int(counts["workers"])))
@@ -364,7 +367,7 @@ def _judge(target: str, options: dict[str, str], spec: str, device: str | None) 
         if "model" not in options:
             raise InputError("an endpoint judge needs the model name", where, f"judge:{target},model=NAME")
         client = OpenAIClient(target, options.pop("model"), options.pop("key_env", "OPENAI_API_KEY"),
-                              timeout=counts["timeout"])
+                              timeout=counts["timeout"], max_retries=int(counts["retries"]), backoff=counts["backoff"])
     elif target and (Path(target) / "config.json").is_file():
         if {"model", "key_env"} & set(options):
             raise InputError("model= and key_env= apply to endpoint judges only", where,

@@ -46,6 +46,8 @@ class ChatClient(Protocol):
 
 
 class OpenAIClient:
+    gives_logprobs = False  # text only: `option_logprobs` is for local models
+
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, temperature: float = 0.0):
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
@@ -103,6 +105,8 @@ def _chat_content(body: str) -> str:
 
 class HFChatClient:
     """A local causal LM with a chat template (plain "role: content" lines without one); greedy decoding."""
+
+    gives_logprobs = True
 
     def __init__(self, path: str, device: str | None = None):
         from rewardlab.models import load_model  # transformers, only for a local chat model
@@ -176,6 +180,7 @@ class CachedClient:
     def __init__(self, client: ChatClient, cache_dir: str | Path):
         self.client, self.cache_dir = client, Path(cache_dir)
         self.model_id = client.model_id
+        self.gives_logprobs = getattr(client, "gives_logprobs", False)
         self.hits = self.misses = 0
         self._lock = threading.Lock()
 

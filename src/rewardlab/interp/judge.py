@@ -118,7 +118,7 @@ class Judge:
     def __init__(self, client, cfg: JudgeConfig = JudgeConfig()):
         cfg.validate()
         self.client, self.cfg = client, cfg
-        has_logprobs = hasattr(client, "option_logprobs")
+        has_logprobs = getattr(client, "gives_logprobs", False)
         if cfg.mode == "logprob" and not has_logprobs:
             raise InputError("logprob judging needs a local chat model; an endpoint gives only text",
                              client.model_id, "use mode=sample for an endpoint")
