@@ -263,3 +263,26 @@ def test_audit_cli_runs_on_a_local_judge(tiny_chat_folder, tmp_path):
     assert results["model"] == spec and results["judge_biases"]["position"]["num_pairs"] == 4
     for estimate in (results["agreement"]["spearman"], results["judge_biases"]["position"]["first"]):
         assert estimate["ci"][0] <= estimate["value"] <= estimate["ci"][1]
+
+
+def test_ppo_and_preference_pairs_train_on_an_endpoint_judge(endpoint, tmp_path):
+    """PPO and the pairs builder get the judge through the same reward spec; the fake judge's rating is the
+    completion's word count, so every recorded reward can be checked."""
+    from test_ppo import make_prompts, make_tiny_lm, tiny_config
+
+    from rewardlab.rl.config import PairsConfig
+    from rewardlab.rl.pairs import make_preference_pairs
+    from rewardlab.rl.ppo import train_ppo
+
+    spec = judge_spec(endpoint, tmp_path / "cache", scale="1-100", workers=8)
+    summary = train_ppo(tiny_config(tmp_path, reward=spec, phases=1, eval_samples=8), tmp_path / "ppo")
+    assert math.isfinite(summary["reward_policy"]) and FakeJudge.calls
+    samples = read_jsonl(tmp_path / "ppo" / "samples.jsonl")
+    assert samples
+    for s in samples:
+        assert s["reward"] == max(1, min(100, len(s["completion"].split())))
+    cfg = PairsConfig(model=make_tiny_lm(tmp_path / "m"), reward=spec, prompts=make_prompts(tmp_path / "p.jsonl"),
+                      n_prompts=6, per_prompt=3, max_new_tokens=6, seed=1)
+    assert make_preference_pairs(cfg, tmp_path / "pairs.jsonl")["n_pairs"] > 0
+    for r in read_jsonl(tmp_path / "pairs.jsonl"):
+        assert r["chosen_reward"] == len(r["chosen"].split()) > r["rejected_reward"] == len(r["rejected"].split())

@@ -236,6 +236,9 @@ def audit(scorer, pairs: list[dict], seed: int = 0, cfg: PairConfig | None = Non
     with `cfg`, `agreement` with cfg.reference and, for an LLM judge, `judge_biases` (module docstring)."""
     if not pairs:
         raise InputError("no pairs to audit", fix="give pairs, or a template whose edits apply to its texts")
+    if cfg is not None and cfg.position_pairs < 0:
+        raise InputError(f"position_pairs must be >= 0, got {cfg.position_pairs}", "--position-pairs")
+    reference = get_reward(cfg.reference) if cfg is not None and cfg.reference else None  # bad specs fail first
     prompts = [p["prompt"] for p in pairs]
     chosen = scorer(prompts, [p["chosen"] for p in pairs])
     rejected = scorer(prompts, [p["rejected"] for p in pairs])
@@ -244,8 +247,8 @@ def audit(scorer, pairs: list[dict], seed: int = 0, cfg: PairConfig | None = Non
     results = {**_summary(rows, seed), "model": scorer.name, "ref_model": scorer.ref_name,
                "per_attribute": {a: _summary([r for r in rows if r["attribute"] == a], seed)
                                  for a in dict.fromkeys(r["attribute"] for r in rows)}}
-    if cfg is not None and cfg.reference:
-        results["agreement"] = agreement(rows, get_reward(cfg.reference), seed)
+    if reference is not None:
+        results["agreement"] = agreement(rows, reference, seed)
     judge = getattr(getattr(scorer, "reward", None), "judge", None)
     if cfg is not None and judge is not None:
         results["judge_biases"] = judge_biases(judge, rows, cfg.position_pairs, seed)
@@ -281,7 +284,7 @@ def judge_biases(judge, rows: list[dict], position_pairs: int, seed: int = 0) ->
     """Position bias on the first `position_pairs` pairs (pairwise prompts, both orders), length bias on
     the `length` pairs of `rows`, and why self-preference is not measured; see the module docstring."""
     out: dict = {"self_preference": {"measured": False, "reason": SELF_PREFERENCE_NOT_MEASURED}}
-    shown = rows[:max(0, position_pairs)]
+    shown = rows[:position_pairs]
     if shown:
         prompts, chosen, rejected = ([r[k] for r in shown] for k in ("prompt", "chosen", "rejected"))
         first = judge.prefer(prompts, chosen, rejected)  # P(slot A) with chosen in slot A
