@@ -286,3 +286,17 @@ def test_ppo_and_preference_pairs_train_on_an_endpoint_judge(endpoint, tmp_path)
     assert make_preference_pairs(cfg, tmp_path / "pairs.jsonl")["n_pairs"] > 0
     for r in read_jsonl(tmp_path / "pairs.jsonl"):
         assert r["chosen_reward"] == len(r["chosen"].split()) > r["rejected_reward"] == len(r["rejected"].split())
+
+
+def test_local_judge_in_sample_mode_parses_greedy_replies_and_fails_clearly(tiny_chat_folder):
+    """Sample mode on a local model: greedy replies parsed (this random model answers "3 3 3 ...", one
+    distinct number in 1..3); on a 4-6 scale it cannot write a rating (its vocabulary has no 4, 5 or 6), so
+    the judge asks again with a correction turn and then stops with one clear error."""
+    reward = get_reward(f"judge:{tiny_chat_folder},cache=off,mode=sample,retries=1,scale=1-3")
+    assert reward.judge.mode == "sample"
+    assert reward.judge.client.complete(reward.judge.rating_messages("the movie", "was good"), 16) == " ".join(
+        ["3"] * 16)
+    assert reward(["was good"], ["the movie"]) == [3.0]
+    reward = get_reward(f"judge:{tiny_chat_folder},cache=off,mode=sample,retries=1,scale=4-6")
+    with pytest.raises(InputError, match="no readable one whole number from 4 to 6 in 2 tries"):
+        reward(["was good"], ["the movie"])
