@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from scipy.stats import spearmanr
 
 from rewardlab.audit import PairConfig, audit, get_scorer, minimal_pairs, world_sources, world_words
 from rewardlab.cli import main
@@ -208,10 +209,13 @@ def test_audit_measures_a_judge_that_always_picks_the_first_slot(endpoint, tmp_p
         "length"]["num_pairs"]
     assert results["per_attribute"]["sentiment"]["tie_rate"] == 1.0  # a one-word swap keeps the length
     assert not results["judge_biases"]["self_preference"]["measured"]
-    agreement = results["agreement"]
-    assert agreement["reference"] == "utility" and -1 <= agreement["spearman"]["value"] <= 1
-    texts = {(r["prompt"], r[s]) for r in rows for s in ("chosen", "rejected")}
-    assert agreement["spearman"]["n"] == len(texts)
+    vs_reference = results["vs_reference"]
+    assert vs_reference["reference"] == "utility" and -1 <= vs_reference["spearman"]["value"] <= 1
+    texts = sorted({(r["prompt"], r[s]) for r in rows for s in ("chosen", "rejected")})
+    assert vs_reference["spearman"]["n"] == len(texts) and vs_reference["spearman"]["n_groups"] == 12
+    utility = get_reward("utility")([t for _, t in texts])
+    expected = spearmanr([len(t.split()) for _, t in texts], utility).statistic
+    assert vs_reference["spearman"]["value"] == pytest.approx(expected, abs=1e-12)
     FakeJudge.pair_reply = "B"
     cfg = PairConfig(n_sources=12, position_pairs=4)
     spec = judge_spec(endpoint, tmp_path / "cache2", scale="1-100", workers=4)
@@ -261,7 +265,7 @@ def test_audit_cli_runs_on_a_local_judge(tiny_chat_folder, tmp_path):
                  str(tmp_path / "audit")]) == 0
     results = read_json(tmp_path / "audit" / "results.json")
     assert results["model"] == spec and results["judge_biases"]["position"]["num_pairs"] == 4
-    for estimate in (results["agreement"]["spearman"], results["judge_biases"]["position"]["first"]):
+    for estimate in (results["vs_reference"]["spearman"], results["judge_biases"]["position"]["first"]):
         assert estimate["ci"][0] <= estimate["value"] <= estimate["ci"][1]
 
 

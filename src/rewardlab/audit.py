@@ -20,7 +20,7 @@ scoring each completion after its prompt, or `dpo:PATH` for a DPO policy's impli
 beta * sum log(pi / pi_ref) with `ref`, or without a reference one of RewardBench's reference-free
 scores (sum, mean, -L2 norm of the log-probs).
 
-Given a config (`audit(..., cfg=...)`), the results also carry `agreement`: Spearman between the
+Given a config (`audit(..., cfg=...)`), the results also carry `vs_reference`: Spearman between the
 scorer and a reference reward (`cfg.reference`, default the world's utility) over the distinct
 (prompt, completion) texts the audit scored, with a CI resampling source texts. For an LLM judge
 (`judge:` specs) they carry `judge_biases`, each a minimal-pair set with a rate and its CI:
@@ -233,7 +233,8 @@ def _summary(rows: list[dict], seed: int) -> dict:
 def audit(scorer, pairs: list[dict], seed: int = 0, cfg: PairConfig | None = None) -> tuple[dict, list[dict]]:
     """(results, per-example rows). Results: accuracy (strict, ties lose), its CI, tie rate, accuracy
     with ties as half, mean margin with CI, num_prompts, model, ref_model, and the same per attribute;
-    with `cfg`, `agreement` with cfg.reference and, for an LLM judge, `judge_biases` (module docstring)."""
+    with `cfg`, `vs_reference` (Spearman with cfg.reference) and, for an LLM judge, `judge_biases`
+    (see the module docstring)."""
     if not pairs:
         raise InputError("no pairs to audit", fix="give pairs, or a template whose edits apply to its texts")
     if cfg is not None and cfg.position_pairs < 0:
@@ -248,14 +249,14 @@ def audit(scorer, pairs: list[dict], seed: int = 0, cfg: PairConfig | None = Non
                "per_attribute": {a: _summary([r for r in rows if r["attribute"] == a], seed)
                                  for a in dict.fromkeys(r["attribute"] for r in rows)}}
     if reference is not None:
-        results["agreement"] = agreement(rows, reference, seed)
+        results["vs_reference"] = spearman_vs_reference(rows, reference, seed)
     judge = getattr(getattr(scorer, "reward", None), "judge", None)
     if cfg is not None and judge is not None:
         results["judge_biases"] = judge_biases(judge, rows, cfg.position_pairs, seed)
     return results, rows
 
 
-def agreement(rows: list[dict], reference, seed: int = 0) -> dict:
+def spearman_vs_reference(rows: list[dict], reference, seed: int = 0) -> dict:
     """Spearman between the audited scores and `reference` (a Reward) over the distinct (prompt, text)
     pairs of `rows`, with a CI resampling source texts."""
     seen: dict[tuple[str, str], tuple[float, object]] = {}
@@ -325,8 +326,8 @@ def format_table(results: dict) -> str:
         m = s["mean_margin"]
         out.append(f"{name:<12}{s['num_pairs']:>6}{s['accuracy']:>10.3f}{s['tie_rate']:>8.3f}"
                    f"{s['accuracy_ties_half']:>15.3f}  {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]")
-    if "agreement" in results:
-        a = results["agreement"]
+    if "vs_reference" in results:
+        a = results["vs_reference"]
         out.append(f"Spearman with {a['reference']}: {stats.describe(a['spearman'])}")
     biases = results.get("judge_biases", {})
     for name, key in (("position", "follows_position"), ("position", "first"), ("position", "accuracy"),
