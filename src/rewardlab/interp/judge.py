@@ -123,7 +123,7 @@ class Judge:
             raise InputError("logprob judging needs a local chat model; an endpoint gives only text",
                              client.model_id, "use mode=sample for an endpoint")
         self.mode = "logprob" if cfg.mode == "logprob" or (cfg.mode == "auto" and has_logprobs) else "sample"
-        self.workers = cfg.workers if self.mode == "sample" else 1
+        self.workers = 1 if has_logprobs else cfg.workers  # a local model answers one prompt at a time
         self.values = list(range(cfg.low, cfg.high + 1))
 
     def rubric(self) -> str:
