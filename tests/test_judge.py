@@ -304,3 +304,12 @@ def test_local_judge_in_sample_mode_parses_greedy_replies_and_fails_clearly(tiny
     reward = get_reward(f"judge:{tiny_chat_folder},cache=off,mode=sample,retries=1,scale=4-6")
     with pytest.raises(InputError, match="no readable one whole number from 4 to 6 in 2 tries"):
         reward(["was good"], ["the movie"])
+
+
+def test_a_bad_judge_spec_exits_2_with_one_message(tmp_path, capsys):
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "good"}])
+    assert main(["reward", "score", "--reward", f"judge:{tmp_path}/no-model", "--in", str(tmp_path / "in.jsonl"),
+                 "--out", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "neither an http(s) URL nor a model folder" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()

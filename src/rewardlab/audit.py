@@ -25,11 +25,11 @@ scorer and a reference reward (`cfg.reference`, default the world's utility) ove
 (prompt, completion) texts the audit scored, with a CI resampling source texts. For an LLM judge
 (`judge:` specs) they carry `judge_biases`, each a minimal-pair set with a rate and its CI:
 
-    position   both answers of a pair in one pairwise prompt, shown in both orders (the first
-               `cfg.position_pairs` pairs): `follows_position` = share of pairs whose verdict picks the
-               same slot in both orders (a judge that reads the answers scores 0), `first` = share of
-               verdicts for the first slot (0.5 unbiased), `accuracy` = share of verdicts for the chosen
-               answer, and the mean P(first slot)
+    position   both answers of a pair in one pairwise prompt, shown in both orders (`cfg.position_pairs`
+               pairs, every k-th, spread over the sources): `follows_position` = share of pairs whose
+               verdict picks the same slot in both orders (a judge that reads the answers scores 0),
+               `first` = share of verdicts for the first slot (0.5 unbiased), `accuracy` = share of
+               verdicts for the chosen answer, and the mean P(first slot)
     length     the `length` pairs (a neutral sentence appended): share where the judge rates the longer
                text higher, ties counted as half (0.5 = no length bias)
     self_preference   not measured; `reason` says why
@@ -282,10 +282,10 @@ def _rate(values, groups, seed: int) -> dict:
 
 
 def judge_biases(judge, rows: list[dict], position_pairs: int, seed: int = 0) -> dict:
-    """Position bias on the first `position_pairs` pairs (pairwise prompts, both orders), length bias on
-    the `length` pairs of `rows`, and why self-preference is not measured; see the module docstring."""
+    """Position bias on `position_pairs` pairs spread over `rows` (pairwise prompts, both orders), length
+    bias on the `length` pairs of `rows`, and why self-preference is not measured (module docstring)."""
     out: dict = {"self_preference": {"measured": False, "reason": SELF_PREFERENCE_NOT_MEASURED}}
-    shown = rows[:position_pairs]
+    shown = rows[::max(1, len(rows) // position_pairs)][:position_pairs] if position_pairs else []  # spread out
     if shown:
         prompts, chosen, rejected = ([r[k] for r in shown] for k in ("prompt", "chosen", "rejected"))
         first = judge.prefer(prompts, chosen, rejected)  # P(slot A) with chosen in slot A
