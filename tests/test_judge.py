@@ -223,20 +223,28 @@ def test_audit_measures_a_judge_that_always_picks_the_first_slot(endpoint, tmp_p
     assert biases["position"]["first"]["value"] == 0.0 and biases["position"]["follows_position"]["value"] == 1.0
 
 
+TINY_WORDS = ("the", "movie", "was", "good", "bad", "1", "2", "3", "A", "B", "rating", "system:", "user:",
+              "assistant:", "you", "are", "a", "judge", ".")
+
+
+def save_tiny_chat(folder, family, tiny_model, word_tokenizer):
+    """A tiny random model of `family` with a word-level tokenizer (no chat template), saved as a folder."""
+    model = tiny_model(family, vocab_size=len(TINY_WORDS) + 2, max_position_embeddings=256, bos_token_id=1,
+                       eos_token_id=1)
+    model.save_pretrained(folder)
+    word_tokenizer(TINY_WORDS).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_chat_folder(tmp_path, tiny_model, word_tokenizer):
-    """A tiny random Llama with a word-level tokenizer (no chat template), saved as a model folder."""
-    words = ("the", "movie", "was", "good", "bad", "1", "2", "3", "A", "B", "rating", "system:", "user:",
-             "assistant:", "you", "are", "a", "judge", ".")
-    model = tiny_model("llama", vocab_size=len(words) + 2, max_position_embeddings=256)
-    tokenizer = word_tokenizer(words)
-    model.save_pretrained(tmp_path / "judge")
-    tokenizer.save_pretrained(tmp_path / "judge")
-    return tmp_path / "judge"
+    return save_tiny_chat(tmp_path / "judge", "llama", tiny_model, word_tokenizer)
 
 
-def test_local_option_logprobs_equal_full_sequence_logprobs(tiny_chat_folder, tmp_path):
-    reward = get_reward(f"judge:{tiny_chat_folder},cache={tmp_path / 'cache'},scale=1-3")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_local_option_logprobs_equal_full_sequence_logprobs(family, tmp_path, tiny_model, word_tokenizer):
+    folder = save_tiny_chat(tmp_path / family, family, tiny_model, word_tokenizer)
+    reward = get_reward(f"judge:{folder},cache={tmp_path / 'cache'},scale=1-3")
     judge = reward.judge
     assert judge.mode == "logprob"
     client = judge.client.client
