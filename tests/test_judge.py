@@ -193,6 +193,7 @@ def test_reward_cli_scores_records_with_an_endpoint_judge(endpoint, tmp_path):
     assert main(["reward", "score", "--reward", spec, "--in", str(tmp_path / "in.jsonl"),
                  "--out", str(tmp_path / "out.jsonl")]) == 0
     assert [r["reward"] for r in read_jsonl(tmp_path / "out.jsonl")] == RATINGS
+    assert all(c["body"]["messages"][1]["content"].startswith("Prompt: p\n\nResponse: ") for c in FakeJudge.calls)
 
 
 def test_audit_measures_a_judge_that_always_picks_the_first_slot(endpoint, tmp_path):

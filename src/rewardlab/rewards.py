@@ -433,6 +433,8 @@ def score_records(records: list[dict], reward: Reward, on: str = "completion", f
     if field in TEXT_FIELDS:
         raise InputError(f"the reward would overwrite the records' {field!r} text", f"--field {field}",
                          "write the reward to another field, e.g. reward")
-    prompts = [r["prompt"] for r in records] if reward.needs_prompts else None
+    # a reward that can read the prompt (a judge) sees it beside the completion, when every record has one
+    shown = on == "completion" and all(isinstance(r.get("prompt"), str) for r in records)
+    prompts = [r["prompt"] for r in records] if reward.needs_prompts or shown else None
     scores = reward([record_text(r, on) for r in records], prompts)
     return [{**r, field: s} for r, s in zip(records, scores)]
