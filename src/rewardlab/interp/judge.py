@@ -115,7 +115,8 @@ def expected_rating(logps: Sequence[float], values: Sequence[int]) -> float:
 class Judge:
     """A chat client as a rater: `rate(prompts, responses) -> ratings`, `prefer(prompts, a, b) -> P(a)`."""
 
-    def __init__(self, client, cfg: JudgeConfig = JudgeConfig()):
+    def __init__(self, client, cfg: JudgeConfig | None = None):
+        cfg = cfg or JudgeConfig()
         cfg.validate()
         self.client, self.cfg = client, cfg
         has_logprobs = getattr(client, "gives_logprobs", False)
