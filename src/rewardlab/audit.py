@@ -15,9 +15,24 @@ Accuracy is strict: a pair is correct only if score(chosen) > score(rejected), t
 reported: the tie rate, accuracy with ties counted as half, and the mean margin with a bootstrap CI
 (resampling source texts, since pairs made from one text are correlated).
 
-RM specs: any reward of the registry (`utility`, `rm:PATH`, `classifier:PATH[:LABEL]`, ...), or
-`dpo:PATH` for a DPO policy's implicit reward beta * sum log(pi / pi_ref) with `ref`, or without
-a reference one of RewardBench's reference-free scores (sum, mean, -L2 norm of the log-probs).
+RM specs: any reward of the registry (`utility`, `rm:PATH`, `classifier:PATH[:LABEL]`, `judge:...`),
+scoring each completion after its prompt, or `dpo:PATH` for a DPO policy's implicit reward
+beta * sum log(pi / pi_ref) with `ref`, or without a reference one of RewardBench's reference-free
+scores (sum, mean, -L2 norm of the log-probs).
+
+Given a config (`audit(..., cfg=...)`), the results also carry `vs_reference`: Spearman between the
+scorer and a reference reward (`cfg.reference`, default the world's utility) over the distinct
+(prompt, completion) texts the audit scored, with a CI resampling source texts. For an LLM judge
+(`judge:` specs) they carry `judge_biases`, each a minimal-pair set with a rate and its CI:
+
+    position   both answers of a pair in one pairwise prompt, shown in both orders (`cfg.position_pairs`
+               pairs, every k-th, spread over the sources): `follows_position` = share of pairs whose
+               verdict picks the same slot in both orders (a judge that reads the answers scores 0),
+               `first` = share of verdicts for the first slot (0.5 unbiased), `accuracy` = share of
+               verdicts for the chosen answer, and the mean P(first slot)
+    length     the `length` pairs (a neutral sentence appended): share where the judge rates the longer
+               text higher, ties counted as half (0.5 = no length bias)
+    self_preference   not measured; `reason` says why
 """
 
 from __future__ import annotations
@@ -71,6 +86,8 @@ class PairConfig:
     n_sources: int = 300  # source texts drawn from the world when no texts are given
     prompt_words: int = 3  # world source texts: the first words form the prompt, the rest the completion
     seed: int = 0  # seed of the source texts and the edits
+    reference: str = "utility"  # reward spec the audited scores are correlated with (Spearman); "" for none
+    position_pairs: int = 100  # LLM judges: pairs shown in both orders in one pairwise prompt (position bias)
 
 
 def world_sources(n: int, seed: int, prompt_words: int) -> list[dict]:
@@ -187,7 +204,7 @@ class RegistryScorer:
         self.name, self.ref_name = self.reward.name, None
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        return self.reward(completions)
+        return self.reward(completions, prompts)
 
 
 def get_scorer(spec: str, ref: str | None = None, ref_free: str = "sum", beta: float = 1.0,
@@ -213,11 +230,16 @@ def _summary(rows: list[dict], seed: int) -> dict:
             "num_pairs": len(rows), "num_prompts": len({r["prompt"] for r in rows})}
 
 
-def audit(scorer, pairs: list[dict], seed: int = 0) -> tuple[dict, list[dict]]:
+def audit(scorer, pairs: list[dict], seed: int = 0, cfg: PairConfig | None = None) -> tuple[dict, list[dict]]:
     """(results, per-example rows). Results: accuracy (strict, ties lose), its CI, tie rate, accuracy
-    with ties as half, mean margin with CI, num_prompts, model, ref_model, and the same per attribute."""
+    with ties as half, mean margin with CI, num_prompts, model, ref_model, and the same per attribute;
+    with `cfg`, `vs_reference` (Spearman with cfg.reference) and, for an LLM judge, `judge_biases`
+    (see the module docstring)."""
     if not pairs:
         raise InputError("no pairs to audit", fix="give pairs, or a template whose edits apply to its texts")
+    if cfg is not None and cfg.position_pairs < 0:
+        raise InputError(f"position_pairs must be >= 0, got {cfg.position_pairs}", "--position-pairs")
+    reference = get_reward(cfg.reference) if cfg is not None and cfg.reference else None  # bad specs fail first
     prompts = [p["prompt"] for p in pairs]
     chosen = scorer(prompts, [p["chosen"] for p in pairs])
     rejected = scorer(prompts, [p["rejected"] for p in pairs])
@@ -226,7 +248,63 @@ def audit(scorer, pairs: list[dict], seed: int = 0) -> tuple[dict, list[dict]]:
     results = {**_summary(rows, seed), "model": scorer.name, "ref_model": scorer.ref_name,
                "per_attribute": {a: _summary([r for r in rows if r["attribute"] == a], seed)
                                  for a in dict.fromkeys(r["attribute"] for r in rows)}}
+    if reference is not None:
+        results["vs_reference"] = spearman_vs_reference(rows, reference, seed)
+    judge = getattr(getattr(scorer, "reward", None), "judge", None)
+    if cfg is not None and judge is not None:
+        results["judge_biases"] = judge_biases(judge, rows, cfg.position_pairs, seed)
     return results, rows
+
+
+def spearman_vs_reference(rows: list[dict], reference, seed: int = 0) -> dict:
+    """Spearman between the audited scores and `reference` (a Reward) over the distinct (prompt, text)
+    pairs of `rows`, with a CI resampling source texts."""
+    seen: dict[tuple[str, str], tuple[float, object]] = {}
+    for r in rows:
+        for side in ("chosen", "rejected"):
+            seen.setdefault((r["prompt"], r[side]), (r[f"score_{side}"], r.get("source", r["id"])))
+    keys = list(seen)
+    truth = reference([k[1] for k in keys], [k[0] for k in keys])
+    ours = [seen[k][0] for k in keys]
+    return {"reference": reference.name,
+            "spearman": stats.spearman(ours, truth, groups=[seen[k][1] for k in keys], seed=seed).to_dict()}
+
+
+SELF_PREFERENCE_NOT_MEASURED = (
+    "self-preference compares the judge's own completions with another model's at matched reward; the "
+    "review world's completions come from its grammar and world models, so a chat judge's own continuations "
+    "differ from them in grammar, vocabulary and length as well, and a preference between them would measure "
+    "that style gap rather than self-recognition. Not measured.")
+
+
+def _rate(values, groups, seed: int) -> dict:
+    return stats.mean(np.asarray(values, dtype=float), groups=groups, seed=seed).to_dict()
+
+
+def judge_biases(judge, rows: list[dict], position_pairs: int, seed: int = 0) -> dict:
+    """Position bias on `position_pairs` pairs spread over `rows` (pairwise prompts, both orders), length
+    bias on the `length` pairs of `rows`, and why self-preference is not measured (module docstring)."""
+    out: dict = {"self_preference": {"measured": False, "reason": SELF_PREFERENCE_NOT_MEASURED}}
+    shown = rows[::max(1, len(rows) // position_pairs)][:position_pairs] if position_pairs else []  # spread out
+    if shown:
+        prompts, chosen, rejected = ([r[k] for r in shown] for k in ("prompt", "chosen", "rejected"))
+        first = judge.prefer(prompts, chosen, rejected)  # P(slot A) with chosen in slot A
+        second = judge.prefer(prompts, rejected, chosen)  # P(slot A) with chosen in slot B
+        groups = [r.get("source", r["id"]) for r in shown]
+        v1, v2 = np.array(first) > 0.5, np.array(second) > 0.5
+        out["position"] = {
+            "follows_position": _rate(v1 == v2, groups, seed),
+            "first": _rate(np.concatenate([v1, v2]), groups * 2, seed),
+            "accuracy": _rate(np.concatenate([v1, ~v2]), groups * 2, seed),
+            "p_first": _rate(np.concatenate([first, second]), groups * 2, seed),
+            "num_pairs": len(shown)}
+    longer = [r for r in rows if r["attribute"] == "length"]
+    if longer:
+        wins = [1.0 if r["score_chosen"] > r["score_rejected"] else 0.5 if r["score_chosen"] == r["score_rejected"]
+                else 0.0 for r in longer]
+        out["length"] = {"prefers_longer": _rate(wins, [r.get("source", r["id"]) for r in longer], seed),
+                         "num_pairs": len(longer)}
+    return out
 
 
 def read_pairs(path: str | Path) -> list[dict]:
@@ -248,4 +326,14 @@ def format_table(results: dict) -> str:
         m = s["mean_margin"]
         out.append(f"{name:<12}{s['num_pairs']:>6}{s['accuracy']:>10.3f}{s['tie_rate']:>8.3f}"
                    f"{s['accuracy_ties_half']:>15.3f}  {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]")
+    if "vs_reference" in results:
+        a = results["vs_reference"]
+        out.append(f"Spearman with {a['reference']}: {stats.describe(a['spearman'])}")
+    biases = results.get("judge_biases", {})
+    for name, key in (("position", "follows_position"), ("position", "first"), ("position", "accuracy"),
+                      ("length", "prefers_longer")):
+        if name in biases:
+            out.append(f"judge {name} bias, {key}: {stats.describe(biases[name][key])}")
+    if "self_preference" in biases:
+        out.append("judge self-preference: not measured (see results.json)")
     return "\n".join(out)

@@ -380,7 +380,7 @@ def _reward_score(a: argparse.Namespace) -> None:
 
 
 def _reward_score_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reward", required=True, help="utility | char:X | classifier:PATH[:LABEL] | rm:PATH")
+    p.add_argument("--reward", required=True, help="utility | char:X | classifier:PATH[:LABEL] | rm:PATH | judge:URL_OR_PATH (see rewardlab.rewards)")
     _add_in(p)
     _add_out(p, "output JSONL", file=True)
     p.add_argument("--on", default="completion", choices=["completion", "full"],
@@ -534,7 +534,7 @@ def _audit(a: argparse.Namespace) -> None:
     else:
         pairs = minimal_pairs(world_sources(cfg.n_sources, cfg.seed, cfg.prompt_words), world_words(), cfg)
     scorer = get_scorer(a.rm, ref=a.ref, ref_free=a.ref_free, beta=a.beta, device=a.device)
-    results, rows = audit(scorer, pairs, seed=cfg.seed)
+    results, rows = audit(scorer, pairs, seed=cfg.seed, cfg=cfg)
     write_audit(a.out, results, rows)
     print(format_table(results))
     print(f"-> {a.out}/results.json, {a.out}/scores.jsonl")
@@ -543,7 +543,7 @@ def _audit(a: argparse.Namespace) -> None:
 def _audit_options(p: argparse.ArgumentParser) -> None:
     from rewardlab.audit import PairConfig
 
-    p.add_argument("--rm", required=True, help="reward spec (utility, rm:PATH, classifier:PATH) or dpo:POLICY")
+    p.add_argument("--rm", required=True, help="reward spec (utility, rm:PATH, classifier:PATH, judge:URL_OR_PATH) or dpo:POLICY")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--pairs", default=None, help="JSONL with prompt/chosen/rejected (optional attribute)")
     source.add_argument("--template", default=None, help="template JSON (texts, word lists); default: review world")

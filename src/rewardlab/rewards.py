@@ -15,6 +15,14 @@ A reward maps a batch of texts to one float each. Specs are strings:
                                  rewarded for matching the reviewer; needs the prompts (`reward(texts, prompts)`)
     classifier:PATH[:LABEL]      logit of LABEL (name or index, default last) of a sequence classifier
     rm:PATH                      scalar output of a Hugging Face reward model (num_labels = 1)
+    judge:URL,model=NAME         an LLM judge's rating (`rewardlab.interp.judge`) at an OpenAI-compatible endpoint
+                                 (key from $OPENAI_API_KEY, or key_env=VAR), read from the sampled reply
+    judge:PATH                   the same with a local Hugging Face chat model: the expected rating under its
+                                 log-probs over the scale; options rubric=review|helpful|FILE (a text file; {low}
+                                 and {high} stand for the scale's ends), scale=1-10, mode=auto|logprob|sample,
+                                 retries=3 (per call: transport failures and unreadable replies each),
+                                 timeout=60 and backoff=1 (seconds), workers=8, cache=DIR|off (default
+                                 $REWARDLAB_CACHE/judge, else ~/.cache/rewardlab/judge)
 
 A reward that returns NaN or inf raises `InputError` naming the text. Every reward takes the prompts
 as an optional second argument; only those that need them (`needs_prompts`) read them.
@@ -27,6 +35,7 @@ one, and for `agreement` the interaction (the completion score is multiplied by 
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from functools import lru_cache
@@ -266,6 +275,19 @@ class ModelReward(Reward):
         return out
 
 
+class JudgeReward(Reward):
+    """An LLM judge's rating of each completion (shown after its prompt when prompts are given)."""
+
+    def __init__(self, judge, name: str):
+        self.judge, self.name = judge, name
+
+    def _score(self, texts: Sequence[str]) -> list[float]:
+        return self.judge.rate([""] * len(texts), texts)
+
+    def _score_prompted(self, texts: Sequence[str], prompts: Sequence[str]) -> list[float]:
+        return self.judge.rate(prompts, texts)
+
+
 def _parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """`name[:arg][,key=value...]` -> (name, arg, options); the `char` argument is one character, even ','."""
     name, has_arg, tail = re.match(r"([\w\-]*)(:?)(.*)", spec, re.S).groups()
@@ -295,7 +317,8 @@ def _float_option(options: dict[str, str], key: str, default: float, spec: str) 
                              f"write {key}=NUMBER, e.g. utility,scale=0.2") from None
 
 
-REWARD_NAMES = ("utility", "char", "classifier", "rm", "sentiment", "flipped", "length", "planted", "agreement")
+REWARD_NAMES = ("utility", "char", "classifier", "rm", "judge", "sentiment", "flipped", "length", "planted",
+                "agreement")
 
 
 def _planted(rest: str, options: dict[str, str], spec: str) -> PlantedReward:
@@ -315,6 +338,49 @@ def _planted(rest: str, options: dict[str, str], spec: str) -> PlantedReward:
         raise InputError("planted k and seed must be whole numbers", f"reward spec {spec!r}")
     name = f"planted:k={int(k)},seed={int(seed)}"
     return PlantedReward(planted_words(int(k), int(seed)), value=value, clip=clip, name=name)
+
+
+def _judge(target: str, options: dict[str, str], spec: str, device: str | None) -> JudgeReward:
+    """`judge:URL,model=NAME,...` (an endpoint) or `judge:PATH,...` (a local chat model); see the docstring."""
+    from rewardlab.interp.clients import CachedClient, HFChatClient, OpenAIClient  # transformers, only for judges
+    from rewardlab.interp.judge import RUBRICS, JudgeConfig, Judge
+
+    where = f"reward spec {spec!r}"
+    unknown = set(options) - {"model", "key_env", "rubric", "scale", "mode", "retries", "workers", "timeout", "backoff",
+                                "cache"}
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for reward judge", where)
+    rubric = options.pop("rubric", "review")
+    if rubric not in RUBRICS and not Path(rubric).is_file():
+        raise InputError(f"judge rubric {rubric!r} is neither a rubric name nor a file", where,
+                         f"use rubric={'|'.join(RUBRICS)} or rubric=PATH to a text file")
+    low, _, high = options.pop("scale", "1-10").partition("-")
+    if not (low.strip().isdigit() and high.strip().isdigit()):
+        raise InputError("judge scale must be LOW-HIGH whole numbers", where, "e.g. scale=1-10")
+    counts = {k: _float_option(options, k, d, spec)
+              for k, d in (("retries", 3), ("workers", 8), ("timeout", 60), ("backoff", 1))}
+    cfg = JudgeConfig(rubric=RUBRICS.get(rubric) or Path(rubric).read_text(encoding="utf-8").strip(),
+                      low=int(low), high=int(high), mode=options.pop("mode", "auto"),
+                      retries=int(counts["retries"]), workers=max(1, int(counts["workers"])))
+    cfg.validate()
+    if target.startswith(("http://", "https://")):
+        if "model" not in options:
+            raise InputError("an endpoint judge needs the model name", where, f"judge:{target},model=NAME")
+        client = OpenAIClient(target, options.pop("model"), options.pop("key_env", "OPENAI_API_KEY"),
+                              timeout=counts["timeout"], max_retries=int(counts["retries"]), backoff=counts["backoff"])
+    elif target and (Path(target) / "config.json").is_file():
+        if {"model", "key_env"} & set(options):
+            raise InputError("model= and key_env= apply to endpoint judges only", where,
+                             "drop them for a local model folder")
+        client = HFChatClient(target, device=device)
+    else:
+        raise InputError(f"judge target {target!r} is neither an http(s) URL nor a model folder", where,
+                         "judge:http://HOST:PORT/v1,model=NAME or judge:PATH to a Hugging Face chat model folder")
+    cache = options.pop("cache", os.path.join(os.environ.get("REWARDLAB_CACHE") or
+                                              os.path.join(os.path.expanduser("~"), ".cache", "rewardlab"), "judge"))
+    if cache != "off":
+        client = CachedClient(client, cache)
+    return JudgeReward(Judge(client, cfg), name=spec.strip())
 
 
 def get_reward(spec: str, device: str | None = None) -> Reward:
@@ -343,6 +409,8 @@ def get_reward(spec: str, device: str | None = None) -> Reward:
         if not path:
             raise InputError(f"{name} reward needs a model path", f"reward spec {spec!r}", f"e.g. {name}:PATH")
         reward = ModelReward(path, label=label, scalar=name == "rm", device=device)
+    elif name == "judge":
+        reward = _judge(rest, options, spec, device)
     else:
         raise InputError(f"unknown reward {name!r}", f"reward spec {spec!r}",
                          f"use one of: {', '.join(REWARD_NAMES)}")
@@ -365,6 +433,8 @@ def score_records(records: list[dict], reward: Reward, on: str = "completion", f
     if field in TEXT_FIELDS:
         raise InputError(f"the reward would overwrite the records' {field!r} text", f"--field {field}",
                          "write the reward to another field, e.g. reward")
-    prompts = [r["prompt"] for r in records] if reward.needs_prompts else None
+    # a reward that can read the prompt (a judge) sees it beside the completion, when every record has one
+    shown = on == "completion" and all(isinstance(r.get("prompt"), str) for r in records)
+    prompts = [r["prompt"] for r in records] if reward.needs_prompts or shown else None
     scores = reward([record_text(r, on) for r in records], prompts)
     return [{**r, field: s} for r, s in zip(records, scores)]

@@ -2,18 +2,25 @@
 
 - `OpenAIClient`: any OpenAI-compatible endpoint (`POST {base_url}/chat/completions`), the key read
   from an environment variable at call time and never logged or cached.
-- `HFChatClient`: a local Hugging Face chat model (its chat template, greedy decoding).
+- `HFChatClient`: a local Hugging Face chat model (its chat template, greedy decoding), which also
+  gives `option_logprobs`: log P(reply = option, then end of turn) for each of a few candidate replies
+  (one pass over the prompt, its KV cache shared by the candidates).
 - `CachedClient`: wraps either; one JSON file per call under `cache_dir`, keyed by the SHA-256 of
-  (model id, messages, options). Re-running a scoring job costs nothing.
-Retries: transient failures (connection errors, HTTP 429 and 5xx) are retried `max_retries` times
-with exponential backoff (base `backoff` seconds, doubled each try).
+  (model id, messages, options). Re-running a scoring job costs nothing. Each entry is written
+  atomically as soon as its call returns, so a job that crashes half-way keeps every finished call;
+  an unreadable entry (say a file truncated by another tool) counts as a miss and is rewritten.
+Retries: transient failures (connection errors and timeouts, HTTP 429 and 5xx, a reply body that is
+not the chat-completions JSON) are retried `max_retries` times with exponential backoff (base
+`backoff` seconds, doubled each try); then one InputError says what failed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +32,7 @@ import torch
 
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path
+from rewardlab.text import conversation_prompt, end_of_turn_id, prompt_token_ids, uses_chat_template
 
 Messages = list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}]
 T = TypeVar("T")
@@ -38,6 +46,8 @@ class ChatClient(Protocol):
 
 
 class OpenAIClient:
+    gives_logprobs = False  # text only: `option_logprobs` is for local models
+
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, temperature: float = 0.0):
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
@@ -55,50 +65,113 @@ class OpenAIClient:
                                       headers=headers, method="POST")
 
     def complete(self, messages: Messages, max_tokens: int = 512) -> str:
+        request = self._request(messages, max_tokens)
         for attempt in range(self.max_retries + 1):
             try:
-                with urllib.request.urlopen(self._request(messages, max_tokens), timeout=self.timeout) as resp:
-                    reply = json.loads(resp.read().decode("utf-8"))
-                return reply["choices"][0]["message"]["content"] or ""
+                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                    body = resp.read().decode("utf-8", errors="replace")
+                return _chat_content(body)
             except urllib.error.HTTPError as e:
                 if e.code in (429, 500, 502, 503, 504) and attempt < self.max_retries:
-                    time.sleep(self.backoff * 2 ** attempt)
+                    self._wait(attempt)
                     continue
                 raise InputError(f"LLM endpoint answered HTTP {e.code}", self.base_url,
                                  "check --llm-base-url, --llm-model and the key variable") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 if attempt < self.max_retries:
-                    time.sleep(self.backoff * 2 ** attempt)
+                    self._wait(attempt)
                     continue
-                raise InputError(f"LLM endpoint unreachable ({e})", self.base_url,
-                                 "check that the server runs and the URL is right") from None
-            except (KeyError, IndexError, json.JSONDecodeError):
-                raise InputError("LLM endpoint gave no chat completion", self.base_url,
+                raise InputError(f"LLM endpoint unreachable after {attempt + 1} tries ({e})", self.base_url,
+                                 "check that the server runs and the URL is right; raise timeout=") from None
+            except (KeyError, IndexError, TypeError, ValueError):  # ValueError: json.JSONDecodeError too
+                if attempt < self.max_retries:
+                    self._wait(attempt)
+                    continue
+                raise InputError(f"LLM endpoint gave no chat completion in {attempt + 1} tries", self.base_url,
                                  "the endpoint must speak the OpenAI chat completions API") from None
         raise AssertionError("unreachable")
 
+    def _wait(self, attempt: int) -> None:
+        time.sleep(self.backoff * 2 ** attempt)
+
+
+def _chat_content(body: str) -> str:
+    """The assistant's text in an OpenAI chat-completions response body; KeyError/ValueError/... if malformed."""
+    content = json.loads(body)["choices"][0]["message"]["content"]
+    if content is not None and not isinstance(content, str):
+        raise TypeError("content is not a string")
+    return content or ""
+
 
 class HFChatClient:
-    """A local causal LM with a chat template; greedy decoding."""
+    """A local causal LM with a chat template (plain "role: content" lines without one); greedy decoding."""
+
+    gives_logprobs = True
 
     def __init__(self, path: str, device: str | None = None):
         from rewardlab.models import load_model  # transformers, only for a local chat model
 
         self.model, self.tokenizer = load_model(path, device=device)
         self.model_id = f"hf:{path}"
+        self._end: int | None = None
 
-    def complete(self, messages: Messages, max_tokens: int = 512) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True)["input_ids"]
+    def _prompt_ids(self, messages: Messages) -> torch.Tensor:
+        """[1, T] ids of `messages` with the assistant's turn opened."""
+        if uses_chat_template(self.tokenizer):
+            ids = prompt_token_ids(self.tokenizer, [conversation_prompt(messages)])[0]
         else:
             text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
-            ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
-        ids = ids.to(self.model.device)
+            ids = self.tokenizer(text)["input_ids"]
+        return torch.tensor([ids], device=self.model.device)
+
+    def complete(self, messages: Messages, max_tokens: int = 512) -> str:
+        ids = self._prompt_ids(messages)
         with torch.no_grad():
             out = self.model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def _end_id(self) -> int:
+        """The token that ends the assistant's reply: the chat template's end of turn, else EOS."""
+        if self._end is not None:
+            return self._end
+        end = end_of_turn_id(self.tokenizer) if uses_chat_template(self.tokenizer) else None
+        end = end if end is not None else self.tokenizer.eos_token_id
+        if end is None:
+            raise InputError("the chat model has neither an end-of-turn nor an EOS token, so a reply has no end",
+                             self.model_id, "use a chat model whose tokenizer defines eos_token")
+        self._end = end
+        return end
+
+    @torch.no_grad()
+    def option_logprobs(self, messages: Messages, options: Sequence[str]) -> list[float]:
+        """log P(the reply is exactly `option`, then the end token | messages), one float per option (nats).
+
+        One forward pass over the prompt; its KV cache is repeated for the K options, which are fed
+        together right-padded (position ids continue the prompt's): cost ~ one prompt + K short rows.
+        """
+        prompt = self._prompt_ids(messages)
+        end = self._end_id()
+        seqs = [self.tokenizer(o, add_special_tokens=False)["input_ids"] + [end] for o in options]
+        out = self.model(input_ids=prompt, use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        width, n_prompt = max(len(q) for q in seqs) - 1, prompt.shape[1]
+        totals = [float(first[q[0]]) for q in seqs]
+        if width:
+            cache = out.cache
+            cache.batch_repeat_interleave(len(seqs))
+            fed = torch.zeros((len(seqs), width), dtype=torch.long)
+            mask = torch.ones((len(seqs), n_prompt + width), dtype=torch.long)
+            for row, q in enumerate(seqs):
+                fed[row, :len(q) - 1] = torch.tensor(q[:-1])
+                mask[row, n_prompt + len(q) - 1:] = 0
+            positions = (n_prompt + torch.arange(width)).expand(len(seqs), width)
+            logits = self.model(input_ids=fed.to(prompt.device), attention_mask=mask.to(prompt.device),
+                                position_ids=positions.to(prompt.device), cache=cache, use_cache=True).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, q in enumerate(seqs):
+                totals[row] += float(sum(logp[row, j - 1, q[j]] for j in range(1, len(q))))
+        return totals
 
 
 class CachedClient:
@@ -107,24 +180,39 @@ class CachedClient:
     def __init__(self, client: ChatClient, cache_dir: str | Path):
         self.client, self.cache_dir = client, Path(cache_dir)
         self.model_id = client.model_id
+        self.gives_logprobs = getattr(client, "gives_logprobs", False)
         self.hits = self.misses = 0
+        self._lock = threading.Lock()
 
     def key(self, messages: Messages, max_tokens: int) -> str:
         blob = json.dumps({"model": self.model_id, "messages": messages, "max_tokens": max_tokens}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def complete(self, messages: Messages, max_tokens: int = 512) -> str:
-        path = self.cache_dir / f"{self.key(messages, max_tokens)}.json"
-        if path.is_file():
-            self.hits += 1
-            return json.loads(path.read_text(encoding="utf-8"))["reply"]
-        self.misses += 1
-        reply = self.client.complete(messages, max_tokens)
+    def _cached(self, key: str, request: dict, call: Callable[[], T]) -> T:
+        """The reply stored under `key`, else `call()`, stored at once (atomically) with `request`."""
+        path = self.cache_dir / f"{key}.json"
+        try:
+            reply = json.loads(path.read_text(encoding="utf-8"))["reply"]
+            with self._lock:
+                self.hits += 1
+            return reply
+        except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: ask again
+            pass
+        with self._lock:
+            self.misses += 1
+        reply = call()
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"model": self.model_id, "messages": messages, "reply": reply}),
-                           encoding="utf-8")
+            tmp.write_text(json.dumps({"model": self.model_id, **request, "reply": reply}), encoding="utf-8")
         return reply
 
+    def complete(self, messages: Messages, max_tokens: int = 512) -> str:
+        return self._cached(self.key(messages, max_tokens), {"messages": messages},
+                            lambda: self.client.complete(messages, max_tokens))
+
+    def option_logprobs(self, messages: Messages, options: Sequence[str]) -> list[float]:
+        blob = json.dumps({"model": self.model_id, "messages": messages, "options": list(options)}, sort_keys=True)
+        return self._cached(hashlib.sha256(blob.encode()).hexdigest(), {"messages": messages, "options": list(options)},
+                            lambda: self.client.option_logprobs(messages, options))
 
 def map_concurrent(fn: Callable[[T], R], items: Sequence[T], workers: int = 8) -> list[R]:
     """[fn(x) for x in items], run on a thread pool (I/O-bound LLM calls), results in order."""
