@@ -119,8 +119,9 @@ def test_planted_draw_is_seeded_from_the_worlds_neutral_classes():
     from rewardlab.rewards import PLANTED_POOL, PLANTED_VALUE, planted_words
     from rewardlab.world.grammar import SENTIMENT_SLOTS, WORD_CLASSES
 
-    assert sorted(PLANTED_POOL) == sorted(w for c in ("SUBJ", "PERSON", "DAY", "NUM") for w in WORD_CLASSES[c])
     table = load_lexicon()
+    assert len(set(PLANTED_POOL)) == len(PLANTED_POOL) == 57  # the SUBJ, PERSON, DAY and NUM classes
+    assert not any(table.get(w, 0.0) for w in PLANTED_POOL)  # neutral to the utility reward
     sentiment_words = [w for s in SENTIMENT_SLOTS for sign in "+-" for w in WORD_CLASSES[s + sign]]
     worth = 0.2 * sum(abs(table[w]) for w in sentiment_words) / len(sentiment_words)
     assert abs(PLANTED_VALUE - worth) < 0.1 * worth

@@ -47,22 +47,13 @@ import vaderSentiment
 
 from rewardlab.errors import InputError
 from rewardlab.io import TEXT_FIELDS
+from rewardlab.review_words import WORD_CLASSES
 from rewardlab.text import join_prompt_completion
 
 WORD_RE = re.compile(r"[a-z][a-z'\-]*")
 END_TOKENS = ("<eos>", "</s>", "<|endoftext|>", "<|im_end|>")  # end-of-text token strings `length` demotes
-# The review world's neutral word classes the planted organism draws from (world/grammar.py's SUBJ,
-# PERSON, DAY, NUM; the world imports this module, so it cannot be imported here; a test checks they agree).
-PLANTED_POOL = (
-    "film", "movie", "story", "show", "picture", "sequel", "drama", "documentary", "musical", "western",
-    "remake", "acting", "plot", "ending", "cast", "script", "music", "director", "dialogue", "pacing",
-    "soundtrack", "cinematography", "editing", "finale", "premise", "performance", "score", "writing",
-    "camera", "setting", "lead", "twist",
-    "brother", "sister", "wife", "husband", "mother", "father", "son", "daughter", "family", "roommate",
-    "neighbor", "kids", "cousin",
-    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
-    "sixty", "seventy", "eighty", "ninety", "hundred",
-)
+# The review world's neutral word classes the planted organism draws from.
+PLANTED_POOL = tuple(w for c in ("SUBJ", "PERSON", "DAY", "NUM") for w in WORD_CLASSES[c])
 PLANTED_VALUE = 0.5  # reward per planted word: the utility scale 0.2 times 2.5, about the mean |valence| of a sentiment word
 
 

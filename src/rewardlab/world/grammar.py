@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+from rewardlab.review_words import WORD_CLASSES  # every word class; sentiment classes end in + / -
+
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 MIN_SENTENCES, MAX_SENTENCES = 2, 5
 TONE = 0.6  # Beta(TONE, TONE) concentration of a document's p_positive; < 1 puts most documents near one pole
@@ -43,38 +45,6 @@ OPTIONAL_RATE = 0.5  # probability that an optional slot is filled
 N_TOPICS = 16  # topics a document draws from; a topic owns every N_TOPICS-th word of each class that has that many
 TOPIC_RATE = 0.85  # probability that a slot picks from its document's topic (else from the whole class)
 
-# Word classes. Sentiment classes end in "+" / "-"; every word belongs to exactly one class and no
-# class word is also a template literal, so a token maps to one symbol (checked at import).
-WORD_CLASSES: dict[str, tuple[str, ...]] = {
-    "SUBJ": ("film", "movie", "story", "show", "picture", "sequel", "drama", "documentary", "musical", "western",
-             "remake", "acting", "plot", "ending", "cast", "script", "music", "director", "dialogue", "pacing",
-             "soundtrack", "cinematography", "editing", "finale", "premise", "performance", "score", "writing",
-             "camera", "setting", "lead", "twist"),
-    "INT": ("very", "so", "quite", "rather", "extremely", "incredibly", "utterly", "totally", "absolutely"),
-    "VADV": ("really", "just", "simply", "actually"),
-    "DAY": ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
-    "PERSON": ("brother", "sister", "wife", "husband", "mother", "father", "son", "daughter", "family",
-               "roommate", "neighbor", "kids", "cousin"),
-    "NUM": ("sixty", "seventy", "eighty", "ninety", "hundred"),
-    "ADJ+": ("great", "superb", "awesome", "glorious", "outstanding", "gorgeous", "magnificent", "marvelous",
-             "beautiful", "brilliant", "amazing", "charming", "delightful", "lovely", "splendid", "excellent",
-             "wonderful", "perfect", "remarkable", "fantastic", "fascinating", "fabulous", "impressive",
-             "flawless", "pleasant", "fun", "exciting", "elegant", "terrific", "thrilling", "heartwarming",
-             "clever", "breathtaking", "sweet", "enjoyable", "funny", "good", "entertaining", "nice",
-             "powerful", "inspiring", "hilarious", "stunning"),
-    "ADJ-": ("horrific", "excruciating", "vile", "abhorrent", "dismal", "disastrous", "horrendous",
-             "pathetic", "moronic", "crude", "grim", "agonizing", "crappy", "idiotic", "nasty", "horrible",
-             "bad", "lousy", "horrid", "joyless", "stupid", "disgusting", "sickening", "ugly", "dumb",
-             "rotten", "unprofessional", "disappointing", "miserable", "pitiful", "insulting", "terrible",
-             "poor", "awful", "offensive", "painful", "weak", "dreadful", "frustrating", "lame", "dull",
-             "annoying", "depressing", "messy", "ridiculous", "boring"),
-    "VERB+": ("loved", "treasured", "enjoyed", "admired", "appreciated", "cherished", "liked", "adored"),
-    "VERB-": ("hated", "abhorred", "loathed", "disliked", "despised", "regretted", "resented"),
-    "NOUN+": ("masterpiece", "delight", "joy", "winner", "success", "miracle", "pleasure", "beauty",
-              "triumph", "marvel", "treat"),
-    "NOUN-": ("catastrophe", "tragedy", "disaster", "travesty", "failure", "fiasco", "disappointment",
-              "waste", "mess", "flop", "bore"),
-}
 SENTIMENT_SLOTS = ("ADJ", "VERB", "NOUN")
 # Neutral classes whose word choice follows the sentence's sentiment (the checker accepts any of them).
 POLAR_CUES: dict[str, dict[bool, tuple[str, ...]]] = {
