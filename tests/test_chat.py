@@ -136,8 +136,11 @@ def chat_folders(tmp_path_factory):
     prompts = ["the movie", "the plot", "the movie was", "the plot was"] * 2
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     (root / "records.jsonl").write_text("".join(
-        json.dumps({"prompt": p, "completion": c, "reward": float(i)}) + "\n"
+        json.dumps({"prompt": p, "completion": c, "reward": float(i),
+                    "tone": float("good" in c or "great" in c)}) + "\n"
         for i, (p, c) in enumerate(zip(prompts, ["was good .", "was bad .", "great .", "bad ."] * 2))))
+    (root / "pairs.jsonl").write_text("".join(
+        json.dumps({"prompt": p, "chosen": "was good .", "rejected": "was bad ."}) + "\n" for p in prompts))
     return root
 
 
@@ -153,6 +156,14 @@ def _commands(root, out):
                        "--sites", "blocks.1.hook_resid_post"],
         "data pairs": ["data", "pairs", "--model", str(root / "base"), "--prompts", prompts, "--out",
                        str(out / "pairs.jsonl"), "--n-prompts", "4", "--max-new-tokens", "3"],
+        "audit dpo": ["audit", "--rm", f"dpo:{root / 'post'}", "--ref", str(root / "base"), "--pairs",
+                      str(root / "pairs.jsonl"), "--out", str(out / "audit")],
+        "train dpo": ["train", "dpo", "--base", str(root / "base"), "--pairs", str(root / "pairs.jsonl"),
+                      "--prompts", prompts, "--out", str(out / "dpo"), "--epochs", "1", "--batch-size", "4",
+                      "--max-new-tokens", "3", "--eval-samples", "4", "--held-out", "0.25"],
+        "steer": ["steer", "--model", str(root / "base"), "--direction", "mean-diff", "--site",
+                  "blocks.1.hook_resid_post", "--records", records, "--target", "tone", "--prompts", prompts,
+                  "--alphas", "0,1", "--n-random", "1", "--max-new-tokens", "3", "--n-boot", "20", "--out", str(out / "steer")],
         "train ppo": ["train", "ppo", "--base", str(root / "base"), "--prompts", prompts, "--out", str(out / "ppo"),
                       "--phases", "1", "--batch-size", "4", "--minibatch-size", "4", "--ppo-epochs", "1",
                       "--max-new-tokens", "3", "--eval-samples", "4"],

@@ -172,16 +172,17 @@ class ImplicitRewardScorer:
     """A DPO policy's implicit reward beta * sum_t log(pi/pi_ref), or a reference-free score."""
 
     def __init__(self, policy: str, ref: str | None = None, ref_free: str = "sum", beta: float = 1.0,
-                 batch_size: int = 16, device: str | None = None):
+                 batch_size: int = 16, device: str | None = None, chat_template: str = "auto"):
         from rewardlab.models import ModelPair, load_model  # loads transformers: keeps `audit --help` fast
 
         if ref is None and ref_free not in REF_FREE:
             raise InputError(f"unknown reference-free score {ref_free!r}", fix=f"use one of {', '.join(REF_FREE)}")
         if ref is not None:
-            pair = ModelPair.load(ref, policy, device=device, dtype="float32")
+            pair = ModelPair.load(ref, policy, device=device, dtype="float32", chat_template=chat_template)
             self.model, self.ref_model, self.tokenizer = pair.post, pair.base, pair.tokenizer
         else:
-            self.model, self.tokenizer = load_model(policy, device=device, dtype="float32")
+            self.model, self.tokenizer = load_model(policy, device=device, dtype="float32",
+                                                    chat_template=chat_template)
             self.ref_model = None
         self.ref_free, self.beta, self.batch_size = ref_free, beta, batch_size
         self.name = f"dpo:{policy}"  # paths as given: a run's folder is often just "policy"
@@ -208,10 +209,12 @@ class RegistryScorer:
 
 
 def get_scorer(spec: str, ref: str | None = None, ref_free: str = "sum", beta: float = 1.0,
-               device: str | None = None):
-    """`dpo:PATH` -> ImplicitRewardScorer, anything else -> a registry reward."""
+               device: str | None = None, chat_template: str = "auto"):
+    """`dpo:PATH` -> ImplicitRewardScorer (its prompts rendered by `chat_template`, as every prompt
+    encoder does), anything else -> a registry reward."""
     if spec.startswith("dpo:"):
-        return ImplicitRewardScorer(spec[4:], ref=ref, ref_free=ref_free, beta=beta, device=device)
+        return ImplicitRewardScorer(spec[4:], ref=ref, ref_free=ref_free, beta=beta, device=device,
+                                    chat_template=chat_template)
     if ref is not None:
         raise InputError("--ref applies only to dpo:PATH reward models", fix="drop --ref, or use dpo:PATH")
     return RegistryScorer(spec, device=device)

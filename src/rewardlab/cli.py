@@ -533,7 +533,8 @@ def _audit(a: argparse.Namespace) -> None:
         pairs = load_template(a.template, cfg)
     else:
         pairs = minimal_pairs(world_sources(cfg.n_sources, cfg.seed, cfg.prompt_words), world_words(), cfg)
-    scorer = get_scorer(a.rm, ref=a.ref, ref_free=a.ref_free, beta=a.beta, device=a.device)
+    scorer = get_scorer(a.rm, ref=a.ref, ref_free=a.ref_free, beta=a.beta, device=a.device,
+                        chat_template=a.chat_template)
     results, rows = audit(scorer, pairs, seed=cfg.seed, cfg=cfg)
     write_audit(a.out, results, rows)
     print(format_table(results))
@@ -552,6 +553,7 @@ def _audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref-free", default="sum", choices=["sum", "mean", "norm"],
                    help="score of dpo:POLICY without --ref: sum, mean, or -L2 norm of log-probs")
     p.add_argument("--beta", type=_positive, default=1.0, help="scale of dpo:POLICY's log-ratio")
+    _add_chat_template(p)
     _add_out(p, "output folder (results.json, scores.jsonl)")
     _add_device(p)
 

@@ -218,7 +218,8 @@ def ev_value(run: Run) -> str:
              "<h4>Monte Carlo noise ceiling (reliability) per target and position</h4>"
              + table([{"target": t, **by_position} for t, by_position in vp.reliability.items()])]
     if vp.value_head:
-        parts.append("<h4>The PPO value head against the best V probe</h4>" + table([to_json(v) for v in vp.value_head]))
+        parts.append("<h4>The PPO value head against the best V probe</h4>"
+                     + table([to_json(v) for v in vp.value_head]))
     if vp.best_of_n:
         parts.append("<h4>Best-of-n on held-out prompts: the true reward of the pick by each selector</h4>"
                      + table([to_json(b) for b in vp.best_of_n]))
