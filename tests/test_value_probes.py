@@ -187,3 +187,18 @@ def test_traces_are_the_best_v_probe_on_test_prefixes(study):
         row = _row(study, "post", "value_post", position)
         assert spearman_r([t["value"] for t in pts], [t["probe"] for t in pts]) == pytest.approx(
             row["spearman"]["value"])
+
+
+def test_future_direction_finds_the_latent():
+    """The post model's SITES[1] activations carry z (= F_post) in dimension 0: the F probe's direction
+    points there, positive; another site's direction does not."""
+    from rewardlab.value.probes import future_direction
+
+    records, rows, acts = synthetic()
+    direction, val, n_train = future_direction(acts["post"], rows, SITES[1], ValueProbeConfig())
+    assert int(np.argmax(np.abs(direction))) == 0 and direction[0] > 0.9 and val > 0.8
+    assert n_train == round(0.6 * len(records))  # one completion prefix per record, 60% of the prompts
+    other, _, _ = future_direction(acts["post"], rows, SITES[0], ValueProbeConfig())
+    assert abs(other[0]) < 0.9
+    with pytest.raises(InputError):
+        future_direction(acts["post"], rows, "blocks.9.hook_resid_post", ValueProbeConfig())

@@ -124,7 +124,7 @@ def test_report_has_the_value_section(fast_demo):
     start = html.index('data-section="ev-value"')
     section = html[start:html.index("</section>", start)]
     assert "could not read" not in section and "no value stage" not in section
-    assert section.count("<img") == 2  # the probe panels and the traces
+    assert section.count("<img") == 3  # the probe panels, the F steering dose-response and the traces
 
 
 def test_best_of_n_section_is_recomputed_from_its_samples(run, fast_demo):
@@ -145,3 +145,15 @@ def test_best_of_n_section_is_recomputed_from_its_samples(run, fast_demo):
     for b in rows:
         if b.n == 1:  # best-of-1 is the mean reward whatever the selector
             assert b.reward.value == pytest.approx(reward.mean(), abs=1e-12)
+
+
+def test_steering_along_the_f_direction(run, fast_demo):
+    sf = run.value_probe.steering_future
+    assert sf is not None and sf.alphas == [-0.5, 0.0, 0.5] and sf.site == "blocks.1.hook_resid_post"
+    assert sf.n == 8 * 2 and sf.n_prompts == 8 and sf.n_train_prefixes > 0
+    curve = sf.curve
+    assert len(curve.reward_mean) == len(curve.effect) == len(curve.fluent) == 3
+    assert curve.effect[1].value == 0.0  # alpha 0 is the unsteered reference
+    assert len(sf.random_effects) == 2 and all(len(r) == 3 for r in sf.random_effects)
+    steered = read_jsonl(fast_demo / "value" / "steered.jsonl")
+    assert {s["direction"] for s in steered} >= {"future_probe"}

@@ -220,6 +220,15 @@ def ev_value(run: Run) -> str:
     if vp.value_head:
         parts.append("<h4>The PPO value head against the best V probe</h4>"
                      + table([to_json(v) for v in vp.value_head]))
+    sf = vp.steering_future
+    if sf is not None:
+        curve = sf.curve
+        parts.append(figure(figures.dose_response(sf.alphas, {"F probe": ([m.value for m in curve.reward_mean],
+                                                                          [m.ci for m in curve.reward_mean])},
+                                                  sf.random_effects, sf.site),
+                            f"Steering along the F direction (expected reward still to come) at {sf.site}; grey: "
+                            "random directions of the same norm")
+                     + key_values(sf, skip=("curve", "random_effects")) + key_values(curve.summary))
     if vp.best_of_n:
         parts.append("<h4>Best-of-n on held-out prompts: the true reward of the pick by each selector</h4>"
                      + table([to_json(b) for b in vp.best_of_n]))

@@ -379,18 +379,20 @@ def steering_directions(policy, tokenizer, records: list[dict], store, steer_sit
     }
 
 
+def direction_curve(entry: dict) -> DirectionCurve:
+    """One direction of a `steer.dose_response` result ({"rows", "summary"}) as its typed curve."""
+    rows = entry["rows"]
+    columns = {k: [r[k] for r in rows] for k in ("probe_score", "implicit_reward", "grammatical_rate",
+                                                 "perplexity") if k in rows[0]}
+    return from_json(DirectionCurve, {"reward_mean": [r["reward_mean"] for r in rows],
+                                      "effect": [r["effect"] for r in rows],
+                                      "kl_neutral": [r["kl_neutral"] for r in rows],
+                                      "fluency": [r["fluency"] for r in rows], "fluent": [r["fluent"] for r in rows],
+                                      "summary": entry["summary"], **columns}, "steering")
+
+
 def steering_section(steered: dict, site: str, n: int, n_prompts: int, cosines: dict, cfg: Config
                      ) -> SteeringSection:
-    def curve(entry: dict) -> DirectionCurve:
-        rows = entry["rows"]
-        columns = {k: [r[k] for r in rows] for k in ("probe_score", "implicit_reward", "grammatical_rate",
-                                                     "perplexity") if k in rows[0]}
-        return from_json(DirectionCurve, {"reward_mean": [r["reward_mean"] for r in rows],
-                                          "effect": [r["effect"] for r in rows],
-                                          "kl_neutral": [r["kl_neutral"] for r in rows],
-                                          "fluency": [r["fluency"] for r in rows], "fluent": [r["fluent"] for r in rows],
-                                          "summary": entry["summary"], **columns}, "steering")
-
     headline = steered["directions"]["mean_diff"]
     summary = headline["summary"]
     effect = {r["alpha"]: from_json(Estimate, r["effect"]) for r in headline["rows"]}
@@ -404,7 +406,7 @@ def steering_section(steered: dict, site: str, n: int, n_prompts: int, cosines: 
         alpha_down=summary["alpha_down"], fluency_down=summary["fluency_down"],
         effect_at_min_alpha=effect.get(summary["alpha_down"]),
         effect_over_random_at_min_alpha=summary["effect_over_random_at_min_alpha"],
-        directions={name: curve(entry) for name, entry in steered["directions"].items()},
+        directions={name: direction_curve(entry) for name, entry in steered["directions"].items()},
         random_effects=steered["random_effects"],
         cosines={k: v for k, v in cosines.items() if k.endswith("_at_steer_site")})
 

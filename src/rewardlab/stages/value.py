@@ -11,7 +11,10 @@ questions 1 and 2 against a Monte Carlo truth (`value.targets`, `value.probes`).
    both, the embedding-layer probe; also chosen on validation), the difference on test prompts with a
    paired bootstrap CI; the cross matrix (post against base activations); with a PPO policy, its
    value head beside the best V probe; V along held-out completions (`traces`).
-4. Best-of-n on held-out prompts (`probes.best_of_n`): max(bon_ns) policy samples per prompt, the
+4. Steering along the F direction (the causal test): a ridge probe of F_post at `steer_site` (pooled
+   completion positions, training prompts), added at alphas x the site's typical norm on held-out
+   prompts, against random directions of the same norm (`steer.dose_response`).
+5. Best-of-n on held-out prompts (`probes.best_of_n`): max(bon_ns) policy samples per prompt, the
    pick of n by the true reward (the oracle), by the implicit reward and by the run's reward probe
    (the probes stage's, when the run has one), scored by its true reward.
 
@@ -38,21 +41,25 @@ from rewardlab.rewards import get_reward
 from rewardlab.rl.config import sampling_checks
 from rewardlab.rl.value_head import load_value_head
 from rewardlab.sampling import generate
-from rewardlab.schema import from_json
-from rewardlab.sites import all_sites
+from rewardlab.schema import from_json, to_json
+from rewardlab.sites import all_sites, n_layers
 from rewardlab.stages import ppo as ppo_stage
 from rewardlab.stages import probes as probes_stage
 from rewardlab.stages import prompts as prompts_stage
 from rewardlab.stages.common import Context, Planner, RunConfig, main_policy, prompt_list
+from rewardlab.stages.probes import DirectionCurve, direction_curve
 from rewardlab.stats import Estimate
-from rewardlab.value.probes import ValueProbeConfig, collect_value_acts, value_head_predictions, value_probe_study
+from rewardlab.steer import SteerConfig, dose_response
+from rewardlab.value.probes import (ValueProbeConfig, collect_value_acts, future_direction, value_head_predictions,
+                                    value_probe_study)
 from rewardlab.value.targets import TargetsConfig, compute_targets
-from rewardlab.world import world_of_model
+from rewardlab.world import is_grammatical, world_of_model
 
 NAME = "value"
 ARTIFACTS = {"value_records": "records.jsonl", "value_targets": "targets.jsonl", "value_study": "value_probe.json",
              "value_traces": "traces.jsonl", "value_probe_png": "value_probe.png",
-             "value_traces_png": "value_traces.png", "best_of_n_samples": "best_of_n.jsonl"}
+             "value_traces_png": "value_traces.png", "best_of_n_samples": "best_of_n.jsonl",
+             "steered_texts": "steered.jsonl"}
 
 
 @dataclass
@@ -67,6 +74,12 @@ class Config:
     top_k: int = 0                 # 0: off
     top_p: float = 1.0             # 1.0: off
     sites: str = "all"             # "all" or comma-separated site names probed
+    steer_site: str = "last_resid_post"  # where the F direction is fitted and added: a site, or the last
+    # block's resid_post
+    steer_prompts: int = 32        # held-out prompts steered along the F direction (0: skip it)
+    steer_samples_per_prompt: int = 2  # samples per prompt and alpha (CIs resample prompts)
+    steer_alphas: tuple[float, ...] = (-0.1, -0.05, 0.0, 0.05, 0.1)  # x the site's typical norm; must include 0
+    n_random: int = 4              # random control directions of the same norm
     bon_prompts: int = 64          # held-out prompts for best-of-n selection (0: skip it)
     bon_ns: tuple[int, ...] = (1, 4, 16)  # n of best-of-n; the largest is the samples drawn per prompt
     batch_size: int = 64           # prompts per sampling batch (continuations: 8x as many rows)
@@ -78,6 +91,9 @@ class Config:
         raise_first_failed([
             (min(self.n_prompts, self.samples_per_prompt, self.batch_size, self.n_boot) >= 1,
              "n_prompts, samples_per_prompt, batch_size and n_boot must be at least 1", None),
+            (self.steer_prompts >= 0 and self.steer_samples_per_prompt >= 1 and self.n_random >= 1
+             and 0.0 in self.steer_alphas, "steer_prompts must be >= 0, steer_samples_per_prompt and n_random >= 1, "
+             f"and steer_alphas must include 0 (got {list(self.steer_alphas)})", None),
             (self.bon_prompts >= 0 and len(self.bon_ns) > 0 and min(self.bon_ns) >= 1,
              f"bon_prompts must be >= 0 and bon_ns positive, got {self.bon_prompts} and {list(self.bon_ns)}", None),
             *sampling_checks(self),
@@ -157,6 +173,23 @@ class BestOfNRow:
 
 
 @dataclass
+class FutureSteering:
+    """Steering along the direction of a ridge probe of F_post (the reward still to come) against random
+    directions of the same norm (`steer.dose_response`), on held-out prompts."""
+
+    site: str
+    alphas: list[float]            # multiples of the site's typical norm
+    typical_norm: float
+    n: int                         # steered samples per alpha
+    n_prompts: int
+    probe_val_spearman: float      # the F probe's validation Spearman (pooled completion positions)
+    n_train_prefixes: int
+    fluency_bound: str             # when an alpha keeps fluency
+    curve: DirectionCurve          # the true reward, effect, fluency per alpha; summary against random
+    random_effects: list[list[float]]  # [n_random][n_alphas] mean effect of each random direction
+
+
+@dataclass
 class ValueProbeSection:
     k: int                         # Monte Carlo continuations per prefix and model
     n_records: int
@@ -170,6 +203,7 @@ class ValueProbeSection:
     cross: list[CrossRow]
     value_head: list[ValueHeadRow] | None = None
     best_of_n: list[BestOfNRow] | None = None  # by true reward, implicit reward and the run's reward probe
+    steering_future: FutureSteering | None = None  # the causal test of the F direction
 
 
 @dataclass
@@ -191,6 +225,8 @@ def plan(run: RunConfig, p: Planner) -> None:
     cfg = p.config(Config, NAME, values, seed=run.seed)
     for site in ([] if cfg.sites == "all" else cfg.sites.split(",")):
         p.check_site(site.strip(), f"{NAME}.sites")
+    if cfg.steer_site != "last_resid_post":
+        p.check_site(cfg.steer_site, f"{NAME}.steer_site")
     probes = {"probes": p.stage_dir(probes_stage.NAME)} if run.probes is not None else {}
     p.add(NAME, cfg, {"base": Path(p.base), "policy": Path(policy), **p.data_inputs(), **probes})
 
@@ -231,7 +267,32 @@ def best_of_n(policy, base, tokenizer, prompts: list[str], reward, probe_file: P
     return records, table
 
 
-def section_of(study: dict, cfg: Config, n_records: int, bon: list[dict] | None) -> ValueProbeSection:
+def steer_future(policy, base, tokenizer, acts_post: dict, rows: list[dict], prompts: list[str], reward,
+                 checker, cfg: Config) -> tuple[FutureSteering, list[dict]]:
+    """Fit the F_post direction at the steering site and steer the policy along it on `prompts`:
+    (the section, the steered samples)."""
+    site = resolve_steer_site(policy, cfg)
+    direction, val, n_train = future_direction(acts_post, rows, site, ValueProbeConfig(seed=cfg.seed))
+    repeated = [p for p in prompts for _ in range(cfg.steer_samples_per_prompt)]
+    steer_cfg = SteerConfig(site=site, alphas=tuple(cfg.steer_alphas), where="completion", n_random=cfg.n_random,
+                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                            top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed, n_boot=cfg.n_boot)
+    steered = dose_response(policy, tokenizer, repeated, {"future_probe": direction}, steer_cfg, reward, base=base,
+                            checker=checker)
+    entry = steered["directions"]["future_probe"]
+    section = FutureSteering(site=site, alphas=list(steered["alphas"]), typical_norm=steered["typical_norm"],
+                             n=len(repeated), n_prompts=len(prompts), probe_val_spearman=val, n_train_prefixes=n_train,
+                             fluency_bound=entry["rows"][0]["fluency_measure"], curve=direction_curve(entry),
+                             random_effects=steered["random_effects"])
+    return section, steered["samples"]
+
+
+def resolve_steer_site(model, cfg: Config) -> str:
+    return f"blocks.{n_layers(model) - 1}.hook_resid_post" if cfg.steer_site == "last_resid_post" else cfg.steer_site
+
+
+def section_of(study: dict, cfg: Config, n_records: int, bon: list[dict] | None,
+               steering: FutureSteering | None) -> ValueProbeSection:
     """The typed section from `value.probes.value_probe_study`'s result."""
     return from_json(ValueProbeSection, {
         "k": cfg.k, "n_records": n_records, "n_prefixes": study["n_prefixes"], "n_prompts": study["n_prompts"],
@@ -239,7 +300,8 @@ def section_of(study: dict, cfg: Config, n_records: int, bon: list[dict] | None)
         "reliability": study["reliability"],
         "table": [{**r, "position": str(r["position"])} for r in study["table"]],
         "cross": [{**r, "position": str(r["position"])} for r in study["cross"]],
-        "value_head": study.get("value_head"), "best_of_n": bon}, "value_probe")
+        "value_head": study.get("value_head"), "best_of_n": bon,
+        "steering_future": None if steering is None else to_json(steering)}, "value_probe")
 
 
 def run(cfg: Config, ctx: Context) -> Results:
@@ -262,7 +324,8 @@ def run(cfg: Config, ctx: Context) -> Results:
     head_file = ctx.artifact(ppo_stage.NAME, "value_head") if "ppo" in ctx.models else None
     head = load_value_head(head_file) if head_file is not None else None
     sites = all_sites(policy) if cfg.sites == "all" else [s.strip() for s in cfg.sites.split(",")]
-    sites = list(dict.fromkeys(sites + ([head.site] if head else [])))
+    sites = list(dict.fromkeys(sites + ([head.site] if head else []) + ([resolve_steer_site(policy, cfg)]
+                                                                        if cfg.steer_prompts else [])))
     positions = list(dict.fromkeys(r["position"] for r in rows))
     acts = collect_value_acts({"post": policy, "base": base}, tokenizer, records, positions, sites, cfg.batch_size)
     predictions = value_head_predictions(head, acts["post"], positions) if head else None
@@ -274,9 +337,15 @@ def run(cfg: Config, ctx: Context) -> Results:
     figures.save_png(figures.value_probes(study["table"]), out / ARTIFACTS["value_probe_png"])
     if traces:
         figures.save_png(figures.value_traces(traces), out / ARTIFACTS["value_traces_png"])
+    steering = None
+    if cfg.steer_prompts:
+        checker = is_grammatical if ctx.setting is None else None
+        steering, steered = steer_future(policy, base, tokenizer, acts["post"], rows, list(heldout)[:cfg.steer_prompts],
+                                         reward, checker, cfg)
+        write_jsonl(out / ARTIFACTS["steered_texts"], steered)
     bon = None
     if cfg.bon_prompts:
         probe_file = ctx.artifact(probes_stage.NAME, "probe")  # None without a probes stage
         bon_records, bon = best_of_n(policy, base, tokenizer, list(heldout)[:cfg.bon_prompts], reward, probe_file, cfg)
         write_jsonl(out / ARTIFACTS["best_of_n_samples"], bon_records)
-    return Results(section_of(study, cfg, len(records), bon))
+    return Results(section_of(study, cfg, len(records), bon, steering))

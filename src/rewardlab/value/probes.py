@@ -300,3 +300,25 @@ def value_head_predictions(head, acts: dict[str, np.ndarray], positions: Sequenc
                                  fix=f"include {head.site} in --sites")
             out[str(position)] = head(torch.as_tensor(acts[key], dtype=torch.float32)).double().numpy()
     return out
+
+
+def future_direction(acts: dict[str, np.ndarray], rows: Sequence[dict], site: str, cfg: ValueProbeConfig,
+                     model: str = "post") -> tuple[np.ndarray, float, int]:
+    """The direction [d] of a ridge probe of F_model (expected reward still to come) at `site`, fitted
+    on every completion-position prefix of the training prompts (penalty chosen on validation prompts,
+    the study's grouped split), with its validation Spearman and the number of training prefixes.
+    `acts` is one model's {"SITE|POSITION": [n_records, d]}."""
+    target = f"future_{model}"
+    index = [i for i, r in enumerate(rows) if str(r["position"]) != "last_prompt"]
+    if not index:
+        raise InputError("no completion-position prefixes to fit the F direction on",
+                         fix="add completion offsets to positions")
+    missing = {f"{site}|{rows[i]['position']}" for i in index} - set(acts)
+    if missing:
+        raise InputError(f"no activations for {', '.join(sorted(missing))}", fix=f"collect {site} at every position")
+    x = np.vstack([np.asarray(acts[f"{site}|{rows[i]['position']}"], dtype=np.float64)[rows[i]["record"]]
+                   for i in index])
+    y = np.asarray([rows[i][target] for i in index], dtype=np.float64)
+    split = grouped_split(np.asarray([rows[i]["prompt_id"] for i in index]), cfg.fractions, cfg.seed)
+    probe, val = fit_cell(x, y, split, cfg.l2_grid, {"site": site, "target": target})
+    return probe.direction(), float(val), int(len(split.train))
