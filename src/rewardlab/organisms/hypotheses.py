@@ -44,7 +44,7 @@ from rewardlab.diff.kl import KLConfig, token_kl
 from rewardlab.acts import collect_activations
 from rewardlab.errors import InputError
 from rewardlab.probes.linear import fit_ridge
-from rewardlab.sites import final_norm, n_layers, run_with_capture, unembed
+from rewardlab.sites import logit_lens, n_layers, run_with_capture
 from rewardlab.steer import SteerConfig, steered_samples, typical_norm
 from rewardlab.text import encode
 
@@ -146,15 +146,6 @@ def divergent_hypothesis(base, post, tokenizer, prompts: Sequence[str], base_ids
 def middle_site(model) -> str:
     """The residual stream after the middle block: blocks.{(L - 1) // 2}.hook_resid_post."""
     return f"blocks.{(n_layers(model) - 1) // 2}.hook_resid_post"
-
-
-@torch.no_grad()
-def logit_lens(model, vectors: torch.Tensor) -> torch.Tensor:
-    """(n, d) residual-stream directions -> (n, V) logits through `model`'s final norm and unembedding,
-    less what both give the zero vector (their biases)."""
-    norm, head = final_norm(model), unembed(model)
-    zero = torch.zeros_like(vectors[:1])
-    return head(norm(vectors)) - head(norm(zero))
 
 
 @torch.no_grad()
