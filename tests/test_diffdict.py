@@ -146,3 +146,35 @@ def test_cli_sae_diffdict_on_a_tiny_pair(tmp_path, capsys):
     word_tokenizer().save_pretrained(tmp_path / "wide")
     assert main(args[:5] + [str(tmp_path / "wide")] + args[6:]) == 2
     assert "architectures differ" in capsys.readouterr().err
+
+
+def test_mean_differences_match_resampling_by_hand():
+    x_b, x_p, _ = sparse_pair(n=600)
+    dicts = dd.train_dictionaries(x_b, x_p, 32, 1, None, QUICK)
+    units = torch.arange(600) // 7  # 86 units of 7 tokens (the last of 5)
+    got = dd.mean_differences(dicts, x_b, x_p, units, 3, np.random.default_rng(5))
+    draws = np.random.default_rng(5).integers(0, 86, (3, 86))
+    vectors, codes = dd.difference_vectors(dicts), dd.codes(dicts, x_b, x_p)
+    for name, v in vectors.items():
+        per_token = (codes[name] @ v).double()
+        torch.testing.assert_close(got[name][0].double(), per_token.mean(0), rtol=1e-5, atol=1e-6)
+        for r in range(3):
+            rows = torch.cat([torch.nonzero(units == u).squeeze(1) for u in draws[r]])
+            torch.testing.assert_close(got[name][r + 1].double(), per_token[rows].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_dictionary_hypotheses_read_the_mean_difference_through_the_logit_lens():
+    from rewardlab.organisms import hypotheses as H
+    from tiny_lm import COMPLETIONS, PROMPTS, tiny_pair
+
+    base, post, tok = tiny_pair(scale=0.2, layer=0)  # the middle site of 2 blocks is blocks.0.hook_resid_post
+    prompts, completions = PROMPTS * 4, COMPLETIONS * 4
+    hyps = H.dictionary_hypotheses(base, post, tok, prompts, completions, seed=0, k=4, n_tokens=2000,
+                                   n_replicates=5, batch_size=8)
+    assert list(hyps) == list(H.DICTIONARY_METHODS)
+    for name, h in hyps.items():
+        assert h.method == name and h.scores.shape == (len(tok),) and h.replicates.shape == (5, len(tok))
+        assert np.isfinite(h.scores).all() and h.replicates.std(0).max() > 0
+    again = H.dictionary_hypotheses(base, post, tok, prompts, completions, seed=0, k=4, n_tokens=2000,
+                                    n_replicates=5, batch_size=8)
+    assert all(np.array_equal(hyps[m].scores, again[m].scores) for m in hyps)  # deterministic
