@@ -178,3 +178,30 @@ def test_dictionary_hypotheses_read_the_mean_difference_through_the_logit_lens()
     again = H.dictionary_hypotheses(base, post, tok, prompts, completions, seed=0, k=4, n_tokens=2000,
                                     n_replicates=5, batch_size=8)
     assert all(np.array_equal(hyps[m].scores, again[m].scores) for m in hyps)  # deterministic
+
+
+@pytest.mark.slow
+def test_sae_stage_option_trains_the_difference_dictionary_and_reports_it(fast_demo, tmp_path):
+    """The demo's sae stage again with `diffdict: true`: only that stage re-runs; its typed section and
+    the report's section."""
+    import shutil
+
+    import yaml
+
+    from rewardlab.cli import main
+    from rewardlab.pipeline import demo_config
+
+    out = tmp_path / "demo"
+    shutil.copytree(fast_demo, out)
+    cfg = yaml.safe_load(demo_config(True).read_text())
+    cfg["sae"]["diffdict"] = True
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    section = results["diffdict"]
+    assert section["site"] == results["sae"]["site"] and set(section["fvu"]) == set(dd.PREDICTIONS)
+    for est in (*section["fvu"].values(), *section["diffdict_minus"].values()):
+        assert est["ci"][0] <= est["value"] <= est["ci"][1] and est["n"] > 0
+    assert set(section["top_latents"]) == set(dd.DICTIONARIES)
+    assert (out / "sae" / "diffdict" / "diffdict" / "cfg.json").is_file()
+    assert "Difference dictionary: predicting post activations from base" in (out / "report.html").read_text()

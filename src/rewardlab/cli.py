@@ -878,7 +878,8 @@ def _acts_commands() -> list[Command]:
 # --- sae, interp ---
 
 _COMPARE_ONLY = ("n_layers", "layers", "site_kind", "architecture", "l1_coefficient", "tied", "expansions",
-                 "shared_threshold", "n_top_features", "relevance_saes", "headline_expansion")  # unused by crosscoder
+                 "shared_threshold", "n_top_features", "relevance_saes", "headline_expansion", "diffdict",
+                 "diffdict_expansion")  # unused by crosscoder
 
 
 def _sae_pair(a: argparse.Namespace):
@@ -947,7 +948,7 @@ def _sae_crosscoder(a: argparse.Namespace) -> None:
 
 def _sae_crosscoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", required=True, help="site the crosscoder reads, e.g. blocks.2.hook_resid_post")
-    _sae_pair_options(p, exclude=_COMPARE_ONLY + ("diffdict", "diffdict_expansion"))
+    _sae_pair_options(p, exclude=_COMPARE_ONLY)
 
 
 def _sae_diffdict(a: argparse.Namespace) -> None:
@@ -973,7 +974,8 @@ def _sae_diffdict(a: argparse.Namespace) -> None:
 
 def _sae_diffdict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", required=True, help="site the dictionaries read in both models, e.g. blocks.2.hook_resid_post")
-    _sae_pair_options(p, exclude=_COMPARE_ONLY + ("diffdict", "crosscoder_expansion", "scaling_threshold"))
+    _sae_pair_options(p, exclude=tuple(f for f in _COMPARE_ONLY if f != "diffdict_expansion")
+                      + ("crosscoder_expansion", "scaling_threshold"))
 
 
 def _sae_train(a: argparse.Namespace) -> None:
