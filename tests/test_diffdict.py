@@ -181,27 +181,18 @@ def test_dictionary_hypotheses_read_the_mean_difference_through_the_logit_lens()
 
 
 @pytest.mark.slow
-def test_sae_stage_option_trains_the_difference_dictionary_and_reports_it(fast_demo, tmp_path):
-    """The demo's sae stage again with `diffdict: true`: only that stage re-runs; its typed section and
-    the report's section."""
-    import shutil
-
-    import yaml
-
-    from rewardlab.cli import main
-    from rewardlab.pipeline import demo_config
-
-    out = tmp_path / "demo"
-    shutil.copytree(fast_demo, out)
-    cfg = yaml.safe_load(demo_config(True).read_text())
-    cfg["sae"]["diffdict"] = True
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(tmp_path / "cfg.yaml"), "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
+def test_the_fast_demo_trains_the_difference_dictionary_and_reports_it(fast_demo):
+    """demo-fast.yaml turns the sae stage's diffdict option on: its typed section and the report's section."""
+    results = json.loads((fast_demo / "results.json").read_text())
     section = results["diffdict"]
     assert section["site"] == results["sae"]["site"] and set(section["fvu"]) == set(dd.PREDICTIONS)
     for est in (*section["fvu"].values(), *section["diffdict_minus"].values()):
         assert est["ci"][0] <= est["value"] <= est["ci"][1] and est["n"] > 0
+    assert set(section["diffdict_minus"]) == set(dd.PREDICTIONS) - {"diffdict"}
     assert set(section["top_latents"]) == set(dd.DICTIONARIES)
-    assert (out / "sae" / "diffdict" / "diffdict" / "cfg.json").is_file()
-    assert "Difference dictionary: predicting post activations from base" in (out / "report.html").read_text()
+    written = json.loads((fast_demo / "sae" / "diffdict" / "diffdict.json").read_text())
+    assert written["fvu"] == section["fvu"] and written["n_tokens"] == section["fvu"]["identity"]["n"]
+    assert load_sae(fast_demo / "sae" / "diffdict" / "diffdict").cfg.hook_name == section["site"]
+    report = (fast_demo / "report.html").read_text()
+    assert "Difference dictionary: predicting post activations from base" in report
+    assert "no difference dictionary in this run" not in report
