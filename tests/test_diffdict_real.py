@@ -45,8 +45,8 @@ def test_real_model_against_itself_and_a_perturbed_copy(smol):  # noqa: F811
         w.add_(0.05 * w.std() * torch.randn(w.shape, generator=gen))
     x_p = tokens_of(post, tokenizer)
     assert not torch.equal(x_b, x_p)
-    train = TrainConfig(batch_size=len(x_b) // 2, n_tokens=20 * len(x_b), progress=False)
-    dicts = dd.train_dictionaries(x_b, x_p, 4 * x_b.shape[1], 8, SITE, train)
+    train = TrainConfig(batch_size=len(x_b) // 2, n_tokens=10 * len(x_b), progress=False)
+    dicts = dd.train_dictionaries(x_b, x_p, x_b.shape[1], 8, SITE, train)
     res = dd.evaluate(dicts, x_b, x_p, groups)
     for est in res["fvu"].values():
         assert np.isfinite(est["value"]) and est["ci"][0] <= est["value"] <= est["ci"][1]
