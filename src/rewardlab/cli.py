@@ -880,7 +880,8 @@ def _acts_commands() -> list[Command]:
 # --- sae, interp ---
 
 _COMPARE_ONLY = ("n_layers", "layers", "site_kind", "architecture", "l1_coefficient", "tied", "expansions",
-                 "shared_threshold", "n_top_features", "relevance_saes", "headline_expansion")  # unused by crosscoder
+                 "shared_threshold", "n_top_features", "relevance_saes", "headline_expansion", "diffdict",
+                 "diffdict_expansion")  # unused by crosscoder
 
 
 def _sae_pair(a: argparse.Namespace):
@@ -952,6 +953,33 @@ def _sae_crosscoder_options(p: argparse.ArgumentParser) -> None:
     _sae_pair_options(p, exclude=_COMPARE_ONLY)
 
 
+def _sae_diffdict(a: argparse.Namespace) -> None:
+    from rewardlab.sae.diffing import DiffConfig, diffdict_models
+    from rewardlab.stats import describe
+
+    cfg = config_from_args(DiffConfig, a)
+    cfg.validate()
+    pair, records = _sae_pair(a)
+    res = diffdict_models(pair.base, pair.post, pair.tokenizer, records, a.out, a.site, cfg, a.base, a.post)
+    print(f"FVU of the post activations at {a.site} on {res['n_tokens']} held-out tokens ({res['n_groups']} prompts; "
+          "identity, affine and diffdict read base only):")
+    for name, est in res["fvu"].items():
+        print(f"  {name:10s} {describe(est)}")
+    for name, est in res["diffdict_minus"].items():
+        print(f"  diffdict - {name}: {describe(est)}")
+    for name, latents in res["latents"].items():
+        for latent in latents[:3]:
+            print(f"  {name} latent {latent['latent']} (importance {latent['importance']:.3f}): promotes "
+                  f"{', '.join(latent['promoted'][:5])}; fires on {', '.join(e['token'] for e in latent['top_examples'])}")
+    print(f"-> {a.out}/diffdict.json, {a.out}/diffdict, {a.out}/diff_sae, {a.out}/crosscoder")
+
+
+def _sae_diffdict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", required=True, help="site the dictionaries read in both models, e.g. blocks.2.hook_resid_post")
+    _sae_pair_options(p, exclude=tuple(f for f in _COMPARE_ONLY if f != "diffdict_expansion")
+                      + ("crosscoder_expansion", "scaling_threshold"))
+
+
 def _sae_train(a: argparse.Namespace) -> None:
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
@@ -1012,6 +1040,8 @@ def _sae_commands() -> list[Command]:
                 _sae_compare_options, _sae_compare),
         Command(("sae", "crosscoder"), "BatchTopK crosscoder over base+post activations, with Latent Scaling",
                 _sae_crosscoder_options, _sae_crosscoder),
+        Command(("sae", "diffdict"), "difference dictionary (encoder reads base, decoder predicts post) beside the "
+                "difference SAE and a crosscoder: FVU of post activations", _sae_diffdict_options, _sae_diffdict),
         Command(("interp",), "explain and score SAE features (offline lexical, or an LLM)", _interp_options, _interp),
     ]
 

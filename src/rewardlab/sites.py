@@ -151,6 +151,15 @@ def unembed(model: nn.Module) -> nn.Module:
     return head
 
 
+@torch.no_grad()
+def logit_lens(model: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+    """(n, d) residual-stream directions -> (n, V) logits through `model`'s final norm and unembedding,
+    less what both give the zero vector (their biases)."""
+    norm, head = final_norm(model), unembed(model)
+    zero = torch.zeros_like(vectors[:1])
+    return head(norm(vectors)) - head(norm(zero))
+
+
 def n_layers(model: nn.Module) -> int:
     return len(block_modules(model))
 

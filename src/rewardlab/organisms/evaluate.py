@@ -73,6 +73,8 @@ def evaluate_organism(base, post, tokenizer, prompts: Sequence[str], texts: Sequ
         "probe": H.probe_hypothesis(post, tokenizer, repeated * 2, completions + [x.completion for x in base_samples],
                                     reward(completions + [x.completion for x in base_samples], repeated * 2), seed,
                                     batch_size=s.batch_size),
+        **H.dictionary_hypotheses(base, post, tokenizer, repeated * 2, completions + [x.completion for x in base_samples],
+                                  seed, batch_size=s.batch_size),
         "random": H.random_ranking(V, seed),
     }
     for h in hyps.values():  # a model's unembedding may be wider than the tokenizer

@@ -25,6 +25,13 @@ Methods (base = the world's model, post = the organism; samples are completions 
                 organism's true reward on post's mean completion activation at the middle layer, over
                 the policy's and the base's samples (`probes.linear.fit_ridge`); replicates refit it on
                 resampled samples
+    diffdict    the difference dictionary (`sae.diffdict`: encoder reads base, decoder predicts post), trained
+                on the completion tokens of the policy's and the base's samples at the middle layer; its
+                hypothesis is the logit lens (as adl) of its mean difference, the mean over tokens of
+                sum_j f_j v_j (v_j: what latent j adds to post minus base); replicates resample the samples,
+                the dictionary fixed
+    diff_sae    the same for the diffing-toolkit's SAE on activation differences (post - base)
+    crosscoder  the same for a BatchTopK crosscoder of both models' activations (v_j = d_post_j - d_base_j)
     random      a random permutation (every replicate a fresh one)
 
 A token no sample wrote gets score 0 from the mean-per-token methods (no evidence either way).
@@ -44,11 +51,14 @@ from rewardlab.diff.kl import KLConfig, token_kl
 from rewardlab.acts import collect_activations
 from rewardlab.errors import InputError
 from rewardlab.probes.linear import fit_ridge
-from rewardlab.sites import final_norm, n_layers, run_with_capture, unembed
+from rewardlab.sae.diffdict import mean_differences, train_dictionaries
+from rewardlab.sae.train import TrainConfig
+from rewardlab.sites import logit_lens, n_layers, run_with_capture
 from rewardlab.steer import SteerConfig, steered_samples, typical_norm
 from rewardlab.text import encode
 
-METHODS = ("implicit", "kl", "divergent", "blackbox", "adl", "probe", "random")
+DICTIONARY_METHODS = ("diffdict", "diff_sae", "crosscoder")
+METHODS = ("implicit", "kl", "divergent", "blackbox", "adl", "probe", *DICTIONARY_METHODS, "random")
 N_REPLICATES = 200
 
 
@@ -149,15 +159,6 @@ def middle_site(model) -> str:
 
 
 @torch.no_grad()
-def logit_lens(model, vectors: torch.Tensor) -> torch.Tensor:
-    """(n, d) residual-stream directions -> (n, V) logits through `model`'s final norm and unembedding,
-    less what both give the zero vector (their biases)."""
-    norm, head = final_norm(model), unembed(model)
-    zero = torch.zeros_like(vectors[:1])
-    return head(norm(vectors)) - head(norm(zero))
-
-
-@torch.no_grad()
 def activation_differences(base, post, tokenizer, texts: Sequence[str], n_first: int = 5,
                            site: str | None = None) -> torch.Tensor:
     """(n_texts, d) mean over the first `n_first` text tokens (after a BOS the tokenizer adds) of
@@ -198,6 +199,27 @@ def probe_hypothesis(post, tokenizer, prompts: Sequence[str], completions: Seque
     device = next(post.parameters()).device
     lens = logit_lens(post, torch.as_tensor(directions, dtype=torch.float32, device=device)).double().cpu().numpy()
     return Hypothesis("probe", lens[0], lens[1:])
+
+
+def dictionary_hypotheses(base, post, tokenizer, prompts: Sequence[str], completions: Sequence[str], seed: int,
+                          expansion: int = 4, k: int = 8, n_tokens: int = 100_000, n_replicates: int = N_REPLICATES,
+                          batch_size: int = 64) -> dict[str, Hypothesis]:
+    """{method: Hypothesis} of DICTIONARY_METHODS: the three dictionaries (width expansion x d, k active
+    latents, trained on `n_tokens` tokens with seed `seed`) on the completion tokens of the records
+    (prompts, completions) at `middle_site`, each read through post's logit lens of its mean difference."""
+    site = middle_site(post)
+    records = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
+    x_b, x_p = (collect_activations(m, tokenizer, records, [site], ["tokens"], batch_size=batch_size)[f"{site}|tokens"]
+                for m in (base, post))
+    special = set(tokenizer.all_special_ids)
+    lengths = torch.tensor([sum(t not in special for t in ids) for ids in _completion_ids(tokenizer, prompts, completions)])
+    units = torch.repeat_interleave(torch.arange(len(records)), lengths)  # the sample each token belongs to
+    train = TrainConfig(batch_size=min(256, len(x_b)), n_tokens=n_tokens, seed=seed, progress=False)
+    dicts = train_dictionaries(x_b, x_p, expansion * x_b.shape[1], k, site, train)
+    diffs = mean_differences(dicts, x_b, x_p, units, n_replicates, _rng(seed, "dictionaries"))
+    device = next(post.parameters()).device
+    lenses = {name: logit_lens(post, v.to(device)).double().cpu().numpy() for name, v in diffs.items()}
+    return {name: Hypothesis(name, lens[0], lens[1:]) for name, lens in lenses.items()}
 
 
 def adl_summary(base, post, tokenizer, texts: Sequence[str], n_first: int = 5, site: str | None = None,

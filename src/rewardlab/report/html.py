@@ -349,6 +349,24 @@ def ev_crosscoder(run: Run) -> str:
     return "" if cc is None else key_values(cc)
 
 
+def ev_diffdict(run: Run) -> str:
+    d = run.results.diffdict
+    if d is None:
+        return ""
+    reads = {"identity": "base", "affine": "base", "diffdict": "base", "diff_sae": "base and post",
+             "crosscoder": "base and post"}
+    rows = [{"prediction": m, "reads": reads.get(m, ""), "fvu": to_json(est),
+             "diffdict_minus_this": to_json(d.diffdict_minus[m]) if m in d.diffdict_minus else None}
+            for m, est in d.fvu.items()]
+    latents = [{"dictionary": m, "latent_rank": i + 1, "promoted_tokens": tokens}
+               for m, per in d.top_latents.items() for i, tokens in enumerate(per)]
+    return (f'<p class="note">FVU of the post model\'s activations at {e(d.site)} on held-out tokens (CI over held-out '
+            f"prompts; differences paired); dictionaries of {d.d_sae} latents, k = {d.k}, trained on "
+            f"{d.n_train_tokens} tokens. Only identity, affine and the difference dictionary predict post from base "
+            "alone.</p>" + table(rows) + "<h4>Most important latents: tokens their difference vector promotes</h4>"
+            + table(latents))
+
+
 def ev_audit(run: Run) -> str:
     a = run.results.audit
     if a is None:
@@ -385,6 +403,8 @@ EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
     "ev-features": ("Top features and their explanations", ev_features, "no feature explanations in this run"),
     "ev-relevance": ("Reward relevance of SAE features", ev_relevance, "no SAE stage in this run"),
     "ev-crosscoder": ("Crosscoder latent classes", ev_crosscoder, "no crosscoder in this run"),
+    "ev-diffdict": ("Difference dictionary: predicting post activations from base", ev_diffdict,
+                    "no difference dictionary in this run (the sae stage's diffdict option)"),
     "ev-audit": ("Reward-model audit", ev_audit, "no reward-model audit in this run"),
     "ev-params": ("Parameter divergence", ev_params, "no parameter divergence in this run"),
 }

@@ -52,6 +52,7 @@ from rewardlab.io import read_json, save_tensors, write_json
 from rewardlab.probes.splits import grouped_split
 from rewardlab.rewards import get_reward, load_lexicon
 from rewardlab.sae.compare import compare_dictionaries, random_baseline, summary
+from rewardlab.sae import diffdict as dd
 from rewardlab.sae.crosscoder import Crosscoder, diff_summary
 from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics, spliced_metrics
@@ -59,7 +60,7 @@ from rewardlab.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
 from rewardlab.sae.sinks import token_positions
 from rewardlab.sae.train import TrainConfig, train_sae
 from rewardlab.sampling import generate
-from rewardlab.sites import n_layers
+from rewardlab.sites import n_layers, parse_site
 from rewardlab.text import pad_token_id, token_texts
 
 SAE_SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
@@ -82,6 +83,9 @@ class DiffConfig:
     headline_expansion: int = 4  # the headline SAE: batchtopk at this width with k
     crosscoder_expansion: int = 4  # crosscoder width, x d_model
     scaling_threshold: float = 0.5  # Latent Scaling nu above which a post-only latent counts as false
+    diffdict: bool = False  # also train the difference dictionary (base -> post) beside the difference SAE and a
+    # crosscoder at the headline site, and compare their FVU of the post activations (`sae.diffdict`)
+    diffdict_expansion: int = 4  # width of those three dictionaries, x d_model
     reward_field: str = "reward"  # numeric field of the records; computed with `reward` when missing
     reward: str = "utility"  # reward spec that computes a missing reward_field
     samples_per_prompt: int = 0  # extra completions per prompt and model, split with their prompt (0: records only)
@@ -102,7 +106,8 @@ class DiffConfig:
              f"use one of {', '.join(ARCHITECTURES)}"),
             (self.k >= 1 and self.n_top_features >= 1, "k and n_top_features must be at least 1", None),
             (bool(self.expansions) and min(self.expansions) >= 1 and self.headline_expansion >= 1
-             and self.crosscoder_expansion >= 1, "expansions must be at least 1", None),
+             and self.crosscoder_expansion >= 1 and self.diffdict_expansion >= 1, "expansions must be at least 1",
+             None),
             (0 < self.shared_threshold <= 1 and 0 < self.scaling_threshold <= 1,
              "shared_threshold and scaling_threshold must be in (0, 1]", None),
             (self.samples_per_prompt >= 0 and self.max_new_tokens >= 1,
@@ -400,6 +405,9 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     results["headline"] = headline_dictionaries(base, post, tokenizer, stores, sites[0], train_rows, test_rows, cfg,
                                        explainer, simulator, detector, out, pad_token_id(tokenizer), extra)
     results["headline"]["layer"] = best
+    if cfg.diffdict:
+        results["diffdict"] = run_diffdict(post, tokenizer, stores, extra, train_rows, test_rows, sites[0], cfg,
+                                           out / "diffdict", base_name, post_name)
     results["headline_checks"] = headline_checks(results)
     write_json(out / "sae_compare.json", results)
     tokenizer.save_pretrained(out / "tokenizer")
@@ -499,6 +507,56 @@ def crosscoder_models(base, post, tokenizer, records: list[dict], out: str | Pat
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     res = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, out, extra)
     write_json(out / "crosscoder.json", res)
+    return res
+
+
+def diffdict_models(base, post, tokenizer, records: list[dict], out: str | Path, site: str,
+                    cfg: DiffConfig = DiffConfig(), base_name: str = "base", post_name: str = "post") -> dict:
+    """`rewardlab sae diffdict`: the difference dictionary, the difference SAE and the crosscoder at one
+    site (`sae.diffdict`), trained on the records' train-prompt completion tokens (plus the extra samples
+    of train prompts); on the held-out records' tokens, FVU of the post activations for every prediction
+    with CIs over held-out prompts, and each dictionary's most important latents with their top tokens
+    and unembedding read-out. Writes out/diffdict.json and SAELens folders out/diffdict, out/diff_sae,
+    out/crosscoder."""
+    out = Path(out)
+    cfg.validate()
+    parse_site(site, n_layers(base))
+    _, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
+    return run_diffdict(post, tokenizer, stores, extra, train_rows, test_rows, site, cfg, out, base_name, post_name)
+
+
+def run_diffdict(post, tokenizer, stores: dict, extra: Extra | None, train_rows, test_rows, site: str,
+                 cfg: DiffConfig, out: Path, base_name: str = "base", post_name: str = "post") -> dict:
+    """`diffdict_models` on cached activation stores (as `_prepare` returns them)."""
+    tokens = modeled_tokens(stores, site)
+    train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
+    (b_train, _), (p_train, _) = (with_extra(tokens[m].acts[train_mask], tokens[m].acts[:0], extra, m, site)
+                                  for m in ("base", "post"))
+    b_test, p_test = tokens["base"].acts[~train_mask].float(), tokens["post"].acts[~train_mask].float()
+    if not len(b_test):
+        raise InputError("no held-out tokens: the records have too few prompts for a train/test split",
+                         fix="give records of more prompts")
+    d = b_train.shape[1]
+    dicts = dd.train_dictionaries(b_train, p_train, cfg.diffdict_expansion * d, cfg.k, site, cfg.train)
+    dd.save_dictionaries(dicts, out, base_name, post_name)
+    prompt_ids = stores["base"].prompt_ids
+    groups = [prompt_ids[int(r)] for r in tokens["base"].row_ids[~train_mask]]
+    res = {"site": site, "base": base_name, "post": post_name, "d_sae": cfg.diffdict_expansion * d, "k": cfg.k,
+           "n_train_tokens": len(b_train), **dd.evaluate(dicts, b_test, p_test, groups, cfg.seed)}
+    vocab = token_texts(tokenizer, list(range(len(tokenizer))))
+    latents = dd.read_latents(dicts, b_test, p_test, post, vocab, n_latents=cfg.n_top_features)
+    inputs = {"diffdict": (dicts.diffdict, tokens["base"].acts),
+              "diff_sae": (dicts.diff_sae, tokens["post"].acts - tokens["base"].acts),
+              "crosscoder": (dicts.crosscoder, torch.cat([tokens["base"].acts, tokens["post"].acts], 1))}
+    for name, rows in latents.items():
+        model, acts = inputs[name]
+        fr_tokens = TokenActs(acts, tokens["post"].row_ids, tokens["post"].token_ids, tokens["post"].positions)
+        _, seqs, f = _feature_records(tokenizer, stores["post"], fr_tokens, model, [int(r) for r in test_rows],
+                                      [row["latent"] for row in rows], cfg.seed)
+        for j, row in enumerate(rows):
+            row["top_examples"] = _top_examples(seqs, f, j)
+    res["latents"] = latents
+    write_json(out / "diffdict.json", res)
     return res
 
 

@@ -28,18 +28,20 @@ from rewardlab.sae.sinks import SINK_NORM_FACTOR, batch_positions
 
 @torch.no_grad()
 def reconstruction_metrics(sae: SparseAutoencoder, acts: torch.Tensor, batch_size: int = 8192,
-                           dense_threshold: float = 0.1) -> dict:
+                           dense_threshold: float = 0.1, targets: torch.Tensor | None = None) -> dict:
     """acts [n_tokens, d_in] held-out activations (of the tokens the SAE models, `sae.sinks`) -> dict
-    of scalar metrics (and n_tokens)."""
+    of scalar metrics (and n_tokens). targets [n_tokens, d_in]: what the dictionary predicts for each
+    token (default: acts, an autoencoder); FVU and MSE then measure x_hat against them."""
     acts = acts.float()
-    mean = acts.mean(0)
+    targets = acts if targets is None else targets.float()
+    mean = targets.mean(0)
     resid_ss, total_ss, active, fired = 0.0, 0.0, 0.0, torch.zeros(sae.cfg.d_sae)
     for start in range(0, len(acts), batch_size):
-        x = acts[start:start + batch_size]
+        x, y = acts[start:start + batch_size], targets[start:start + batch_size]
         f = sae.encode(x)
         x_hat = sae.decode(f)
-        resid_ss += float(((x - x_hat) ** 2).sum())
-        total_ss += float(((x - mean) ** 2).sum())
+        resid_ss += float(((y - x_hat) ** 2).sum())
+        total_ss += float(((y - mean) ** 2).sum())
         on = f > 0
         active += float(on.sum())
         fired += on.sum(0).float()

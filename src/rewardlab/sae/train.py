@@ -1,4 +1,7 @@
-"""Train a sparse autoencoder on activations (a tensor [n_tokens, d_in] or an iterable of batches).
+"""Train a sparse autoencoder on activations (a tensor [n_tokens, d_in] or an iterable of batches), or a
+sparse dictionary that predicts other activations of the same tokens (`targets`, e.g. the difference
+dictionary: base-model inputs, post-model targets; the loss and every rule below then compare x_hat
+with the target instead of the input).
 
 Loss = MSE(x, x_hat) summed over d_in and averaged over tokens, plus
   - relu: l1_coefficient * sum_j |f_j| (decoder rows are unit norm, so this is the SAELens L1);
@@ -12,8 +15,9 @@ Loss = MSE(x, x_hat) summed over d_in and averaged over tokens, plus
     gets a gradient. The coefficient is SAELens' 1.0: Gao et al.'s 1/32 multiplies a loss normalized
     by |residual|^2 next to a main loss normalized by |x|^2, which in these unnormalized units is a
     coefficient of (1/32) / FVU, about 1-2 at FVU 0.01-0.03 (measurements of the choice: docs/FINDINGS.md).
-Inputs are scaled by one constant so that mean |x|^2 = d_in (SAELens "expected_average_only_in");
-the scale is folded back into the biases at the end, so the returned SAE acts on raw activations.
+Inputs are scaled by one constant so that mean |x|^2 = d_in (SAELens "expected_average_only_in"),
+targets by the same constant; the scale is folded back into the biases at the end, so the returned SAE
+acts on raw activations.
 Decoder rows are renormalized after every step. Learning rate decays linearly to 0 over the last
 20% of steps. BatchTopK's inference threshold is calibrated on training batches with the final
 weights (`_final_threshold`). Deterministic given `seed` on CPU.
@@ -100,17 +104,28 @@ def activation_scale(sample: torch.Tensor) -> float:
     return float((sample.shape[1] / (sample.float() ** 2).sum(-1).mean()).sqrt())
 
 
+def _paired(acts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[n, 2 d_in]: each input row followed by its target row (shuffled and batched together)."""
+    if not isinstance(acts, torch.Tensor) or acts.shape != targets.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} must be a tensor shaped like the inputs "
+                         f"{tuple(getattr(acts, 'shape', ()))}: one target row per input token")
+    return torch.cat([acts, targets], dim=1)
+
+
 def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
-              cfg: TrainConfig = TrainConfig(), model_cls: type = SparseAutoencoder) -> TrainResult:
+              cfg: TrainConfig = TrainConfig(), model_cls: type = SparseAutoencoder,
+              targets: torch.Tensor | None = None) -> TrainResult:
     """Train an SAE (or a subclass such as the crosscoder); returns it, acting on raw activations,
-    with its training history."""
+    with its training history. targets [n_tokens, d_in]: what the decoder predicts for each row of
+    the tensor `acts` (default: the row itself, an autoencoder)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     sae = model_cls(sae_cfg, generator=gen)
-    batches = _batches(acts, cfg, gen)
+    d = sae_cfg.d_in
+    batches = _batches(acts if targets is None else _paired(acts, targets), cfg, gen)
     first = next(batches).float()
-    scale = activation_scale(first)
+    scale = activation_scale(first if targets is None else first[:, :d])
     with torch.no_grad():
-        sae.b_dec.copy_(first.mean(0) * scale)
+        sae.b_dec.copy_((first if targets is None else first[:, d:]).mean(0) * scale)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     n_steps = max(1, cfg.n_tokens // cfg.batch_size) if isinstance(acts, torch.Tensor) else None
     aux_k = cfg.aux_k or max(1, sae_cfg.d_in // 2)
@@ -123,6 +138,7 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
     def step_on(x: torch.Tensor, step: int) -> None:
         nonlocal tokens
         x = x.float() * scale
+        x, y = (x, x) if targets is None else (x[:, :d], x[:, d:])
         if sparse:
             codes = sae.sparse_codes(x)
             x_hat = sae.decode_sparse(codes)
@@ -131,14 +147,14 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
             f = sae.activate(sae.pre_activations(x))
             x_hat = sae.decode(f)
             fired = (f > 0).any(0)
-        mse = ((x_hat - x) ** 2).sum(-1).mean()
+        mse = ((x_hat - y) ** 2).sum(-1).mean()
         since_fired.add_(len(x)).masked_fill_(fired, 0)
         dead = since_fired >= cfg.dead_window
         n_dead = int(dead.sum())
         if not sparse:
             aux = sae_cfg.l1_coefficient * f.abs().sum(-1).mean()
         elif n_dead:
-            aux = cfg.aux_k_coefficient * _aux_k_loss(sae, codes.pre, (x - x_hat).detach(), dead, aux_k)
+            aux = cfg.aux_k_coefficient * _aux_k_loss(sae, codes.pre, (y - x_hat).detach(), dead, aux_k)
         else:
             aux = torch.zeros(())
         if sae_cfg.architecture == "batchtopk":

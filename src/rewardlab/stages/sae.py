@@ -1,6 +1,7 @@
 """The `sae` stage: SAEs of the base and the main policy on the probes stage's records, compared
 (`sae.diffing.compare_models`): dictionary similarity against random and other-seed baselines, a
-crosscoder's post-only latents, offline explanations and reward relevance."""
+crosscoder's post-only latents, offline explanations and reward relevance; with `diffdict`, the difference
+dictionary beside the difference SAE and a crosscoder (`sae.diffdict`)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ class CrosscoderSection:
 
 
 @dataclass
+class DiffDictSection:
+    """The difference dictionary (encoder reads base, decoder predicts post) at the headline site, beside the
+    difference SAE, a crosscoder and two baselines (`sae.diffdict`); only with the option sae.diffdict."""
+
+    site: str
+    d_sae: int                     # width of each of the three dictionaries
+    k: int
+    n_train_tokens: int
+    fvu: dict[str, Estimate]       # prediction -> FVU of the post activations on held-out tokens (CI over held-out
+    # prompts): identity (post = base), affine (least squares), diffdict read base only; diff_sae, crosscoder read post too
+    diffdict_minus: dict[str, Estimate]  # FVU(diffdict) - FVU(other prediction), paired over the same resampled prompts
+    top_latents: dict[str, list[list[str]]]  # dictionary -> its most important latents' promoted tokens (post unembedding)
+
+
+@dataclass
 class FeatureExplanation:
     model: str                     # base or post
     feature: int
@@ -88,6 +104,7 @@ class Results:
     crosscoder: CrosscoderSection
     interp: InterpSection
     reward_relevance: RewardRelevanceSection
+    diffdict: DiffDictSection | None = None
 
 
 def plan(run: RunConfig, p: Planner) -> None:
@@ -116,6 +133,14 @@ def run(cfg: Config, ctx: Context) -> Results:
                 for name in ("post", "base") for f in layer["models"][name]["top_features"]]
     write_jsonl(ctx.out / ARTIFACTS["features"], [vars(f) for f in features])
     post_sae = head["sae"]["post"]
+    diffdict = None
+    if "diffdict" in res:
+        d = res["diffdict"]
+        diffdict = DiffDictSection(
+            site=d["site"], d_sae=d["d_sae"], k=d["k"], n_train_tokens=d["n_train_tokens"],
+            fvu={m: from_json(Estimate, e) for m, e in d["fvu"].items()},
+            diffdict_minus={m: from_json(Estimate, e) for m, e in d["diffdict_minus"].items()},
+            top_latents={m: [latent["promoted"][:5] for latent in rows[:5]] for m, rows in d["latents"].items()})
     return Results(
         sae=SAESection(layer=head["layer"], layer_rule=res["layer_rule"], site=head["site"], fvu=post_sae["fvu"], l0=post_sae["l0"],
                        dead_fraction=post_sae["dead_fraction"], ce_loss_recovered=post_sae["ce_loss_recovered"],
@@ -138,4 +163,5 @@ def run(cfg: Config, ctx: Context) -> Results:
             base=from_json(Estimate, relevance["base"]), post=from_json(Estimate, relevance["post"]),
             post_minus_base=from_json(Estimate, relevance["post_minus_base"]),
             seed_control=checks["reward_relevance_post_minus_base"]["seed_control_max_abs"],
-            description_metric={m: layer["models"][m]["description_relevance"] for m in ("base", "post")}))
+            description_metric={m: layer["models"][m]["description_relevance"] for m in ("base", "post")}),
+        diffdict=diffdict)
