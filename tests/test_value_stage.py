@@ -149,7 +149,8 @@ def test_best_of_n_section_is_recomputed_from_its_samples(run, fast_demo):
 
 def test_steering_along_the_f_direction(run, fast_demo):
     sf = run.value_probe.steering_future
-    assert sf is not None and sf.alphas == [-0.5, 0.0, 0.5] and sf.site == "blocks.1.hook_resid_post"
+    last = read_json(fast_demo / "ppo" / "policy" / "config.json")["n_layer"] - 1
+    assert sf is not None and sf.alphas == [-0.5, 0.0, 0.5] and sf.site == f"blocks.{last}.hook_resid_post"
     assert sf.n == 8 * 2 and sf.n_prompts == 8 and sf.n_train_prefixes > 0
     curve = sf.curve
     assert len(curve.reward_mean) == len(curve.effect) == len(curve.fluent) == 3

@@ -154,6 +154,27 @@ class Context:
         return "auto" if self.setting is None else self.setting.chat_template
 
 
+def load_policy_and_base(ctx: Context, device: str | None) -> tuple[Any, Any, Any]:
+    """(the main policy, the base model, the policy's tokenizer loaded with the run's chat-template
+    setting), in the run's dtype (float32 in the review world)."""
+    from rewardlab.models import load_model  # loads transformers
+
+    dtype = "float32" if ctx.setting is None else ctx.setting.dtype
+    policy, tokenizer = load_model(ctx.main_policy(), device=device, dtype=dtype, chat_template=ctx.chat_template)
+    base, _ = load_model(ctx.models["base"], device=device, dtype=dtype)
+    return policy, base, tokenizer
+
+
+def run_prompts(ctx: Context) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts): the review world's, or the `prompts` stage's files."""
+    if ctx.setting is None:
+        from rewardlab.world import world_of_model
+
+        world = world_of_model(ctx.models["base"])
+        return list(world.prompts), list(world.heldout_prompts)
+    return tuple(prompt_list(ctx.artifact("prompts", name)) for name in ("train_prompts", "heldout_prompts"))
+
+
 def main_policy(models: dict[str, str]) -> str | None:
     """The run's post-trained model that divergent sampling, probes and SAEs study: PPO, else `post`, else DPO."""
     return next((models[k] for k in ("ppo", "post", "dpo") if k in models), None)

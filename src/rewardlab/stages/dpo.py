@@ -13,7 +13,7 @@ from rewardlab.stages.common import Context, Planner, RunConfig
 from rewardlab.stats import Estimate
 
 NAME = "dpo"
-ARTIFACTS = {"policy": "policy"}
+ARTIFACTS = {"dpo_policy": "policy"}
 
 
 @dataclass
@@ -39,7 +39,7 @@ def plan(run: RunConfig, p: Planner) -> None:
     pairs_file = p.stage_dir(pairs.NAME) / pairs.ARTIFACTS["pairs"]
     cfg = p.config(Config, NAME, run.dpo, base=p.base, pairs=str(pairs_file), prompts=p.prompts, seed=run.seed)
     p.add(NAME, cfg, {"base": Path(p.base), "pairs": p.stage_dir(pairs.NAME), **p.data_inputs()})
-    p.models["dpo"] = str(p.stage_dir(NAME) / ARTIFACTS["policy"])
+    p.models["dpo"] = str(p.stage_dir(NAME) / ARTIFACTS["dpo_policy"])
 
 
 def run(cfg: Config, ctx: Context) -> Results:

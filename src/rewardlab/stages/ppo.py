@@ -12,7 +12,7 @@ from rewardlab.stages.common import Context, Planner, RunConfig
 from rewardlab.stats import Estimate
 
 NAME = "ppo"
-ARTIFACTS = {"policy": "policy", "value_head": "value_head.safetensors", "ppo_metrics": "metrics.jsonl",
+ARTIFACTS = {"ppo_policy": "policy", "value_head": "value_head.safetensors", "ppo_metrics": "metrics.jsonl",
              "ppo_samples": "samples.jsonl"}
 
 
@@ -53,7 +53,7 @@ def plan(run: RunConfig, p: Planner) -> None:
     cfg = p.config(Config, NAME, run.ppo, base=p.base, prompts=p.prompts, seed=run.seed)
     p.check_site(cfg.value_site, "ppo.value_site")
     p.add(NAME, cfg, {"base": Path(p.base), **p.data_inputs()})
-    p.models["ppo"] = str(p.stage_dir(NAME) / ARTIFACTS["policy"])
+    p.models["ppo"] = str(p.stage_dir(NAME) / ARTIFACTS["ppo_policy"])
 
 
 def run(cfg: Config, ctx: Context) -> Results:

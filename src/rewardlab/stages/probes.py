@@ -39,7 +39,6 @@ from rewardlab.acts import CacheConfig, cache_activations, parse_position
 from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
 from rewardlab.errors import InputError, raise_first_failed
 from rewardlab.io import read_jsonl, write_json, write_jsonl
-from rewardlab.models import load_model
 from rewardlab.probes.cross import cosine, mean_difference_direction, signal_correlations
 from rewardlab.probes.linear import Probe, fit_ridge, load_probe
 from rewardlab.probes.splits import grouped_split
@@ -52,11 +51,10 @@ from rewardlab.sampling import generate
 from rewardlab.schema import from_json
 from rewardlab.sites import all_sites, n_layers, parse_site
 from rewardlab.stages import ppo as ppo_stage
-from rewardlab.stages import prompts as prompts_stage
-from rewardlab.stages.common import Context, Planner, RunConfig, main_policy, prompt_list
+from rewardlab.stages.common import Context, Planner, RunConfig, load_policy_and_base, main_policy, run_prompts
 from rewardlab.stats import Estimate
 from rewardlab.steer import WHERE, SteerConfig, dose_response, reward_gradient_direction
-from rewardlab.world import is_grammatical, world_of_model
+from rewardlab.world import is_grammatical
 
 NAME = "probes"
 ARTIFACTS = {"records": "records.jsonl", "probe_heatmap_policy_png": "sweep/heatmap-policy.png",
@@ -430,16 +428,11 @@ def save_dose_response(steered: dict, path: Path) -> None:
 
 def run(cfg: Config, ctx: Context) -> Results:
     policy_path, base_path = ctx.main_policy(), ctx.models["base"]
-    dtype = "float32" if ctx.setting is None else ctx.setting.dtype
-    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype, chat_template=ctx.chat_template)
-    base, _ = load_model(base_path, device=cfg.device, dtype=dtype)
+    policy, base, tokenizer = load_policy_and_base(ctx, cfg.device)
+    prompts, heldout = run_prompts(ctx)
     if ctx.setting is None:
-        world = world_of_model(base_path)
-        prompts, heldout = world.prompts, world.heldout_prompts
         reward, checker = get_reward("utility"), is_grammatical
     else:
-        prompts, heldout = (prompt_list(ctx.artifact(prompts_stage.NAME, k)) for k in ("train_prompts",
-                                                                                      "heldout_prompts"))
         reward, checker = get_reward(ctx.setting.reward, device=cfg.device), None
     out = ctx.out
     records = scored_records(out / ARTIFACTS["records"], policy, base, tokenizer, prompts, reward, cfg)

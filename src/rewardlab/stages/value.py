@@ -33,7 +33,6 @@ from rewardlab.acts import collect_activations
 from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
 from rewardlab.errors import InputError, raise_first_failed
 from rewardlab.io import write_json, write_jsonl
-from rewardlab.models import load_model
 from rewardlab.probes.best_of_n import best_of_n_table
 from rewardlab.probes.linear import load_probe
 from rewardlab.report import figures
@@ -45,21 +44,20 @@ from rewardlab.schema import from_json, to_json
 from rewardlab.sites import all_sites, n_layers
 from rewardlab.stages import ppo as ppo_stage
 from rewardlab.stages import probes as probes_stage
-from rewardlab.stages import prompts as prompts_stage
-from rewardlab.stages.common import Context, Planner, RunConfig, main_policy, prompt_list
+from rewardlab.stages.common import Context, Planner, RunConfig, load_policy_and_base, main_policy, run_prompts
 from rewardlab.stages.probes import DirectionCurve, direction_curve
 from rewardlab.stats import Estimate
 from rewardlab.steer import SteerConfig, dose_response
 from rewardlab.value.probes import (ValueProbeConfig, collect_value_acts, future_direction, value_head_predictions,
                                     value_probe_study)
 from rewardlab.value.targets import TargetsConfig, compute_targets
-from rewardlab.world import is_grammatical, world_of_model
+from rewardlab.world import is_grammatical
 
 NAME = "value"
 ARTIFACTS = {"value_records": "records.jsonl", "value_targets": "targets.jsonl", "value_study": "value_probe.json",
              "value_traces": "traces.jsonl", "value_probe_png": "value_probe.png",
              "value_traces_png": "value_traces.png", "best_of_n_samples": "best_of_n.jsonl",
-             "steered_texts": "steered.jsonl"}
+             "value_steered_texts": "steered.jsonl"}
 
 
 @dataclass
@@ -305,16 +303,8 @@ def section_of(study: dict, cfg: Config, n_records: int, bon: list[dict] | None,
 
 
 def run(cfg: Config, ctx: Context) -> Results:
-    policy_path, base_path = ctx.main_policy(), ctx.models["base"]
-    dtype = "float32" if ctx.setting is None else ctx.setting.dtype
-    policy, tokenizer = load_model(policy_path, device=cfg.device, dtype=dtype, chat_template=ctx.chat_template)
-    base, _ = load_model(base_path, device=cfg.device, dtype=dtype)
-    if ctx.setting is None:
-        world = world_of_model(base_path)
-        prompts, heldout = world.prompts, world.heldout_prompts
-    else:
-        prompts, heldout = (prompt_list(ctx.artifact(prompts_stage.NAME, k)) for k in ("train_prompts",
-                                                                                      "heldout_prompts"))
+    policy, base, tokenizer = load_policy_and_base(ctx, cfg.device)
+    prompts, heldout = run_prompts(ctx)
     reward = get_reward(cfg.reward, device=cfg.device)
     out = ctx.out
     records = sample_policy_records(policy, tokenizer, list(prompts)[:cfg.n_prompts], cfg)
@@ -342,7 +332,7 @@ def run(cfg: Config, ctx: Context) -> Results:
         checker = is_grammatical if ctx.setting is None else None
         steering, steered = steer_future(policy, base, tokenizer, acts["post"], rows, list(heldout)[:cfg.steer_prompts],
                                          reward, checker, cfg)
-        write_jsonl(out / ARTIFACTS["steered_texts"], steered)
+        write_jsonl(out / ARTIFACTS["value_steered_texts"], steered)
     bon = None
     if cfg.bon_prompts:
         probe_file = ctx.artifact(probes_stage.NAME, "probe")  # None without a probes stage
