@@ -1,0 +1,115 @@
+"""The dialogue world: the simulated user's exact follow-up distribution, the chat format, the training
+conversations' grammar, the follow-up bonus and its truth, a micro build, and played conversations."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from rewardlab.cli import main
+from rewardlab.dialogue import build_dialogue, load_dialogue
+from rewardlab.dialogue.build import encode_conversations
+from rewardlab.dialogue.chat import MAX_TURN_SENTENCES, sample_conversations
+from rewardlab.dialogue.play import play
+from rewardlab.dialogue.user import (UserPolicy, followup_distribution, followup_subject,
+                                     last_subject, review_tone, sample_followup)
+from rewardlab.errors import InputError
+from rewardlab.models import load_model
+from rewardlab.world import build_world
+from rewardlab.world.grammar import is_grammatical
+
+USER = UserPolicy()
+
+
+def test_followup_distribution_is_exact():
+    positive = "i loved the plot . the soundtrack was great ."
+    assert review_tone(positive) == "positive" and last_subject(positive) == "soundtrack"
+    assert followup_distribution(positive, USER) == {"what about the soundtrack ?": 0.6, "tell me more .": 0.4}
+    negative = "the soundtrack was dull . the plot was awful ."
+    assert review_tone(negative) == "negative" and last_subject(negative) == "plot"
+    assert followup_distribution(negative, USER) == pytest.approx(
+        {"what about the plot ?": 0.3, "what should i watch instead ?": 0.6, "tell me more .": 0.1})
+    # no subject named: the probability of `about` goes to the fallback
+    assert followup_distribution("i loved it . it was a joy .", USER) == pytest.approx({"tell me more .": 1.0})
+
+
+def test_sampled_followups_match_the_distribution():
+    rng, review = random.Random(0), "the soundtrack was dull . the plot was awful ."
+    counts = Counter(sample_followup(review, USER, rng) for _ in range(4000))
+    for text, p in followup_distribution(review, USER).items():
+        assert counts[text] / 4000 == pytest.approx(p, abs=0.03)
+
+
+def test_bad_user_probabilities_are_one_error():
+    with pytest.raises(InputError, match="sum to 1"):
+        UserPolicy(probabilities={"negative": {"about": 0.5, "recommend": 0.6, "more": 0.1},
+                                  "positive": {"about": 0.6, "recommend": 0.0, "more": 0.4}})
+    assert UserPolicy.from_dict(USER.to_dict()) == USER
+
+
+def test_training_conversations_are_grammatical_and_follow_the_user():
+    for conv in sample_conversations(300, 0, USER):
+        opener, review, followup, answer = (m["content"] for m in conv)
+        assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant"]
+        assert is_grammatical(f"{review} <eos>", prompt=opener)
+        assert is_grammatical(f"{answer} <eos>") and answer.count(".") <= MAX_TURN_SENTENCES
+        assert followup_distribution(f"{opener} {review}", USER)[followup] > 0
+        subject = followup_subject(followup)
+        if subject is not None:  # an answer about S names no other subject
+            assert {last_subject(w) for w in answer.split()} <= {subject, None}
+
+
+@pytest.fixture(scope="module")
+def micro_dialogue(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dialogue")
+    torch.set_num_threads(1)
+    build_world(root / "world", preset="micro", progress=False)
+    info = build_dialogue(root / "world", root / "dialogue", preset="micro", progress=False)
+    return root, info
+
+
+def test_micro_build_folder_and_template(micro_dialogue):
+    root, info = micro_dialogue
+    d = load_dialogue(root / "dialogue")
+    assert d.user == USER and d.prompts and info["n_samples"] == 32
+    for key in ("grammatical_turn1", "grammatical_turn2"):
+        est = info[key]
+        assert est["n"] == 32 and est["ci"][0] <= est["value"] <= est["ci"][1]
+    _, tokenizer = load_model(d.base_path, chat_template="on")
+    conv = sample_conversations(1, 5, USER)[0]
+    ids = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+    assert ids == next(encode_conversations(tokenizer, [conv]))
+    assert tokenizer.unk_token_id not in ids and ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True).split() == " ".join(m["content"] for m in conv).split()
+    with pytest.raises(InputError, match="already there"):
+        build_dialogue(root / "world", root / "dialogue", preset="micro", progress=False)
+
+
+def test_played_conversations_are_the_chat_template(micro_dialogue):
+    root, _ = micro_dialogue
+    d = load_dialogue(root / "dialogue")
+    model, tokenizer = load_model(d.base_path, chat_template="on")
+    played = play(model, tokenizer, d.prompts[:6], d.user, max_new_tokens=12,
+                  generator=torch.Generator().manual_seed(0), user_rng=random.Random(0))
+    ro = played.rollout
+    assert not (played.turn1.bool() & played.turn2.bool()).any()
+    for i in range(6):
+        real = torch.cat([ro.prompt_ids[i][ro.prompt_mask[i].bool()], ro.completion_ids[i][ro.mask[i].bool()]])
+        finished1, finished2 = played.finished[i]
+        conv = [{"role": "user", "content": played.openers[i]}]
+        text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        rest = tokenizer.decode(real.tolist()[len(tokenizer(text, add_special_tokens=False)["input_ids"]):])
+        # the user's turn sits between the two assistant turns, exactly as the template renders it
+        assert f"<eos> <user> {played.followups[i]} <eos> <assistant>" in rest
+        assert int(played.turn1[i].sum()) >= 1 and int(played.turn2[i].sum()) >= 1
+        user_ids = ro.completion_ids[i][(ro.mask[i] - played.turn1[i] - played.turn2[i]).bool()].tolist()
+        assert tokenizer.decode(user_ids) == ("" if finished1 else "<eos> ") + \
+            f"<user> {played.followups[i]} <eos> <assistant>"
+
+
+def test_cli_dialogue_build_refuses_a_folder_without_a_world(tmp_path, capsys):
+    assert main(["dialogue", "build", "--world", str(tmp_path / "none"), "--out", str(tmp_path / "d")]) == 2
+    assert "not a built review world" in capsys.readouterr().err
