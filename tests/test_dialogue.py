@@ -113,3 +113,50 @@ def test_played_conversations_are_the_chat_template(micro_dialogue):
 def test_cli_dialogue_build_refuses_a_folder_without_a_world(tmp_path, capsys):
     assert main(["dialogue", "build", "--world", str(tmp_path / "none"), "--out", str(tmp_path / "d")]) == 2
     assert "not a built review world" in capsys.readouterr().err
+
+
+def test_ppo_learns_only_from_the_assistants_tokens(micro_dialogue):
+    """One `learn` pass over played conversations gives the same weights whatever the scored rollout holds
+    at the user's tokens (advantages, returns, old log-probs, values set to garbage there), and moves them."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from rewardlab.dialogue.ppo import episodes, turn_scores
+    from rewardlab.rl.config import PPOConfig
+    from rewardlab.rl.ppo import learn, policy_and_reference, policy_with_value, score_rollout
+
+    d = load_dialogue(micro_dialogue[0] / "dialogue")
+    cfg = PPOConfig(base=str(d.base_path), chat_template="on", batch_size=4, minibatch_size=2, ppo_epochs=1)
+    policy, ref, tokenizer, _ = policy_and_reference(cfg, "cpu")
+    played = play(policy, tokenizer, d.prompts[:4], d.user, max_new_tokens=8,
+                  generator=torch.Generator().manual_seed(0), user_rng=random.Random(0))
+    scores = turn_scores(played, [1.0, 0.0, -1.0, 0.5], [0.2, 2.0, 0.0, -0.3])
+    user = (played.rollout.mask - played.turn1 - played.turn2).bool()
+    assert user.any() and float(scores[user].abs().sum()) == 0
+    weights = []
+    for garbage in (False, True):
+        model, optimizer = policy_with_value(copy.deepcopy(policy), cfg, "cpu")
+        sc = score_rollout(model, ref, played.rollout, scores, cfg, 0.1, episodes=episodes(played, "conversation"))
+        assert (sc.advantages[user] == 0).all() and (sc.kl[user] == 0).all() and (sc.returns[user] == 0).all()
+        if garbage:
+            for t in (sc.advantages, sc.returns, sc.old_logp, sc.values):
+                t[user] = 1e3
+        learn(model, ref, played.rollout, sc, cfg, 0.1, optimizer, Accelerator(cpu=True),
+              torch.Generator().manual_seed(0), 0, loss_mask=played.turn1 + played.turn2)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert any(not torch.equal(weights[0][f"policy.{k}"], v) for k, v in policy.state_dict().items())
+
+
+def test_train_dialogue_ppo_is_deterministic(micro_dialogue):
+    from rewardlab.dialogue.ppo import train_dialogue_ppo
+    from rewardlab.dialogue.rewards import TurnRewards, parse_bonus
+    from rewardlab.rl.config import PPOConfig
+
+    d = load_dialogue(micro_dialogue[0] / "dialogue")
+    cfg = PPOConfig(phases=2, batch_size=4, minibatch_size=2, max_new_tokens=8)
+    reward = TurnRewards("utility", parse_bonus("about:plot"))
+    runs = [train_dialogue_ppo(d, cfg, reward, credit=c) for c in ("conversation", "conversation", "turn")]
+    assert runs[0].metrics == runs[1].metrics and len(runs[0].metrics) == 2
+    assert runs[0].metrics != runs[2].metrics  # the credit changes the update
