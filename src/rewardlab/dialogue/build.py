@@ -44,11 +44,11 @@ N_SHOWN = 8
 class DialogueConfig:
     """Fine-tuning and measuring settings of a dialogue world build."""
 
-    steps: int = 300             # fine-tuning steps
+    steps: int = 800             # fine-tuning steps
     batch_rows: int = 8          # packed rows (of the world's row_tokens) per step
     lr: float = 1e-3             # peak learning rate (AdamW, warm-up then cosine)
     min_lr: float = 1e-4
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     heldout_conversations: int = 256
     eval_samples: int = 256      # conversations played to measure the base model
     max_new_tokens: int = 40     # tokens per assistant turn (a 3-sentence review is at most 36 words)
