@@ -160,3 +160,43 @@ def test_train_dialogue_ppo_is_deterministic(micro_dialogue):
     runs = [train_dialogue_ppo(d, cfg, reward, credit=c) for c in ("conversation", "conversation", "turn")]
     assert runs[0].metrics == runs[1].metrics and len(runs[0].metrics) == 2
     assert runs[0].metrics != runs[2].metrics  # the credit changes the update
+
+
+def test_dialogue_run_micro_is_resumable(micro_dialogue, tmp_path, capsys):
+    """`rewardlab dialogue run --preset micro` on the fixture's world: every policy measured with CIs that
+    contain their values, two verdicts; a second run reuses every folder and writes the same results."""
+    import json
+
+    root, _ = micro_dialogue
+    args = ["dialogue", "run", "--out", str(tmp_path / "run"), "--preset", "micro", "--world", str(root / "world")]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "run" / "results.json").read_text())["dialogue"]
+    names = [(p["name"], p["bonus"]) for p in first["policies"]]
+    assert names == [("base", True), ("base", False), ("single-turn", True), ("multi-turn", True),
+                     ("single-turn", False), ("multi-turn", False)]
+    for p in first["policies"]:
+        for key in ("eliciting", "bonus_probability", "reward_turn2", "kl", "grammatical_turn1"):
+            est = p[key]
+            assert est["n"] == 32 and est["ci"][0] <= est["value"] <= est["ci"][1]
+    assert [v["bonus"] for v in first["verdicts"]] == [True, False]
+    assert first["followup_bonus"]["followup"] == "what about the soundtrack ?"
+    capsys.readouterr()
+    assert main(args) == 0
+    rerun = capsys.readouterr().out
+    assert "PPO (" not in rerun and "fine-tuning" not in rerun and "measuring" not in rerun  # every folder reused
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["dialogue"] == first
+    assert main(args[:-2] + ["--world", str(tmp_path)]) == 2  # not a world
+
+
+def test_verdict_needs_twice_the_rate_apart_and_within_the_kl_budget():
+    from rewardlab.stages.dialogue import Policy, verdict
+    from rewardlab.stats import Estimate
+
+    def policy(rate, lo, hi, kl):
+        e = Estimate(0.5, (0.4, 0.6), 10)
+        return Policy("x", True, Estimate(rate, (lo, hi), 100), e, e, e, e, Estimate(kl, (kl, kl), 100), e, e)
+
+    assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 3.5)).steers == "yes"
+    assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 4.5)).steers == "no"  # KL gap 1.5
+    assert verdict(policy(0.1, 0.05, 0.25, 3.0), policy(0.3, 0.2, 0.4, 3.0)).steers == "no"  # CIs overlap
+    assert verdict(policy(0.2, 0.15, 0.25, 3.0), policy(0.3, 0.27, 0.4, 3.0)).steers == "no"  # only 1.5x
