@@ -88,6 +88,14 @@ def test_micro_build_folder_and_template(micro_dialogue):
         build_dialogue(root / "world", root / "dialogue", preset="micro", progress=False)
 
 
+def test_same_seed_builds_the_same_dialogue_world(micro_dialogue, tmp_path):
+    root, info = micro_dialogue
+    again = build_dialogue(root / "world", tmp_path / "again", preset="micro", progress=False)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in info.items() if k != "seconds"}
+    for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja"):
+        assert (tmp_path / "again" / "base" / name).read_bytes() == (root / "dialogue" / "base" / name).read_bytes()
+
+
 def test_played_conversations_are_the_chat_template(micro_dialogue):
     root, _ = micro_dialogue
     d = load_dialogue(root / "dialogue")

@@ -25,7 +25,7 @@ from typing import Iterator
 
 from tokenizers import AddedToken
 
-from rewardlab.dialogue.user import SUBJECTS, UserPolicy, followup_subject, sample_followup, user_words
+from rewardlab.dialogue.user import FOLLOWUP_TEXT, SUBJECTS, UserPolicy, followup_subject, sample_followup, user_words
 from rewardlab.world.grammar import MIN_SENTENCES, N_TOPICS, NEUTRAL_RATE, TONE, sample_sentence
 
 USER, ASSISTANT = "<user>", "<assistant>"
@@ -64,7 +64,7 @@ def _sentences(rng: random.Random, p_positive: float, topic: int) -> list[list[s
 
 def _answer(rng: random.Random, followup: str, p_positive: float, topic: int) -> str:
     subject = followup_subject(followup)
-    if followup.startswith("what should"):
+    if followup == FOLLOWUP_TEXT["recommend"]:
         p_positive, topic = 1.0, rng.randrange(N_TOPICS)
     elif subject is not None:
         p_positive, topic = rng.betavariate(TONE, TONE), rng.randrange(N_TOPICS)
