@@ -20,7 +20,7 @@ from rewardlab.errors import InputError
 from rewardlab.rewards import get_reward
 from rewardlab.text import join_prompt_completion
 
-DEFAULT_BONUS = "about:soundtrack,value=2"
+DEFAULT_BONUS = "about:soundtrack,value=10"
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,12 @@ PRESETS = {
 class Config:
     preset: Literal["micro", "tiny"] = "tiny"  # sizes of the world, the dialogue world, PPO and the evaluation
     reward: str = "utility"        # reward spec of each assistant turn (rewardlab.rewards)
-    followup_bonus: str = "about:soundtrack,value=2"  # about:SUBJ,value=V: +V on turn 2 when the user asks about SUBJ
+    followup_bonus: str = "about:soundtrack,value=10"  # about:SUBJ,value=V: +V on turn 2 when the user asks about SUBJ
     seed: int = 0                  # seed of the world, the conversations, PPO and the evaluation
     world: str | None = None       # an already built review world folder of the preset's size
-    kl_coef: float | None = None   # PPO's KL coefficient for every policy (None: PPO's default)
+    kl_coef: float | None = None   # PPO's initial KL coefficient for every policy (None: PPO's default)
+    kl_target: float | None = None  # adaptive KL target, nats per conversation (None: a fixed coefficient)
+    kl_horizon: float | None = None  # conversations over which the adaptive controller closes the gap (None: PPO's default)
 
     def validate(self) -> None:
         from rewardlab.dialogue.rewards import parse_bonus
@@ -72,8 +74,10 @@ class Config:
         checks: list[Check] = [
             (self.preset in PRESETS, f"unknown preset {self.preset!r}", f"use one of: {', '.join(PRESETS)}"),
             (self.kl_coef is None or self.kl_coef >= 0, "kl_coef must be at least 0", None),
+            (all(x is None or x > 0 for x in (self.kl_target, self.kl_horizon)),
+             "kl_target and kl_horizon must be above 0", None),
             (self.followup_bonus.strip() != "off", "the benchmark needs a bonus (it runs the bonus-off control "
-             "itself)", "e.g. --followup-bonus about:soundtrack,value=2"),
+             "itself)", "e.g. --followup-bonus about:soundtrack,value=10"),
         ]
         raise_first_failed(checks, "dialogue config")
         parse_bonus(self.followup_bonus)
@@ -158,7 +162,7 @@ def _dialogue(cfg: Config, out: Path, world: Path, log: Callable[[str], None]) -
 
 
 def _ppo_config(cfg: Config) -> PPOConfig:
-    kl = {} if cfg.kl_coef is None else {"kl_coef": cfg.kl_coef}
+    kl = {k: getattr(cfg, k) for k in ("kl_coef", "kl_target", "kl_horizon") if getattr(cfg, k) is not None}
     return PPOConfig(base="dialogue", seed=cfg.seed, **PRESETS[cfg.preset].ppo, **kl)
 
 
