@@ -208,3 +208,11 @@ def test_verdict_needs_twice_the_rate_apart_and_within_the_kl_budget():
     assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 4.5)).steers == "no"  # KL gap 1.5
     assert verdict(policy(0.1, 0.05, 0.25, 3.0), policy(0.3, 0.2, 0.4, 3.0)).steers == "no"  # CIs overlap
     assert verdict(policy(0.2, 0.15, 0.25, 3.0), policy(0.3, 0.27, 0.4, 3.0)).steers == "no"  # only 1.5x
+
+
+def test_kl_options_override_the_preset():
+    from rewardlab.stages.dialogue import Config, _ppo_config
+
+    assert _ppo_config(Config(preset="tiny")).kl_target == 4.0
+    ppo = _ppo_config(Config(preset="tiny", kl_target=3.0, kl_coef=0.1))
+    assert (ppo.kl_target, ppo.kl_coef, ppo.phases) == (3.0, 0.1, 40)

@@ -164,7 +164,7 @@ def _dialogue(cfg: Config, out: Path, world: Path, log: Callable[[str], None]) -
 
 def _ppo_config(cfg: Config) -> PPOConfig:
     kl = {k: getattr(cfg, k) for k in ("kl_coef", "kl_target", "kl_horizon") if getattr(cfg, k) is not None}
-    return PPOConfig(base="dialogue", seed=cfg.seed, **PRESETS[cfg.preset].ppo, **kl)
+    return PPOConfig(base="dialogue", seed=cfg.seed, **{**PRESETS[cfg.preset].ppo, **kl})
 
 
 def _evaluate(cfg: Config, dialogue, policy, ref, tokenizer, bonus_on: bool) -> dict:
