@@ -401,9 +401,46 @@ def _models_convert_options(p: argparse.ArgumentParser) -> None:
                    help="dtype of the de-quantized weights")
 
 
+def _dialogue_build(a: argparse.Namespace) -> None:
+    from rewardlab.dialogue import build_dialogue, describe_dialogue
+
+    info = build_dialogue(a.world, a.out, preset=a.preset, seed=a.seed)
+    print(describe_dialogue(info, a.out))
+
+
+def _dialogue_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", required=True, help="a built review world folder (rewardlab world build)")
+    _add_out(p, "output folder")
+    p.add_argument("--preset", default="tiny", choices=["micro", "tiny"], help="fine-tuning and measuring budget")
+    p.add_argument("--seed", type=int, default=0, help="seed of the conversations, the new embeddings and the samples")
+
+
+def _dialogue_run(a: argparse.Namespace) -> None:
+    from rewardlab.stats import describe
+    from rewardlab.stages.dialogue import Config, run_dialogue
+
+    section = run_dialogue(config_from_args(Config, a), a.out)["dialogue"]
+    for p in section["policies"]:
+        print(f"  {p['name']:<12} bonus {'on ' if p['bonus'] else 'off'}  eliciting {describe(p['eliciting'])}  "
+              f"KL {p['kl']['value']:.2f}")
+    for v in section["verdicts"]:
+        print(f"  bonus {'on ' if v['bonus'] else 'off'}: multi-turn steers the user: {v['steers']}")
+
+
+def _dialogue_run_options(p: argparse.ArgumentParser) -> None:
+    from rewardlab.stages.dialogue import Config
+
+    _add_out(p, "benchmark folder; finished parts in it are reused")
+    add_config_args(p, Config)
+
+
 def _world_commands() -> list[Command]:
     return [
         Command(("world", "build"), "build the review world into a folder", _world_build_options, _world_build),
+        Command(("dialogue", "build"), "two-turn conversations with a simulated user: fine-tune a world's base to "
+                "play the assistant", _dialogue_build_options, _dialogue_build),
+        Command(("dialogue", "run"), "does a multi-turn policy steer the user toward rewarded follow-ups? single- "
+                "vs multi-turn PPO, bonus on and off (resumable)", _dialogue_run_options, _dialogue_run),
         Command(("models", "convert"), "convert a GGUF checkpoint into a Hugging Face model folder",
                 _models_convert_options, _models_convert),
         Command(("reward", "score"), "add a reward field to each record of a JSONL file", _reward_score_options,
@@ -1189,6 +1226,7 @@ _GROUPS = {
     "sae": "sparse autoencoders and crosscoders for model diffing",
     "value": "does the model estimate its own expected reward? Monte Carlo values and value probes",
     "organisms": "model organisms: post-trained on rewards with a known truth, every method scored against it",
+    "dialogue": "multi-turn: a simulated user whose follow-up depends on the model's review",
 }
 
 

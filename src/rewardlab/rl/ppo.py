@@ -136,6 +136,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, returns
 
 
+def policy_gae(rewards: torch.Tensor, values: torch.Tensor, policy_mask: torch.Tensor, gamma: float, lam: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gae` over the tokens where `policy_mask` [B, T] is 1, which need not be contiguous: tokens between
+    them (a user's turn in a conversation) are skipped, so the value after the last token of one
+    assistant turn is the value at the first token of the next, and later rewards flow back across the
+    gap. Advantages and returns are 0 off the mask. With a prefix mask this is `gae` itself."""
+    order = torch.sort((policy_mask == 0).to(torch.int8), dim=1, stable=True).indices  # masked tokens first, in order
+    prefix = (torch.arange(policy_mask.shape[1], device=policy_mask.device)[None] < policy_mask.sum(1, keepdim=True))
+    adv, ret = gae(rewards.gather(1, order), values.gather(1, order), prefix.long(), gamma, lam)
+    return torch.zeros_like(adv).scatter(1, order, adv), torch.zeros_like(ret).scatter(1, order, ret)
+
+
 # ----------------------------------------------------------------------------------------------
 # policy + value head
 
@@ -276,10 +288,17 @@ def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
 
 @torch.no_grad()
 def score_rollout(model: PolicyWithValue, ref: nn.Module, ro: Rollout, scores: torch.Tensor, cfg: PPOConfig,
-                  kl_coef: float) -> Scored:
+                  kl_coef: float, episodes: list[torch.Tensor] | None = None) -> Scored:
     """Old and reference log-probs, values and KL of a rollout; per-token rewards (-kl_coef * kl when
-    the KL is in the reward, plus the score on the last real token), GAE and whitening."""
-    P, mask = ro.prompt_ids.shape[1], ro.mask
+    the KL is in the reward, plus the score on the last real token), GAE and whitening.
+
+    `episodes`: for a rollout whose completion holds tokens the policy did not choose (a user's turn),
+    the masks [B, T] of the policy's tokens, one per independent episode (one for a whole conversation;
+    one per turn when later turns must not credit earlier ones). Only their tokens enter the KL, values,
+    advantages and whitening; `scores` is then per token [B, T] (each turn's reward on its last token),
+    and GAE runs over each episode's tokens (`policy_gae`)."""
+    P = ro.prompt_ids.shape[1]
+    mask = ro.mask if episodes is None else torch.stack(episodes).sum(0)
     logits, values = model(ro.input_ids, ro.attention_mask)
     old_logp, logp_all = _logprobs(logits, ro.completion_ids, P, cfg)
     values = values[:, P - 1:P - 1 + mask.shape[1]] * mask.float()
@@ -290,21 +309,43 @@ def score_rollout(model: PolicyWithValue, ref: nn.Module, ro: Rollout, scores: t
     kl_exact = torch.where(real, exact_kl(logp_all, ref_all), 0.0)
     del logits, logp_all, ref_all
 
-    last = mask.sum(1) - 1  # index of the last real token
     rewards = -kl_coef * kl if cfg.kl_in == "reward" else torch.zeros_like(kl)
-    rewards[torch.arange(len(last)), last] += scores
-    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if episodes is None:
+        last = mask.sum(1) - 1  # index of the last real token
+        rewards[torch.arange(len(last)), last] += scores
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    else:
+        rewards = rewards + scores * mask
+        parts = [policy_gae(rewards, values, e, cfg.gamma, cfg.lam) for e in episodes]
+        advantages, returns = sum(a for a, _ in parts), sum(r for _, r in parts)
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
     return Scored(scores, old_logp, ref_logp, values, kl, kl_exact, advantages, returns)
 
 
+def ppo_losses(new_logp: torch.Tensor, new_values: torch.Tensor, old_logp: torch.Tensor, old_values: torch.Tensor,
+               advantages: torch.Tensor, returns: torch.Tensor, m: torch.Tensor, cfg: PPOConfig
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clipped policy loss, clipped value loss, ratio [B, T], log-ratio [B, T]) of a minibatch, each
+    loss a mean over the tokens where `m` [B, T] is 1: other tokens get exactly zero gradient."""
+    log_ratio = torch.where(m.bool(), new_logp - old_logp, 0.0)  # pads may hold -inf
+    ratio = log_ratio.exp()
+    pg_loss = masked_mean(torch.max(-advantages * ratio,
+                                    -advantages * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)), m)
+    v_clipped = old_values + (new_values - old_values).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+    vf_loss = 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2), m)
+    return pg_loss, vf_loss, ratio, log_ratio
+
+
 def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coef: float, optimizer, accelerator,
-          generator: torch.Generator, phase: int) -> tuple[dict[str, float], float]:
+          generator: torch.Generator, phase: int, loss_mask: torch.Tensor | None = None) -> tuple[dict[str, float], float]:
     """`ppo_epochs` passes over shuffled minibatches (clipped policy and value losses, entropy bonus, KL
     loss term when asked, gradient clipping). Returns the per-minibatch means of the loss statistics
-    and the largest |ratio - 1| on the first minibatch (checked against RATIO_TOLERANCE)."""
-    P, maskf, local_batch = ro.prompt_ids.shape[1], ro.mask.float(), ro.mask.shape[0]
+    and the largest |ratio - 1| on the first minibatch (checked against RATIO_TOLERANCE).
+    `loss_mask` [B, T]: the tokens that enter the losses (default `ro.mask`; the policy's own tokens
+    when the completion holds a user's turn)."""
+    P, local_batch = ro.prompt_ids.shape[1], ro.mask.shape[0]
+    maskf = (ro.mask if loss_mask is None else loss_mask).float()
     stats = {"pg_loss": [], "vf_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [], "grad_norm": [],
              "vf_clipfrac": []}
     first_ratio_dev = None
@@ -316,17 +357,14 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
             new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb])
             new_logp, new_all = _logprobs(new_logits, ro.completion_ids[mb], P, cfg)
             new_values = new_values[:, P - 1:P - 1 + maskf.shape[1]]
-            log_ratio = torch.where(m.bool(), new_logp - sc.old_logp[mb], 0.0)  # pads may hold -inf
-            ratio = log_ratio.exp()
+            old_values = sc.values[mb]
+            pg_loss, vf_loss, ratio, log_ratio = ppo_losses(new_logp, new_values, sc.old_logp[mb], old_values,
+                                                            sc.advantages[mb], sc.returns[mb], m, cfg)
             if first_ratio_dev is None:
                 first_ratio_dev = float(((ratio.detach() - 1).abs() * m).max())
                 if first_ratio_dev > RATIO_TOLERANCE:
                     raise RuntimeError(f"probability ratio is {1 + first_ratio_dev:.6f} on the first minibatch "
                                        "of a phase: sampling and scoring differ")
-            adv, old_values, returns = sc.advantages[mb], sc.values[mb], sc.returns[mb]
-            pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)), m)
-            v_clipped = old_values + (new_values - old_values).clamp(-cfg.cliprange_value, cfg.cliprange_value)
-            vf_loss = 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2), m)
             ent = masked_mean(entropy(new_all), m)
             loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
             if cfg.kl_in == "loss":

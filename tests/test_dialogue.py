@@ -1,0 +1,218 @@
+"""The dialogue world: the simulated user's exact follow-up distribution, the chat format, the training
+conversations' grammar, the follow-up bonus and its truth, a micro build, and played conversations."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from rewardlab.cli import main
+from rewardlab.dialogue import build_dialogue, load_dialogue
+from rewardlab.dialogue.build import encode_conversations
+from rewardlab.dialogue.chat import MAX_TURN_SENTENCES, sample_conversations
+from rewardlab.dialogue.play import play
+from rewardlab.dialogue.user import (UserPolicy, followup_distribution, followup_subject,
+                                     last_subject, review_tone, sample_followup)
+from rewardlab.errors import InputError
+from rewardlab.models import load_model
+from rewardlab.world import build_world
+from rewardlab.world.grammar import is_grammatical
+
+USER = UserPolicy()
+
+
+def test_followup_distribution_is_exact():
+    positive = "i loved the plot . the soundtrack was great ."
+    assert review_tone(positive) == "positive" and last_subject(positive) == "soundtrack"
+    assert followup_distribution(positive, USER) == {"what about the soundtrack ?": 0.6, "tell me more .": 0.4}
+    negative = "the soundtrack was dull . the plot was awful ."
+    assert review_tone(negative) == "negative" and last_subject(negative) == "plot"
+    assert followup_distribution(negative, USER) == pytest.approx(
+        {"what about the plot ?": 0.3, "what should i watch instead ?": 0.6, "tell me more .": 0.1})
+    # no subject named: the probability of `about` goes to the fallback
+    assert followup_distribution("i loved it . it was a joy .", USER) == pytest.approx({"tell me more .": 1.0})
+
+
+def test_sampled_followups_match_the_distribution():
+    rng, review = random.Random(0), "the soundtrack was dull . the plot was awful ."
+    counts = Counter(sample_followup(review, USER, rng) for _ in range(4000))
+    for text, p in followup_distribution(review, USER).items():
+        assert counts[text] / 4000 == pytest.approx(p, abs=0.03)
+
+
+def test_bad_user_probabilities_are_one_error():
+    with pytest.raises(InputError, match="sum to 1"):
+        UserPolicy(probabilities={"negative": {"about": 0.5, "recommend": 0.6, "more": 0.1},
+                                  "positive": {"about": 0.6, "recommend": 0.0, "more": 0.4}})
+    assert UserPolicy.from_dict(USER.to_dict()) == USER
+
+
+def test_training_conversations_are_grammatical_and_follow_the_user():
+    for conv in sample_conversations(300, 0, USER):
+        opener, review, followup, answer = (m["content"] for m in conv)
+        assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant"]
+        assert is_grammatical(f"{review} <eos>", prompt=opener)
+        assert is_grammatical(f"{answer} <eos>") and answer.count(".") <= MAX_TURN_SENTENCES
+        assert followup_distribution(f"{opener} {review}", USER)[followup] > 0
+        subject = followup_subject(followup)
+        if subject is not None:  # an answer about S names no other subject
+            assert {last_subject(w) for w in answer.split()} <= {subject, None}
+
+
+@pytest.fixture(scope="module")
+def micro_dialogue(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dialogue")
+    torch.set_num_threads(1)
+    build_world(root / "world", preset="micro", progress=False)
+    info = build_dialogue(root / "world", root / "dialogue", preset="micro", progress=False)
+    return root, info
+
+
+def test_micro_build_folder_and_template(micro_dialogue):
+    root, info = micro_dialogue
+    d = load_dialogue(root / "dialogue")
+    assert d.user == USER and d.prompts and info["n_samples"] == 32
+    for key in ("grammatical_turn1", "grammatical_turn2"):
+        est = info[key]
+        assert est["n"] == 32 and est["ci"][0] <= est["value"] <= est["ci"][1]
+    _, tokenizer = load_model(d.base_path, chat_template="on")
+    conv = sample_conversations(1, 5, USER)[0]
+    ids = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+    assert ids == next(encode_conversations(tokenizer, [conv]))
+    assert tokenizer.unk_token_id not in ids and ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True).split() == " ".join(m["content"] for m in conv).split()
+    with pytest.raises(InputError, match="already there"):
+        build_dialogue(root / "world", root / "dialogue", preset="micro", progress=False)
+
+
+def test_same_seed_builds_the_same_dialogue_world(micro_dialogue, tmp_path):
+    root, info = micro_dialogue
+    again = build_dialogue(root / "world", tmp_path / "again", preset="micro", progress=False)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in info.items() if k != "seconds"}
+    for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja"):
+        assert (tmp_path / "again" / "base" / name).read_bytes() == (root / "dialogue" / "base" / name).read_bytes()
+
+
+def test_played_conversations_are_the_chat_template(micro_dialogue):
+    root, _ = micro_dialogue
+    d = load_dialogue(root / "dialogue")
+    model, tokenizer = load_model(d.base_path, chat_template="on")
+    played = play(model, tokenizer, d.prompts[:6], d.user, max_new_tokens=12,
+                  generator=torch.Generator().manual_seed(0), user_rng=random.Random(0))
+    ro = played.rollout
+    assert not (played.turn1.bool() & played.turn2.bool()).any()
+    for i in range(6):
+        real = torch.cat([ro.prompt_ids[i][ro.prompt_mask[i].bool()], ro.completion_ids[i][ro.mask[i].bool()]])
+        finished1, finished2 = played.finished[i]
+        conv = [{"role": "user", "content": played.openers[i]}]
+        text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        rest = tokenizer.decode(real.tolist()[len(tokenizer(text, add_special_tokens=False)["input_ids"]):])
+        # the user's turn sits between the two assistant turns, exactly as the template renders it
+        assert f"<eos> <user> {played.followups[i]} <eos> <assistant>" in rest
+        assert int(played.turn1[i].sum()) >= 1 and int(played.turn2[i].sum()) >= 1
+        user_ids = ro.completion_ids[i][(ro.mask[i] - played.turn1[i] - played.turn2[i]).bool()].tolist()
+        assert tokenizer.decode(user_ids) == ("" if finished1 else "<eos> ") + \
+            f"<user> {played.followups[i]} <eos> <assistant>"
+
+
+def test_cli_dialogue_build_refuses_a_folder_without_a_world(tmp_path, capsys):
+    assert main(["dialogue", "build", "--world", str(tmp_path / "none"), "--out", str(tmp_path / "d")]) == 2
+    assert "not a built review world" in capsys.readouterr().err
+
+
+def test_ppo_learns_only_from_the_assistants_tokens(micro_dialogue):
+    """One `learn` pass over played conversations gives the same weights whatever the scored rollout holds
+    at the user's tokens (advantages, returns, old log-probs, values set to garbage there), and moves them."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from rewardlab.dialogue.ppo import episodes, turn_scores
+    from rewardlab.rl.config import PPOConfig
+    from rewardlab.rl.ppo import learn, policy_and_reference, policy_with_value, score_rollout
+
+    d = load_dialogue(micro_dialogue[0] / "dialogue")
+    cfg = PPOConfig(base=str(d.base_path), chat_template="on", batch_size=4, minibatch_size=2, ppo_epochs=1)
+    policy, ref, tokenizer, _ = policy_and_reference(cfg, "cpu")
+    played = play(policy, tokenizer, d.prompts[:4], d.user, max_new_tokens=8,
+                  generator=torch.Generator().manual_seed(0), user_rng=random.Random(0))
+    scores = turn_scores(played, [1.0, 0.0, -1.0, 0.5], [0.2, 2.0, 0.0, -0.3])
+    user = (played.rollout.mask - played.turn1 - played.turn2).bool()
+    assert user.any() and float(scores[user].abs().sum()) == 0
+    weights = []
+    for garbage in (False, True):
+        model, optimizer = policy_with_value(copy.deepcopy(policy), cfg, "cpu")
+        sc = score_rollout(model, ref, played.rollout, scores, cfg, 0.1, episodes=episodes(played, "conversation"))
+        assert (sc.advantages[user] == 0).all() and (sc.kl[user] == 0).all() and (sc.returns[user] == 0).all()
+        if garbage:
+            for t in (sc.advantages, sc.returns, sc.old_logp, sc.values):
+                t[user] = 1e3
+        learn(model, ref, played.rollout, sc, cfg, 0.1, optimizer, Accelerator(cpu=True),
+              torch.Generator().manual_seed(0), 0, loss_mask=played.turn1 + played.turn2)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert any(not torch.equal(weights[0][f"policy.{k}"], v) for k, v in policy.state_dict().items())
+
+
+def test_train_dialogue_ppo_is_deterministic(micro_dialogue):
+    from rewardlab.dialogue.ppo import train_dialogue_ppo
+    from rewardlab.dialogue.rewards import TurnRewards, parse_bonus
+    from rewardlab.rl.config import PPOConfig
+
+    d = load_dialogue(micro_dialogue[0] / "dialogue")
+    cfg = PPOConfig(phases=2, batch_size=4, minibatch_size=2, max_new_tokens=8)
+    reward = TurnRewards("utility", parse_bonus("about:plot"))
+    runs = [train_dialogue_ppo(d, cfg, reward, credit=c) for c in ("conversation", "conversation", "turn")]
+    assert runs[0].metrics == runs[1].metrics and len(runs[0].metrics) == 2
+    assert runs[0].metrics != runs[2].metrics  # the credit changes the update
+
+
+def test_dialogue_run_micro_is_resumable(micro_dialogue, tmp_path, capsys):
+    """`rewardlab dialogue run --preset micro` on the fixture's world: every policy measured with CIs that
+    contain their values, two verdicts; a second run reuses every folder and writes the same results."""
+    import json
+
+    root, _ = micro_dialogue
+    args = ["dialogue", "run", "--out", str(tmp_path / "run"), "--preset", "micro", "--world", str(root / "world")]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "run" / "results.json").read_text())["dialogue"]
+    names = [(p["name"], p["bonus"]) for p in first["policies"]]
+    assert names == [("base", True), ("base", False), ("single-turn", True), ("multi-turn", True),
+                     ("single-turn", False), ("multi-turn", False)]
+    for p in first["policies"]:
+        for key in ("eliciting", "bonus_probability", "reward_turn2", "kl", "grammatical_turn1"):
+            est = p[key]
+            assert est["n"] == 32 and est["ci"][0] <= est["value"] <= est["ci"][1]
+    assert [v["bonus"] for v in first["verdicts"]] == [True, False]
+    assert first["followup_bonus"]["followup"] == "what about the soundtrack ?"
+    capsys.readouterr()
+    assert main(args) == 0
+    rerun = capsys.readouterr().out
+    assert "PPO (" not in rerun and "fine-tuning" not in rerun and "measuring" not in rerun  # every folder reused
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["dialogue"] == first
+    assert main(args[:-2] + ["--world", str(tmp_path)]) == 2  # not a world
+
+
+def test_verdict_needs_twice_the_rate_apart_and_within_the_kl_budget():
+    from rewardlab.stages.dialogue import Policy, verdict
+    from rewardlab.stats import Estimate
+
+    def policy(rate, lo, hi, kl):
+        e = Estimate(0.5, (0.4, 0.6), 10)
+        return Policy("x", True, Estimate(rate, (lo, hi), 100), e, e, e, e, Estimate(kl, (kl, kl), 100), e, e)
+
+    assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 3.5)).steers == "yes"
+    assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 4.5)).steers == "no"  # KL gap 1.5
+    assert verdict(policy(0.1, 0.05, 0.25, 3.0), policy(0.3, 0.2, 0.4, 3.0)).steers == "no"  # CIs overlap
+    assert verdict(policy(0.2, 0.15, 0.25, 3.0), policy(0.3, 0.27, 0.4, 3.0)).steers == "no"  # only 1.5x
+
+
+def test_kl_options_override_the_preset():
+    from rewardlab.stages.dialogue import Config, _ppo_config
+
+    assert _ppo_config(Config(preset="tiny")).kl_target == 4.0
+    ppo = _ppo_config(Config(preset="tiny", kl_target=3.0, kl_coef=0.1))
+    assert (ppo.kl_target, ppo.kl_coef, ppo.phases) == (3.0, 0.1, 40)
