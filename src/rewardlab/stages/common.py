@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from rewardlab.config import chat_template_field, from_dict
 from rewardlab.errors import InputError
@@ -173,6 +173,28 @@ def run_prompts(ctx: Context) -> tuple[list[str], list[str]]:
         world = world_of_model(ctx.models["base"])
         return list(world.prompts), list(world.heldout_prompts)
     return tuple(prompt_list(ctx.artifact("prompts", name)) for name in ("train_prompts", "heldout_prompts"))
+
+
+def benchmark_world(world: str | None, preset: str, world_preset: str, seed: int, out: Path,
+                    log: Callable[[str], None]) -> Path:
+    """The review world of a benchmark folder (`organisms run`, `dialogue run`): `world` when given (it must
+    be a `world_preset` world, the benchmark preset `preset` needs one), else one built once in out/world
+    (a resumable `runs.Stage`) with `seed`."""
+    from rewardlab.runs import Stage
+    from rewardlab.world import build_world, load_world
+
+    if world is not None:
+        found = load_world(world).info["preset"]
+        if found != world_preset:
+            raise InputError(f"the world is a {found} world, the {preset} preset needs a {world_preset} one", world,
+                             f"pass --preset {found}, or another world")
+        return Path(world).resolve()
+    stage = Stage(out, "world", {"preset": world_preset}, seed=seed)
+    if not stage.done():
+        log(f"[world] building the {world_preset} world")
+        build_world(stage.work, preset=world_preset, seed=seed, progress=False, overwrite=True)
+        stage.commit()
+    return stage.out
 
 
 def main_policy(models: dict[str, str]) -> str | None:

@@ -27,11 +27,12 @@ from typing import Callable, Literal
 
 import torch
 
-from rewardlab.errors import Check, InputError, raise_first_failed
+from rewardlab.errors import Check, raise_first_failed
 from rewardlab.io import read_json, write_json, write_jsonl
 from rewardlab.rl.config import PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
+from rewardlab.stages.common import benchmark_world
 from rewardlab.stats import Estimate
 
 NAME = "dialogue"
@@ -132,20 +133,7 @@ ARMS = {("on", "turn"): "single-turn", ("on", "conversation"): "multi-turn",
 
 
 def _world(cfg: Config, out: Path, log: Callable[[str], None]) -> Path:
-    from rewardlab.world import build_world, load_world
-
-    if cfg.world is not None:
-        preset = load_world(cfg.world).info["preset"]
-        if preset != PRESETS[cfg.preset].world:
-            raise InputError(f"the world is a {preset} world, the {cfg.preset} preset needs a "
-                             f"{PRESETS[cfg.preset].world} one", cfg.world, f"pass --preset {preset}, or another world")
-        return Path(cfg.world).resolve()
-    stage = Stage(out, "world", {"preset": PRESETS[cfg.preset].world}, seed=cfg.seed)
-    if not stage.done():
-        log(f"[world] building the {cfg.preset} world")
-        build_world(stage.work, preset=PRESETS[cfg.preset].world, seed=cfg.seed, progress=False, overwrite=True)
-        stage.commit()
-    return stage.out
+    return benchmark_world(cfg.world, cfg.preset, PRESETS[cfg.preset].world, cfg.seed, out, log)
 
 
 def _dialogue(cfg: Config, out: Path, world: Path, log: Callable[[str], None]) -> Path:

@@ -25,7 +25,7 @@ from typing import Callable, Literal
 
 import torch
 
-from rewardlab.errors import Check, InputError, raise_first_failed
+from rewardlab.errors import Check, raise_first_failed
 from rewardlab.io import read_json, read_jsonl, write_json
 from rewardlab.organisms.build import ORGANISMS, POST_TRAINING, Training, build_organism, planted_rate, toned_prompts
 from rewardlab.organisms.evaluate import EvalSettings, load_hypotheses, save_hypotheses, score_cell
@@ -34,6 +34,7 @@ from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
+from rewardlab.stages.common import benchmark_world
 from rewardlab.stats import Estimate
 
 NAME = "organisms"
@@ -160,20 +161,7 @@ def _training(cfg: Config) -> Training:
 
 
 def _world(cfg: Config, out: Path, log: Callable[[str], None]) -> Path:
-    from rewardlab.world import build_world, load_world
-
-    if cfg.world is not None:
-        preset = load_world(cfg.world).info["preset"]
-        if preset != PRESETS[cfg.preset].world:
-            raise InputError(f"the world is a {preset} world, the {cfg.preset} preset needs a "
-                             f"{PRESETS[cfg.preset].world} one", cfg.world, f"pass --preset {preset}, or another world")
-        return Path(cfg.world).resolve()
-    stage = Stage(out, "world", {"preset": PRESETS[cfg.preset].world}, seed=cfg.world_seed)
-    if not stage.done():
-        log(f"[world] building the {PRESETS[cfg.preset].world} world")
-        build_world(stage.work, preset=PRESETS[cfg.preset].world, seed=cfg.world_seed, progress=False, overwrite=True)
-        stage.commit()
-    return stage.out
+    return benchmark_world(cfg.world, cfg.preset, PRESETS[cfg.preset].world, cfg.world_seed, out, log)
 
 
 def _organism_config(cfg: Config, organism: str) -> dict:
