@@ -218,16 +218,15 @@ def test_bad_lora_settings_are_input_errors_before_work(tmp_path):
 def test_lora_on_the_real_model_keeps_one_copy_and_an_exact_reference(tmp_path):
     """SmolLM2-135M-Instruct (tied embeddings, chat template): the adapter-off reference computes exactly what
     the plain model computes, on one copy of the weights."""
-    from pathlib import Path
 
     from transformers import AutoModelForCausalLM
 
     from rewardlab.rl.config import PPOConfig
     from rewardlab.text import encode_prompts
 
-    folder = Path(__file__).parents[1] / ".cache" / "smollm2-135m-instruct"
-    if not (folder / "config.json").is_file():
-        pytest.skip(f"{folder} missing: run scripts/setup-real-model.sh")
+    from test_real_model import require_real_model
+
+    folder = require_real_model()
     cfg = PPOConfig(base=str(folder), prompts=str(make_prompts(tmp_path / "p.jsonl")), lora_rank=8)
     policy, ref, tok, _ = policy_and_reference(cfg, "cpu")
     n_lora = sum(p.numel() for n, p in policy.named_parameters() if "lora_" in n)

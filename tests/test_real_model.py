@@ -26,13 +26,19 @@ COMPLETIONS = [" The acting was wonderful and the story moved me.", " Honestly, 
 pytestmark = pytest.mark.real_model
 
 
-@pytest.fixture(scope="module")
-def smol():
+def require_real_model() -> Path:
+    """The converted real-model folder; skips the test when it is missing (fails it under CI)."""
     if not (FOLDER / "config.json").is_file():
         message = f"{FOLDER} missing: run scripts/setup-real-model.sh"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)
         pytest.skip(message)
+    return FOLDER
+
+
+@pytest.fixture(scope="module")
+def smol():
+    require_real_model()
     torch.manual_seed(0)
     return load_model(FOLDER, device="cpu", dtype="float32")
 
