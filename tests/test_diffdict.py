@@ -114,6 +114,7 @@ def test_export_round_trip_and_least_squares(tmp_path):
 
 def test_cli_sae_diffdict_on_a_tiny_pair(tmp_path, capsys):
     from rewardlab.cli import main
+    from rewardlab.interp.explain import explanation_words
     from tiny_lm import WORDS, save_pair
 
     base, post = save_pair(tmp_path, scale=0.2)
@@ -133,6 +134,17 @@ def test_cli_sae_diffdict_on_a_tiny_pair(tmp_path, capsys):
     assert set(res["latents"]) == set(dd.DICTIONARIES)
     top = res["latents"]["diffdict"][0]
     assert len(top["promoted"]) == 10 and set(top["promoted"]) <= set(WORDS) and top["top_examples"]
+    # every dictionary's latents are explained and scored like SAE features (offline lexical trio here): a
+    # latent that fires on held-out tokens gets an explanation naming words of the text, with a simulation score
+    for name, latents in res["latents"].items():
+        assert res["interp"][name]["backend"]["explainer"] == "lexical"
+        for latent in latents:
+            if latent["explanation"] is None:
+                continue
+            words = explanation_words(latent["explanation"])
+            assert words and set(words) <= {w.lower() for w in WORDS}
+            assert -1 <= latent["simulation"] <= 1
+        assert any(latent["explanation"] for latent in latents)
     assert load_sae(tmp_path / "dd" / "diffdict").cfg.hook_name == "blocks.1.hook_resid_post"
     # bad input: an unknown site, and models of different widths, are one clear error each (exit 2)
     site = args.index("--site") + 1
@@ -190,9 +202,13 @@ def test_the_fast_demo_trains_the_difference_dictionary_and_reports_it(fast_demo
         assert est["ci"][0] <= est["value"] <= est["ci"][1] and est["n"] > 0
     assert set(section["diffdict_minus"]) == set(dd.PREDICTIONS) - {"diffdict"}
     assert set(section["top_latents"]) == set(dd.DICTIONARIES)
+    assert set(section["latent_explanations"]) == set(dd.DICTIONARIES)
+    assert all(len(section["latent_explanations"][m]) == len(section["top_latents"][m]) for m in dd.DICTIONARIES)
+    assert any(text and text.startswith("words: ") for texts in section["latent_explanations"].values() for text in texts)
     written = json.loads((fast_demo / "sae" / "diffdict" / "diffdict.json").read_text())
     assert written["fvu"] == section["fvu"] and written["n_tokens"] == section["fvu"]["identity"]["n"]
     assert load_sae(fast_demo / "sae" / "diffdict" / "diffdict").cfg.hook_name == section["site"]
     report = (fast_demo / "report.html").read_text()
     assert "Difference dictionary: predicting post activations from base" in report
     assert "no difference dictionary in this run" not in report
+    assert "what their top-activating held-out tokens are explained as" in report

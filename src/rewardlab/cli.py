@@ -996,8 +996,9 @@ def _sae_diffdict(a: argparse.Namespace) -> None:
 
     cfg = config_from_args(DiffConfig, a)
     cfg.validate()
+    backends = _llm_backends(a, check_endpoint=True)
     pair, records = _sae_pair(a)
-    res = diffdict_models(pair.base, pair.post, pair.tokenizer, records, a.out, a.site, cfg, a.base, a.post)
+    res = diffdict_models(pair.base, pair.post, pair.tokenizer, records, a.out, a.site, cfg, a.base, a.post, *backends)
     print(f"FVU of the post activations at {a.site} on {res['n_tokens']} held-out tokens ({res['n_groups']} prompts; "
           "identity, affine and diffdict read base only):")
     for name, est in res["fvu"].items():
@@ -1007,7 +1008,10 @@ def _sae_diffdict(a: argparse.Namespace) -> None:
     for name, latents in res["latents"].items():
         for latent in latents[:3]:
             print(f"  {name} latent {latent['latent']} (importance {latent['importance']:.3f}): promotes "
-                  f"{', '.join(latent['promoted'][:5])}; fires on {', '.join(e['token'] for e in latent['top_examples'])}")
+                  f"{', '.join(latent['promoted'][:5])}; fires on {', '.join(e['token'] for e in latent['top_examples'])}"
+                  f"; explained as {latent['explanation']!r}")
+        if "simulation" in res["interp"][name]["summary"]:
+            print(f"  {name} explanations, simulation score: {describe(res['interp'][name]['summary']['simulation'])}")
     print(f"-> {a.out}/diffdict.json, {a.out}/diffdict, {a.out}/diff_sae, {a.out}/crosscoder")
 
 
@@ -1015,6 +1019,7 @@ def _sae_diffdict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", required=True, help="site the dictionaries read in both models, e.g. blocks.2.hook_resid_post")
     _sae_pair_options(p, exclude=tuple(f for f in _COMPARE_ONLY if f != "diffdict_expansion")
                       + ("crosscoder_expansion", "scaling_threshold"))
+    _add_llm_args(p)
 
 
 def _sae_train(a: argparse.Namespace) -> None:

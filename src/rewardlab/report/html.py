@@ -358,12 +358,16 @@ def ev_diffdict(run: Run) -> str:
     rows = [{"prediction": m, "reads": reads.get(m, ""), "fvu": to_json(est),
              "diffdict_minus_this": to_json(d.diffdict_minus[m]) if m in d.diffdict_minus else None}
             for m, est in d.fvu.items()]
-    latents = [{"dictionary": m, "latent_rank": i + 1, "promoted_tokens": tokens}
+    latents = [{"dictionary": m, "latent_rank": i + 1, "promoted_tokens": tokens,
+                "explanation": d.latent_explanations.get(m, [None] * len(per))[i],
+                "dictionary_mean_explanation_score": to_json(d.explanation_score[m])
+                if i == 0 and d.explanation_score.get(m) else None}
                for m, per in d.top_latents.items() for i, tokens in enumerate(per)]
     return (f'<p class="note">FVU of the post model\'s activations at {e(d.site)} on held-out tokens (CI over held-out '
             f"prompts; differences paired); dictionaries of {d.d_sae} latents, k = {d.k}, trained on "
             f"{d.n_train_tokens} tokens. Only identity, affine and the difference dictionary predict post from base "
-            "alone.</p>" + table(rows) + "<h4>Most important latents: tokens their difference vector promotes</h4>"
+            "alone.</p>" + table(rows) + "<h4>Most important latents: tokens their difference vector promotes, and what their top-activating "
+            "held-out tokens are explained as (simulation score: mean over the dictionary's top latents)</h4>"
             + table(latents))
 
 

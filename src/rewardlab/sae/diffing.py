@@ -407,7 +407,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     results["headline"]["layer"] = best
     if cfg.diffdict:
         results["diffdict"] = run_diffdict(post, tokenizer, stores, extra, train_rows, test_rows, sites[0], cfg,
-                                           out / "diffdict", base_name, post_name)
+                                           out / "diffdict", base_name, post_name, explainer, simulator, detector)
     results["headline_checks"] = headline_checks(results)
     write_json(out / "sae_compare.json", results)
     tokenizer.save_pretrained(out / "tokenizer")
@@ -511,22 +511,26 @@ def crosscoder_models(base, post, tokenizer, records: list[dict], out: str | Pat
 
 
 def diffdict_models(base, post, tokenizer, records: list[dict], out: str | Path, site: str,
-                    cfg: DiffConfig = DiffConfig(), base_name: str = "base", post_name: str = "post") -> dict:
+                    cfg: DiffConfig = DiffConfig(), base_name: str = "base", post_name: str = "post",
+                    explainer=None, simulator=None, detector=None) -> dict:
     """`rewardlab sae diffdict`: the difference dictionary, the difference SAE and the crosscoder at one
     site (`sae.diffdict`), trained on the records' train-prompt completion tokens (plus the extra samples
     of train prompts); on the held-out records' tokens, FVU of the post activations for every prediction
     with CIs over held-out prompts, and each dictionary's most important latents with their top tokens
-    and unembedding read-out. Writes out/diffdict.json and SAELens folders out/diffdict, out/diff_sae,
-    out/crosscoder."""
+    and unembedding read-out, each explained and scored like SAE features (`interpret_features`: the offline
+    lexical trio unless LLM backends are given). Writes out/diffdict.json and SAELens folders out/diffdict,
+    out/diff_sae, out/crosscoder."""
     out = Path(out)
     cfg.validate()
     parse_site(site, n_layers(base))
     _, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
-    return run_diffdict(post, tokenizer, stores, extra, train_rows, test_rows, site, cfg, out, base_name, post_name)
+    return run_diffdict(post, tokenizer, stores, extra, train_rows, test_rows, site, cfg, out, base_name, post_name,
+                        explainer, simulator, detector)
 
 
 def run_diffdict(post, tokenizer, stores: dict, extra: Extra | None, train_rows, test_rows, site: str,
-                 cfg: DiffConfig, out: Path, base_name: str = "base", post_name: str = "post") -> dict:
+                 cfg: DiffConfig, out: Path, base_name: str = "base", post_name: str = "post",
+                 explainer=None, simulator=None, detector=None) -> dict:
     """`diffdict_models` on cached activation stores (as `_prepare` returns them)."""
     tokens = modeled_tokens(stores, site)
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
@@ -548,13 +552,19 @@ def run_diffdict(post, tokenizer, stores: dict, extra: Extra | None, train_rows,
     inputs = {"diffdict": (dicts.diffdict, tokens["base"].acts),
               "diff_sae": (dicts.diff_sae, tokens["post"].acts - tokens["base"].acts),
               "crosscoder": (dicts.crosscoder, torch.cat([tokens["base"].acts, tokens["post"].acts], 1))}
+    res["interp"] = {}
     for name, rows in latents.items():
         model, acts = inputs[name]
         fr_tokens = TokenActs(acts, tokens["post"].row_ids, tokens["post"].token_ids, tokens["post"].positions)
-        _, seqs, f = _feature_records(tokenizer, stores["post"], fr_tokens, model, [int(r) for r in test_rows],
-                                      [row["latent"] for row in rows], cfg.seed)
+        fr, seqs, f = _feature_records(tokenizer, stores["post"], fr_tokens, model, [int(r) for r in test_rows],
+                                       [row["latent"] for row in rows], cfg.seed)
+        interp = interpret_features(fr, explainer, simulator, detector)
+        scored = {r["feature"]: r for r in interp["features"]}  # feature = the latent's row in `rows`
         for j, row in enumerate(rows):
             row["top_examples"] = _top_examples(seqs, f, j)
+            row.update({key: scored.get(j, {}).get(key) for key in
+                        ("explanation", "simulation", "detection", "wrong_simulation")})
+        res["interp"][name] = {"backend": interp["backend"], "summary": interp["summary"]}
     res["latents"] = latents
     write_json(out / "diffdict.json", res)
     return res

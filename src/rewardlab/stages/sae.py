@@ -5,7 +5,7 @@ dictionary beside the difference SAE and a crosscoder (`sae.diffdict`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,10 @@ class DiffDictSection:
     # prompts): identity (post = base), affine (least squares), diffdict read base only; diff_sae, crosscoder read post too
     diffdict_minus: dict[str, Estimate]  # FVU(diffdict) - FVU(other prediction), paired over the same resampled prompts
     top_latents: dict[str, list[list[str]]]  # dictionary -> its most important latents' promoted tokens (post unembedding)
+    latent_explanations: dict[str, list[str | None]] = field(default_factory=dict)  # dictionary -> the same latents' explanations (None: no
+    # activation on held-out tokens), by the run's explainer from their top-activating held-out tokens
+    explanation_score: dict[str, Estimate | None] = field(default_factory=dict)  # dictionary -> mean simulation score of those explanations
+    # over latents (CI over latents; None: fewer than 2 explained)
 
 
 @dataclass
@@ -140,7 +144,10 @@ def run(cfg: Config, ctx: Context) -> Results:
             site=d["site"], d_sae=d["d_sae"], k=d["k"], n_train_tokens=d["n_train_tokens"],
             fvu={m: from_json(Estimate, e) for m, e in d["fvu"].items()},
             diffdict_minus={m: from_json(Estimate, e) for m, e in d["diffdict_minus"].items()},
-            top_latents={m: [latent["promoted"][:5] for latent in rows[:5]] for m, rows in d["latents"].items()})
+            top_latents={m: [latent["promoted"][:5] for latent in rows[:5]] for m, rows in d["latents"].items()},
+            latent_explanations={m: [latent["explanation"] for latent in rows[:5]] for m, rows in d["latents"].items()},
+            explanation_score={m: None if "simulation" not in i["summary"] else from_json(Estimate, i["summary"]["simulation"])
+                               for m, i in d["interp"].items()})
     return Results(
         sae=SAESection(layer=head["layer"], layer_rule=res["layer_rule"], site=head["site"], fvu=post_sae["fvu"], l0=post_sae["l0"],
                        dead_fraction=post_sae["dead_fraction"], ce_loss_recovered=post_sae["ce_loss_recovered"],
