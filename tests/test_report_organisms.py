@@ -102,6 +102,16 @@ def test_each_methods_top_tokens_per_organism(report):
         for method, tokens in rows:
             shown = [html.unescape(t) for t in re.findall(r"<code>(.*?)</code>", tokens)]
             assert shown == run["top_tokens"][method] and len(shown) == 10
+            # the planted words (and only they) are highlighted where a method ranked them top
+            marked = [html.unescape(t) for t in re.findall(r"<mark><code>(.*?)</code></mark>", tokens)]
+            assert marked == [t for t in shown if t in (run.get("planted_words") or ())]
+        if organism == "planted":
+            assert len(run["planted_words"]) == 3 and all(
+                f"<code>{html.escape(w)}</code>" in table.split("</thead>")[0] for w in run["planted_words"])
+        else:
+            assert run.get("planted_words") is None and "<mark>" not in table
+    planted = next(r for r in s["runs"] if r["organism"] == "planted")
+    assert any(t in planted["planted_words"] for tokens in planted["top_tokens"].values() for t in tokens)  # something to mark
 
 
 def test_heatmap_shows_the_score_that_applies_with_value_and_ci(report, monkeypatch):

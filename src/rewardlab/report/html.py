@@ -20,7 +20,7 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rewardlab.answers import QUESTIONS
 from rewardlab.errors import InputError
@@ -524,17 +524,20 @@ def org_runs(s: organisms_stage.OrganismsSection) -> str:
             "base) per completion, nats.</p>" + table([to_json(r) for r in s.runs], columns))
 
 
-def _tokens(tokens: list[str]) -> str:
-    return " ".join(f"<code>{e(t)}</code>" for t in tokens)
+def _tokens(tokens: list[str], marked: Sequence[str] = ()) -> str:
+    """Tokens as code, those in `marked` (the planted words) highlighted."""
+    return " ".join(f"<mark><code>{e(t)}</code></mark>" if t in marked else f"<code>{e(t)}</code>" for t in tokens)
 
 
 def org_top_tokens(s: organisms_stage.OrganismsSection) -> str:
-    """Per organism, each method's top-ranked tokens, one column per seed."""
+    """Per organism, each method's top-ranked tokens, one column per seed; the planted words highlighted."""
     parts = []
     for organism in s.cells:
         runs = sorted((r for r in s.runs if r.organism == organism), key=lambda r: r.seed)
-        head = "".join(f"<th>seed {r.seed}</th>" for r in runs)
-        body = "".join(f"<tr><th>{e(m)}</th>" + "".join(f"<td>{_tokens(r.top_tokens.get(m, []))}</td>" for r in runs)
+        head = "".join(f"<th>seed {r.seed}" + (f" (planted: {_tokens(r.planted_words)})" if r.planted_words else "")
+                       + "</th>" for r in runs)
+        body = "".join(f"<tr><th>{e(m)}</th>" + "".join(f"<td>{_tokens(r.top_tokens.get(m, []), r.planted_words or ())}"
+                                                          "</td>" for r in runs)
                        + "</tr>" for m in s.cells[organism])
         spec = ", ".join(dict.fromkeys(r.reward_spec for r in runs))
         parts.append(f"<h4>{e(organism)} <span class=\"note\">({e(spec)})</span></h4>"

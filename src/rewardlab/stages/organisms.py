@@ -109,6 +109,7 @@ class OrganismRun:
     planted_rate_base: float | None = None  # planted words per word of the base's samples (planted only)
     planted_rate_policy: float | None = None
     top_tokens: dict[str, list[str]] = field(default_factory=dict)  # method -> its 10 top-ranked tokens
+    planted_words: list[str] | None = None  # the planted set (planted only): the truth the top tokens are read against
 
 
 @dataclass
@@ -212,7 +213,8 @@ def _run_of(folder: Path) -> OrganismRun:
          if k != "reward_gain_base_std"}
     return OrganismRun(info["organism"], info["seed"], info["reward_spec"], s["reward_base_ci"], s["reward_policy_ci"],
                        info["summary"]["reward_gain_base_std"], s["kl_exact_ci"], s["grammatical_rate_ci"],
-                       info.get("planted_rate_base"), info.get("planted_rate_policy"), info["top_tokens"])
+                       info.get("planted_rate_base"), info.get("planted_rate_policy"), info["top_tokens"],
+                       read_json(folder / "truth.json").get("planted"))
 
 
 def _cells(cfg: Config, folders: dict[str, list[Path]]) -> dict[str, dict[str, Cell]]:
