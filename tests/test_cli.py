@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rewardlab.cli import build_parser, main
 
@@ -90,6 +91,9 @@ def test_out_of_range_settings_exit_2_before_loading_anything(tmp_path, capsys):
         (["train", "ppo", "--base", model, "--top-p", "1.5", "--out", str(tmp_path / "p")], "top_p must be in (0, 1]"),
         (["train", "ppo", "--base", model, "--eval-samples", "0", "--out", str(tmp_path / "p")],
          "eval_samples must be at least 2"),
+        (["train", "ppo", "--base", model, "--device", "tpu", "--out", str(tmp_path / "p")], "unknown device 'tpu'"),
+        *([(["train", "ppo", "--base", model, "--device", "cuda", "--out", str(tmp_path / "p")],
+            "CUDA is not available")] if not torch.cuda.is_available() else []),
         (["train", "sweep", "--base", model, "--kl-coefs=0.1,-1", "--out", str(tmp_path / "s")],
          "KL coefficients must be at least 0, got [-1.0]"),
         (["data", "pairs", "--model", model, "--per-prompt", "1", "--out", str(tmp_path / "x.jsonl")],

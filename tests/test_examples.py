@@ -29,7 +29,7 @@ PROMPTS = [f"{a} {b}" for a in ("the film", "the movie", "review : the plot", "t
 # every example's sections shrunk to seconds (keys the examples set are overridden, others added)
 SMALL = {
     "models": {"max_new_tokens": 6, "dtype": "float32", "device": "cpu"},
-    "ppo": {"cpu": True, "phases": 2, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "eval_samples": 8},
+    "ppo": {"device": "cpu", "phases": 2, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "eval_samples": 8},
     "diffing": {"n_samples": 12, "n_divergent": 6, "batch_size": 8},
     "probes": {"n_prompts": 13, "samples_per_prompt": 3, "sites": "blocks.1.hook_resid_post,ln_final.hook_out",
                "n_steer_prompts": 3, "steer_alphas": [-1.0, 0.0, 1.0], "n_random": 2, "n_boot": 50, "batch_size": 16},

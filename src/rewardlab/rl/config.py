@@ -43,6 +43,9 @@ def chat_template_check(cfg) -> Check:
             f"use one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
 
+PPO_DEVICES = ("cpu", "cuda", "mps", "auto")
+
+
 @dataclass
 class PPOConfig:
     """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world; the
@@ -82,7 +85,7 @@ class PPOConfig:
     eval_samples: int = 512          # fresh samples from base and policy for summary.json
     checkpoint_every: int = 1        # phases between checkpoints
     keep_checkpoint: bool = False    # keep checkpoint/ after the run finishes (resume needs it only while unfinished)
-    cpu: bool = True                 # run on CPU even where an accelerator exists
+    device: str = "cpu"              # cpu | cuda | mps | auto (the accelerator when there is one, else cpu); under `accelerate launch` each process takes its own GPU
     threads: int | None = 1          # torch CPU threads (None: leave as is)
     dtype: Literal["float32", "bfloat16"] = "float32"  # float32 | bfloat16: the model's weights and activations (LoRA adapters stay float32)
     lora_rank: int | None = None     # LoRA rank (peft): train an adapter and the value head only, the reference is the base with the adapter off (one copy of the weights); None: full fine-tuning
@@ -96,6 +99,8 @@ class PPOConfig:
             (self.kl_estimator in KL_ESTIMATORS, f"unknown kl_estimator {self.kl_estimator!r}",
              f"use one of {', '.join(KL_ESTIMATORS)}"),
             (self.kl_in in ("reward", "loss"), f"unknown kl_in {self.kl_in!r}", "use reward or loss"),
+            (self.device in PPO_DEVICES, f"unknown device {self.device!r}",
+             f"use one of {', '.join(PPO_DEVICES)} (Accelerate gives each process its device)"),
             (self.value_head in VALUE_HEAD_KINDS, f"unknown value_head {self.value_head!r}",
              f"use one of {', '.join(VALUE_HEAD_KINDS)}"),
             (self.phases >= 1 and self.batch_size >= 1 and self.minibatch_size >= 1 and self.ppo_epochs >= 1,

@@ -47,6 +47,7 @@ from rewardlab import rewards
 from rewardlab.config import without_runtime
 from rewardlab.errors import InputError
 from rewardlab.io import load_tensors, read_json, read_jsonl, save_tensors, write_json, write_jsonl
+from rewardlab.models import pick_device
 from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.eval import eval_summary, evaluate_policy, mean_std, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
@@ -546,7 +547,8 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(cpu=cfg.cpu)
+    wanted = pick_device(cfg.device)  # an unavailable cuda or mps is one clear error here, before any work
+    accelerator = Accelerator(cpu=wanted.type == "cpu")
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
     if cfg.batch_size % world_size:
         raise InputError(f"batch_size {cfg.batch_size} is not divisible by {world_size} processes", "PPO config")

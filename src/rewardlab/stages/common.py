@@ -44,7 +44,7 @@ class ModelsSection:
     top_k: int = 0                 # 0: off
     top_p: float = 1.0             # 1.0: off
     dtype: str = "float32"         # weights of the diffing, probe and SAE stages (bfloat16 for 7B models on a GPU)
-    device: str | None = None      # None: an accelerator if there is one, else CPU (PPO/DPO: their own `cpu` key)
+    device: str | None = None      # None: an accelerator if there is one, else CPU (PPO and DPO: their own `device` keys)
     chat_template: str = chat_template_field()
 
     def generation(self) -> dict:
