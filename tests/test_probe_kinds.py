@@ -1,0 +1,141 @@
+"""Rating vs winner/loser vs Bradley-Terry probes (`probes.kinds`) on synthetic data with a planted
+direction, their task scores against brute-force counts, and the validation-only selection."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from rewardlab.errors import InputError
+from rewardlab.probes.cross import cosine
+from rewardlab.probes.kinds import (KINDS, TASKS, KindData, bag_of_words_data, compare_kinds, direction_cosines,
+                                    fit_kind, kind_split, pair_accuracy, select_l2, select_site, task_value)
+from rewardlab.stats import spearman_r
+
+W = np.array([2.0, -1.0, 0.5, 0.0, 1.5, 0.0, -0.5, 1.0])
+
+
+def planted(n_prompts: int = 150, per_prompt: int = 4, noise: float = 0.3, seed: int = 0, w=W) -> KindData:
+    """Gaussian activations with scale differences, reward = x . w + prompt offset + noise; the pairs are
+    each prompt's best and worst rated row."""
+    rng = np.random.default_rng(seed)
+    scale = np.array([1.0, 2.0, 0.5, 1.0, 1.0, 3.0, 1.0, 0.7])
+    x = rng.normal(size=(n_prompts * per_prompt, len(w))) * scale
+    groups = np.repeat([f"p{i:03d}" for i in range(n_prompts)], per_prompt)
+    y = x @ w + np.repeat(rng.normal(size=n_prompts), per_prompt) + rng.normal(scale=noise, size=len(x))
+    best = [i * per_prompt + int(np.argmax(y[i * per_prompt:(i + 1) * per_prompt])) for i in range(n_prompts)]
+    worst = [i * per_prompt + int(np.argmin(y[i * per_prompt:(i + 1) * per_prompt])) for i in range(n_prompts)]
+    return KindData(x, y, groups, x[best], x[worst], groups[best])
+
+
+def test_every_kind_recovers_the_planted_direction():
+    data = planted()
+    rows, pairs = np.arange(len(data.y)), np.arange(len(data.chosen))
+    for kind in KINDS:
+        direction = fit_kind(kind, data, rows, pairs, l2=1.0).direction()
+        assert cosine(direction, W) > 0.95, kind
+
+
+def test_pair_accuracy_and_auc_are_brute_force_counts():
+    data = planted(n_prompts=40)
+    probe = fit_kind("bradley_terry", data, np.arange(160), np.arange(40), l2=1.0)
+    sc, sr = probe.predict(data.chosen), probe.predict(data.rejected)
+    sr[:3] = sc[:3]  # ties lose
+    assert pair_accuracy(sc, sr) == sum(c > r for c, r in zip(sc, sr)) / 40
+    assert pair_accuracy(sc, sr) <= 37 / 40
+    pairs = np.arange(40)
+    auc = task_value("winner_loser", probe, data, np.arange(160), pairs)
+    sc, sr = probe.predict(data.chosen), probe.predict(data.rejected)
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c in sc for r in sr)
+    assert auc == pytest.approx(wins / (40 * 40))
+    brute_pair = sum(c > r for c, r in zip(sc, sr)) / 40
+    assert task_value("pair", probe, data, np.arange(160), pairs) == brute_pair
+    assert task_value("rating", probe, data, np.arange(160), pairs) == pytest.approx(
+        spearman_r(data.y, probe.predict(data.x)))
+
+
+def test_split_keeps_each_prompt_in_one_part_for_rows_and_pairs():
+    data = planted(n_prompts=50)
+    split = kind_split(data.groups, data.pair_groups, seed=3)
+    part_of = {}
+    for split_of, groups in ((split.rows, data.groups), (split.pairs, data.pair_groups)):
+        for name, idx in zip(("train", "val", "test"), (split_of.train, split_of.val, split_of.test)):
+            for g in groups[idx]:
+                assert part_of.setdefault(g, name) == name
+    assert sum(len(p) for p in (split.rows.train, split.rows.val, split.rows.test)) == len(data.y)
+    assert sum(len(p) for p in (split.pairs.train, split.pairs.val, split.pairs.test)) == len(data.chosen)
+    with pytest.raises(InputError):  # pairs only from prompts that all land in one part
+        kind_split(data.groups, data.pair_groups[:1], seed=0)
+
+
+def test_penalty_and_site_are_chosen_on_validation_prompts():
+    data = planted(n_prompts=60)
+    split = kind_split(data.groups, data.pair_groups, seed=0)
+    grid = (0.01, 10.0, 1e4)
+    for kind, task in (("rating", "rating"), ("winner_loser", "winner_loser"), ("bradley_terry", "pair")):
+        vals = [task_value(task, fit_kind(kind, data, split.rows.train, split.pairs.train, l2), data,
+                           split.rows.val, split.pairs.val) for l2 in grid]
+        l2, val = select_l2(kind, data, split, grid)
+        assert val == max(vals) and l2 == grid[vals.index(max(vals))]
+    rng = np.random.default_rng(1)
+    noise = KindData(rng.normal(size=data.x.shape), data.y, data.groups, rng.normal(size=data.chosen.shape),
+                     rng.normal(size=data.rejected.shape), data.pair_groups)
+    site, means, _ = select_site({"noise": noise, "signal": data}, split, grid)
+    assert site == "signal" and means["signal"] > 0.8 and abs(means["noise"]) < 0.3
+
+
+def test_comparison_on_planted_data():
+    data = planted(n_prompts=120, seed=2)
+    split = kind_split(data.groups, data.pair_groups, seed=0)
+    rng = np.random.default_rng(5)
+    noise = KindData(rng.normal(size=data.x.shape), data.y, data.groups, rng.normal(size=data.chosen.shape),
+                     rng.normal(size=data.rejected.shape), data.pair_groups)
+    out = compare_kinds({"signal": data, "noise": noise}, noise, split, (0.1, 10.0), n_boot=100, n_refit=30)
+    assert out["site"] == "signal"
+    assert set(out["cosines"]) == {f"{a}~{b}" for a, b in itertools.combinations(KINDS, 2)}
+    for est in out["cosines"].values():
+        assert est.value > 0.9 and est.ci[0] <= est.value <= est.ci[1]
+        assert est.n == len(split.rows.train) + len(split.pairs.train)
+    assert set(out["scores"]) == {*KINDS, *(f"bag_of_words:{k}" for k in KINDS)}
+    for name, row in out["scores"].items():
+        assert set(row) == set(TASKS)
+        for task, est in row.items():
+            assert est.ci[0] <= est.value <= est.ci[1], (name, task)
+    assert out["scores"]["rating"]["rating"].n == len(split.rows.test)
+    assert out["scores"]["rating"]["pair"].n == len(split.pairs.test)
+    assert out["scores"]["rating"]["winner_loser"].n == 2 * len(split.pairs.test)
+    for kind in KINDS:  # each probe does every task; the noise features do none
+        assert out["scores"][kind]["pair"].value > 0.9
+        assert out["scores"][f"bag_of_words:{kind}"]["pair"].ci[0] < 0.75
+
+
+def test_cosine_ci_refits_on_resampled_prompts():
+    data = planted(n_prompts=80, noise=3.0)
+    split = kind_split(data.groups, data.pair_groups, seed=0)
+    l2 = dict.fromkeys(KINDS, 1.0)
+    a = direction_cosines(data, split, l2, n_refit=20, seed=0)
+    b = direction_cosines(data, split, l2, n_refit=20, seed=0)
+    assert a == b  # deterministic per seed
+    for est in a.values():
+        assert est.ci[0] < est.ci[1]  # the refits vary
+        assert est.ci[0] <= est.value <= est.ci[1]
+
+
+def test_bag_of_words_features_cap_the_vocabulary():
+    texts = ["good good film", "bad film", "good", "bad bad bad", "fine film", "odd"]
+    groups = np.asarray(["a", "a", "b", "b", "c", "c"])
+    data = KindData(np.zeros((6, 1)), np.arange(6.0), groups, np.zeros((3, 1)), np.zeros((3, 1)),
+                    np.asarray(["a", "b", "c"]))
+    split = kind_split(groups, data.pair_groups, seed=0)
+    words = bag_of_words_data(texts, ["good", "good film", "fine"], ["bad", "bad", "odd"], data, split, max_vocab=2)
+    assert words.x.shape == (6, 2) and words.chosen.shape == (3, 2) and words.rejected.shape == (3, 2)
+    np.testing.assert_array_equal(words.y, data.y)
+    all_texts = texts + ["good", "good film", "fine"] + ["bad", "bad", "odd"]  # brute force: the two words
+    train = [*split.rows.train, *(6 + split.pairs.train), *(9 + split.pairs.train)]  # most often in training
+    seen = sorted({w for i in train for w in all_texts[i].split()})
+    total = {w: sum(all_texts[i].split().count(w) for i in train) for w in seen}
+    top = sorted(sorted(seen, key=lambda w: -total[w])[:2])
+    expect = np.asarray([[t.split().count(w) for w in top] for t in all_texts], dtype=float)
+    np.testing.assert_array_equal(np.vstack([words.x, words.chosen, words.rejected]), expect)
