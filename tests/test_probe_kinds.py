@@ -139,3 +139,57 @@ def test_bag_of_words_features_cap_the_vocabulary():
     top = sorted(sorted(seen, key=lambda w: -total[w])[:2])
     expect = np.asarray([[t.split().count(w) for w in top] for t in all_texts], dtype=float)
     np.testing.assert_array_equal(np.vstack([words.x, words.chosen, words.rejected]), expect)
+
+
+def test_the_probes_stage_plans_the_pairs_stages_pairs_as_an_input():
+    from rewardlab.pipeline import plan_run
+
+    micro = {"name": "t", "seed": 0, "world": {"preset": "micro"}}
+    plan = plan_run({**micro, "pairs": {}, "dpo": {}, "probes": {}}, "/x/run")
+    stage = next(s for s in plan.stages if s.name == "probes")
+    assert stage.config.pairs == "/x/run/pairs/pairs.jsonl" and str(stage.inputs["pairs"]) == "/x/run/pairs"
+    alone = next(s for s in plan_run({**micro, "probes": {}}, "/x/run").stages if s.name == "probes")
+    assert alone.config.pairs is None and "pairs" not in alone.inputs  # pairs from the records
+    with pytest.raises(InputError, match="kinds_position"):
+        plan_run({**micro, "probes": {"kinds_position": "last_prompt"}}, "/x/run")
+    with pytest.raises(InputError, match="set by the pipeline"):
+        plan_run({**micro, "pairs": {}, "dpo": {}, "probes": {"pairs": "p.jsonl"}}, "/x/run")
+
+
+def test_kinds_section_on_a_tiny_model(tiny_model, word_tokenizer, tmp_path):
+    from rewardlab.acts import CacheConfig, cache_activations
+    from rewardlab.io import write_jsonl
+    from rewardlab.schema import from_json, to_json
+    from rewardlab.stages import probes
+
+    vocab = ("the", "movie", "plot", "was", "good", "bad", "great", "awful", "and", ".")
+    tok, model = word_tokenizer(vocab), tiny_model("gpt2", seed=0, n_layers=2)
+    rng = np.random.default_rng(0)
+    prompts = [f"the {a} {b}" for a in ("movie", "plot", "good", "bad", "and") for b in ("was", "and", ".", "the")]
+    records = []
+    for p in prompts:
+        for _ in range(4):
+            words = list(rng.choice(vocab, size=int(rng.integers(2, 6))))
+            records.append({"prompt": p, "completion": " ".join(words),
+                            "reward": words.count("good") + words.count("great") - words.count("bad")})
+    sites = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
+    store = cache_activations(model, tok, records, tmp_path / "acts",
+                              CacheConfig(sites=sites, positions=["mean_completion"]), "m", progress=False)
+    pairs = [{"prompt": p, "chosen": "good great", "rejected": "bad the"} for p in prompts[::2]]
+    pairs += [{"prompt": p, "chosen": "great", "rejected": "awful bad"} for p in prompts[1::2]]
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    for pairs_file, n_pairs in ((None, len(probes.best_and_worst(records))), (str(tmp_path / "pairs.jsonl"), 20)):
+        cfg = probes.Config(n_boot=50, kinds_n_refit=10, kinds_pairs=512, pairs=pairs_file)
+        section = probes.kinds_section(model, tok, records, store, cfg)
+        assert section.site in sites and set(section.site_val_scores) == set(sites)
+        assert sum(section.n_rows.values()) == len(records) and sum(section.n_pairs.values()) == n_pairs
+        assert set(section.scores) == {*KINDS, *(f"bag_of_words:{k}" for k in KINDS)}
+        for row in section.scores.values():
+            for est in row.values():
+                assert est.ci[0] <= est.value <= est.ci[1]
+        assert set(section.versus_text) == set(TASKS)
+        diff = section.versus_text["pair"]
+        assert diff.value == pytest.approx(section.scores["bradley_terry"]["pair"].value
+                                           - section.scores["bag_of_words:bradley_terry"]["pair"].value)
+        assert from_json(probes.ProbeKindsSection, to_json(section)) == section
+    assert section.scores["bag_of_words:bradley_terry"]["pair"].value == 1.0  # the words decide these pairs

@@ -165,6 +165,17 @@ def score_matrix(fitted: dict[str, tuple[Probe, KindData]], split: KindSplit, n_
                    for task in TASKS} for name, (probe, data) in fitted.items()}
 
 
+def paired_difference(task: str, a: tuple[Probe, KindData], b: tuple[Probe, KindData], split: KindSplit,
+                      n_boot: int = stats.N_BOOT, seed: int = 0) -> Estimate:
+    """Test score on `task` of probe a minus probe b (each with the features it reads), with a paired
+    bootstrap CI: both on the same resampled test prompts."""
+    statistic, arrays_a, groups = _task_arrays(task, *a, split.rows.test, split.pairs.test)
+    _, arrays_b, _ = _task_arrays(task, *b, split.rows.test, split.pairs.test)
+    k = len(arrays_a)
+    return stats.bootstrap(lambda *arr: statistic(*arr[:k]) - statistic(*arr[k:]), *arrays_a, *arrays_b,
+                           groups=groups, n_boot=n_boot, seed=seed)
+
+
 def _prompt_rows(groups: np.ndarray, idx: np.ndarray) -> dict:
     """{prompt id: the entries of `idx` from that prompt}."""
     out: dict = {}
@@ -218,8 +229,9 @@ def bag_of_words_data(texts: Sequence[str], chosen: Sequence[str], rejected: Seq
 def compare_kinds(datas: dict[str, KindData], words: KindData, split: KindSplit, l2_grid: Sequence[float],
                   n_boot: int = stats.N_BOOT, n_refit: int = 100, seed: int = 0) -> dict:
     """The whole comparison: the site chosen on validation, each probe's penalty, the cosines of the
-    three directions there and the score matrix of the three probes and of the same three fitted on
-    the bag of words `words` (rows "bag_of_words:KIND") on the test prompts."""
+    three directions there, the score matrix of the three probes and of the same three fitted on
+    the bag of words `words` (rows "bag_of_words:KIND") on the test prompts, and per task its own
+    probe minus the bag-of-words probe of that kind (`paired_difference`)."""
     site, site_scores, chosen = select_site(datas, split, l2_grid)
     data = datas[site]
     fitted = {k: (fit_kind(k, data, split.rows.train, split.pairs.train, chosen[site][k]["l2"]), data)
@@ -231,4 +243,6 @@ def compare_kinds(datas: dict[str, KindData], words: KindData, split: KindSplit,
             "val": {k: chosen[site][k]["val"] for k in KINDS}, "bag_of_words_l2": words_l2,
             "cosines": direction_cosines(data, split, {k: chosen[site][k]["l2"] for k in KINDS}, n_refit, seed),
             "scores": score_matrix(fitted, split, n_boot, seed),
+            "versus_text": {task: paired_difference(task, fitted[k], fitted[f"bag_of_words:{k}"], split, n_boot, seed)
+                            for k, task in OWN_TASK.items()},
             "n": {"rows": split.rows.sizes(), "pairs": split.pairs.sizes()}}
