@@ -193,3 +193,11 @@ def test_kinds_section_on_a_tiny_model(tiny_model, word_tokenizer, tmp_path):
                                            - section.scores["bag_of_words:bradley_terry"]["pair"].value)
         assert from_json(probes.ProbeKindsSection, to_json(section)) == section
     assert section.scores["bag_of_words:bradley_terry"]["pair"].value == 1.0  # the words decide these pairs
+
+    from rewardlab.report.html import Run, ev_probe_kinds, fmt
+    from rewardlab.stages.registry import SCHEMA_VERSION, Results
+
+    page = ev_probe_kinds(Run(tmp_path, Results(schema_version=SCHEMA_VERSION, name="t", seed=0,
+                                                probe_kinds=section)))
+    assert "bradley_terry~winner_loser" not in page and "rating~bradley_terry" in page
+    assert fmt(to_json(section.scores["bag_of_words:rating"]["pair"])) in page
