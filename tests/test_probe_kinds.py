@@ -11,7 +11,8 @@ import pytest
 from rewardlab.errors import InputError
 from rewardlab.probes.cross import cosine
 from rewardlab.probes.kinds import (KINDS, TASKS, KindData, bag_of_words_data, compare_kinds, direction_cosines,
-                                    fit_kind, kind_split, pair_accuracy, select_l2, select_site, task_value)
+                                    fit_kind, kind_split, pair_accuracy, select_l2, select_site, split_half_cosines,
+                                    task_value)
 from rewardlab.stats import spearman_r
 
 W = np.array([2.0, -1.0, 0.5, 0.0, 1.5, 0.0, -0.5, 1.0])
@@ -121,6 +122,33 @@ def test_cosine_ci_refits_on_resampled_prompts():
     for est in a.values():
         assert est.ci[0] < est.ci[1]  # the refits vary
         assert est.ci[0] <= est.value <= est.ci[1]
+
+
+def test_split_half_cosines_are_fits_on_disjoint_halves():
+    data = planted(n_prompts=80, noise=3.0)
+    split = kind_split(data.groups, data.pair_groups, seed=0)
+    l2 = dict.fromkeys(KINDS, 1.0)
+    one = split_half_cosines(data, split, l2, n_splits=1, seed=7)
+    prompts = sorted(set(data.groups[split.rows.train]) | set(data.pair_groups[split.pairs.train]))
+    order = np.random.default_rng(7).permutation(len(prompts))  # brute force: the same halving
+    directions = []
+    for half in (order[:len(order) // 2], order[len(order) // 2:]):
+        keep = {prompts[j] for j in half}
+        rows = np.asarray([i for i in split.rows.train if data.groups[i] in keep])
+        pairs = np.asarray([i for i in split.pairs.train if data.pair_groups[i] in keep])
+        directions.append({k: fit_kind(k, data, np.sort(rows), np.sort(pairs), 1.0).direction() for k in KINDS})
+    own = {k: cosine(directions[0][k], directions[1][k]) for k in KINDS}
+    assert one["self"]["rating~rating"].value == pytest.approx(own["rating"])
+    across = (cosine(directions[0]["rating"], directions[1]["bradley_terry"])
+              + cosine(directions[1]["rating"], directions[0]["bradley_terry"])) / 2
+    assert one["across"]["rating~bradley_terry"].value == pytest.approx(across)
+    assert one["disattenuated"]["rating~bradley_terry"].value == pytest.approx(
+        across / np.sqrt(own["rating"] * own["bradley_terry"]))
+    clean = planted(n_prompts=150)
+    many = split_half_cosines(clean, kind_split(clean.groups, clean.pair_groups), l2, n_splits=10)
+    for part in many.values():  # a planted direction: every fit agrees, at half the data too
+        for est in part.values():
+            assert est.value > 0.9 and est.ci[0] <= est.value <= est.ci[1]
 
 
 def test_bag_of_words_features_cap_the_vocabulary():

@@ -22,6 +22,9 @@ only: each probe's L2 penalty by its own task's validation score, the site by th
 three probes of that score on a correlation's scale (Spearman, 2 AUC - 1, 2 accuracy - 1). The score
 matrix's CIs resample test prompts with the fitted probes fixed; the cosines' CIs refit the three
 probes (penalties fixed) on bootstrap resamples of the training prompts (`direction_cosines`).
+Estimation noise pulls a cosine of fitted directions toward 0, and a refit on a resample adds that
+noise again, so the refits' interval sits low around the full-data cosine; `split_half_cosines` gives
+the scale: how far apart two fits of the same kind on disjoint halves of the prompts are.
 """
 
 from __future__ import annotations
@@ -213,6 +216,50 @@ def direction_cosines(data: KindData, split: KindSplit, l2: dict[str, float], n_
                         else (float("nan"), float("nan")), n, len(prompts)) for k, v in value.items()}
 
 
+def split_half_cosines(data: KindData, split: KindSplit, l2: dict[str, float], n_splits: int = 100, seed: int = 0,
+                       level: float = 0.95) -> dict[str, dict[str, Estimate]]:
+    """Directions fitted on two disjoint random halves of the training prompts, `n_splits` times:
+
+        self           per kind "k~k": cosine of its two halves' directions (the ceiling that estimation
+                       noise at half the data puts on any cosine)
+        across         per pair of kinds "a~b": mean of cos(a on one half, b on the other) over both orders
+        disattenuated  across / sqrt(self_a * self_b) per halving (nan where a self cosine is <= 0)
+
+    Value: the mean over halvings; interval: the halvings' percentiles (their spread, not a bootstrap)."""
+    by_row, by_pair = _prompt_rows(data.groups, split.rows.train), _prompt_rows(data.pair_groups, split.pairs.train)
+    prompts = sorted(set(by_row) | set(by_pair))
+    rng = np.random.default_rng(seed)
+    draws: dict[str, dict[str, list[float]]] = {"self": {}, "across": {}, "disattenuated": {}}
+    for _ in range(n_splits):
+        order = rng.permutation(len(prompts))
+        parts = [[np.asarray([i for j in part for i in rows_of.get(prompts[j], [])], dtype=np.int64)
+                  for rows_of in (by_row, by_pair)] for part in (order[:len(order) // 2], order[len(order) // 2:])]
+        if any(len(rows) < 2 or len(pairs) < 1 for rows, pairs in parts):
+            continue
+        halves = [{k: fit_kind(k, data, rows, pairs, l2[k]).direction() for k in KINDS} for rows, pairs in parts]
+        own = {k: cosine(halves[0][k], halves[1][k]) for k in KINDS}
+        for k in KINDS:
+            draws["self"].setdefault(f"{k}~{k}", []).append(own[k])
+        for a, b in itertools.combinations(KINDS, 2):
+            across = (cosine(halves[0][a], halves[1][b]) + cosine(halves[1][a], halves[0][b])) / 2
+            draws["across"].setdefault(f"{a}~{b}", []).append(across)
+            ceiling = own[a] * own[b]
+            draws["disattenuated"].setdefault(f"{a}~{b}", []).append(
+                across / np.sqrt(ceiling) if ceiling > 0 and own[a] > 0 else float("nan"))
+    alpha = (1 - level) / 2
+    n = len(split.rows.train) + len(split.pairs.train)
+
+    def estimate(values: list[float]) -> Estimate:
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return Estimate(float("nan"), (float("nan"), float("nan")), n, len(prompts))
+        lo, hi = np.quantile(v, [alpha, 1 - alpha])
+        return Estimate(float(v.mean()), (float(lo), float(hi)), n, len(prompts))
+
+    return {part: {k: estimate(v) for k, v in values.items()} for part, values in draws.items()}
+
+
 def bag_of_words_data(texts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str], data: KindData,
                       split: KindSplit, max_vocab: int = 512) -> KindData:
     """`data` with its features replaced by word counts of the texts (`baselines.bag_of_words`), over
@@ -229,7 +276,7 @@ def bag_of_words_data(texts: Sequence[str], chosen: Sequence[str], rejected: Seq
 def compare_kinds(datas: dict[str, KindData], words: KindData, split: KindSplit, l2_grid: Sequence[float],
                   n_boot: int = stats.N_BOOT, n_refit: int = 100, seed: int = 0) -> dict:
     """The whole comparison: the site chosen on validation, each probe's penalty, the cosines of the
-    three directions there, the score matrix of the three probes and of the same three fitted on
+    three directions there (and at half the training prompts, `split_half_cosines`), the score matrix of the three probes and of the same three fitted on
     the bag of words `words` (rows "bag_of_words:KIND") on the test prompts, and per task its own
     probe minus the bag-of-words probe of that kind (`paired_difference`)."""
     site, site_scores, chosen = select_site(datas, split, l2_grid)
@@ -242,6 +289,7 @@ def compare_kinds(datas: dict[str, KindData], words: KindData, split: KindSplit,
     return {"site": site, "site_val_scores": site_scores, "l2": {k: chosen[site][k]["l2"] for k in KINDS},
             "val": {k: chosen[site][k]["val"] for k in KINDS}, "bag_of_words_l2": words_l2,
             "cosines": direction_cosines(data, split, {k: chosen[site][k]["l2"] for k in KINDS}, n_refit, seed),
+            "split_half": split_half_cosines(data, split, {k: chosen[site][k]["l2"] for k in KINDS}, n_refit, seed),
             "scores": score_matrix(fitted, split, n_boot, seed),
             "versus_text": {task: paired_difference(task, fitted[k], fitted[f"bag_of_words:{k}"], split, n_boot, seed)
                             for k, task in OWN_TASK.items()},

@@ -203,9 +203,12 @@ def ev_probe_kinds(run: Run) -> str:
     k = run.results.probe_kinds
     if k is None:
         return ""
-    parts = [key_values(k, skip=("scores", "cosines", "versus_text", "site_val_scores"))]
+    parts = [key_values(k, skip=("scores", "cosines", "versus_text", "site_val_scores", "split_half"))]
     parts.append("<h4>Cosines of the three probes' directions</h4>"
                  + table([{"probes": name, "cosine": to_json(v)} for name, v in k.cosines.items()]))
+    parts.append("<h4>Cosines of fits on disjoint halves of the training prompts (mean and spread over halvings)</h4>"
+                 + table([{"probes": name, **{part: to_json(v[name]) for part, v in k.split_half.items() if name in v}}
+                          for name in dict.fromkeys(n for v in k.split_half.values() for n in v)]))
     parts.append("<h4>Each probe (rows) on each task (columns), test prompts</h4>"
                  '<p class="note">rating: Spearman with the true reward; winner_loser: AUC of chosen vs rejected '
                  "completions; pair: share of pairs whose chosen completion scores higher</p>"

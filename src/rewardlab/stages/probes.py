@@ -99,7 +99,8 @@ class Config:
     kinds_position: str = "mean_completion"  # records' position of the rating vs winner/loser vs Bradley-Terry
     # probes (one of `positions`, a completion position)
     kinds_pairs: int = 512         # preference pairs read (the first n); 0: no comparison of probe kinds
-    kinds_n_refit: int = 100       # refits on resampled training prompts for the CIs of the kinds' cosines
+    kinds_n_refit: int = 100       # refits on resampled training prompts for the CIs of the kinds' cosines,
+    # and random halvings of them for the split-half cosines
     pairs: str | None = None       # preference pairs JSONL (prompt, chosen, rejected); filled in with the pairs
     # stage's when the run has one; None: each training prompt's best and worst record
     device: str | None = None      # None: an accelerator if there is one, else CPU
@@ -253,6 +254,8 @@ class ProbeKindsSection:
     site_val_scores: dict[str, float]  # per site: mean of the three on a correlation's scale (2 AUC - 1 ...)
     cosines: dict[str, Estimate]   # "a~b": cosine of the probe directions (raw basis), fitted on training prompts
     cosine_ci: str                 # how the cosines' CIs are made
+    split_half: dict[str, dict[str, Estimate]]  # fits on disjoint halves of the training prompts: self (same
+    # kind), across (two kinds), disattenuated (across / sqrt(self_a self_b)); interval: spread over halvings
     scores: dict[str, dict[str, Estimate]]  # row (probe or bag_of_words:KIND) -> task -> test score
     versus_text: dict[str, Estimate]  # per task: its own probe minus the bag-of-words probe of that kind, paired
 
@@ -467,7 +470,8 @@ def kinds_section(policy, tokenizer, records: list[dict], store, cfg: Config) ->
         n_pairs=out["n"]["pairs"], l2=out["l2"], val=out["val"], site_val_scores=out["site_val_scores"],
         cosines=out["cosines"],
         cosine_ci=f"percentile, {cfg.kinds_n_refit} refits of the three probes (penalties fixed) on resamples "
-                  "with replacement of the training prompts",
+                  "with replacement of the training prompts (noise pulls refitted cosines toward 0: the interval sits "
+                  "low; split_half gives the noise ceiling)", split_half=out["split_half"],
         scores=out["scores"], versus_text=out["versus_text"])
 
 
