@@ -221,6 +221,9 @@ def test_kinds_section_on_a_tiny_model(tiny_model, word_tokenizer, tmp_path):
                                            - section.scores["bag_of_words:bradley_terry"]["pair"].value)
         assert from_json(probes.ProbeKindsSection, to_json(section)) == section
     assert section.scores["bag_of_words:bradley_terry"]["pair"].value == 1.0  # the words decide these pairs
+    write_jsonl(tmp_path / "one.jsonl", pairs[:1])  # pairs of one prompt cannot fill three parts
+    with pytest.raises(InputError, match="(?s)probes.kinds_pairs: .*kinds_pairs to 0"):
+        probes.kinds_section(model, tok, records, store, probes.Config(pairs=str(tmp_path / "one.jsonl")))
 
     from rewardlab.report.html import Run, ev_probe_kinds, fmt
     from rewardlab.stages.registry import SCHEMA_VERSION, Results

@@ -462,7 +462,11 @@ def kinds_section(policy, tokenizer, records: list[dict], store, cfg: Config) ->
     datas, chosen, rejected, source = kind_datas(policy, tokenizer, records, store, cfg)
     first = next(iter(datas.values()))
     sweep_cfg = SweepConfig()
-    split = kinds.kind_split(first.groups, first.pair_groups, sweep_cfg.fractions, cfg.seed)
+    try:
+        split = kinds.kind_split(first.groups, first.pair_groups, sweep_cfg.fractions, cfg.seed)
+    except InputError as err:
+        raise InputError(err.what, "probes.kinds_pairs", "give more prompts and pairs, or set probes.kinds_pairs "
+                         "to 0 to skip the comparison of probe kinds") from None
     words = kinds.bag_of_words_data([r["completion"] for r in records], chosen, rejected, first, split)
     out = kinds.compare_kinds(datas, words, split, sweep_cfg.l2_grid, cfg.n_boot, cfg.kinds_n_refit, cfg.seed)
     return ProbeKindsSection(
