@@ -199,6 +199,25 @@ def ev_probe(run: Run) -> str:
     return "".join(parts)
 
 
+def ev_probe_kinds(run: Run) -> str:
+    k = run.results.probe_kinds
+    if k is None:
+        return ""
+    parts = [key_values(k, skip=("scores", "cosines", "versus_text", "site_val_scores", "split_half"))]
+    parts.append("<h4>Cosines of the three probes' directions</h4>"
+                 + table([{"probes": name, "cosine": to_json(v)} for name, v in k.cosines.items()]))
+    parts.append("<h4>Cosines of fits on disjoint halves of the training prompts (mean and spread over halvings)</h4>"
+                 + table([{"probes": name, **{part: to_json(v[name]) for part, v in k.split_half.items() if name in v}}
+                          for name in dict.fromkeys(n for v in k.split_half.values() for n in v)]))
+    parts.append("<h4>Each probe (rows) on each task (columns), test prompts</h4>"
+                 '<p class="note">rating: Spearman with the true reward; winner_loser: AUC of chosen vs rejected '
+                 "completions; pair: share of pairs whose chosen completion scores higher</p>"
+                 + table([{"probe": name, **to_json(row)} for name, row in k.scores.items()]))
+    parts.append("<h4>Each probe on its own task minus the bag-of-words probe of its kind (paired, test prompts)</h4>"
+                 + table([{"task": t, "difference": to_json(v)} for t, v in k.versus_text.items()]))
+    return "".join(parts)
+
+
 def ev_value(run: Run) -> str:
     vp = run.results.value_probe
     if vp is None:
@@ -399,6 +418,8 @@ EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
     "ev-post-training": ("Post-training: reward and KL", ev_post_training, "no world, PPO or DPO stage in this run"),
     "ev-frontier": ("Reward-KL frontier", ev_frontier, "no KL sweep in this run"),
     "ev-probe": ("Probes: where the reward lives", ev_probe, "no probe stage in this run"),
+    "ev-probe-kinds": ("Rating vs winner/loser vs Bradley-Terry probes", ev_probe_kinds,
+                       "no comparison of probe kinds in this run (the probes stage's kinds_pairs)"),
     "ev-value": ("Value probes: expected reward against a Monte Carlo truth", ev_value, "no value stage in this run"),
     "ev-steering": ("Steering dose-response", ev_steering, "no steering stage in this run"),
     "ev-implicit": ("Implicit reward against the true reward", ev_implicit, "no implicit-reward scoring in this run"),

@@ -21,6 +21,12 @@ questions 1, 2, 3 and 7.
    - "reward_gradient": the score-function estimate of d E[reward] / d v from the policy's samples,
      the causal reference the others are compared with;
    - "probe": the ridge probe fitted at the steering site.
+5. Kinds of reward probe (`probes.kinds`), on the policy's activations at `kinds_position`: a rating
+   probe (ridge on the records' true reward), a winner/loser probe (logistic, chosen vs rejected) and
+   a Bradley-Terry probe (logistic on chosen - rejected, no intercept) on preference pairs (the pairs
+   stage's first `kinds_pairs`, else each training prompt's best and worst record), the site chosen
+   on validation prompts: their directions' cosines and each one's test score on the three tasks,
+   beside the same three probes on the bag of words.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ import numpy as np
 import torch
 
 from rewardlab import stats
-from rewardlab.acts import CacheConfig, cache_activations, parse_position
+from rewardlab.acts import CacheConfig, cache_activations, collect_activations, parse_position
 from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
 from rewardlab.errors import InputError, raise_first_failed
 from rewardlab.io import read_jsonl, write_json, write_jsonl
 from rewardlab.probes.cross import cosine, mean_difference_direction, signal_correlations
+from rewardlab.probes import kinds
 from rewardlab.probes.linear import Probe, fit_ridge, load_probe
 from rewardlab.probes.splits import grouped_split
 from rewardlab.probes.sweep import SweepConfig, sweep
@@ -50,8 +57,11 @@ from rewardlab.rl.value_head import load_value_head
 from rewardlab.sampling import generate
 from rewardlab.schema import from_json
 from rewardlab.sites import all_sites, n_layers, parse_site
+from rewardlab.text import prompt_id
+from rewardlab.stages import pairs as pairs_stage
 from rewardlab.stages import ppo as ppo_stage
-from rewardlab.stages.common import Context, Planner, RunConfig, load_policy_and_base, main_policy, run_prompts
+from rewardlab.stages.common import (Context, Planner, RunConfig, check_file, load_policy_and_base, main_policy,
+                                     run_prompts)
 from rewardlab.stats import Estimate
 from rewardlab.steer import WHERE, SteerConfig, dose_response, reward_gradient_direction
 from rewardlab.world import is_grammatical
@@ -86,12 +96,25 @@ class Config:
     batch_size: int = 64           # sequences per forward pass
     seed: int = 0                  # sampling, split and bootstrap seed (the run's seed)
     n_boot: int = 1000             # bootstrap resamples per CI
+    kinds_position: str = "mean_completion"  # records' position of the rating vs winner/loser vs Bradley-Terry
+    # probes (one of `positions`, a completion position)
+    kinds_pairs: int = 512         # preference pairs read (the first n); 0: no comparison of probe kinds
+    kinds_n_refit: int = 100       # refits on resampled training prompts for the CIs of the kinds' cosines,
+    # and random halvings of them for the split-half cosines
+    pairs: str | None = None       # preference pairs JSONL (prompt, chosen, rejected); filled in with the pairs
+    # stage's when the run has one; None: each training prompt's best and worst record
     device: str | None = None      # None: an accelerator if there is one, else CPU
 
     def validate(self) -> None:
         for p in (*self.positions, self.steer_position):
             parse_position(p)
         raise_first_failed([
+            (self.kinds_pairs == 0 or (self.kinds_position in self.positions
+                                       and self.kinds_position not in ("last_prompt", "tokens")),
+             f"kinds_position {self.kinds_position!r} must be a completion position among positions "
+             f"{list(self.positions)}", "add it to positions, or set kinds_pairs to 0"),
+            (self.kinds_pairs >= 0 and self.kinds_n_refit >= 1,
+             "kinds_pairs must be at least 0 and kinds_n_refit at least 1", None),
             (min(self.samples_per_prompt, self.n_prompts, self.n_steer_prompts, self.steer_samples_per_prompt,
                  self.batch_size, self.n_boot, self.n_random) >= 1,
              "samples_per_prompt, n_prompts, n_steer_prompts, steer_samples_per_prompt, batch_size, n_boot and "
@@ -216,9 +239,32 @@ class SteeringSection:
 
 
 @dataclass
+class ProbeKindsSection:
+    """Rating (ridge on the true reward), winner/loser (logistic: chosen 1, rejected 0) and Bradley-Terry
+    (logistic on chosen - rejected, no intercept) probes on the policy's activations at one site
+    (`probes.kinds`); rows "bag_of_words:KIND" fit the same on the text's word counts."""
+
+    site: str                      # chosen on validation prompts: the three probes' mean own-task score
+    position: str
+    pairs_source: str              # where the preference pairs come from
+    n_rows: dict[str, int]         # rated completions per part (train, val, test)
+    n_pairs: dict[str, int]        # preference pairs per part
+    l2: dict[str, float]           # each probe's penalty, chosen by its own task's validation score
+    val: dict[str, float]          # that validation score (rating: Spearman, winner_loser: AUC, pair: accuracy)
+    site_val_scores: dict[str, float]  # per site: mean of the three on a correlation's scale (2 AUC - 1 ...)
+    cosines: dict[str, Estimate]   # "a~b": cosine of the probe directions (raw basis), fitted on training prompts
+    cosine_ci: str                 # how the cosines' CIs are made
+    split_half: dict[str, dict[str, Estimate]]  # fits on disjoint halves of the training prompts: self (same
+    # kind), across (two kinds), disattenuated (across / sqrt(self_a self_b)); interval: spread over halvings
+    scores: dict[str, dict[str, Estimate]]  # row (probe or bag_of_words:KIND) -> task -> test score
+    versus_text: dict[str, Estimate]  # per task: its own probe minus the bag-of-words probe of that kind, paired
+
+
+@dataclass
 class Results:
     probe: ProbeSection
     steering: SteeringSection
+    probe_kinds: ProbeKindsSection | None = None
 
 
 def plan(run: RunConfig, p: Planner) -> None:
@@ -237,7 +283,15 @@ def plan(run: RunConfig, p: Planner) -> None:
     for site in ([] if cfg.sites == "all" else cfg.sites.split(",")):
         p.check_site(site.strip(), "probes.sites")
     check_value_site(cfg, p)
-    p.add(NAME, cfg, {"base": Path(p.base), "policy": Path(policy), **p.data_inputs()})
+    inputs = {"base": Path(p.base), "policy": Path(policy), **p.data_inputs()}
+    if cfg.kinds_pairs and any(s.name == pairs_stage.NAME for s in p.stages):
+        pairs_file = p.stage_dir(pairs_stage.NAME) / pairs_stage.ARTIFACTS["pairs"]
+        cfg = p.config(Config, NAME, values, seed=run.seed, pairs=str(pairs_file))
+        inputs["pairs"] = p.stage_dir(pairs_stage.NAME)
+    elif cfg.kinds_pairs and cfg.pairs is not None:
+        check_file(cfg.pairs, f"{p.where}.probes.pairs")
+        inputs["pairs"] = Path(cfg.pairs)
+    p.add(NAME, cfg, inputs)
 
 
 def check_value_site(cfg: Config, p: Planner) -> None:
@@ -360,6 +414,71 @@ def probe_section(swept: dict, stores: dict, probe: Probe, value_head_file: Path
     return section, cosines
 
 
+def best_and_worst(records: list[dict]) -> list[tuple[int, int]]:
+    """Per prompt (in order of first appearance): the indices of its highest- and lowest-reward records
+    (the first of equals); a prompt whose records all score the same gives none (the pairs stage's rule)."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_prompt.setdefault(r["prompt"], []).append(i)
+    out = []
+    for idx in by_prompt.values():
+        rewards = [records[i]["reward"] for i in idx]
+        if max(rewards) > min(rewards):
+            out.append((idx[int(np.argmax(rewards))], idx[int(np.argmin(rewards))]))
+    return out
+
+
+def kind_datas(policy, tokenizer, records: list[dict], store, cfg: Config
+               ) -> tuple[dict[str, kinds.KindData], list[str], list[str], str]:
+    """Per site of `store`, the records (rated rows) and the preference pairs in the policy's
+    activations at `kinds_position`; the pairs' chosen and rejected texts; where the pairs come from."""
+    pos = parse_position(cfg.kinds_position)
+    y, groups = store.field("reward"), np.asarray(store.prompt_ids)
+    rated = {site: store.load(site, pos).double().numpy() for site in store.sites}
+    if cfg.pairs is not None:
+        rows = read_jsonl(cfg.pairs, required=("prompt", "chosen", "rejected"))[:cfg.kinds_pairs]
+        chosen, rejected = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+        acts = collect_activations(policy, tokenizer, [{"prompt": r["prompt"], "completion": t}
+                                                       for r, t in zip(rows + rows, chosen + rejected)],
+                                   store.sites, [pos], cfg.batch_size)
+        n = len(rows)
+        pair_x = {site: (acts[f"{site}|{pos}"][:n].double().numpy(), acts[f"{site}|{pos}"][n:].double().numpy())
+                  for site in store.sites}
+        pair_groups = np.asarray([prompt_id(r["prompt"]) for r in rows])
+        source = f"{cfg.pairs}: its first {n} pairs, read through the policy"
+    else:
+        picked = best_and_worst(records)[:cfg.kinds_pairs]
+        best, worst = [b for b, _ in picked], [w for _, w in picked]
+        chosen, rejected = [records[i]["completion"] for i in best], [records[i]["completion"] for i in worst]
+        pair_x = {site: (x[best], x[worst]) for site, x in rated.items()}
+        pair_groups = groups[best]
+        source = f"the records: each training prompt's best and worst record by true reward ({len(picked)} pairs)"
+    datas = {site: kinds.KindData(x, y, groups, *pair_x[site], pair_groups) for site, x in rated.items()}
+    return datas, chosen, rejected, source
+
+
+def kinds_section(policy, tokenizer, records: list[dict], store, cfg: Config) -> ProbeKindsSection:
+    """Rating vs winner/loser vs Bradley-Terry probes on the policy's activations (`probes.kinds`)."""
+    datas, chosen, rejected, source = kind_datas(policy, tokenizer, records, store, cfg)
+    first = next(iter(datas.values()))
+    sweep_cfg = SweepConfig()
+    try:
+        split = kinds.kind_split(first.groups, first.pair_groups, sweep_cfg.fractions, cfg.seed)
+    except InputError as err:
+        raise InputError(err.what, "probes.kinds_pairs", "give more prompts and pairs, or set probes.kinds_pairs "
+                         "to 0 to skip the comparison of probe kinds") from None
+    words = kinds.bag_of_words_data([r["completion"] for r in records], chosen, rejected, first, split)
+    out = kinds.compare_kinds(datas, words, split, sweep_cfg.l2_grid, cfg.n_boot, cfg.kinds_n_refit, cfg.seed)
+    return ProbeKindsSection(
+        site=out["site"], position=cfg.kinds_position, pairs_source=source, n_rows=out["n"]["rows"],
+        n_pairs=out["n"]["pairs"], l2=out["l2"], val=out["val"], site_val_scores=out["site_val_scores"],
+        cosines=out["cosines"],
+        cosine_ci=f"percentile, {cfg.kinds_n_refit} refits of the three probes (penalties fixed) on resamples "
+                  "with replacement of the training prompts (noise pulls refitted cosines toward 0: the interval sits "
+                  "low; split_half gives the noise ceiling)", split_half=out["split_half"],
+        scores=out["scores"], versus_text=out["versus_text"])
+
+
 def steering_directions(policy, tokenizer, records: list[dict], store, steer_site: str, l2: float, cfg: Config
                         ) -> dict[str, np.ndarray]:
     """The mean_diff, reward_gradient and probe directions at the steering site, [d] each."""
@@ -446,6 +565,7 @@ def run(cfg: Config, ctx: Context) -> Results:
     probe = load_probe(out / ARTIFACTS["probe"])
     value_head_file = ctx.artifact(ppo_stage.NAME, "value_head") if "ppo" in ctx.models else None
     probe_results, cosines = probe_section(swept, stores, probe, value_head_file, cfg)
+    probe_kinds = kinds_section(policy, tokenizer, records, stores["policy"], cfg) if cfg.kinds_pairs else None
     steer_site = {"best": best["site"], "last_resid_post": f"blocks.{n_layers(policy) - 1}.hook_resid_post"}.get(
         cfg.steer_site, cfg.steer_site)
     directions = steering_directions(policy, tokenizer, records, stores["policy"], steer_site, best["l2"], cfg)
@@ -462,4 +582,4 @@ def run(cfg: Config, ctx: Context) -> Results:
     write_json(out / ARTIFACTS["steering"], steered)
     save_dose_response(steered, out / ARTIFACTS["dose_response_png"])
     return Results(probe_results, steering_section(steered, steer_site, len(steer_prompts), len(set(steer_prompts)),
-                                                   cosines, cfg))
+                                                   cosines, cfg), probe_kinds)
