@@ -755,16 +755,18 @@ def _train_commands() -> list[Command]:
 # --- acts, probe, steer ---
 
 def _acts_cache(a: argparse.Namespace) -> None:
+    from rewardlab import distributed
     from rewardlab.acts import CacheConfig, cache_activations
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
 
-    model, tokenizer = load_model(a.model, device=a.device, chat_template=a.chat_template)
+    model, tokenizer = load_model(a.model, device=a.device or distributed.device(), chat_template=a.chat_template)
     records = read_jsonl(a.input, required=("prompt", "completion"))
     cfg = config_from_args(CacheConfig, a, sites=_sites(model, a.sites))
     store = cache_activations(model, tokenizer, records, a.out, cfg, model_name=a.model)
-    print(f"cached {len(store)} records x {len(store.sites)} sites x {len(store.positions)} positions "
-          f"({len(store.manifest['shards'])} shards) -> {a.out}")
+    if distributed.rank_and_world()[0] == 0:
+        print(f"cached {len(store)} records x {len(store.sites)} sites x {len(store.positions)} positions "
+              f"({len(store.manifest['shards'])} shards) -> {a.out}")
 
 
 def _acts_cache_options(p: argparse.ArgumentParser) -> None:
