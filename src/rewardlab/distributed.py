@@ -18,8 +18,10 @@ def _state():
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState()
+    # Accelerate joins a CPU (gloo) group only when told to run on the CPU: `accelerate launch --cpu`, or no GPU
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
 def rank_and_world() -> tuple[int, int]:
