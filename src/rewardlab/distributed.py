@@ -33,7 +33,11 @@ def rank_and_world() -> tuple[int, int]:
 def device() -> torch.device | None:
     """This process's device when several run (its own GPU, or the CPU); None for a single process."""
     state = _state()
-    return None if state is None else state.device
+    if state is None:
+        return None
+    # Accelerate says cpu:0, which transformers' from_pretrained takes for an accelerator (measured: a 135M model
+    # then peaks at 1.45 GB of RSS instead of 0.44 GB)
+    return torch.device("cpu") if state.device.type == "cpu" else state.device
 
 
 def barrier() -> None:
