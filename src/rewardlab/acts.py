@@ -23,6 +23,9 @@ shards, complete) and `shard-NNNNN.safetensors` with tensors named `SITE|POSITIO
 (and `token_row_ids`, `token_ids`, `token_index` in per-token mode). Shards are written atomically
 and a re-run with the same inputs skips the shards already there, so an interrupted cache resumes.
 Readers open one shard at a time, so a store larger than memory streams.
+Several processes (`accelerate launch --num_processes N`, see `rewardlab.distributed`): process p computes and
+writes shards p, p + N, p + 2N, ... and process 0 writes the manifest, so the folder is the one a single
+process writes, file for file (with fewer shards than processes, some processes have nothing to do).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from rewardlab import distributed
 from rewardlab.errors import InputError
 from rewardlab.io import read_json, save_tensors, write_json
 from rewardlab.sites import n_layers, parse_site, run_with_capture
@@ -183,12 +187,17 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
                              "use another output folder, or delete this one")
         if old.get("complete"):
             return ActivationStore(out)
-    write_json(out / MANIFEST, manifest)
+    rank, world = distributed.rank_and_world()
+    distributed.barrier()  # every process has read the old manifest before process 0 replaces it
+    if rank == 0:
+        write_json(out / MANIFEST, manifest)
     store_dtype = STORE_DTYPES[cfg.dtype]
-    bar = tqdm(total=len(records), desc=f"caching activations ({Path(model_name).name})", unit="row", leave=False,
-               disable=not progress)
-    for k, name in enumerate(manifest["shards"]):
-        rows = range(k * cfg.shard_rows, min(len(records), (k + 1) * cfg.shard_rows))
+    shard_rows = [range(k * cfg.shard_rows, min(len(records), (k + 1) * cfg.shard_rows)) for k in range(n_shards)]
+    mine = range(rank, n_shards, world)  # several processes: shard k is written by process k % world
+    bar = tqdm(total=sum(len(shard_rows[k]) for k in mine), desc=f"caching activations ({Path(model_name).name})",
+               unit="row", leave=False, disable=not progress or rank != 0)
+    for k in mine:
+        name, rows = manifest["shards"][k], shard_rows[k]
         if (out / name).is_file():
             bar.update(len(rows))
             continue
@@ -204,8 +213,11 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
                                                   dtype=torch.long)
         save_tensors(out / name, tensors, {"fingerprint": fingerprint})
     bar.close()
-    manifest["complete"] = True
-    write_json(out / MANIFEST, manifest)
+    distributed.barrier()  # every shard is on disk
+    if rank == 0:
+        manifest["complete"] = True
+        write_json(out / MANIFEST, manifest)
+    distributed.barrier()
     return ActivationStore(out)
 
 

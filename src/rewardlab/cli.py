@@ -755,16 +755,18 @@ def _train_commands() -> list[Command]:
 # --- acts, probe, steer ---
 
 def _acts_cache(a: argparse.Namespace) -> None:
+    from rewardlab import distributed
     from rewardlab.acts import CacheConfig, cache_activations
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
 
-    model, tokenizer = load_model(a.model, device=a.device, chat_template=a.chat_template)
+    model, tokenizer = load_model(a.model, device=a.device or distributed.device(), chat_template=a.chat_template)
     records = read_jsonl(a.input, required=("prompt", "completion"))
     cfg = config_from_args(CacheConfig, a, sites=_sites(model, a.sites))
     store = cache_activations(model, tokenizer, records, a.out, cfg, model_name=a.model)
-    print(f"cached {len(store)} records x {len(store.sites)} sites x {len(store.positions)} positions "
-          f"({len(store.manifest['shards'])} shards) -> {a.out}")
+    if distributed.rank_and_world()[0] == 0:
+        print(f"cached {len(store)} records x {len(store.sites)} sites x {len(store.positions)} positions "
+              f"({len(store.manifest['shards'])} shards) -> {a.out}")
 
 
 def _acts_cache_options(p: argparse.ArgumentParser) -> None:
@@ -1023,6 +1025,7 @@ def _sae_diffdict_options(p: argparse.ArgumentParser) -> None:
 
 
 def _sae_train(a: argparse.Namespace) -> None:
+    from rewardlab import distributed
     from rewardlab.io import read_jsonl
     from rewardlab.models import load_model
     from rewardlab.sae.diffing import train_site_sae
@@ -1030,11 +1033,14 @@ def _sae_train(a: argparse.Namespace) -> None:
     from rewardlab.sae.train import TrainConfig
 
     train_cfg = config_from_args(TrainConfig, a)
-    model, tokenizer = load_model(a.model, device=a.device, dtype="float32", chat_template=a.chat_template)
+    model, tokenizer = load_model(a.model, device=a.device or distributed.device(), dtype="float32",
+                                  chat_template=a.chat_template)
     records = read_jsonl(a.input, required=("prompt", "completion"))
     d = model.config.hidden_size
     sae_cfg = config_from_args(SAEConfig, a, d_in=d, d_sae=a.expansion * d, hook_name=a.site)
     m = train_site_sae(model, tokenizer, records, a.site, a.out, sae_cfg, train_cfg)
+    if distributed.rank_and_world()[0] != 0:
+        return
     print(f"{sae_cfg.architecture} SAE {d}->{sae_cfg.d_sae} at {a.site}: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, "
           f"dead {m['dead_fraction']:.3f}, dense {m['dense_fraction']:.3f}, CE recovered {m['ce_loss_recovered']:.3f}, "
           f"KL {m['kl_sae']:.4f} (zero ablation {m['kl_zero']:.3f}) -> {a.out}/sae, {a.out}/metrics.json")

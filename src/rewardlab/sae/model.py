@@ -129,11 +129,13 @@ class SparseAutoencoder(nn.Module):
             return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(pre.gather(-1, idx)))
         return pre * (score > self.threshold)
 
-    def sparse_codes(self, x: torch.Tensor) -> SparseCodes:
+    def sparse_codes(self, x: torch.Tensor, batch_cut=None) -> SparseCodes:
         """Training-time TopK/BatchTopK codes of x [n, d_in] (per token for topk, over the batch for batchtopk).
 
         pre = x @ W_enc + (b_enc - b_dec @ W_enc), equal to pre_activations(x); selection runs without
         autograd on selection_values(pre); the kept values relu(pre) are gathered with their gradient.
+        batch_cut (batchtopk, optional): (score [n, d_sae], n_keep) -> the smallest kept selection value of a
+        batch that x is only part of (several processes); BatchTopK then keeps the entries of x at or above it.
         """
         n, k, d_sae = x.shape[0], self.cfg.k, self.cfg.d_sae
         pre = x @ self.encoder + (self.b_enc - self.b_dec @ self.encoder)
@@ -145,10 +147,15 @@ class SparseAutoencoder(nn.Module):
                 offsets = torch.arange(0, n * k, k, device=x.device)
                 threshold = torch.zeros((), device=x.device)
             else:
-                flat = batch_top_indices(score, min(k * n, n * d_sae))
+                if batch_cut is None:
+                    flat = batch_top_indices(score, min(k * n, n * d_sae))
+                    threshold = score.reshape(-1)[flat].min().clamp_min(0)
+                else:
+                    cut = batch_cut(score, k * n)
+                    flat = (score.reshape(-1) >= cut).nonzero().squeeze(1)
+                    threshold = cut.clamp_min(0)
                 latent = flat % d_sae
                 offsets = torch.searchsorted(flat, torch.arange(n, device=x.device) * d_sae)
-                threshold = score.reshape(-1)[flat].min().clamp_min(0)
         value = torch.relu(pre.reshape(-1)[flat])
         return SparseCodes(latent, value, offsets, pre, threshold)
 

@@ -21,6 +21,15 @@ acts on raw activations.
 Decoder rows are renormalized after every step. Learning rate decays linearly to 0 over the last
 20% of steps. BatchTopK's inference threshold is calibrated on training batches with the final
 weights (`_final_threshold`). Deterministic given `seed` on CPU.
+
+Several processes (`accelerate launch --num_processes N`, see `rewardlab.distributed`) train one SAE data-parallel:
+every process draws the same batches (same seed, same data) and works on its contiguous part of each; the
+initialization is the same everywhere (same seed); everything defined over the batch is taken over the whole
+batch: the activation scale and b_dec's start, BatchTopK's cut (`_joint_cut`), which latents fired, the losses
+(each process's mean weighted by its share of the tokens) and the gradients (summed, so every process takes the
+same Adam step and renormalizes the same decoder). Each process trains on its own device (its GPU under
+`accelerate launch` on GPUs); a single process trains on the CPU, communicates nothing, and its numbers are those
+of the single-process trainer. The SAE is returned on the CPU.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from typing import Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from rewardlab import distributed
+from rewardlab.errors import InputError
 from rewardlab.sae.model import SAEConfig, SparseAutoencoder
 
 
@@ -86,6 +97,27 @@ def _aux_k_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tenso
     return min(1.0, len(dead_idx) / aux_k) * ((residual_hat - residual) ** 2).sum(-1).mean()
 
 
+def _my_part(x: torch.Tensor) -> torch.Tensor:
+    """This process's contiguous part of the rows of a batch x [n, ...] (all of x for one process)."""
+    rank, world = distributed.rank_and_world()
+    return x if world == 1 else x.tensor_split(world)[rank]
+
+
+def _joint_cut(score: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """BatchTopK's cut over the batch all processes' rows make together: the n_keep-th largest selection value
+    of every process's score [n_p, d_sae], n_keep summed over the processes too (the same value everywhere)."""
+    total = int(distributed.all_sum(torch.tensor(n_keep, device=score.device)))
+    flat = score.reshape(-1)
+    top = torch.full((total,), -torch.inf, device=score.device)
+    top[:min(total, flat.numel())] = flat.topk(min(total, flat.numel()), sorted=False).values
+    return distributed.all_gather(top).topk(total, sorted=False).values.min()
+
+
+def _batch_cut():
+    """sparse_codes' batch_cut: the joint cut when several processes split each batch, else None (its own)."""
+    return _joint_cut if distributed.rank_and_world()[1] > 1 else None
+
+
 def _final_threshold(sae: SparseAutoencoder, acts, scale: float, batch_size: int,
                      thresholds: list[torch.Tensor], max_batches: int = 64) -> torch.Tensor:
     """BatchTopK's inference threshold (in scaled units): the mean over training batches of the
@@ -96,12 +128,15 @@ def _final_threshold(sae: SparseAutoencoder, acts, scale: float, batch_size: int
     if not isinstance(acts, torch.Tensor):
         return torch.stack(thresholds[-max(1, len(thresholds) // 10):]).mean()
     starts = range(0, max(1, len(acts) - batch_size + 1), batch_size)[:max_batches]
-    return torch.stack([sae.sparse_codes(acts[i:i + batch_size].float() * scale).threshold for i in starts]).mean()
+    device = sae.W_dec.device
+    return torch.stack([sae.sparse_codes(_my_part(acts[i:i + batch_size]).to(device).float() * scale,
+                                         _batch_cut()).threshold
+                        for i in starts]).mean()
 
 
 def activation_scale(sample: torch.Tensor) -> float:
-    """The constant c with mean |c x|^2 = d_in over a sample [n, d_in]."""
-    return float((sample.shape[1] / (sample.float() ** 2).sum(-1).mean()).sqrt())
+    """The constant c with mean |c x|^2 = d_in over a sample [n, d_in] (every process's sample together)."""
+    return float((sample.shape[1] / distributed.all_mean((sample.float() ** 2).sum(-1))).sqrt())
 
 
 def _paired(acts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -117,30 +152,41 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
               targets: torch.Tensor | None = None) -> TrainResult:
     """Train an SAE (or a subclass such as the crosscoder); returns it, acting on raw activations,
     with its training history. targets [n_tokens, d_in]: what the decoder predicts for each row of
-    the tensor `acts` (default: the row itself, an autoencoder)."""
+    the tensor `acts` (default: the row itself, an autoencoder). Under several processes every one
+    returns the same SAE and history (see the module docstring)."""
+    rank, world = distributed.rank_and_world()
+    if cfg.batch_size < world:
+        raise InputError(f"a batch of {cfg.batch_size} tokens cannot be split over {world} processes",
+                         fix=f"use --batch-size of at least {world}")
+    device = distributed.device() or torch.device("cpu")  # several processes: each its own GPU (or the CPU)
     gen = torch.Generator().manual_seed(cfg.seed)
-    sae = model_cls(sae_cfg, generator=gen)
+    sae = model_cls(sae_cfg, generator=gen).to(device)
     d = sae_cfg.d_in
     batches = _batches(acts if targets is None else _paired(acts, targets), cfg, gen)
-    first = next(batches).float()
-    scale = activation_scale(first if targets is None else first[:, :d])
+    first = next(batches)
+    mine = _my_part(first).to(device).float()
+    scale = activation_scale(mine if targets is None else mine[:, :d])
     with torch.no_grad():
-        sae.b_dec.copy_((first if targets is None else first[:, d:]).mean(0) * scale)
+        sae.b_dec.copy_(distributed.all_mean(mine if targets is None else mine[:, d:]) * scale)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     n_steps = max(1, cfg.n_tokens // cfg.batch_size) if isinstance(acts, torch.Tensor) else None
     aux_k = cfg.aux_k or max(1, sae_cfg.d_in // 2)
-    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
     thresholds: list[torch.Tensor] = []  # per-step BatchTopK thresholds (0-d tensors: no per-step sync)
     history: list[dict] = []
     tokens, t0 = 0, time.perf_counter()
-    sparse = sae_cfg.architecture != "relu"
+    sparse, batch_cut = sae_cfg.architecture != "relu", _batch_cut()
 
-    def step_on(x: torch.Tensor, step: int) -> None:
+    def step_on(batch: torch.Tensor, step: int) -> None:
         nonlocal tokens
-        x = x.float() * scale
+        n = len(batch)  # tokens in the whole batch, of which this process takes its part
+        if n < world:
+            raise InputError(f"a batch of {n} tokens cannot be split over {world} processes")
+        x = _my_part(batch).to(device).float() * scale
+        share = len(x) / n  # the weight of this process's token mean in the batch's mean
         x, y = (x, x) if targets is None else (x[:, :d], x[:, d:])
         if sparse:
-            codes = sae.sparse_codes(x)
+            codes = sae.sparse_codes(x, batch_cut)
             x_hat = sae.decode_sparse(codes)
             fired = codes.fired()
         else:
@@ -148,7 +194,7 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
             x_hat = sae.decode(f)
             fired = (f > 0).any(0)
         mse = ((x_hat - y) ** 2).sum(-1).mean()
-        since_fired.add_(len(x)).masked_fill_(fired, 0)
+        since_fired.add_(n).masked_fill_(distributed.all_sum(fired.long()) > 0, 0)
         dead = since_fired >= cfg.dead_window
         n_dead = int(dead.sum())
         if not sparse:
@@ -156,24 +202,28 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
         elif n_dead:
             aux = cfg.aux_k_coefficient * _aux_k_loss(sae, codes.pre, (y - x_hat).detach(), dead, aux_k)
         else:
-            aux = torch.zeros(())
+            aux = torch.zeros((), device=device)
         if sae_cfg.architecture == "batchtopk":
             thresholds.append(codes.threshold)
         if n_steps is not None and step >= 0.8 * n_steps:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * (n_steps - step) / (0.2 * n_steps)
         opt.zero_grad(set_to_none=True)
-        (mse + aux).backward()
+        ((mse + aux) * share).backward()
+        for p in sae.parameters():
+            if p.grad is not None:
+                p.grad = distributed.all_sum(p.grad)
         opt.step()
         sae.normalize_decoder()
-        tokens += len(x)
+        tokens += n
         if step % cfg.log_every == 0:
-            l0 = float((codes.value > 0).sum()) / len(x) if sparse else float((f > 0).sum(-1).float().mean())
-            history.append({"step": step, "tokens": tokens, "mse": float(mse.detach()), "aux": float(aux.detach()),
-                            "l0": l0, "n_dead": n_dead})
+            l0 = (float(distributed.all_sum((codes.value > 0).sum())) / n if sparse
+                  else float(distributed.all_sum((f > 0).sum(-1).float().mean() * share)))
+            history.append({"step": step, "tokens": tokens, "mse": float(distributed.all_sum(mse.detach() * share)),
+                            "aux": float(distributed.all_sum(aux.detach() * share)), "l0": l0, "n_dead": n_dead})
 
     bar = tqdm(total=n_steps, desc=f"{model_cls.__name__} {sae_cfg.architecture} {sae_cfg.d_sae}", unit="step",
-               leave=False, disable=not cfg.progress)
+               leave=False, disable=not cfg.progress or rank != 0)
     step_on(first, 0)
     bar.update()
     for step, x in enumerate(batches, start=1):
@@ -185,5 +235,5 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
         with torch.no_grad():
             sae.threshold.copy_(_final_threshold(sae, acts, scale, cfg.batch_size, thresholds))
     sae.rescale_input(scale)
-    sae.requires_grad_(False)
+    sae.requires_grad_(False).to("cpu")
     return TrainResult(sae, history, tokens / seconds)
