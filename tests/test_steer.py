@@ -77,7 +77,11 @@ def test_dose_response_along_a_word_direction(setup, tmp_path):
     good = tok.convert_tokens_to_ids("good")
     direction = model.get_output_embeddings().weight[good].detach().numpy().copy()
 
-    def reward(texts):
+    seen_prompts = set()
+
+    def reward(texts, prompts):  # a prompt-aware reward gets each sample's own prompt
+        assert len(prompts) == len(texts)
+        seen_prompts.update(prompts)
         return [t.split().count("good") for t in texts]
 
     cfg = SteerConfig(site="blocks.1.hook_resid_post", alphas=(-1.0, 0.0, 0.5, 1.0, 2.0), n_random=8,
@@ -88,6 +92,7 @@ def test_dose_response_along_a_word_direction(setup, tmp_path):
     assert s["monotone_positive"] and s["positive_alphas"] == 3
     assert s["effect_over_random"] >= 3
     assert s["negative_lowers"]
+    assert seen_prompts == set(PROMPTS)
     assert len(result["random_effects"]) == 8
     assert rows[1]["kl_neutral"] == 0.0 and rows[-1]["kl_neutral"]["value"] > 0
     assert "grammatical_rate" in rows[0]
@@ -107,10 +112,10 @@ def test_a_zero_or_nan_direction_is_refused_before_sampling(setup):
     cfg = SteerConfig(site="blocks.1.hook_resid_post", alphas=(0.0, 1.0), n_random=1, max_new_tokens=2)
     for bad in (np.zeros(model.config.n_embd), np.full(model.config.n_embd, np.nan)):
         with pytest.raises(InputError, match="zero or not finite"):
-            dose_response(model, tok, PROMPTS, {"flat": bad}, cfg, lambda texts: [0.0] * len(texts), progress=False)
+            dose_response(model, tok, PROMPTS, {"flat": bad}, cfg, lambda texts, prompts: [0.0] * len(texts), progress=False)
     wide = np.ones(model.config.n_embd + 1)
     with pytest.raises(InputError, match=f"the wide direction has shape .{wide.size},., the model's width is"):
-        dose_response(model, tok, PROMPTS, {"wide": wide}, cfg, lambda texts: [0.0] * len(texts), progress=False)
+        dose_response(model, tok, PROMPTS, {"wide": wide}, cfg, lambda texts, prompts: [0.0] * len(texts), progress=False)
 
 
 def test_summarize_and_random_directions():

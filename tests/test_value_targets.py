@@ -104,6 +104,25 @@ def test_realized_and_future_parts(word_tokenizer):
         assert row["value_post"] == v.mean and row["value_se_post"] == v.se
 
 
+def test_a_prompt_aware_reward_scores_each_prefix_against_its_own_prompt(word_tokenizer):
+    """Rewards such as `agreement` read the prompt: R(h) and every continuation get the record's prompt."""
+    tok = word_tokenizer(WORDS)
+    utility = get_reward("utility")
+
+    def toned(completions, prompts=None):  # utility times the sign of the prompt's tone (bad: -1)
+        assert prompts is not None and len(prompts) == len(completions)
+        return [u * (-1.0 if p == "bad" else 1.0) for u, p in zip(utility(completions), prompts)]
+
+    prefixes = build_prefixes(tok, RECORDS, ["last_prompt", 0])
+    assert [p.prompt for p in prefixes] == ["the", "the", "bad", "bad"]
+    good = 0.2 * 1.9
+    assert realized_rewards(tok, prefixes, toned) == pytest.approx([0.0, good, 0.0, -good])
+    cfg = TargetsConfig(k=8, max_new_tokens=6)
+    plain, signed = (monte_carlo_values(MarkovLM(len(tok)), tok, prefixes, r, cfg) for r in (utility, toned))
+    for p, a, b in zip(prefixes, plain, signed):  # same seed, same continuations: the sign is the prompt's
+        assert b.rewards == pytest.approx([(-1.0 if p.prompt == "bad" else 1.0) * r for r in a.rewards])
+
+
 def test_same_seed_same_values_other_seed_other_values(word_tokenizer):
     tok = word_tokenizer(WORDS)
     model, reward = MarkovLM(len(tok)), get_reward("utility")

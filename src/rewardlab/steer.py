@@ -168,11 +168,12 @@ def reward_gradient_direction(model, tokenizer, prompts: Sequence[str], completi
 
 
 def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cfg: SteerConfig,
-                  reward_fn: Callable[[list[str]], list[float]], *, probe=None, base=None,
+                  reward_fn: Callable[[list[str], list[str]], list[float]], *, probe=None, base=None,
                   checker: Callable[[str, str], bool] | None = None, neutral_prompts: Sequence[str] | None = None,
                   progress: bool = True) -> dict:
     """Steer along each of `directions` ({name: [d], any norm}) at each alpha of cfg, with shared
-    random-direction controls.
+    random-direction controls; reward_fn(completions, prompts) scores the steered samples (a
+    `rewards.get_reward` reward, prompt-aware ones included).
 
     probe: a `Probe` scored on the unsteered model's activations of each steered text; base: a base
     model for the implicit reward of the (unsteered) model against it; checker(completion, prompt):
@@ -211,7 +212,7 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     def rewards_for(vector) -> tuple[list, np.ndarray]:
         samples = steered_samples(model, tokenizer, prompts, vector, cfg)
         bar.update()
-        return samples, np.asarray(reward_fn([s.completion for s in samples]), dtype=np.float64)
+        return samples, np.asarray(reward_fn([s.completion for s in samples], [s.prompt for s in samples]), dtype=np.float64)
 
     reference_samples, reference = rewards_for(None)
     scale = typical_norm(model, tokenizer, [{"prompt": s.prompt, "completion": s.completion}

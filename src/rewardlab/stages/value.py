@@ -249,7 +249,7 @@ def best_of_n(policy, base, tokenizer, prompts: list[str], reward, probe_file: P
                        batch_size=cfg.batch_size, desc="sampling best-of-n (policy)")
     records = [{"prompt": s.prompt, "completion": s.completion} for s in samples]
     completions = [r["completion"] for r in records]
-    scores = {"true_reward": reward(completions),
+    scores = {"true_reward": reward(completions, repeated),
               "implicit_reward": [r["implicit_reward"] for r in implicit_rewards(
                   base, policy, tokenizer, repeated, completions, ScoreConfig(batch_size=cfg.batch_size))]}
     if probe_file is not None:

@@ -80,6 +80,7 @@ class Prefix:
     position: str | int
     ids: tuple[int, ...]
     prompt_len: int
+    prompt: str = ""               # the record's prompt text (what prompt-aware rewards score against)
 
     @property
     def n_written(self) -> int:
@@ -108,7 +109,7 @@ def build_prefixes(tokenizer, records: Sequence[dict], positions: Sequence[str |
             ids = tuple(e.ids[:end + 1])
             if ids not in seen:
                 seen.add(ids)
-                out.append(Prefix(i, prompt_id(r["prompt"]), p, ids, min(e.prompt_len, len(ids))))
+                out.append(Prefix(i, prompt_id(r["prompt"]), p, ids, min(e.prompt_len, len(ids)), r["prompt"]))
     if not out:
         raise InputError("no prefix at these positions: every completion is too short",
                          f"positions {list(positions)}", "use smaller offsets or last_prompt")
@@ -131,7 +132,7 @@ def _written_texts(tokenizer, prefixes: Sequence[Prefix]) -> list[str]:
 
 def realized_rewards(tokenizer, prefixes: Sequence[Prefix], reward: Reward) -> list[float]:
     """R(h): the reward of each prefix's written completion text."""
-    return reward(_written_texts(tokenizer, prefixes))
+    return reward(_written_texts(tokenizer, prefixes), [p.prompt for p in prefixes])
 
 
 def _continue(model, tokenizer, rows: Sequence[Prefix], budget: int, cfg: TargetsConfig,
@@ -174,7 +175,7 @@ def monte_carlo_values(model, tokenizer, prefixes: Sequence[Prefix], reward: Rew
                 for start in range(0, len(rows), cfg.batch_size):
                     chunk = rows[start:start + cfg.batch_size]
                     texts = _continue(model, tokenizer, [prefixes[i] for i in chunk], budget, cfg, generator)
-                    for i, r in zip(chunk, reward(texts)):
+                    for i, r in zip(chunk, reward(texts, [prefixes[i].prompt for i in chunk])):
                         rewards[i].append(r)
                     bar.update(len(chunk))
     finally:
