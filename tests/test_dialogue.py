@@ -273,6 +273,13 @@ def test_dialogue_run_micro_is_resumable(micro_dialogue, tmp_path, capsys):
         est = u["contrast"]
         assert est["n"] == 32 and est["ci"][0] <= est["value"] <= est["ci"][1]
     assert first["followup_bonus"]["followup"] == "what about the soundtrack ?"
+    answers = json.loads((tmp_path / "run" / "results.json").read_text())["answers"]
+    assert answers["q8-dialogue"]["verdict"] in ("yes", "no", "inconclusive")
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    for sid in ("q8-dialogue", "dlg-policies", "dlg-value", "dlg-user"):
+        assert f'data-section="{sid}"' in page
+    assert "could not read" not in page and "Not run" not in page
     capsys.readouterr()
     assert main(args) == 0
     rerun = capsys.readouterr().out
@@ -293,6 +300,35 @@ def test_verdict_needs_twice_the_rate_apart_and_within_the_kl_budget():
     assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 4.5)).steers == "no"  # KL gap 1.5
     assert verdict(policy(0.1, 0.05, 0.25, 3.0), policy(0.3, 0.2, 0.4, 3.0)).steers == "no"  # CIs overlap
     assert verdict(policy(0.2, 0.15, 0.25, 3.0), policy(0.3, 0.27, 0.4, 3.0)).steers == "no"  # only 1.5x
+
+
+def test_q8_says_yes_only_when_the_bonus_on_comparison_steers_and_the_control_does_not():
+    from dataclasses import replace
+
+    from rewardlab.answers import answer_dialogue
+    from rewardlab.stages.dialogue import DialogueSection, Policy, verdict
+    from rewardlab.stats import Estimate
+
+    def policy(name, bonus, rate, lo, hi, kl=3.0):
+        e = Estimate(0.5, (0.4, 0.6), 10)
+        return Policy(name, bonus, Estimate(rate, (lo, hi), 100), e, e, e, e, Estimate(kl, (kl, kl), 100), e, e)
+
+    def section(on_single, on_multi, off_single, off_multi):
+        return DialogueSection("micro", "utility", {}, {}, [on_single, on_multi, off_single, off_multi],
+                               [verdict(on_single, on_multi), verdict(off_single, off_multi)])
+
+    low, high = (0.1, 0.05, 0.15), (0.3, 0.2, 0.4)
+    s = section(policy("single-turn", True, *low), policy("multi-turn", True, *high),
+                policy("single-turn", False, *low), policy("multi-turn", False, *low))
+    a = answer_dialogue(s)
+    assert a.verdict == "yes" and "0.300 [0.200, 0.400]" in a.text and a.evidence["control_steers"] == "no"
+    s.verdicts[1] = verdict(s.policies[2], policy("multi-turn", False, *high))  # the control rises too
+    assert answer_dialogue(s).verdict == "inconclusive"
+    s = section(policy("single-turn", True, *high), policy("multi-turn", True, *low), s.policies[2], s.policies[3])
+    assert answer_dialogue(s).verdict == "no"  # the single-turn policy mentions it more, CIs apart
+    s = section(policy("single-turn", True, *low), replace(policy("multi-turn", True, *high), kl=Estimate(5.0, (5, 5), 9)),
+                policy("single-turn", False, *low), policy("multi-turn", False, *low))
+    assert answer_dialogue(s).verdict == "inconclusive"  # KLs 2 nats apart: not a comparison
 
 
 def test_kl_options_override_the_preset():

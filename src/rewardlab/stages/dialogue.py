@@ -17,7 +17,9 @@ toward follow-ups it will be rewarded for?
                                  writing the user's turn, scored by the implicit reward against the base)
     DIR/results.json             section `dialogue`: per policy the turn-1 rate of bonus-eliciting mentions,
                                  the exact bonus-follow-up probability, each turn's reward, KL and
-                                 grammaticality, each with a bootstrap CI over openers; the verdicts
+                                 grammaticality, each with a bootstrap CI over openers; the verdicts; the
+                                 value probes and the user side; `answers` holds research question 8
+                                 (`rewardlab report DIR` renders it all)
 
 Each folder is a `runs.Stage`: a re-run skips the finished ones; results.json is rebuilt from them.
 The verdict says "yes" when the multi-turn policy's eliciting rate is at least twice the single-turn
@@ -36,6 +38,7 @@ from typing import Callable, Literal
 import torch
 
 from rewardlab import stats
+from rewardlab.answers import Answer, answer_dialogue
 from rewardlab.errors import Check, raise_first_failed
 from rewardlab.io import read_json, write_json, write_jsonl
 from rewardlab.rl.config import PPOConfig
@@ -176,6 +179,7 @@ class DialogueSection:
 @dataclass
 class Results:
     dialogue: DialogueSection
+    answers: dict[str, Answer] | None = None  # q8-dialogue, from this section (`answers.answer_dialogue`)
 
 
 ARMS = {("on", "turn"): "single-turn", ("on", "conversation"): "multi-turn",
@@ -370,7 +374,7 @@ def run_dialogue(cfg: Config, out: str | Path, log: Callable[[str], None] = prin
     section = DialogueSection(cfg.preset, cfg.reward, parse_bonus(cfg.followup_bonus).to_dict(),
                               load_dialogue(dialogue_dir).user.to_dict(), policies, verdicts,
                               *_measures_sections(measures))
-    results = to_json(Results(section))
+    results = to_json(Results(section, {"q8-dialogue": answer_dialogue(section)}))
     write_json(out / "results.json", results)
     log(f"[dialogue] finished in {time.perf_counter() - t0:.0f} s -> {out / 'results.json'}")
     return results
