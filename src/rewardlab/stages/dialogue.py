@@ -64,13 +64,14 @@ class Preset:
     eval_samples: int
     value_conversations: int       # conversations whose follow-ups get a Monte Carlo value and a probe
     value_k: int                   # Monte Carlo answers per follow-up prefix and model
+    n_boot: int                    # bootstrap resamples of the measures' CIs
 
 
 PRESETS = {
     "micro": Preset("micro", dict(phases=3, batch_size=16, minibatch_size=8), eval_samples=32,
-                    value_conversations=32, value_k=2),
+                    value_conversations=32, value_k=2, n_boot=200),
     "tiny": Preset("tiny", dict(phases=40, batch_size=64, minibatch_size=32, kl_target=4.0, kl_horizon=256.0),
-                   eval_samples=256, value_conversations=160, value_k=8),  # the KL controller brings both
+                   eval_samples=256, value_conversations=160, value_k=8, n_boot=1000),  # the KL controller brings both
     # credits to about 4 nats per conversation
 }
 
@@ -284,7 +285,8 @@ def _measures(cfg: Config, out: Path, dialogue_dir: Path, on: Path, off: Path, l
 
     preset = PRESETS[cfg.preset]
     stage = Stage(out, "measures", {"reward": cfg.reward, "bonus": cfg.followup_bonus, "n": preset.value_conversations,
-                                    "k": preset.value_k}, {"dialogue": dialogue_dir, "on": on, "off": off}, seed=cfg.seed)
+                                    "k": preset.value_k, "n_boot": preset.n_boot},
+                  {"dialogue": dialogue_dir, "on": on, "off": off}, seed=cfg.seed)
     if stage.done():
         return stage.out
     log("[measures] the value at the user's follow-up, its probes, and the user side")
@@ -299,21 +301,24 @@ def _measures(cfg: Config, out: Path, dialogue_dir: Path, on: Path, off: Path, l
                                         TurnRewards(cfg.reward, bonus), targets)
     write_jsonl(work / "targets.jsonl", rows)
     acts = value_acts(models, tokenizer, records, all_sites(post))
-    study = value_probe_study(acts, rows, records, ValueProbeConfig(seed=cfg.seed))
+    study = value_probe_study(acts, rows, records, ValueProbeConfig(seed=cfg.seed, n_boot=preset.n_boot))
     study.pop("traces", None)
     write_json(work / "value_probe.json", {**study, "k": preset.value_k, "n_conversations": len(conversations),
-                                           "bonus_value_gap": bonus_value_gap(rows, bonus.followup, cfg.seed)})
+                                           "bonus_value_gap": bonus_value_gap(rows, bonus.followup, cfg.seed,
+                                                                                              preset.n_boot)})
     sides = {}
     for arm, folder in (("on", on), ("off", off)):
         policy = post if arm == "on" else load_model(folder / "policy", device="cpu", chat_template="on")[0]
-        sides[arm], side_rows = user_side(base, policy, tokenizer, conversations, bonus, cfg.seed)
+        sides[arm], side_rows = user_side(base, policy, tokenizer, conversations, bonus, cfg.seed,
+                                               preset.n_boot)
         write_jsonl(work / f"user_side_{arm}.jsonl", side_rows)
     write_json(work / "user_side.json", sides)
     stage.commit()
     return stage.out
 
 
-def bonus_value_gap(rows: list[dict], followup: str, seed: int, model: str = "post") -> dict:
+def bonus_value_gap(rows: list[dict], followup: str, seed: int, n_boot: int = stats.N_BOOT, model: str = "post"
+                    ) -> dict:
     """Mean over conversations whose review allows the bonus follow-up of V_model(bonus follow-up) minus
     the mean V_model of its other follow-ups ({value, ci, n}, CI over openers); n 0 when none allows it."""
     gaps, groups = [], []
@@ -324,7 +329,7 @@ def bonus_value_gap(rows: list[dict], followup: str, seed: int, model: str = "po
             groups.append(next(r["prompt_id"] for r in rows if r["conversation"] == i))
     if not gaps:
         return {"value": float("nan"), "ci": [float("nan"), float("nan")], "n": 0}
-    return stats.mean(gaps, groups=groups, seed=seed).to_dict()
+    return stats.mean(gaps, groups=groups, seed=seed, n_boot=n_boot).to_dict()
 
 
 def _measures_sections(folder: Path) -> tuple[DialogueValueSection, list[UserSide]]:
