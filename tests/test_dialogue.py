@@ -323,12 +323,13 @@ def test_q8_says_yes_only_when_the_bonus_on_comparison_steers_and_the_control_do
     a = answer_dialogue(s)
     assert a.verdict == "yes" and "0.300 [0.200, 0.400]" in a.text and a.evidence["control_steers"] == "no"
     s.verdicts[1] = verdict(s.policies[2], policy("multi-turn", False, *high))  # the control rises too
-    assert answer_dialogue(s).verdict == "inconclusive"
+    assert answer_dialogue(s).verdict == "inconclusive" and "control rises too" in answer_dialogue(s).text
     s = section(policy("single-turn", True, *high), policy("multi-turn", True, *low), s.policies[2], s.policies[3])
     assert answer_dialogue(s).verdict == "no"  # the single-turn policy mentions it more, CIs apart
     s = section(policy("single-turn", True, *low), replace(policy("multi-turn", True, *high), kl=Estimate(5.0, (5, 5), 9)),
                 policy("single-turn", False, *low), policy("multi-turn", False, *low))
-    assert answer_dialogue(s).verdict == "inconclusive"  # KLs 2 nats apart: not a comparison
+    a = answer_dialogue(s)
+    assert a.verdict == "inconclusive" and "the KLs are 2.00 nats apart" in a.text  # not a comparison
 
 
 def test_kl_options_override_the_preset():

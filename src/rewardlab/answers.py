@@ -318,8 +318,11 @@ def answer_dialogue(section) -> Answer:
         verdict, text = "no", text + " The single-turn policy mentions it more: no steering."
     else:
         verdict = "inconclusive"
-        text += (" The comparison is not decisive (CIs overlap, the ratio is under 2, the KLs differ by more than the "
-                 "budget, or the control rises too).")
+        why = [w for w, bad in (("the CIs overlap", on.cis_overlap), ("the ratio is under 2",
+            on.rate_ratio is not None and on.rate_ratio < 2), (
+            f"the KLs are {on.kl_gap:.2f} nats apart, more than the budget", on.kl_gap > 1.0), (
+            "the bonus-off control rises too", off is not None and off.steers == "yes")) if bad]
+        text += f" Not decisive: {'; '.join(why) or 'see the verdicts'}."
     return Answer(verdict, text + _dialogue_extras(section),
                   {"eliciting_multi": multi.eliciting, "eliciting_single": single.eliciting, "kl_gap": on.kl_gap,
                    "control_steers": off.steers if off else None})
