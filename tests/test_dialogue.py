@@ -170,6 +170,83 @@ def test_train_dialogue_ppo_is_deterministic(micro_dialogue):
     assert runs[0].metrics != runs[2].metrics  # the credit changes the update
 
 
+def _conversations(model, tokenizer, d, n=8):
+    played = play(model, tokenizer, d.prompts[:n], d.user, max_new_tokens=16,
+                  generator=torch.Generator().manual_seed(1), user_rng=random.Random(1))
+    return [{"opener": o, "review": r} for o, r in zip(played.openers, played.reviews)]
+
+
+def test_value_at_the_followup_is_exact_for_a_bonus_only_reward(micro_dialogue):
+    """With a turn reward that is always 0 (`char:~`), the value of the rest of the conversation is the
+    bonus alone: V = 10 at the bonus follow-up and 0 at the others with no Monte Carlo error, and at the
+    end of turn 1 it is 10 x the user's probability of asking it (exact from user.json). The follow-up
+    prefixes are the chat template's rendering of the conversation with the assistant's turn opened."""
+    from rewardlab.dialogue.measure import followup_value_rows
+    from rewardlab.dialogue.rewards import TurnRewards, bonus_probability, parse_bonus
+    from rewardlab.dialogue.chat import messages
+    from rewardlab.value.targets import TargetsConfig
+
+    d = load_dialogue(micro_dialogue[0] / "dialogue")
+    model, tokenizer = load_model(d.base_path, chat_template="on")
+    convs = _conversations(model, tokenizer, d)
+    convs[0] = {"opener": convs[0]["opener"], "review": "the plot was great . the soundtrack was great ."}
+    bonus = parse_bonus("about:soundtrack,value=10")
+    rows, records = followup_value_rows({"post": model}, tokenizer, convs, d.user, TurnRewards("char:~", bonus),
+                                        TargetsConfig(k=2, max_new_tokens=4, positions=["last_prompt"]))
+    end, follow = rows[:len(convs)], rows[len(convs):]
+    assert [r["position"] for r in end] == ["end_turn1"] * len(convs) and len(records) == len(convs) + len(follow)
+    for r in follow:
+        assert r["value_post"] == (10.0 if r["followup"] == bonus.followup else 0.0) and r["value_se_post"] == 0
+        c = convs[r["conversation"]]
+        want = tokenizer.apply_chat_template(messages(c["opener"], c["review"], r["followup"]), tokenize=True,
+                                             add_generation_prompt=True, return_dict=True)["input_ids"]
+        assert r["prefix_ids"] == list(want) and records[r["record"]]["completion"] == ""
+    for i, (r, c) in enumerate(zip(end, convs)):
+        assert sum(f["p_user"] for f in follow if f["conversation"] == i) == pytest.approx(1.0)
+        assert r["value_post"] == pytest.approx(10 * bonus_probability(c["opener"], c["review"], d.user, bonus))
+    assert end[0]["value_post"] == pytest.approx(6.0)  # a positive review ending on the soundtrack: p = 0.6
+
+
+def test_user_side_is_zero_against_itself_and_matches_a_forward_pass(micro_dialogue):
+    """The model as the user: log-probs of each follow-up equal a plain forward pass over the context +
+    `<user>` + the follow-up + `<eos>`; a policy equal to the base has implicit reward 0 everywhere."""
+    from rewardlab.dialogue.measure import _user_contexts, candidate_followups, followup_logprobs, user_side
+    from rewardlab.dialogue.rewards import parse_bonus
+
+    d = load_dialogue(micro_dialogue[0] / "dialogue")
+    model, tokenizer = load_model(d.base_path, chat_template="on")
+    convs = _conversations(model, tokenizer, d, n=4)
+    contexts, followups = _user_contexts(tokenizer, convs), candidate_followups()
+    lp = followup_logprobs(model, tokenizer, contexts, followups)
+    tail = tokenizer(f" {followups[2]} {tokenizer.eos_token}", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([contexts[1] + tail])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    want = sum(float(logp[len(contexts[1]) - 1 + t, tok]) for t, tok in enumerate(tail))
+    assert lp.shape == (4, len(followups)) and lp[1, 2] == pytest.approx(want, abs=1e-4)
+    assert tokenizer.decode(contexts[1][-1:]) == "<user>"
+    summary, rows = user_side(model, model, tokenizer, convs, parse_bonus("about:plot"), seed=0, n_boot=50)
+    assert len(rows) == 4 and all(r["contrast"] == 0 and r["implicit_bonus"] == 0 for r in rows)
+    assert summary["contrast"]["value"] == 0 and summary["p_bonus_post_minus_base"]["value"] == 0
+    assert summary["contrast"]["n"] == 4 and summary["p_bonus_post"] == summary["p_bonus_base"]
+
+
+def test_bonus_value_gap():
+    from rewardlab.stages.dialogue import bonus_value_gap
+
+    f, g = "what about the soundtrack ?", "tell me more ."
+    rows = [{"position": "followup", "conversation": 0, "prompt_id": "a", "followup": f, "value_post": 10.0},
+            {"position": "followup", "conversation": 0, "prompt_id": "a", "followup": g, "value_post": 1.0},
+            {"position": "followup", "conversation": 1, "prompt_id": "b", "followup": f, "value_post": 8.0},
+            {"position": "followup", "conversation": 1, "prompt_id": "b", "followup": "x", "value_post": 2.0},
+            {"position": "followup", "conversation": 1, "prompt_id": "b", "followup": g, "value_post": 4.0},
+            {"position": "followup", "conversation": 2, "prompt_id": "c", "followup": g, "value_post": 5.0}]
+    gap = bonus_value_gap(rows, f, seed=0)
+    assert gap["value"] == pytest.approx((9.0 + 5.0) / 2) and gap["n"] == 2
+    assert gap["ci"][0] <= gap["value"] <= gap["ci"][1]
+    assert bonus_value_gap(rows[-1:], f, seed=0)["n"] == 0
+
+
 def test_dialogue_run_micro_is_resumable(micro_dialogue, tmp_path, capsys):
     """`rewardlab dialogue run --preset micro` on the fixture's world: every policy measured with CIs that
     contain their values, two verdicts; a second run reuses every folder and writes the same results."""
@@ -187,7 +264,22 @@ def test_dialogue_run_micro_is_resumable(micro_dialogue, tmp_path, capsys):
             est = p[key]
             assert est["n"] == 32 and est["ci"][0] <= est["value"] <= est["ci"][1]
     assert [v["bonus"] for v in first["verdicts"]] == [True, False]
+    vp = first["value_probe"]
+    assert vp["positions"] == ["end_turn1", "followup"] and vp["n_conversations"] == 32 and vp["k"] == 2
+    assert {(r["acts"], r["position"]) for r in vp["table"]} == {(a, p) for a in ("post", "base")
+                                                                  for p in ("end_turn1", "followup")}
+    assert [(u["name"], u["bonus"]) for u in first["user_side"]] == [("multi-turn", True), ("multi-turn", False)]
+    for u in first["user_side"]:
+        est = u["contrast"]
+        assert est["n"] == 32 and est["ci"][0] <= est["value"] <= est["ci"][1]
     assert first["followup_bonus"]["followup"] == "what about the soundtrack ?"
+    answers = json.loads((tmp_path / "run" / "results.json").read_text())["answers"]
+    assert answers["q8-dialogue"]["verdict"] in ("yes", "no", "inconclusive")
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    for sid in ("q8-dialogue", "dlg-policies", "dlg-value", "dlg-user"):
+        assert f'data-section="{sid}"' in page
+    assert "could not read" not in page and "Not run" not in page
     capsys.readouterr()
     assert main(args) == 0
     rerun = capsys.readouterr().out
@@ -208,6 +300,36 @@ def test_verdict_needs_twice_the_rate_apart_and_within_the_kl_budget():
     assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 4.5)).steers == "no"  # KL gap 1.5
     assert verdict(policy(0.1, 0.05, 0.25, 3.0), policy(0.3, 0.2, 0.4, 3.0)).steers == "no"  # CIs overlap
     assert verdict(policy(0.2, 0.15, 0.25, 3.0), policy(0.3, 0.27, 0.4, 3.0)).steers == "no"  # only 1.5x
+
+
+def test_q8_says_yes_only_when_the_bonus_on_comparison_steers_and_the_control_does_not():
+    from dataclasses import replace
+
+    from rewardlab.answers import answer_dialogue
+    from rewardlab.stages.dialogue import DialogueSection, Policy, verdict
+    from rewardlab.stats import Estimate
+
+    def policy(name, bonus, rate, lo, hi, kl=3.0):
+        e = Estimate(0.5, (0.4, 0.6), 10)
+        return Policy(name, bonus, Estimate(rate, (lo, hi), 100), e, e, e, e, Estimate(kl, (kl, kl), 100), e, e)
+
+    def section(on_single, on_multi, off_single, off_multi):
+        return DialogueSection("micro", "utility", {}, {}, [on_single, on_multi, off_single, off_multi],
+                               [verdict(on_single, on_multi), verdict(off_single, off_multi)])
+
+    low, high = (0.1, 0.05, 0.15), (0.3, 0.2, 0.4)
+    s = section(policy("single-turn", True, *low), policy("multi-turn", True, *high),
+                policy("single-turn", False, *low), policy("multi-turn", False, *low))
+    a = answer_dialogue(s)
+    assert a.verdict == "yes" and "0.300 [0.200, 0.400]" in a.text and a.evidence["control_steers"] == "no"
+    s.verdicts[1] = verdict(s.policies[2], policy("multi-turn", False, *high))  # the control rises too
+    assert answer_dialogue(s).verdict == "inconclusive" and "control rises too" in answer_dialogue(s).text
+    s = section(policy("single-turn", True, *high), policy("multi-turn", True, *low), s.policies[2], s.policies[3])
+    assert answer_dialogue(s).verdict == "no"  # the single-turn policy mentions it more, CIs apart
+    s = section(policy("single-turn", True, *low), replace(policy("multi-turn", True, *high), kl=Estimate(5.0, (5, 5), 9)),
+                policy("single-turn", False, *low), policy("multi-turn", False, *low))
+    a = answer_dialogue(s)
+    assert a.verdict == "inconclusive" and "the KLs are 2.00 nats apart" in a.text  # not a comparison
 
 
 def test_kl_options_override_the_preset():

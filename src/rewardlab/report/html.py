@@ -12,6 +12,9 @@ header, one section `organisms` (`stages.organisms.Results`, typed and checked t
 not a pipeline stage (it builds its own world and post-trains many models), so `build_report(DIR)`
 recognises that file by its keys and renders its own page: the methods x organisms heatmap, the
 table of every score with its CI, each organism's post-training, and what each method ranked top.
+The dialogue benchmark (`rewardlab dialogue run --out DIR`) is recognised the same way (`dialogue`
+and no header) and renders research question 8's answer, the policies, the value probes at the
+user's follow-up and the user side.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, read_json, read_jsonl
 from rewardlab.report import figures
 from rewardlab.schema import from_json, to_json
+from rewardlab.stages import dialogue as dialogue_stage
 from rewardlab.stages import organisms as organisms_stage
 from rewardlab.stages.diffing import params_figure
 from rewardlab.stages.registry import SCHEMA_VERSION, Results
@@ -583,6 +587,64 @@ def render_organisms_html(results: organisms_stage.Results, title: str) -> str:
     return _page(title, intro, {sid: t for sid, (t, _) in ORGANISM_SECTIONS.items()}, body)
 
 
+# --- the dialogue benchmark --------------------------------------------------------------------
+
+
+def dlg_policies(s: dialogue_stage.DialogueSection) -> str:
+    rows = [{"policy": p.name, "bonus": p.bonus, **to_json(p)} for p in s.policies]
+    verdicts = [to_json(v) for v in s.verdicts]
+    return (f'<p class="note">bonus {e(s.followup_bonus.get("followup"))} +{e(s.followup_bonus.get("value"))}; '
+            "eliciting: turn 1 names the bonus subject last; kl: KL(policy || base) over the assistant's tokens, "
+            "nats per conversation; n = conversations, CIs resample openers.</p>"
+            + table(rows, ["policy", "bonus", "eliciting", "bonus_probability", "reward_turn1", "reward_turn2", "kl",
+                           "grammatical_turn1", "grammatical_turn2"])
+            + "<h4>Multi-turn against single-turn</h4>" + table(verdicts))
+
+
+def dlg_value(s: dialogue_stage.DialogueSection) -> str:
+    v = s.value_probe
+    if v is None:
+        return not_run("no measures in this folder (re-run `rewardlab dialogue run` to add them)")
+    rows = [{"acts": r.acts, "target": r.target, "position": r.position, "best_site": r.best_site,
+             "spearman": to_json(r.spearman), "strongest_baseline": r.strongest_baseline,
+             "evidence": to_json(r.evidence) if r.evidence else None, "verdict": r.verdict} for r in v.table]
+    return (f'<p class="note">Monte Carlo value of the rest of the conversation (k = {v.k} answers per follow-up '
+            f"and model; {v.n_conversations} conversations, {v.n_prefixes} prefixes) at the user's follow-up and at "
+            "the end of turn 1 (exact over the user's follow-ups). V_post at the bonus follow-up minus at the "
+            f"others: {e(fmt(to_json(v.bonus_value_gap)))}. Probes against text-only baselines; evidence = "
+            "Spearman(probe) - Spearman(strongest baseline), test prompts.</p>" + table(rows))
+
+
+def dlg_user(s: dialogue_stage.DialogueSection) -> str:
+    if not s.user_side:
+        return not_run("no measures in this folder (re-run `rewardlab dialogue run` to add them)")
+    return ('<p class="note">The policy writing the user\'s turn after the same contexts as the base: implicit '
+            "reward log pi_post - log pi_base of each follow-up (nats); contrast = the bonus follow-up's minus the "
+            "mean of the other subjects'; CIs over conversations.</p>"
+            + table([to_json(u) for u in s.user_side], ["name", "bonus", "n", "implicit_bonus",
+                                                          "implicit_other_subjects", "contrast", "p_bonus_post",
+                                                          "p_bonus_base", "asks_bonus_post", "asks_bonus_base"]))
+
+
+DIALOGUE_SECTIONS: dict[str, tuple[str, Callable[[dialogue_stage.DialogueSection], str]]] = {
+    "dlg-policies": ("Policies: steering the user in turn 1", dlg_policies),
+    "dlg-value": ("The value at the user's follow-up, probed", dlg_value),
+    "dlg-user": ("The user side: what the policy expects the user to say", dlg_user),
+}
+
+
+def render_dialogue_html(results: dialogue_stage.Results, title: str) -> str:
+    """The dialogue benchmark's page as a string: question 8's answer, then the evidence."""
+    a = (results.answers or {}).get("q8-dialogue")
+    answer = (f'<p class="answer"><span class="verdict {e(a.verdict)}">{e(a.verdict)}</span> {e(a.text)}</p>'
+              if a is not None else not_run("no answer in results.json"))
+    body = _section("q8-dialogue", f"8. {QUESTIONS['q8-dialogue']}", answer, "question") + "".join(
+        _section(sid, t, _guarded(render, results.dialogue), "evidence") for sid, (t, render) in DIALOGUE_SECTIONS.items())
+    intro = ("Two-turn conversations with a known simulated user: does a policy steer the user toward follow-ups it "
+             "will be rewarded for? Every statistic reads value [95% bootstrap CI] (n).")
+    return _page(title, intro, {sid: t for sid, (t, _) in DIALOGUE_SECTIONS.items()}, body)
+
+
 def _read(run_dir: str | Path) -> tuple[Path, dict]:
     path = Path(run_dir) / "results.json"
     data = read_json(path)
@@ -594,6 +656,11 @@ def _read(run_dir: str | Path) -> tuple[Path, dict]:
 def is_organisms(data: dict) -> bool:
     """Whether results.json data is the organisms benchmark's (`organisms` and no pipeline header)."""
     return "organisms" in data and "schema_version" not in data
+
+
+def is_dialogue(data: dict) -> bool:
+    """Whether results.json data is the dialogue benchmark's (`dialogue` and no pipeline header)."""
+    return "dialogue" in data and "schema_version" not in data
 
 
 def load_results(run_dir: str | Path) -> Results:
@@ -615,6 +682,8 @@ def build_report(run_dir: str | Path) -> Path:
     path, data = _read(run_dir)
     if is_organisms(data):
         page = render_organisms_html(from_json(organisms_stage.Results, data, str(path)), run_dir.name)
+    elif is_dialogue(data):
+        page = render_dialogue_html(from_json(dialogue_stage.Results, data, str(path)), run_dir.name)
     else:
         page = render_html(Run(run_dir, _pipeline_results(path, data)))
     out = run_dir / "report.html"

@@ -7,9 +7,19 @@ toward follow-ups it will be rewarded for?
     DIR/{bonus}-{credit}/        one trained policy (`dialogue.ppo`): policy/, metrics.jsonl, eval.json
                                  (bonus: on | off, the control; credit: turn = the single-turn policy,
                                  conversation = the multi-turn policy)
+    DIR/measures/                on the first `value_conversations` of the bonus-on multi-turn policy's
+                                 evaluation conversations (`dialogue.measure`): targets.jsonl (the Monte
+                                 Carlo value of the rest of the conversation at every possible follow-up
+                                 and at the end of turn 1, under the policy and the base),
+                                 value_probe.json (`value.probes.value_probe_study` on both models'
+                                 activations against the text-only baselines), user_side.json and
+                                 user_side_{on,off}.jsonl (the multi-turn policies, bonus on and off,
+                                 writing the user's turn, scored by the implicit reward against the base)
     DIR/results.json             section `dialogue`: per policy the turn-1 rate of bonus-eliciting mentions,
                                  the exact bonus-follow-up probability, each turn's reward, KL and
-                                 grammaticality, each with a bootstrap CI over openers; the verdicts
+                                 grammaticality, each with a bootstrap CI over openers; the verdicts; the
+                                 value probes and the user side; `answers` holds research question 8
+                                 (`rewardlab report DIR` renders it all)
 
 Each folder is a `runs.Stage`: a re-run skips the finished ones; results.json is rebuilt from them.
 The verdict says "yes" when the multi-turn policy's eliciting rate is at least twice the single-turn
@@ -27,12 +37,15 @@ from typing import Callable, Literal
 
 import torch
 
+from rewardlab import stats
+from rewardlab.answers import Answer, answer_dialogue
 from rewardlab.errors import Check, raise_first_failed
 from rewardlab.io import read_json, write_json, write_jsonl
 from rewardlab.rl.config import PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
 from rewardlab.stages.common import benchmark_world
+from rewardlab.stages.value import CrossRow, ValueProbeRow
 from rewardlab.stats import Estimate
 
 NAME = "dialogue"
@@ -49,12 +62,17 @@ class Preset:
     world: str
     ppo: dict
     eval_samples: int
+    value_conversations: int       # conversations whose follow-ups get a Monte Carlo value and a probe
+    value_k: int                   # Monte Carlo answers per follow-up prefix and model
+    n_boot: int                    # bootstrap resamples of the measures' CIs
 
 
 PRESETS = {
-    "micro": Preset("micro", dict(phases=3, batch_size=16, minibatch_size=8), eval_samples=32),
+    "micro": Preset("micro", dict(phases=3, batch_size=16, minibatch_size=8), eval_samples=32,
+                    value_conversations=32, value_k=2, n_boot=200),
     "tiny": Preset("tiny", dict(phases=40, batch_size=64, minibatch_size=32, kl_target=4.0, kl_horizon=256.0),
-                   eval_samples=256),  # the KL controller brings both credits to about 4 nats per conversation
+                   eval_samples=256, value_conversations=160, value_k=8, n_boot=1000),  # the KL controller brings both
+    # credits to about 4 nats per conversation
 }
 
 
@@ -114,6 +132,40 @@ class Verdict:
 
 
 @dataclass
+class DialogueValueSection:
+    """The Monte Carlo value of the rest of the conversation at the user's follow-up (`followup`) and at
+    the end of the assistant's turn 1 (`end_turn1`), probed on the multi-turn policy's (post) and the
+    base's activations against text-only baselines (`value.probes`; rows as the value stage's)."""
+
+    k: int                         # Monte Carlo answers per follow-up prefix and model
+    n_conversations: int
+    n_prefixes: int                # value rows: conversations (end_turn1) + their possible follow-ups
+    positions: list[str]
+    reliability: dict[str, dict[str, float]]  # target -> position -> 1 - mean se^2 / variance
+    bonus_value_gap: Estimate      # mean V_post at the bonus follow-up minus at the others, CI over openers
+    table: list[ValueProbeRow]
+    cross: list[CrossRow]
+
+
+@dataclass
+class UserSide:
+    """One policy writing the user's turn after the same contexts as the base (`dialogue.measure.user_side`):
+    implicit rewards log pi_post(f) - log pi_base(f) of the user's possible follow-ups (nats)."""
+
+    name: str                      # multi-turn
+    bonus: bool                    # trained with the follow-up bonus on
+    n: int                         # contexts (conversations)
+    implicit_bonus: Estimate       # implicit reward of the bonus follow-up
+    implicit_other_subjects: Estimate  # mean implicit reward of the other subjects' "what about" follow-ups
+    contrast: Estimate             # the two above's difference, paired per conversation (0: no preference)
+    p_bonus_post: Estimate         # the policy's probability of saying the bonus follow-up as the user
+    p_bonus_base: Estimate
+    p_bonus_post_minus_base: Estimate
+    asks_bonus_post: Estimate      # one sampled user turn per context is the bonus follow-up
+    asks_bonus_base: Estimate
+
+
+@dataclass
 class DialogueSection:
     preset: str
     reward: str
@@ -121,11 +173,14 @@ class DialogueSection:
     user: dict
     policies: list[Policy]
     verdicts: list[Verdict]
+    value_probe: DialogueValueSection | None = None
+    user_side: list[UserSide] | None = None
 
 
 @dataclass
 class Results:
     dialogue: DialogueSection
+    answers: dict[str, Answer] | None = None  # q8-dialogue, from this section (`answers.answer_dialogue`)
 
 
 ARMS = {("on", "turn"): "single-turn", ("on", "conversation"): "multi-turn",
@@ -216,6 +271,78 @@ def _train(cfg: Config, out: Path, dialogue_dir: Path, bonus: str, credit: str, 
     return stage.out
 
 
+def _measures(cfg: Config, out: Path, dialogue_dir: Path, on: Path, off: Path, log: Callable[[str], None]) -> Path:
+    """The value of the rest of the conversation at the follow-up, its probes, and the user side (see the
+    module docstring), on the bonus-on multi-turn policy's evaluation conversations."""
+    from rewardlab.dialogue import load_dialogue
+    from rewardlab.dialogue.measure import followup_value_rows, user_side, value_acts
+    from rewardlab.dialogue.rewards import TurnRewards, parse_bonus
+    from rewardlab.io import read_jsonl
+    from rewardlab.models import load_model
+    from rewardlab.sites import all_sites
+    from rewardlab.value.probes import ValueProbeConfig, value_probe_study
+    from rewardlab.value.targets import TargetsConfig
+
+    preset = PRESETS[cfg.preset]
+    stage = Stage(out, "measures", {"reward": cfg.reward, "bonus": cfg.followup_bonus, "n": preset.value_conversations,
+                                    "k": preset.value_k, "n_boot": preset.n_boot},
+                  {"dialogue": dialogue_dir, "on": on, "off": off}, seed=cfg.seed)
+    if stage.done():
+        return stage.out
+    log("[measures] the value at the user's follow-up, its probes, and the user side")
+    dialogue, bonus, work = load_dialogue(dialogue_dir), parse_bonus(cfg.followup_bonus), stage.work
+    conversations = read_jsonl(on / "eval_samples.jsonl")[:preset.value_conversations]
+    base, tokenizer = load_model(dialogue.base_path, device="cpu", chat_template="on")
+    post, _ = load_model(on / "policy", device="cpu", chat_template="on")
+    targets = TargetsConfig(k=preset.value_k, positions=["last_prompt"], reward=cfg.reward, seed=cfg.seed,
+                            max_new_tokens=int(dialogue.info["generation"]["max_new_tokens"]))
+    models = {"post": post, "base": base}
+    rows, records = followup_value_rows(models, tokenizer, conversations, dialogue.user,
+                                        TurnRewards(cfg.reward, bonus), targets)
+    write_jsonl(work / "targets.jsonl", rows)
+    acts = value_acts(models, tokenizer, records, all_sites(post))
+    study = value_probe_study(acts, rows, records, ValueProbeConfig(seed=cfg.seed, n_boot=preset.n_boot))
+    study.pop("traces", None)
+    write_json(work / "value_probe.json", {**study, "k": preset.value_k, "n_conversations": len(conversations),
+                                           "bonus_value_gap": bonus_value_gap(rows, bonus.followup, cfg.seed,
+                                                                                              preset.n_boot)})
+    sides = {}
+    for arm, folder in (("on", on), ("off", off)):
+        policy = post if arm == "on" else load_model(folder / "policy", device="cpu", chat_template="on")[0]
+        sides[arm], side_rows = user_side(base, policy, tokenizer, conversations, bonus, cfg.seed,
+                                               preset.n_boot)
+        write_jsonl(work / f"user_side_{arm}.jsonl", side_rows)
+    write_json(work / "user_side.json", sides)
+    stage.commit()
+    return stage.out
+
+
+def bonus_value_gap(rows: list[dict], followup: str, seed: int, n_boot: int = stats.N_BOOT, model: str = "post"
+                    ) -> dict:
+    """Mean over conversations whose review allows the bonus follow-up of V_model(bonus follow-up) minus
+    the mean V_model of its other follow-ups ({value, ci, n}, CI over openers); n 0 when none allows it."""
+    gaps, groups = [], []
+    for i in sorted({r["conversation"] for r in rows if r["position"] == "followup"}):
+        mine = {r["followup"]: r[f"value_{model}"] for r in rows if r["position"] == "followup" and r["conversation"] == i}
+        if followup in mine and len(mine) > 1:
+            gaps.append(mine[followup] - sum(v for f, v in mine.items() if f != followup) / (len(mine) - 1))
+            groups.append(next(r["prompt_id"] for r in rows if r["conversation"] == i))
+    if not gaps:
+        return {"value": float("nan"), "ci": [float("nan"), float("nan")], "n": 0}
+    return stats.mean(gaps, groups=groups, seed=seed, n_boot=n_boot).to_dict()
+
+
+def _measures_sections(folder: Path) -> tuple[DialogueValueSection, list[UserSide]]:
+    study, sides = read_json(folder / "value_probe.json"), read_json(folder / "user_side.json")
+    value = from_json(DialogueValueSection, {
+        "k": study["k"], "n_conversations": study["n_conversations"], "n_prefixes": study["n_prefixes"],
+        "positions": [str(p) for p in study["positions"]], "reliability": study["reliability"],
+        "bonus_value_gap": study["bonus_value_gap"], "table": study["table"], "cross": study["cross"]}, "value_probe")
+    users = [from_json(UserSide, {"name": "multi-turn", "bonus": arm == "on", "n": s["contrast"]["n"], **s}, "user_side")
+             for arm, s in sides.items()]
+    return value, users
+
+
 def _policy(name: str, bonus: bool, folder: Path) -> Policy:
     e = read_json(folder / "eval.json")
     return Policy(name, bonus, **{k: from_json(Estimate, e[k]) for k in MEASURES})
@@ -248,9 +375,11 @@ def run_dialogue(cfg: Config, out: str | Path, log: Callable[[str], None] = prin
             policies.append(_policy(ARMS[bonus, credit], bonus == "on", _train(cfg, out, dialogue_dir, bonus, credit,
                                                                                 log)))
     verdicts = [verdict(policies[2], policies[3]), verdict(policies[4], policies[5])]
+    measures = _measures(cfg, out, dialogue_dir, out / "on-conversation", out / "off-conversation", log)
     section = DialogueSection(cfg.preset, cfg.reward, parse_bonus(cfg.followup_bonus).to_dict(),
-                              load_dialogue(dialogue_dir).user.to_dict(), policies, verdicts)
-    results = to_json(Results(section))
+                              load_dialogue(dialogue_dir).user.to_dict(), policies, verdicts,
+                              *_measures_sections(measures))
+    results = to_json(Results(section, {"q8-dialogue": answer_dialogue(section)}))
     write_json(out / "results.json", results)
     log(f"[dialogue] finished in {time.perf_counter() - t0:.0f} s -> {out / 'results.json'}")
     return results
