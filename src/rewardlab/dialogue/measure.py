@@ -76,8 +76,9 @@ def value_records(conversations: Sequence[dict], user: UserPolicy) -> tuple[list
 
 
 def _turn2_reward(reward: TurnRewards, followup: str):
-    """The turn-2 reward of answers to `followup` (the bonus included), as a one-argument reward."""
-    return lambda answers: reward([""] * len(answers), [""] * len(answers), [followup] * len(answers), list(answers))[1]
+    """The turn-2 reward of answers to `followup` (the bonus included), as a reward of (completions, prompts);
+    the prompts (the conversation so far) are not needed: the follow-up fixes the turn's reward."""
+    return lambda answers, prompts=None: reward([""] * len(answers), [""] * len(answers), [followup] * len(answers), list(answers))[1]
 
 
 def followup_value_rows(models: dict, tokenizer, conversations: Sequence[dict], user: UserPolicy, reward: TurnRewards,
