@@ -45,13 +45,13 @@ BENCHMARKS = {
                 what="PPO samples/s (same model, reward, batch, lengths, 1 pass, KL to a frozen reference)",
                 target=2.0),
     "score": dict(script="bench/score_throughput.py", sides=["rewardlab", "trl_dpo"],
-                  args={"tiny": ["--pairs", "512", "--batch", "32"], "135m": ["--pairs", "64", "--batch", "16"]},
+                  args={"tiny": ["--pairs", "512", "--batch", "32"], "135m": ["--pairs", "32", "--batch", "16"]},
                   what="implicit-reward scoring tokens/s (sequence log-probs, same batches)", target=1.5),
     "acts": dict(script="bench/acts_throughput.py", sides=["rewardlab", "tl_hooked_stop", "tl_bridge_stop", "nnsight"],
-                 args={"tiny": ["--batch", "8", "--n-batches", "4"], "135m": ["--batch", "4", "--n-batches", "2"]},
+                 args={"tiny": ["--batch", "8", "--n-batches", "4"], "135m": ["--batch", "4", "--n-batches", "1"]},
                  what="activation caching tokens/s, one residual site, seq 128", target=3.0),
     "sae": dict(script="bench/sae_throughput.py", sides=["rewardlab", "saelens"],
-                args={"tiny": ["--world", "{world}", "--steps", "300"], "135m": ["--world", "{world}", "--steps", "60"]},
+                args={"tiny": ["--world", "{world}", "--steps", "300"], "135m": ["--world", "{world}", "--steps", "30"]},
                 what="SAE training tokens/s (BatchTopK, 4x, k 16, batch 1024, one pass), FVU no worse", target=3.0),
 }
 PEERS = {"trl_rloo": "TRL RLOOTrainer", "trl_grpo": "TRL GRPOTrainer", "trl_dpo": "TRL DPO log-probs",
@@ -210,6 +210,13 @@ def demo_section(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(new: list[dict], json_path: Path, doc: Path, header: list[str], demo_run: str | None) -> None:
+    """Merge `new` into the rows of json_path and regenerate both files."""
+    rows = merge_rows(json.loads(json_path.read_text()) if json_path.is_file() else [], new)
+    json_path.write_text(json.dumps(rows, indent=1) + "\n")
+    doc.write_text(render(rows, header, demo_section(Path(demo_run)) if demo_run else kept_tail(doc)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default=None, help="a built review world (default: build the tiny one)")
@@ -226,13 +233,10 @@ def main() -> None:
     world = a.world or str(ROOT / ".cache" / "bench-world")
     if not (Path(world) / "world.json").is_file():
         subprocess.run([sys.executable, "-m", "rewardlab.cli", "world", "build", "--out", world], check=True)
-    new = [row for name in (a.only.split(",") if a.only else BENCHMARKS) for scale in a.scales.split(",")
-           for row in measure(name, scale, world, a.repeats, a.threads)]
-    old = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else []
-    rows = merge_rows(old, new)
-    Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
-    tail = demo_section(Path(a.demo_run)) if a.demo_run else kept_tail(Path(a.out))
-    Path(a.out).write_text(render(rows, header_lines(a.threads, a.machine_note), tail))
+    for name in a.only.split(",") if a.only else BENCHMARKS:
+        for scale in a.scales.split(","):  # write after each, so an interrupted run keeps what it measured
+            write(measure(name, scale, world, a.repeats, a.threads), Path(a.json), Path(a.out),
+                  header_lines(a.threads, a.machine_note), a.demo_run)
     print(f"-> {a.out}, {a.json}")
 
 
