@@ -5,7 +5,8 @@
 Runs each path once untimed (warm-up), then once under cProfile, with the settings of the
 benchmarks (bench/*_throughput.py; PPO and SAE smaller): PPO = `train_ppo` (tiny: 2 phases of 64,
 135m: 1 phase of 8, 32 tokens, 1 pass; the metrics' generation and learning seconds are printed too),
-scoring = `completion_logprobs`, caching = `run_with_capture`, SAE = `train_sae` (100 steps). For
+scoring = `completion_logprobs`, caching = `run_with_capture`, SAE = `train_sae` (the benchmark's
+cached activations: tiny 300, 135m 30 steps of 1024). For
 each it prints the wall time, the share of the profiled time spent inside torch's C++ operators
 (functions of torch._C and tensor methods: the arithmetic) versus Python, and the top functions by
 own time. cProfile adds overhead to every Python call, so the Python share is an upper bound.
@@ -104,7 +105,8 @@ def sae_path(world: str, scale: str):
     from rewardlab.sae.train import TrainConfig, train_sae
     from sae_throughput import cache_acts
 
-    acts = load_file(str(cache_acts(scale, world, 100 * 1024)))["train"]
+    steps = 300 if scale == "tiny" else 30  # bench/run_all.py's settings: one pass over steps * 1024 tokens
+    acts = load_file(str(cache_acts(scale, world, steps * 1024)))["train"]
     cfg = SAEConfig(d_in=acts.shape[1], d_sae=4 * acts.shape[1], architecture="batchtopk", k=16)
     return lambda: train_sae(acts, cfg, TrainConfig(batch_size=1024, n_tokens=len(acts), progress=False))
 
