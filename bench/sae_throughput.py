@@ -131,13 +131,15 @@ def main() -> None:
         return prepared(a.scale, {"acts": str(cache_acts(a.scale, a.world, n_train))})
     from safetensors.torch import load_file
 
-    tensors = load_file(str(cache_path(a.scale, n_train)))
+    path = cache_path(a.scale, n_train)
+    tensors = load_file(str(path))
     train, held = tensors["train"], tensors["held_out"]
     d_sae = a.expansion * train.shape[1]
     side = rewardlab_side if a.side == "rewardlab" else saelens_side
     tokens_per_s, fvu = side(train, held, d_sae, a.k, a.batch)
     emit(a.side, a.scale, tokens_per_s, "tokens/s", n_train / tokens_per_s, fvu=fvu, d_in=train.shape[1],
-         d_sae=d_sae, k=a.k, batch=a.batch, steps=a.steps, threads=a.threads, held_out_tokens=len(held))
+         d_sae=d_sae, k=a.k, batch=a.batch, steps=a.steps, threads=a.threads, held_out_tokens=len(held),
+         model=f"cached activations {path.name}")
 
 
 if __name__ == "__main__":
