@@ -1,12 +1,25 @@
-"""Run every side-by-side benchmark several times and regenerate docs/BENCHMARKS.md.
+"""Run every side-by-side benchmark at both scales; regenerate docs/BENCHMARKS.md and docs/benchmarks.json.
 
-    python bench/run_all.py [--world DIR] [--repeats 3] [--demo-run RUN]
+    python bench/run_all.py [--world DIR] [--scales tiny,135m] [--repeats 3] [--only ppo,score]
+                            [--threads 1] [--demo-run RUN]
 
-Each benchmark script prints one JSON line last; this runner takes the median ratio over
-`repeats` runs, records the machine and package versions, and appends the stage timings of a
-finished demo run (`--demo-run`, from each stage's manifest) when one is given. With `--only`, the
-rows of the other benchmarks are kept from the existing file (each row says its own runs). Without --world it
-builds the tiny review world first (the PPO benchmark trains on its base model).
+Each benchmark script runs one side (rewardlab or one peer) per process (bench/common.py), so the
+peak RSS it reports is that side's alone. For every benchmark and scale this runner first runs the
+script's untimed `--side prepare`, then `repeats` rounds; each round runs rewardlab and every peer
+once, in alternating order (round 0: rewardlab first, round 1: rewardlab last, ...), so slow drifts
+of a shared machine's load hit both. The ratio of a round is rewardlab's throughput divided by the
+peer's in that round; a row reports the median over rounds and every round's value, and the
+highest peak RSS of each side over its rounds. Every side gets OMP_WAIT_POLICY=PASSIVE and the same
+`--threads`.
+
+docs/benchmarks.json is a list of rows, one per benchmark, scale and peer:
+  {benchmark: ppo|score|acts|sae, scale: tiny|135m, peer, median_ratio (rewardlab / peer), runs
+   (each round's ratio), peak_rss_mb: {rewardlab: MiB, peer: MiB}, throughput: {rewardlab, peer}
+   (medians, in `unit`), unit, target, met, model, threads, command, measured (date),
+   [fvu: {rewardlab, peer} medians (sae)], [check_max_rel_diff (score, acts)]}
+With --only or --scales, rows of the benchmarks and scales not rerun are kept from the existing
+JSON. The notes after the generated table of BENCHMARKS.md are kept as they are; with --demo-run,
+the stage timings of that finished demo run (from each stage's manifest) replace them.
 """
 
 from __future__ import annotations
@@ -22,21 +35,29 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+END_MARK = "<!-- end of the generated part: everything below is kept by bench/run_all.py -->"
 
-# name -> (command after `python`, ratio key, what the ratio means, the target)
+# name -> script, sides (rewardlab first), per-scale arguments, what the ratio means, target ratio
 BENCHMARKS = {
-    "ppo": (["bench/ppo_throughput.py", "--base", "{world}/base", "--steps", "4"], "ratio_samples_per_s",
-            "PPO samples/s, rewardlab PPO / TRL RLOOTrainer (same model, reward, batch 64, 32 tokens, 1 pass)",
-            ">= 1"),
-    "score": (["bench/score_throughput.py", "--pairs", "512"], "ratio",
-              "implicit-reward scoring tokens/s, rewardlab / TRL DPO log-probs", "reported"),
-    "acts": (["bench/acts_throughput.py", "--layers", "12", "--d-model", "256", "--batch", "8", "--n-batches", "4"],
-             None, "activation caching tokens/s, rewardlab / TransformerLens and nnsight (12x256 GPT-2, layer 3)",
-             ">= 2 vs each"),
-    "sae": (["bench/sae_throughput.py", "--steps", "300", "--repeats", "5", "--threads", "1"], "median_ratio",
-            "SAE training tokens/s, rewardlab / SAELens (BatchTopK, 4x, k 16, batch 1024, 1 thread; each run is "
-            "the median of 5 alternating pairs)", ">= 1.5"),
+    "ppo": dict(script="bench/ppo_throughput.py", sides=["rewardlab", "trl_rloo", "trl_grpo"],
+                args={"tiny": ["--world", "{world}", "--steps", "4", "--batch", "64", "--max-new-tokens", "32"],
+                      "135m": ["--world", "{world}", "--steps", "2", "--batch", "8", "--max-new-tokens", "32"]},
+                what="PPO samples/s (same model, reward, batch, lengths, 1 pass, KL to a frozen reference)",
+                target=2.0),
+    "score": dict(script="bench/score_throughput.py", sides=["rewardlab", "trl_dpo"],
+                  args={"tiny": ["--pairs", "512", "--batch", "32"], "135m": ["--pairs", "32", "--batch", "16"]},
+                  what="implicit-reward scoring tokens/s (sequence log-probs, same batches)", target=1.5),
+    "acts": dict(script="bench/acts_throughput.py", sides=["rewardlab", "tl_hooked_stop", "tl_bridge_stop", "nnsight"],
+                 args={"tiny": ["--batch", "8", "--n-batches", "4"], "135m": ["--batch", "4", "--n-batches", "1"]},
+                 what="activation caching tokens/s, one residual site, seq 128", target=3.0),
+    "sae": dict(script="bench/sae_throughput.py", sides=["rewardlab", "saelens"],
+                args={"tiny": ["--world", "{world}", "--steps", "300"], "135m": ["--world", "{world}", "--steps", "30"]},
+                what="SAE training tokens/s (BatchTopK, 4x, k 16, batch 1024, one pass), FVU no worse", target=3.0),
 }
+PEERS = {"trl_rloo": "TRL RLOOTrainer", "trl_grpo": "TRL GRPOTrainer", "trl_dpo": "TRL DPO log-probs",
+         "tl_hooked_stop": "TransformerLens HookedTransformer (stop_at_layer)",
+         "tl_bridge_stop": "TransformerLens TransformerBridge (stop_at_layer)", "nnsight": "nnsight trace (stop)",
+         "saelens": "SAELens BatchTopK trainer"}
 
 
 def last_json(stdout: str) -> dict:
@@ -46,23 +67,96 @@ def last_json(stdout: str) -> dict:
     raise RuntimeError(f"no JSON line in the output:\n{stdout[-2000:]}")
 
 
-def run_one(command: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+def run_side(command: list[str]) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=3600, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
     return last_json(proc.stdout)
 
 
-def ratios(name: str, result: dict, key: str | None) -> dict[str, float]:
-    if key is not None:
-        return {name: float(result[key])}
-    return {f"{name} vs {peer}": float(row["rewardlab_speedup"])
-            for peer, row in result["results"].items() if peer != "rewardlab"}
+def side_order(sides: list[str], round_: int) -> list[str]:
+    """Round 0 runs rewardlab first, round 1 last, and so on."""
+    return list(sides) if round_ % 2 == 0 else list(reversed(sides))
+
+
+def _max_rel_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / max(1.0, abs(y)) for x, y in zip(a, b))
+
+
+def build_rows(name: str, scale: str, rounds: list[dict[str, dict]], command: str, date: str) -> list[dict]:
+    """rounds: one {side: that side's JSON line} per round -> one row per peer (see the module docstring)."""
+    spec, rows = BENCHMARKS[name], []
+    ours = [r["rewardlab"] for r in rounds]
+    for peer in spec["sides"][1:]:
+        theirs = [r[peer] for r in rounds]
+        ratios = [o["throughput"] / t["throughput"] for o, t in zip(ours, theirs)]
+        median = statistics.median(ratios)
+        rss = {"rewardlab": max(o["peak_rss_mb"] for o in ours), "peer": max(t["peak_rss_mb"] for t in theirs)}
+        row = {"benchmark": name, "scale": scale, "peer": peer, "median_ratio": round(median, 3),
+               "runs": [round(r, 3) for r in ratios], "peak_rss_mb": rss,
+               "throughput": {"rewardlab": round(statistics.median(o["throughput"] for o in ours), 2),
+                              "peer": round(statistics.median(t["throughput"] for t in theirs), 2)},
+               "unit": ours[0]["unit"], "target": spec["target"], "model": ours[0].get("model", ""),
+               "threads": ours[0].get("threads"), "command": command, "measured": date}
+        met = median >= spec["target"] and rss["rewardlab"] <= rss["peer"]
+        if "fvu" in ours[0]:
+            row["fvu"] = {"rewardlab": round(statistics.median(o["fvu"] for o in ours), 4),
+                          "peer": round(statistics.median(t["fvu"] for t in theirs), 4)}
+            met = met and row["fvu"]["rewardlab"] <= row["fvu"]["peer"]
+        if "check" in ours[0]:
+            row["check_max_rel_diff"] = max(_max_rel_diff(o["check"], t["check"]) for o, t in zip(ours, theirs))
+        row["met"] = met
+        rows.append(row)
+    return rows
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """The new rows, plus the old rows of every (benchmark, scale) not rerun; in BENCHMARKS order."""
+    rerun = {(r["benchmark"], r["scale"]) for r in new}
+    rows = [r for r in old if (r["benchmark"], r["scale"]) not in rerun] + new
+    order = {name: i for i, name in enumerate(BENCHMARKS)}
+    return sorted(rows, key=lambda r: (order[r["benchmark"]], r["scale"] != "tiny",
+                                       BENCHMARKS[r["benchmark"]]["sides"].index(r["peer"])))
+
+
+def table_line(r: dict) -> str:
+    rss = r["peak_rss_mb"]
+    fvu = f"; FVU {r['fvu']['rewardlab']:.3f} vs {r['fvu']['peer']:.3f}" if "fvu" in r else ""
+    return (f"| {r['benchmark']} | {r['scale']} | {PEERS.get(r['peer'], r['peer'])} | **{r['median_ratio']:.2f}x** | "
+            f"{', '.join(f'{v:.2f}' for v in r['runs'])} | {r['throughput']['rewardlab']:,.1f} vs "
+            f"{r['throughput']['peer']:,.1f} {r['unit']}{fvu} | {rss['rewardlab']:.0f} vs {rss['peer']:.0f} | "
+            f">= {r['target']:g}x, RSS <= peer{', FVU <= peer' if 'fvu' in r else ''}: "
+            f"{'met' if r['met'] else '**not met**'} | `{r['command']}` |")
+
+
+def render(rows: list[dict], header: list[str], tail: str) -> str:
+    lines = header + ["", "| benchmark | scale | peer | median ratio | runs | throughput (rewardlab vs peer) | "
+                      "peak RSS MiB (rewardlab vs peer) | target | command |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [table_line(r) for r in rows]
+    lines += ["", END_MARK]
+    return "\n".join(lines) + (tail or "\n")
+
+
+def kept_tail(doc: Path) -> str:
+    """What follows the generated part of an existing BENCHMARKS.md (from its first section heading if
+    it has no end mark)."""
+    if not doc.is_file():
+        return ""
+    text = doc.read_text()
+    if END_MARK in text:
+        return text.split(END_MARK, 1)[1]
+    return "\n## " + text.split("\n## ", 1)[1] if "\n## " in text else ""
 
 
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import use_extra_site
+
+    use_extra_site()  # nnsight lives in .cache/bench/site
     out = {}
     for pkg in ("rewardlab", "torch", "transformers", "trl", "sae-lens", "transformer-lens", "nnsight"):
         try:
@@ -72,76 +166,78 @@ def versions() -> dict[str, str]:
     return out
 
 
-def demo_timings(run: Path) -> list[tuple[str, float]]:
-    rows = []
-    for manifest in sorted(run.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime):
-        m = json.loads(manifest.read_text())
-        rows.append((m["stage"], float(m["seconds"])))
-    return rows
+def header_lines(threads: int, machine_note: str) -> list[str]:
+    return [
+        "# Benchmarks", "",
+        f"Regenerated by `python bench/run_all.py` on {time.strftime('%Y-%m-%d')} (rows of benchmarks not rerun keep "
+        "their own date in docs/benchmarks.json). Each ratio is rewardlab's throughput divided by the peer's; every "
+        "side runs in its own process (its peak RSS is `ru_maxrss` of that process: imports, model and work), "
+        "rewardlab and the peers alternate within each round, and a row shows the median over rounds and every "
+        "round's ratio. The same rows are in `docs/benchmarks.json`: `peak_rss_mb` there is a dict "
+        "`{rewardlab, peer}` in MiB, the highest over the rounds.", "",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+        f"{threads} torch thread(s) and OMP_WAIT_POLICY=PASSIVE on every side; {machine_note}",
+        f"- python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "- scales: tiny = the review world's model (PPO, SAE activations) or a random model of today's sizes "
+        "(scoring: 4 x 128 GPT-2; caching: 12 x 256 GPT-2); 135m = SmolLM2-135M-Instruct (real weights where "
+        "scripts/setup-real-model.sh installed it, else a random LlamaForCausalLM of its config; the model column "
+        "of docs/benchmarks.json says which)",
+    ]
 
 
-def kept_rows(doc: Path, name: str) -> list[str]:
-    """The table rows of benchmark `name` in an existing BENCHMARKS.md (none if there is no file)."""
-    if not doc.is_file():
-        return []
-    table = doc.read_text().split("\n## ")[0]  # the benchmark table, not the stage timings after it
-    return [line for line in table.splitlines() if line.startswith(f"| {name} |") or line.startswith(f"| {name} vs ")]
+def measure(name: str, scale: str, world: str, repeats: int, threads: int) -> list[dict]:
+    spec = BENCHMARKS[name]
+    args = [a.format(world=world) for a in spec["args"][scale]] + ["--scale", scale, "--threads", str(threads)]
+    print(f"{name} {scale}: {run_side([spec['script'], *args, '--side', 'prepare'])}", flush=True)
+    rounds = []
+    for i in range(repeats):
+        t0, got = time.perf_counter(), {}
+        for side in side_order(spec["sides"], i):
+            got[side] = run_side([spec["script"], *args, "--side", side])
+        rounds.append(got)
+        print(f"{name} {scale} round {i}: " + ", ".join(f"{s} {g['throughput']:.1f} {g['unit']} "
+                                                     f"{g['peak_rss_mb']:.0f} MiB" for s, g in got.items())
+              + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    command = f"python {spec['script']} {' '.join(args)} --side SIDE"
+    return build_rows(name, scale, rounds, command, time.strftime("%Y-%m-%d"))
+
+
+def demo_section(run: Path) -> str:
+    rows = [json.loads(m.read_text()) for m in sorted(run.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)]
+    lines = ["", f"## Demo stage timings (`{run}`)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {m['stage']} | {float(m['seconds']):.0f} |" for m in rows]
+    lines.append(f"| total | {sum(float(m['seconds']) for m in rows):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(new: list[dict], json_path: Path, doc: Path, header: list[str], demo_run: str | None) -> None:
+    """Merge `new` into the rows of json_path and regenerate both files."""
+    rows = merge_rows(json.loads(json_path.read_text()) if json_path.is_file() else [], new)
+    json_path.write_text(json.dumps(rows, indent=1) + "\n")
+    doc.write_text(render(rows, header, demo_section(Path(demo_run)) if demo_run else kept_tail(doc)))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default=None, help="a built review world (default: build the tiny one)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scales", default="tiny,135m")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds per benchmark and scale")
     ap.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(BENCHMARKS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every side")
+    ap.add_argument("--machine-note", default="the machine was otherwise idle",
+                    help="what else ran on the machine during the measurements")
     ap.add_argument("--demo-run", default=None, help="a finished demo run folder, for stage timings")
     ap.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks.json"))
     a = ap.parse_args()
-    world = a.world
-    if world is None:
-        world = str(ROOT / ".cache" / "bench-world")
-        if not (Path(world) / "world.json").is_file():
-            subprocess.run([sys.executable, "-m", "rewardlab.cli", "world", "build", "--out", world], check=True)
-    names = a.only.split(",") if a.only else list(BENCHMARKS)
-    table = []
-    for name in names:
-        command, key, meaning, target = BENCHMARKS[name]
-        command = [c.format(world=world) for c in command]
-        runs = []
-        for _ in range(a.repeats):
-            t0 = time.perf_counter()
-            runs.append(ratios(name, run_one(command), key))
-            print(f"{name}: {runs[-1]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        for label in runs[0]:
-            values = [r[label] for r in runs]
-            table.append((label, meaning, statistics.median(values), values, target, " ".join(command)))
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Regenerated by `python bench/run_all.py` on {time.strftime('%Y-%m-%d')}. Each ratio is rewardlab's "
-        "throughput divided by the peer's, measured side by side in one run of the script; each row shows the "
-        "median of its runs and every run's value.",
-        "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"- python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-        "",
-        "| benchmark | what | median ratio | runs | target | command |",
-        "|---|---|---|---|---|---|",
-    ]
-    fresh = {}
-    for label, meaning, median, values, target, command in table:
-        fresh[label.split(" vs ")[0]] = fresh.get(label.split(" vs ")[0], []) + [
-            f"| {label} | {meaning} | **{median:.2f}x** | {', '.join(f'{v:.2f}' for v in values)} | "
-            f"{target} | `python {command}` |"]
-    for name in BENCHMARKS:
-        lines += fresh.get(name, kept_rows(Path(a.out), name))
-    if a.demo_run:
-        lines += ["", f"## Demo stage timings (`{a.demo_run}`)", "", "| stage | seconds |", "|---|---|"]
-        timings = demo_timings(Path(a.demo_run))
-        lines += [f"| {stage} | {sec:.0f} |" for stage, sec in timings]
-        lines.append(f"| total | {sum(s for _, s in timings):.0f} |")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print(f"-> {a.out}")
+    world = a.world or str(ROOT / ".cache" / "bench-world")
+    if not (Path(world) / "world.json").is_file():
+        subprocess.run([sys.executable, "-m", "rewardlab.cli", "world", "build", "--out", world], check=True)
+    for name in a.only.split(",") if a.only else BENCHMARKS:
+        for scale in a.scales.split(","):  # write after each, so an interrupted run keeps what it measured
+            write(measure(name, scale, world, a.repeats, a.threads), Path(a.json), Path(a.out),
+                  header_lines(a.threads, a.machine_note), a.demo_run)
+    print(f"-> {a.out}, {a.json}")
 
 
 if __name__ == "__main__":

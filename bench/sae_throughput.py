@@ -1,47 +1,100 @@
-"""SAE training throughput: rewardlab vs SAELens on the same cached activations, architecture
-(BatchTopK), width, k, batch size, dtype (float32), number of steps and thread count.
+"""SAE training throughput and FVU: rewardlab vs SAELens on the same cached activations, one side per process.
 
-SAELens is timed through its own training step (`training_forward_pass` + backward + grad-norm clip
-+ Adam + dead-latent bookkeeping: the body of `SAETrainer._train_step`), without its activation
-store, so both sides read the same in-memory tensor. rewardlab is timed through `train_sae` (its
-batching, AuxK bookkeeping and threshold tracking included). After one warm-up, the two are timed
-alternately `--repeats` times in one process (so both see the same machine load); the per-run
-ratios and their median are printed as JSON.
+    python bench/sae_throughput.py --world WORLD --scale tiny|135m --side prepare|rewardlab|saelens
+                                   [--expansion 4 --k 16 --batch 1024 --steps 300]
 
-    python bench/sae_throughput.py [--acts STORE --site SITE] [--d-in 128 --expansion 4 --k 16 --batch 1024
-                                    --steps 300 --repeats 5 --threads 1]
-Without --acts it uses Gaussian activations of width d_in (the cost does not depend on the values).
+`--side prepare` caches the activations once (safetensors under .cache/bench/): the residual stream
+of the scale's model on random token ids (seed 0, sequences of 128, position 0 dropped: its
+attention-sink norms would dominate), `steps * batch` training tokens plus 8192 held-out ones.
+tiny: the review world's base (WORLD/base, 4 x 128 GPT-2) at blocks.1.hook_resid_post; 135m:
+bench/common.model_135m() at blocks.6.hook_resid_post (a shallow layer keeps the caching cheap).
+
+Both sides train a BatchTopK SAE of width expansion * d_in, k, batch, float32, Adam at lr 1e-3, for
+exactly one pass over the same training tokens (each shuffles with its own seeded permutation), with
+inputs scaled so that mean |x|^2 = d_in (SAELens' `normalize_activations="expected_average_only_in"`,
+rewardlab's fixed rule). rewardlab: `train_sae` (its batching, AuxK bookkeeping, lr decay, decoder
+renormalization; its own tokens/s, which excludes the final threshold calibration). SAELens: its
+training step (`training_forward_pass` + backward + grad-norm clip + Adam + dead-latent bookkeeping:
+the body of `SAETrainer._train_step`) without its activation store, timed over the step loop. FVU on
+the held-out tokens (rewardlab: its inference rule, the threshold calibrated at the end of training;
+SAELens: BatchTopK over held-out batches of `batch` tokens, the rule it trained with. SAELens' own
+inference conversion, JumpReLU at its running `topk_threshold`, is not used: that threshold is an
+EMA with rate 0.01 per step and is still far from converged after a few hundred steps, which gave
+FVU > 1 after 100 steps.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, add_common_args, emit, model_135m, prepared, setup  # noqa: E402
 
-def rewardlab_tokens_per_s(acts: torch.Tensor, d_sae: int, k: int, batch: int, steps: int) -> float:
+SIDES = ["rewardlab", "saelens"]
+HELD_OUT = 8192
+LR = 1e-3
+
+
+def cache_path(scale: str, n_train: int) -> Path:
+    return ROOT / ".cache" / "bench" / f"sae-acts-{scale}-{n_train}.safetensors"
+
+
+def cache_acts(scale: str, world: str, n_train: int) -> Path:
+    """Cache n_train + HELD_OUT activations of the scale's model (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    from rewardlab.models import load_model
+    from rewardlab.sites import run_with_capture
+
+    path = cache_path(scale, n_train)
+    if path.is_file():
+        return path
+    folder, layer = (str(Path(world) / "base"), 1) if scale == "tiny" else (model_135m()[0], 6)
+    model, _ = load_model(folder, device="cpu", dtype="float32")
+    site, seq, need = f"blocks.{layer}.hook_resid_post", 128, n_train + HELD_OUT
+    g = torch.Generator().manual_seed(0)
+    rows, have = [], 0
+    while have < need:
+        ids = torch.randint(0, model.config.vocab_size, (16, seq), generator=g)
+        acts = run_with_capture(model, ids, None, [site])[site][:, 1:].reshape(-1, model.config.hidden_size)
+        rows.append(acts)
+        have += len(acts)
+    acts = torch.cat(rows)[:need].contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"train": acts[:n_train].clone(), "held_out": acts[n_train:].clone()}, str(path),
+              metadata={"model": folder, "site": site})
+    return path
+
+
+def rewardlab_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int) -> tuple[float, float]:
+    from rewardlab.sae.metrics import reconstruction_metrics
     from rewardlab.sae.model import SAEConfig
     from rewardlab.sae.train import TrainConfig, train_sae
 
-    cfg = SAEConfig(d_in=acts.shape[1], d_sae=d_sae, architecture="batchtopk", k=k)
-    return train_sae(acts, cfg, TrainConfig(batch_size=batch, n_tokens=batch * steps)).tokens_per_second
+    cfg = SAEConfig(d_in=train.shape[1], d_sae=d_sae, architecture="batchtopk", k=k)
+    result = train_sae(train, cfg, TrainConfig(batch_size=batch, n_tokens=len(train), lr=LR, progress=False))
+    return result.tokens_per_second, reconstruction_metrics(result.sae, held)["fvu"]
 
 
-def saelens_tokens_per_s(acts: torch.Tensor, d_sae: int, k: int, batch: int, steps: int) -> float:
+def saelens_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int) -> tuple[float, float]:
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
-    sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, k=k))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-4)
+    d_in = train.shape[1]
+    scale = (d_in / train[:batch].pow(2).sum(-1).mean()).sqrt()  # expected_average_only_in
+    torch.manual_seed(0)
+    sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    opt = torch.optim.Adam(sae.parameters(), lr=LR)
     since_fired = torch.zeros(d_sae)
-    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
 
     def step(i: int) -> None:
-        x = acts[torch.randint(0, len(acts), (batch,), generator=gen)]
+        x = train[order[i * batch:(i + 1) * batch]] * scale
         out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=since_fired > 1000,
                                                        n_training_steps=i, is_logging_step=False))
         with torch.no_grad():
@@ -52,46 +105,41 @@ def saelens_tokens_per_s(acts: torch.Tensor, d_sae: int, k: int, batch: int, ste
         opt.step()
         opt.zero_grad()
 
-    step(0)
     t0 = time.perf_counter()
-    for i in range(1, steps + 1):
+    for i in range(len(train) // batch):
         step(i)
-    return batch * steps / (time.perf_counter() - t0)
+    tokens_per_s = len(train) // batch * batch / (time.perf_counter() - t0)
+    with torch.no_grad():  # BatchTopK over held-out batches of `batch` tokens: the rule its loss trained
+        x = held[:len(held) // batch * batch] * scale
+        x_hat = torch.cat([sae.decode(sae.encode(xb)) for xb in x.split(batch)])
+        fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    return tokens_per_s, fvu
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--acts", default=None, help="activation store folder (per-token)")
-    ap.add_argument("--site", default=None)
-    ap.add_argument("--d-in", type=int, default=128)
+    add_common_args(ap, SIDES)
+    ap.add_argument("--world", required=True, help="a built review world (the tiny scale caches its base model)")
     ap.add_argument("--expansion", type=int, default=4)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=300, help="training steps = one pass over steps * batch tokens")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    if a.acts:
-        from rewardlab.acts import ActivationStore
-        from rewardlab.sae.diffing import load_tokens
+    setup(a.threads)
+    n_train = a.steps * a.batch
+    if a.side == "prepare":
+        return prepared(a.scale, {"acts": str(cache_acts(a.scale, a.world, n_train))})
+    from safetensors.torch import load_file
 
-        acts = load_tokens(ActivationStore(a.acts), a.site).acts
-    else:
-        acts = torch.randn(50_000, a.d_in, generator=torch.Generator().manual_seed(0))
-    d_sae = a.expansion * acts.shape[1]
-    rewardlab_tokens_per_s(acts, d_sae, a.k, a.batch, 2)  # warm-up (allocator, lazy imports)
-    saelens_tokens_per_s(acts, d_sae, a.k, a.batch, 2)
-    ours, theirs = [], []
-    for _ in range(a.repeats):
-        ours.append(rewardlab_tokens_per_s(acts, d_sae, a.k, a.batch, a.steps))
-        theirs.append(saelens_tokens_per_s(acts, d_sae, a.k, a.batch, a.steps))
-    ratios = [o / t for o, t in zip(ours, theirs)]
-    print(json.dumps({"d_in": acts.shape[1], "d_sae": d_sae, "k": a.k, "batch": a.batch, "steps": a.steps,
-                      "threads": a.threads, "repeats": a.repeats, "n_tokens_cached": len(acts),
-                      "rewardlab_tokens_per_s": [round(v) for v in ours],
-                      "saelens_tokens_per_s": [round(v) for v in theirs],
-                      "ratios": [round(r, 2) for r in ratios], "median_ratio": round(statistics.median(ratios), 2)}))
+    path = cache_path(a.scale, n_train)
+    tensors = load_file(str(path))
+    train, held = tensors["train"], tensors["held_out"]
+    d_sae = a.expansion * train.shape[1]
+    side = rewardlab_side if a.side == "rewardlab" else saelens_side
+    tokens_per_s, fvu = side(train, held, d_sae, a.k, a.batch)
+    emit(a.side, a.scale, tokens_per_s, "tokens/s", n_train / tokens_per_s, fvu=fvu, d_in=train.shape[1],
+         d_sae=d_sae, k=a.k, batch=a.batch, steps=a.steps, threads=a.threads, held_out_tokens=len(held),
+         model=f"cached activations {path.name}")
 
 
 if __name__ == "__main__":

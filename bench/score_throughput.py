@@ -1,14 +1,16 @@
-"""Implicit-reward scoring throughput: rewardlab's completion log-probs vs TRL's DPO log-probs.
+"""Implicit-reward scoring throughput: rewardlab's completion log-probs vs TRL's DPO log-probs, one side per process.
 
 Both score the same model on the same prompt/completion pairs: TRL through
 `DPOTrainer.compute_ref_log_probs` on its own collated batches (each pair's chosen and rejected,
-so every sequence is scored once), rewardlab through `completion_logprobs` at the same number of
-sequences per forward. Prints tokens/s (prompt + completion tokens per second) for each and the
-ratio, after checking that both give the same sequence log-probs.
+so every sequence is scored once; collation is done before the clock starts); one untimed warm-up batch each, rewardlab through
+`completion_logprobs` at the same number of sequences per forward (its tokenization timed). Prints
+tokens/s (prompt + completion tokens per second) and, as `check`, the summed log-probs of the first
+8 sequences, which the runner compares across sides.
 
-    python bench/score_throughput.py [--model DIR] [--pairs 512] [--batch 32]
+    python bench/score_throughput.py --scale tiny|135m --side rewardlab|trl_dpo [--pairs 512] [--batch 32]
 
-Without --model, a 4-layer, 128-wide GPT-2 with a 500-word vocabulary is built from a config.
+tiny: a 4-layer, 128-wide GPT-2 with a 500-word vocabulary (the review world's model size), built
+from a config; 135m: bench/common.model_135m(), the texts drawn from its vocabulary.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from __future__ import annotations
 import argparse
 import copy
 import random
-import json
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_args, emit, model_135m, prepared, setup  # noqa: E402
+
+SIDES = ["rewardlab", "trl_dpo"]
 
 
 def _word_model(n_words: int = 500):
@@ -39,71 +47,78 @@ def _word_model(n_words: int = 500):
     return model, tokenizer, words[3:]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model folder (default: a GPT-2 built from a config)")
-    ap.add_argument("--pairs", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=32, help="sequences per forward pass")
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    from rewardlab.diff.logprobs import completion_logprobs
-
-    if args.model:
-        from rewardlab.models import load_model
-
-        model, tokenizer = load_model(args.model, device="cpu", dtype="float32")
-        vocab = [w for w in tokenizer.get_vocab() if not w.startswith("<")]
-    else:
-        model, tokenizer, vocab = _word_model()
+def texts(vocab: list[str], eos: str, pairs: int) -> tuple[list[str], list[str], list[str]]:
     rng = random.Random(0)
 
     def text(lo, hi):
         return " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, hi)))
 
-    eos = tokenizer.eos_token
-    prompts = [text(2, 8) for _ in range(args.pairs)]
-    chosen = [" " + text(8, 40) + eos for _ in range(args.pairs)]
-    rejected = [" " + text(8, 40) + eos for _ in range(args.pairs)]
+    prompts = [text(2, 8) for _ in range(pairs)]
+    chosen = [" " + text(8, 40) + eos for _ in range(pairs)]
+    rejected = [" " + text(8, 40) + eos for _ in range(pairs)]
+    return prompts, chosen, rejected
+
+
+def trl_side(model, tokenizer, prompts, chosen, rejected, batch: int) -> tuple[float, int, list[float]]:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = DPOConfig(output_dir=tmp, per_device_train_batch_size=args.batch // 2, report_to=[], use_cpu=True,
+        config = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch // 2, report_to=[], use_cpu=True,
                            bf16=False, max_length=None, disable_tqdm=True)
         trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config, processing_class=tokenizer,
                              train_dataset=Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected}))
         ds = trainer.train_dataset
-        batches = [trainer.data_collator([ds[j] for j in range(i, min(i + args.batch // 2, len(ds)))])
-                   for i in range(0, len(ds), args.batch // 2)]
+        batches = [trainer.data_collator([ds[j] for j in range(i, min(i + batch // 2, len(ds)))])
+                   for i in range(0, len(ds), batch // 2)]
         n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        trainer.compute_ref_log_probs(model, batches[0])  # warm-up, untimed
         start = time.perf_counter()
-        trl_logps = [trainer.compute_ref_log_probs(model, b) for b in batches]
-        trl_time = time.perf_counter() - start
+        logps = [trainer.compute_ref_log_probs(model, b) for b in batches]
+        seconds = time.perf_counter() - start
+    flat = torch.cat([torch.cat(pair) for pair in logps])
+    return seconds, n_tokens, [float(x) for x in flat[:8]]
 
-    # the same sequences in the same grouping: each batch holds its pairs' chosen then rejected
+
+def rewardlab_side(model, tokenizer, prompts, chosen, rejected, batch: int) -> tuple[float, int, list[float]]:
+    from rewardlab.diff.logprobs import completion_logprobs, encode
+
+    # the same sequences in the same grouping as TRL: each batch holds its pairs' chosen then rejected
     all_prompts, all_completions = [], []
-    for i in range(0, args.pairs, args.batch // 2):
-        sl = slice(i, i + args.batch // 2)
+    for i in range(0, len(prompts), batch // 2):
+        sl = slice(i, i + batch // 2)
         all_prompts += prompts[sl] * 2
         all_completions += chosen[sl] + rejected[sl]
+    n_tokens = sum(len(r.ids) for r in encode(tokenizer, all_prompts, all_completions))
+    completion_logprobs(model, tokenizer, all_prompts[:batch], all_completions[:batch], batch_size=batch)  # warm-up
     start = time.perf_counter()
-    ours = completion_logprobs(model, tokenizer, all_prompts, all_completions, batch_size=args.batch)
-    our_time = time.perf_counter() - start
+    ours = completion_logprobs(model, tokenizer, all_prompts, all_completions, batch_size=batch)
+    seconds = time.perf_counter() - start
+    return seconds, n_tokens, [float(x.sum()) for x in ours[:8]]
 
-    trl_flat = torch.cat([torch.cat(pair) for pair in trl_logps])
-    ours_flat = torch.stack([x.sum() for x in ours])
-    max_diff = float((trl_flat - ours_flat).abs().max())
-    print(f"model: {args.model or 'gpt2 4x128, 500 words'}; {2 * args.pairs} sequences, {n_tokens} tokens, "
-          f"{args.batch} sequences per forward, CPU, 2 threads")
-    print(f"max |logp difference| between the two: {max_diff:.2e}")
-    print(f"TRL DPOTrainer.compute_ref_log_probs: {n_tokens / trl_time:,.0f} tokens/s ({trl_time:.2f} s)")
-    print(f"rewardlab completion_logprobs:        {n_tokens / our_time:,.0f} tokens/s ({our_time:.2f} s)")
-    print(f"ratio (rewardlab / TRL): {trl_time / our_time:.2f}")
-    print(json.dumps({"sequences": 2 * args.pairs, "tokens": n_tokens, "batch": args.batch, "max_abs_diff": max_diff,
-                      "rewardlab_tokens_per_s": n_tokens / our_time, "trl_tokens_per_s": n_tokens / trl_time,
-                      "ratio": trl_time / our_time}))
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(ap, SIDES)
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=32, help="sequences per forward pass")
+    args = ap.parse_args()
+    setup(args.threads)
+    if args.side == "prepare":
+        return prepared(args.scale)
+    if args.scale == "135m":
+        from rewardlab.models import load_model
+
+        folder, name = model_135m()
+        model, tokenizer = load_model(folder, device="cpu", dtype="float32")
+        vocab = [w for w in tokenizer.get_vocab() if w.isalpha()]
+    else:
+        (model, tokenizer, vocab), name = _word_model(), "gpt2 4x128, 500 words"
+    prompts, chosen, rejected = texts(sorted(vocab), tokenizer.eos_token, args.pairs)
+    side = rewardlab_side if args.side == "rewardlab" else trl_side
+    seconds, n_tokens, check = side(model, tokenizer, prompts, chosen, rejected, args.batch)
+    emit(args.side, args.scale, n_tokens / seconds, "tokens/s", seconds, tokens=n_tokens, sequences=2 * args.pairs,
+         batch=args.batch, threads=args.threads, model=name, check=check)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""bench/run_all.py's bookkeeping on fake benchmark output (no benchmark runs here): per-round ratios,
+medians, peak RSS per side, targets, the JSON rows, --only merging and the kept notes of BENCHMARKS.md."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_run_all", BENCH / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def side(name, throughput, rss, **extra):
+    return {"side": name, "scale": "tiny", "throughput": throughput, "unit": "tokens/s", "seconds": 1.0,
+            "peak_rss_mb": rss, "threads": 1, "model": "m", **extra}
+
+
+def test_rows_hold_per_round_ratios_their_median_and_each_sides_peak_rss(run_all):
+    rounds = [{"rewardlab": side("rewardlab", 300.0, 500.0, fvu=0.10), "saelens": side("saelens", 100.0, 700.0, fvu=0.12)},
+              {"rewardlab": side("rewardlab", 200.0, 520.0, fvu=0.11), "saelens": side("saelens", 100.0, 650.0, fvu=0.13)},
+              {"rewardlab": side("rewardlab", 500.0, 510.0, fvu=0.09), "saelens": side("saelens", 125.0, 690.0, fvu=0.12)}]
+    (row,) = run_all.build_rows("sae", "tiny", rounds, "python bench/sae_throughput.py", "2026-12-01")
+    assert row["runs"] == [3.0, 2.0, 4.0]
+    assert row["median_ratio"] == 3.0
+    assert row["peak_rss_mb"] == {"rewardlab": 520.0, "peer": 700.0}
+    assert row["throughput"] == {"rewardlab": 300.0, "peer": 100.0}
+    assert row["fvu"] == {"rewardlab": 0.10, "peer": 0.12}
+    assert row["met"] is True  # 3.0 >= 3, less memory, lower FVU
+    rounds[0]["rewardlab"]["peak_rss_mb"] = 800.0
+    assert run_all.build_rows("sae", "tiny", rounds, "c", "d")[0]["met"] is False  # more memory than the peer
+
+
+def test_one_row_per_peer_with_the_check_difference(run_all):
+    sides = run_all.BENCHMARKS["acts"]["sides"]
+    rounds = [{s: side(s, 100.0 * (i + 1) if s == "rewardlab" else 50.0, 400.0, check=[1.0, 2.0 + 1e-4 * (s != "rewardlab")])
+               for s in sides} for i in range(2)]
+    rows = run_all.build_rows("acts", "135m", rounds, "c", "d")
+    assert [r["peer"] for r in rows] == sides[1:]
+    assert all(r["runs"] == [2.0, 4.0] and r["median_ratio"] == 3.0 for r in rows)
+    assert all(r["check_max_rel_diff"] == pytest.approx(1e-4 / 2.0001) for r in rows)
+    assert all(r["met"] is True for r in rows)  # 3.0 >= 3 at equal memory
+
+
+def test_alternating_order(run_all):
+    sides = ["rewardlab", "a", "b"]
+    assert run_all.side_order(sides, 0) == sides
+    assert run_all.side_order(sides, 1) == ["b", "a", "rewardlab"]
+
+
+def test_json_rows_merge_and_the_markdown_keeps_the_notes(run_all, tmp_path):
+    def row(bench, scale, peer, ratio):
+        r = {"benchmark": bench, "scale": scale, "peer": peer, "median_ratio": ratio, "runs": [ratio],
+             "peak_rss_mb": {"rewardlab": 1.0, "peer": 2.0}, "throughput": {"rewardlab": 2.0, "peer": 1.0},
+             "unit": "samples/s", "target": 2.0, "met": ratio >= 2, "command": "c", "measured": "d"}
+        return r
+
+    old = [row("sae", "tiny", "saelens", 1.0), row("ppo", "tiny", "trl_rloo", 1.0), row("ppo", "135m", "trl_rloo", 1.5)]
+    new = [row("ppo", "tiny", "trl_grpo", 2.5), row("ppo", "tiny", "trl_rloo", 2.0)]
+    rows = run_all.merge_rows(old, new)
+    assert [(r["benchmark"], r["scale"], r["peer"], r["median_ratio"]) for r in rows] == [
+        ("ppo", "tiny", "trl_rloo", 2.0), ("ppo", "tiny", "trl_grpo", 2.5), ("ppo", "135m", "trl_rloo", 1.5),
+        ("sae", "tiny", "saelens", 1.0)]
+    for r in json.loads(json.dumps(rows)):
+        assert {"benchmark", "scale", "peer", "median_ratio", "runs", "peak_rss_mb"} <= set(r)
+        assert r["benchmark"] in ("ppo", "score", "acts", "sae")
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nold table\n\n## Where the time goes\n\nnotes\n")
+    text = run_all.render(rows, ["# Benchmarks"], run_all.kept_tail(doc))
+    assert "old table" not in text and text.endswith("## Where the time goes\n\nnotes\n")
+    assert "| ppo | tiny | TRL GRPOTrainer | **2.50x** |" in text
+    assert text.count("**not met**") == 2  # the 1.0x and 1.5x rows
+    doc.write_text(text)
+    assert run_all.kept_tail(doc) == "\n## Where the time goes\n\nnotes\n"  # stable across regenerations
