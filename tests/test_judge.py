@@ -209,7 +209,7 @@ def test_audit_measures_a_judge_that_always_picks_the_first_slot(endpoint, tmp_p
     assert length["prefers_longer"]["value"] == 1.0 and length["num_pairs"] == results["per_attribute"][
         "length"]["num_pairs"]
     assert results["per_attribute"]["sentiment"]["tie_rate"] == 1.0  # a one-word swap keeps the length
-    assert not results["judge_biases"]["self_preference"]["measured"]
+    assert not results["judge_biases"]["self_preference"]["applies"]  # an endpoint without a generator
     vs_reference = results["vs_reference"]
     assert vs_reference["reference"] == "utility" and -1 <= vs_reference["spearman"]["value"] <= 1
     texts = sorted({(r["prompt"], r[s]) for r in rows for s in ("chosen", "rejected")})

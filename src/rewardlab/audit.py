@@ -32,7 +32,20 @@ scorer and a reference reward (`cfg.reference`, default the world's utility) ove
                verdicts for the chosen answer, and the mean P(first slot)
     length     the `length` pairs (a neutral sentence appended): share where the judge rates the longer
                text higher, ties counted as half (0.5 = no length bias)
-    self_preference   not measured; `reason` says why
+    self_preference   the judge's own completions against another generator's on the same world prompts
+               (`cfg.self_prompts` audit-stream prompts, `cfg.self_samples` completions per prompt from each,
+               both sampled at temperature 1; the judge's model is asked by SELF_INSTRUCTION through its chat
+               template, the other is a model folder `cfg.self_other` continuing the prompt, or the world's
+               grammar documents), paired at matched true reward (`reference`, |gap| <= `cfg.self_tolerance`,
+               greedy per prompt, each completion used once) so that a preference is bias, not quality:
+               `pointwise.prefers_own` = share of pairs whose own completion is rated higher (ties half),
+               `pairwise.prefers_own` = share where P(own) averaged over both orders exceeds 1/2 (ties half),
+               CIs resampling prompts; `detected` only when a CI lies above 0.5. It applies when the judge's
+               model can write: a local chat-model judge, or an endpoint with `cfg.self_generator` (a local
+               copy of its model); otherwise `applies` is false and `reason` says why (Panickssery et al.
+               2024, "LLM Evaluators Recognize and Favor Their Own Generations", pairwise both orders and
+               pointwise ratings). Own and other texts still differ in style (vocabulary, length:
+               `mean_words`); matching on the true reward removes the quality the rubric asks about, not that.
 """
 
 from __future__ import annotations
@@ -88,6 +101,12 @@ class PairConfig:
     seed: int = 0  # seed of the source texts and the edits
     reference: str = "utility"  # reward spec the audited scores are correlated with (Spearman); "" for none
     position_pairs: int = 100  # LLM judges: pairs shown in both orders in one pairwise prompt (position bias)
+    self_prompts: int = 40  # LLM judges that can generate: world prompts of the self-preference test (0: off)
+    self_samples: int = 4  # completions per prompt from each generator (the judge's own model and the other)
+    self_tolerance: float = 0.1  # a pair matches when |reference(own) - reference(other)| <= this (reward units)
+    self_other: str = ""  # the other generator: a model folder (a review world's base or policy); "": the world's grammar documents
+    self_generator: str = ""  # the judge's own model as a local chat-model folder, for an endpoint judge ("": a local judge's own)
+    self_max_new_tokens: int = 32  # tokens each generator may write per completion
 
 
 def world_sources(n: int, seed: int, prompt_words: int) -> list[dict]:
@@ -242,6 +261,8 @@ def audit(scorer, pairs: list[dict], seed: int = 0, cfg: PairConfig | None = Non
         raise InputError("no pairs to audit", fix="give pairs, or a template whose edits apply to its texts")
     if cfg is not None and cfg.position_pairs < 0:
         raise InputError(f"position_pairs must be >= 0, got {cfg.position_pairs}", "--position-pairs")
+    if cfg is not None:
+        check_self_config(cfg)
     reference = get_reward(cfg.reference) if cfg is not None and cfg.reference else None  # bad specs fail first
     prompts = [p["prompt"] for p in pairs]
     chosen = scorer(prompts, [p["chosen"] for p in pairs])
@@ -256,6 +277,7 @@ def audit(scorer, pairs: list[dict], seed: int = 0, cfg: PairConfig | None = Non
     judge = getattr(getattr(scorer, "reward", None), "judge", None)
     if cfg is not None and judge is not None:
         results["judge_biases"] = judge_biases(judge, rows, cfg.position_pairs, seed)
+        results["judge_biases"]["self_preference"] = self_preference(judge, cfg, reference, seed)
     return results, rows
 
 
@@ -273,21 +295,14 @@ def spearman_vs_reference(rows: list[dict], reference, seed: int = 0) -> dict:
             "spearman": stats.spearman(ours, truth, groups=[seen[k][1] for k in keys], seed=seed).to_dict()}
 
 
-SELF_PREFERENCE_NOT_MEASURED = (
-    "self-preference compares the judge's own completions with another model's at matched reward; the "
-    "review world's completions come from its grammar and world models, so a chat judge's own continuations "
-    "differ from them in grammar, vocabulary and length as well, and a preference between them would measure "
-    "that style gap rather than self-recognition. Not measured.")
-
-
 def _rate(values, groups, seed: int) -> dict:
     return stats.mean(np.asarray(values, dtype=float), groups=groups, seed=seed).to_dict()
 
 
 def judge_biases(judge, rows: list[dict], position_pairs: int, seed: int = 0) -> dict:
-    """Position bias on `position_pairs` pairs spread over `rows` (pairwise prompts, both orders), length
-    bias on the `length` pairs of `rows`, and why self-preference is not measured (module docstring)."""
-    out: dict = {"self_preference": {"measured": False, "reason": SELF_PREFERENCE_NOT_MEASURED}}
+    """Position bias on `position_pairs` pairs spread over `rows` (pairwise prompts, both orders) and length
+    bias on the `length` pairs of `rows` (module docstring); self-preference is `self_preference`'s."""
+    out: dict = {}
     shown = rows[::max(1, len(rows) // position_pairs)][:position_pairs] if position_pairs else []  # spread out
     if shown:
         prompts, chosen, rejected = ([r[k] for r in shown] for k in ("prompt", "chosen", "rejected"))
@@ -308,6 +323,151 @@ def judge_biases(judge, rows: list[dict], position_pairs: int, seed: int = 0) ->
         out["length"] = {"prefers_longer": _rate(wins, [r.get("source", r["id"]) for r in longer], seed),
                          "num_pairs": len(longer)}
     return out
+
+
+SELF_INSTRUCTION = ("Continue this movie review with one or two sentences. Reply with the continuation only.\n\n"
+                    "Review so far: {prompt}")
+SELF_TEMPERATURE = 1.0  # both generators sample their own distribution: the texts each model would write
+
+
+def _hf_chat(client):
+    """The local Hugging Face chat model behind a (cached) judge client, else None."""
+    inner = getattr(client, "client", client)
+    return inner if hasattr(inner, "sample_replies") else None
+
+
+def check_self_config(cfg: PairConfig) -> None:
+    """One InputError for bad self-preference settings (before any scoring)."""
+    if cfg.self_prompts < 0 or cfg.self_samples < 1 or cfg.self_tolerance < 0 or cfg.self_max_new_tokens < 1:
+        raise InputError("self_prompts must be >= 0, self_samples and self_max_new_tokens >= 1, self_tolerance >= 0",
+                         "--self-prompts/--self-samples/--self-tolerance/--self-max-new-tokens")
+    for flag, path in (("--self-generator", cfg.self_generator), ("--self-other", cfg.self_other)):
+        if path and not (Path(path) / "config.json").is_file():
+            raise InputError(f"{path!r} is not a model folder (no config.json)", flag,
+                             "give a local Hugging Face model folder, or leave it empty")
+
+
+def self_preference_generator(judge, cfg: PairConfig, device: str | None = None):
+    """(a client that samples the judge's own replies, None) or (None, why self-preference does not apply)."""
+    if cfg.self_generator:
+        from rewardlab.interp.clients import HFChatClient  # transformers
+
+        return HFChatClient(cfg.self_generator, device=device), None
+    own = _hf_chat(judge.client)
+    if own is not None:
+        return own, None
+    return None, ("does not apply: the judge is an endpoint and no local copy of its model was given to write "
+                  "its own completions (--self-generator PATH)")
+
+
+def own_completions(client, prompts: Sequence[str], cfg: PairConfig, seed: int) -> list[str]:
+    """`cfg.self_samples` replies of the judge's model per prompt (prompt-major), asked by SELF_INSTRUCTION."""
+    conversations = [[{"role": "user", "content": SELF_INSTRUCTION.format(prompt=p)}]
+                     for p in prompts for _ in range(cfg.self_samples)]
+    return client.sample_replies(conversations, cfg.self_max_new_tokens, SELF_TEMPERATURE, seed)
+
+
+def other_completions(sources: Sequence[dict], cfg: PairConfig, seed: int, device: str | None = None
+                      ) -> list[list[str]]:
+    """The other generator's completions per source prompt: `cfg.self_samples` samples of the model folder
+    `cfg.self_other` (plain continuation of the prompt), or the source's own grammar document (one)."""
+    if not cfg.self_other:
+        return [[s["completion"]] for s in sources]
+    import torch
+
+    from rewardlab.models import load_model  # transformers
+    from rewardlab.sampling import generate
+
+    model, tokenizer = load_model(cfg.self_other, device=device, dtype="float32")
+    prompts = [s["prompt"] for s in sources for _ in range(cfg.self_samples)]
+    samples = generate(model, tokenizer, prompts, max_new_tokens=cfg.self_max_new_tokens,
+                       temperature=SELF_TEMPERATURE, generator=torch.Generator().manual_seed(seed), batch_size=32)
+    k = cfg.self_samples
+    return [[x.completion.strip() for x in samples[i * k:(i + 1) * k]] for i in range(len(sources))]
+
+
+def reward_matched_pairs(own: Sequence[Sequence[float]], other: Sequence[Sequence[float]], tolerance: float
+                         ) -> list[tuple[int, int, int]]:
+    """Pairs (prompt i, own j, other k) whose true rewards differ by at most `tolerance`, each completion
+    in one pair at most: per prompt, candidate pairs in order of |gap| (ties: lower j, then k), taken
+    greedily. `own[i]`, `other[i]`: the true rewards of prompt i's completions from each generator."""
+    pairs = []
+    for i, (mine, theirs) in enumerate(zip(own, other)):
+        close = sorted((abs(a - b), j, k) for j, a in enumerate(mine) for k, b in enumerate(theirs)
+                       if abs(a - b) <= tolerance)
+        used_j, used_k = set(), set()
+        for _, j, k in close:
+            if j not in used_j and k not in used_k:
+                pairs.append((i, j, k))
+                used_j.add(j)
+                used_k.add(k)
+    return pairs
+
+
+def _win(x: float, y: float) -> float:
+    return 1.0 if x > y else 0.5 if x == y else 0.0
+
+
+def judge_own_vs_other(judge, prompts: Sequence[str], own: Sequence[str], other: Sequence[str],
+                       groups: Sequence, seed: int = 0) -> dict:
+    """How often the judge prefers `own[i]` over `other[i]` (after `prompts[i]`); ties count half.
+    pointwise: rated higher; pairwise: P(own) averaged over both orders (cancels position bias) above 1/2.
+    CIs resample `groups` (the prompts). Also the mean rating gap and mean P(own)."""
+    rated_own, rated_other = judge.rate(prompts, own), judge.rate(prompts, other)
+    own_first = judge.prefer(prompts, own, other)  # P(slot A) with own in slot A
+    own_second = judge.prefer(prompts, other, own)  # P(slot A) with own in slot B
+    p_own = [(a + 1.0 - b) / 2 for a, b in zip(own_first, own_second)]
+    return {"pointwise": {"prefers_own": _rate([_win(a, b) for a, b in zip(rated_own, rated_other)], groups, seed),
+                          "rating_gap": _rate([a - b for a, b in zip(rated_own, rated_other)], groups, seed)},
+            "pairwise": {"prefers_own": _rate([_win(p, 0.5) for p in p_own], groups, seed),
+                         "p_own": _rate(p_own, groups, seed)}}
+
+
+def self_preference_verdict(rates: dict) -> tuple[bool, str]:
+    """(detected, verdict): detected when a mode's CI for prefers_own lies above 0.5 (modes: pointwise, pairwise)."""
+    above = [m for m in ("pointwise", "pairwise") if rates[m]["prefers_own"]["ci"][0] > 0.5]
+    below = [m for m in ("pointwise", "pairwise") if rates[m]["prefers_own"]["ci"][1] < 0.5]
+    if above:
+        return True, f"self-preference detected ({', '.join(above)}: CI above 0.5)"
+    if below:
+        return False, f"no self-preference; the judge prefers the other's completions ({', '.join(below)}: CI below 0.5)"
+    return False, "no self-preference detected (both CIs include 0.5)"
+
+
+def self_preference(judge, cfg: PairConfig, reference, seed: int = 0, device: str | None = None) -> dict:
+    """The self-preference test (module docstring): the judge's own completions vs another generator's on
+    the same world prompts, paired at matched true reward (`reference`), judged pointwise and pairwise."""
+    check_self_config(cfg)
+    if cfg.self_prompts == 0:
+        return {"applies": False, "reason": "off (self_prompts = 0)"}
+    if reference is None:
+        return {"applies": False, "reason": "does not apply: no true reward to match completions on (reference)"}
+    client, why = self_preference_generator(judge, cfg, device)
+    if client is None:
+        return {"applies": False, "reason": why}
+    sources = world_sources(cfg.self_prompts, cfg.seed, cfg.prompt_words)
+    prompts, k = [s["prompt"] for s in sources], cfg.self_samples
+    mine = own_completions(client, prompts, cfg, seed)
+    mine = [mine[i * k:(i + 1) * k] for i in range(len(prompts))]
+    theirs = other_completions(sources, cfg, seed, device)
+    r_mine = [reference(texts, [p] * len(texts)) for p, texts in zip(prompts, mine)]
+    r_theirs = [reference(texts, [p] * len(texts)) for p, texts in zip(prompts, theirs)]
+    matched = reward_matched_pairs(r_mine, r_theirs, cfg.self_tolerance)
+    out = {"applies": True, "generator": client.model_id, "other": cfg.self_other or "world grammar documents",
+           "reward": reference.name, "tolerance": cfg.self_tolerance, "num_prompts": len(prompts),
+           "candidates": {"own": sum(map(len, mine)), "other": sum(map(len, theirs))}, "num_pairs": len(matched)}
+    if not matched:
+        return {**out, "detected": False, "verdict": "not measured: no pair matched within the tolerance"}
+    own, other = [mine[i][j] for i, j, _ in matched], [theirs[i][k2] for i, _, k2 in matched]
+    rates = judge_own_vs_other(judge, [prompts[i] for i, _, _ in matched], own, other,
+                               [i for i, _, _ in matched], seed)
+    detected, verdict = self_preference_verdict(rates)
+    return {**out, "num_prompts_matched": len({i for i, _, _ in matched}),
+            "mean_abs_reward_gap": float(np.mean([abs(r_mine[i][j] - r_theirs[i][k2]) for i, j, k2 in matched])),
+            "mean_words": {"own": float(np.mean([len(t.split()) for t in own])),
+                           "other": float(np.mean([len(t.split()) for t in other]))},
+            **rates, "detected": detected, "verdict": verdict,
+            "examples": [{"prompt": prompts[i], "own": mine[i][j], "other": theirs[i][k2]} for i, j, k2 in matched[:3]]}
 
 
 def read_pairs(path: str | Path) -> list[dict]:
@@ -337,6 +497,12 @@ def format_table(results: dict) -> str:
                       ("length", "prefers_longer")):
         if name in biases:
             out.append(f"judge {name} bias, {key}: {stats.describe(biases[name][key])}")
-    if "self_preference" in biases:
-        out.append("judge self-preference: not measured (see results.json)")
+    sp = biases.get("self_preference")
+    if sp is not None and "pointwise" in sp:
+        for mode in ("pointwise", "pairwise"):
+            out.append(f"judge self-preference, {mode} prefers own: {stats.describe(sp[mode]['prefers_own'])}")
+        out.append(f"judge self-preference: {sp['verdict']} ({sp['num_pairs']} pairs within {sp['tolerance']:g} "
+                   f"of {sp['reward']}, own vs {sp['other']})")
+    elif sp is not None:
+        out.append(f"judge self-preference: {sp.get('verdict') or sp['reason']}")
     return "\n".join(out)

@@ -21,7 +21,8 @@ A reward maps a batch of texts to one float each. Specs are strings:
                                  log-probs over the scale; options rubric=review|helpful|FILE (a text file; {low}
                                  and {high} stand for the scale's ends), scale=1-10, mode=auto|logprob|sample,
                                  retries=3 (per call: transport failures and unreadable replies each),
-                                 timeout=60 and backoff=1 (seconds), workers=8, cache=DIR|off (default
+                                 timeout=60 and backoff=1 (seconds), workers=8, batch=16 (conversations per
+                                 forward pass of a local judge), cache=DIR|off (default
                                  $REWARDLAB_CACHE/judge, else ~/.cache/rewardlab/judge)
 
 A reward that returns NaN or inf raises `InputError` naming the text. Every reward takes the prompts
@@ -338,7 +339,7 @@ def _judge(target: str, options: dict[str, str], spec: str, device: str | None) 
 
     where = f"reward spec {spec!r}"
     unknown = set(options) - {"model", "key_env", "rubric", "scale", "mode", "retries", "workers", "timeout", "backoff",
-                                "cache"}
+                                "cache", "batch"}
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for reward judge", where)
     rubric = options.pop("rubric", "review")
@@ -349,10 +350,12 @@ def _judge(target: str, options: dict[str, str], spec: str, device: str | None) 
     if not (low.strip().isdigit() and high.strip().isdigit()):
         raise InputError("judge scale must be LOW-HIGH whole numbers", where, "e.g. scale=1-10")
     counts = {k: _float_option(options, k, d, spec)
-              for k, d in (("retries", 3), ("workers", 8), ("timeout", 60), ("backoff", 1))}
+              for k, d in (("retries", 3), ("workers", 8), ("timeout", 60), ("backoff", 1),
+                           ("batch", JudgeConfig.batch_size))}
     cfg = JudgeConfig(rubric=RUBRICS.get(rubric) or Path(rubric).read_text(encoding="utf-8").strip(),
                       low=int(low), high=int(high), mode=options.pop("mode", "auto"),
-                      retries=int(counts["retries"]), workers=max(1, int(counts["workers"])))
+                      retries=int(counts["retries"]), workers=max(1, int(counts["workers"])),
+                      batch_size=int(counts["batch"]))
     cfg.validate()
     if target.startswith(("http://", "https://")):
         if "model" not in options:

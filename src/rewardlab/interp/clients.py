@@ -4,9 +4,10 @@
   from an environment variable at call time and never logged or cached.
 - `HFChatClient`: a local Hugging Face chat model (its chat template, greedy decoding), which also
   gives `option_logprobs`: log P(reply = option, then end of turn) for each of a few candidate replies
-  (one pass over the prompt, its KV cache shared by the candidates).
+  (one pass over the prompt, its KV cache shared by the candidates), and `option_logprobs_batch`, the
+  same for many conversations in one left-padded forward pass.
 - `CachedClient`: wraps either; one JSON file per call under `cache_dir`, keyed by the SHA-256 of
-  (model id, messages, options). Re-running a scoring job costs nothing. Each entry is written
+  (model id, messages, options), per conversation whatever the batching. Re-running a scoring job costs nothing. Each entry is written
   atomically as soon as its call returns, so a job that crashes half-way keeps every finished call;
   an unreadable entry (say a file truncated by another tool) counts as a miss and is rewritten.
 Retries: transient failures (connection errors and timeouts, HTTP 429 and 5xx, a reply body that is
@@ -32,7 +33,8 @@ import torch
 
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path
-from rewardlab.text import conversation_prompt, end_of_turn_id, prompt_token_ids, uses_chat_template
+from rewardlab.text import (conversation_prompt, end_of_turn_id, left_pad, pad_token_id, prompt_token_ids,
+                            uses_chat_template)
 
 Messages = list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}]
 T = TypeVar("T")
@@ -131,6 +133,26 @@ class HFChatClient:
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
+    @torch.no_grad()
+    def sample_replies(self, conversations: Sequence[Messages], max_tokens: int, temperature: float,
+                       seed: int, batch_size: int = 16) -> list[str]:
+        """One sampled reply per conversation (the model's own distribution at `temperature`; 0 is greedy),
+        `batch_size` left-padded conversations per decoding loop (`rewardlab.sampling.sample_tokens`),
+        stopping at the end of turn (else EOS). Same conversations, settings and seed give the same replies."""
+        from rewardlab.sampling import sample_tokens
+
+        generator, end, pad = torch.Generator().manual_seed(seed), self._end_id(), pad_token_id(self.tokenizer)
+        stops = sorted({end, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])})
+        replies = []
+        for start in range(0, len(conversations), batch_size):
+            ids, mask, _ = left_pad([self._prompt_ids(m)[0].tolist() for m in conversations[start:start + batch_size]],
+                                    pad, self.model.device)
+            decoded = sample_tokens(self.model, ids, mask, max_new_tokens=max_tokens, temperature=temperature,
+                                    top_k=0, top_p=1.0, eos_id=stops, pad_id=pad, generator=generator)
+            for row, n in zip(decoded.tokens.tolist(), decoded.mask.sum(1).tolist()):
+                replies.append(self.tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+        return replies
+
     def _end_id(self) -> int:
         """The token that ends the assistant's reply: the chat template's end of turn, else EOS."""
         if self._end is not None:
@@ -143,34 +165,46 @@ class HFChatClient:
         self._end = end
         return end
 
-    @torch.no_grad()
     def option_logprobs(self, messages: Messages, options: Sequence[str]) -> list[float]:
-        """log P(the reply is exactly `option`, then the end token | messages), one float per option (nats).
+        """log P(the reply is exactly `option`, then the end token | messages), one float per option (nats)."""
+        return self.option_logprobs_batch([messages], options)[0]
 
-        One forward pass over the prompt; its KV cache is repeated for the K options, which are fed
-        together right-padded (position ids continue the prompt's): cost ~ one prompt + K short rows.
+    @torch.no_grad()
+    def option_logprobs_batch(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
+        """`option_logprobs` for B conversations at once: [B][K] floats (nats), K = len(options).
+
+        One forward pass over the B prompts, left-padded (attention mask and position ids counting real
+        tokens only); its KV cache is repeated for the K options, fed together right-padded after each
+        prompt (position ids continue the prompt's): cost ~ B prompts + B*K short rows, one call each.
+        Deterministic for a given batch; a row's values match the unbatched ones up to float rounding.
         """
-        prompt = self._prompt_ids(messages)
-        end = self._end_id()
+        prompts = [self._prompt_ids(m)[0].tolist() for m in conversations]
+        end, k = self._end_id(), len(options)
         seqs = [self.tokenizer(o, add_special_tokens=False)["input_ids"] + [end] for o in options]
-        out = self.model(input_ids=prompt, use_cache=True)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        width, n_prompt = max(len(q) for q in seqs) - 1, prompt.shape[1]
-        totals = [float(first[q[0]]) for q in seqs]
-        if width:
-            cache = out.cache
-            cache.batch_repeat_interleave(len(seqs))
-            fed = torch.zeros((len(seqs), width), dtype=torch.long)
-            mask = torch.ones((len(seqs), n_prompt + width), dtype=torch.long)
-            for row, q in enumerate(seqs):
-                fed[row, :len(q) - 1] = torch.tensor(q[:-1])
-                mask[row, n_prompt + len(q) - 1:] = 0
-            positions = (n_prompt + torch.arange(width)).expand(len(seqs), width)
-            logits = self.model(input_ids=fed.to(prompt.device), attention_mask=mask.to(prompt.device),
-                                position_ids=positions.to(prompt.device), cache=cache, use_cache=True).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for row, q in enumerate(seqs):
-                totals[row] += float(sum(logp[row, j - 1, q[j]] for j in range(1, len(q))))
+        ids, mask, positions = left_pad(prompts, pad_token_id(self.tokenizer), self.model.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+        totals = [[float(first[b, q[0]]) for q in seqs] for b in range(len(prompts))]
+        width = max(len(q) for q in seqs) - 1
+        if not width:
+            return totals
+        cache = out.cache
+        cache.batch_repeat_interleave(k)  # row b * K + j: conversation b, option j
+        fed = torch.zeros((len(prompts) * k, width), dtype=torch.long)
+        fed_mask = torch.ones((len(prompts) * k, width), dtype=torch.long)
+        for j, q in enumerate(seqs):
+            fed[j::k, :len(q) - 1] = torch.tensor(q[:-1])
+            fed_mask[j::k, len(q) - 1:] = 0
+        lengths = mask.sum(-1).cpu().repeat_interleave(k)
+        fed_positions = lengths[:, None] + torch.arange(width)[None, :]
+        device = self.model.device
+        logits = self.model(input_ids=fed.to(device), attention_mask=torch.cat(
+            [mask.repeat_interleave(k, dim=0), fed_mask.to(device)], dim=1), position_ids=fed_positions.to(device),
+            cache=cache, use_cache=True).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for b in range(len(prompts)):
+            for j, q in enumerate(seqs):
+                totals[b][j] += float(sum(logp[b * k + j, t - 1, q[t]] for t in range(1, len(q))))
         return totals
 
 
@@ -190,29 +224,56 @@ class CachedClient:
 
     def _cached(self, key: str, request: dict, call: Callable[[], T]) -> T:
         """The reply stored under `key`, else `call()`, stored at once (atomically) with `request`."""
-        path = self.cache_dir / f"{key}.json"
-        try:
-            reply = json.loads(path.read_text(encoding="utf-8"))["reply"]
-            with self._lock:
-                self.hits += 1
+        reply = self._read(key)
+        if reply is not None:
             return reply
-        except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: ask again
-            pass
         with self._lock:
             self.misses += 1
         reply = call()
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"model": self.model_id, **request, "reply": reply}), encoding="utf-8")
+        self._write(key, request, reply)
         return reply
 
     def complete(self, messages: Messages, max_tokens: int = 512) -> str:
         return self._cached(self.key(messages, max_tokens), {"messages": messages},
                             lambda: self.client.complete(messages, max_tokens))
 
-    def option_logprobs(self, messages: Messages, options: Sequence[str]) -> list[float]:
+    def option_key(self, messages: Messages, options: Sequence[str]) -> str:
+        """The cache key of one option_logprobs call: (model id, messages, options); no batch in it."""
         blob = json.dumps({"model": self.model_id, "messages": messages, "options": list(options)}, sort_keys=True)
-        return self._cached(hashlib.sha256(blob.encode()).hexdigest(), {"messages": messages, "options": list(options)},
-                            lambda: self.client.option_logprobs(messages, options))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _read(self, key: str):
+        """The reply cached under `key` (counted as a hit), else None (absent or unreadable)."""
+        try:
+            reply = json.loads((self.cache_dir / f"{key}.json").read_text(encoding="utf-8"))["reply"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        with self._lock:
+            self.hits += 1
+        return reply
+
+    def _write(self, key: str, request: dict, reply) -> None:
+        with atomic_path(self.cache_dir / f"{key}.json") as tmp:
+            tmp.write_text(json.dumps({"model": self.model_id, **request, "reply": reply}), encoding="utf-8")
+
+    def option_logprobs(self, messages: Messages, options: Sequence[str]) -> list[float]:
+        return self.option_logprobs_batch([messages], options)[0]
+
+    def option_logprobs_batch(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
+        """Cached rows as stored, the misses in one batched call to the client, each stored on return.
+        Keys are per conversation, so a rating cached in one batch is found from any other batching."""
+        keys = [self.option_key(m, options) for m in conversations]
+        out = [self._read(key) for key in keys]
+        missing = [i for i, row in enumerate(out) if row is None]
+        if missing:
+            with self._lock:
+                self.misses += len(missing)
+            rows = self.client.option_logprobs_batch([conversations[i] for i in missing], options)
+            for i, row in zip(missing, rows):
+                self._write(keys[i], {"messages": conversations[i], "options": list(options)}, row)
+                out[i] = row
+        return out
+
 
 def map_concurrent(fn: Callable[[T], R], items: Sequence[T], workers: int = 8) -> list[R]:
     """[fn(x) for x in items], run on a thread pool (I/O-bound LLM calls), results in order."""

@@ -9,7 +9,8 @@ the scale, and a user turn with the prompt and the response, and answers with on
   turn added, up to `retries` times; then one InputError shows the last reply.
 - `logprob` (local Hugging Face judges): the expected rating sum_k k p(k), p(k) proportional to
   P(reply = "k", then end of turn | prompt), over the scale's values (G-Eval's probability-weighted
-  score; multi-token values such as "10" are scored whole). Continuous, never unparseable.
+  score; multi-token values such as "10" are scored whole). Continuous, never unparseable. Rated
+  `batch_size` conversations per forward pass (left-padded); the cache is per conversation.
 
 Pairwise (`prefer`, for the position-bias audit): the judge sees two responses as A and B and says
 which rates higher under the rubric; the verdict is P(A) (logprob: P("A") / (P("A") + P("B"));
@@ -51,6 +52,7 @@ class JudgeConfig:
     retries: int = 3  # re-asks after an unparseable reply (sample mode)
     max_tokens: int = 16  # reply budget (sample mode)
     workers: int = 8  # concurrent requests (endpoints; a local model runs one at a time)
+    batch_size: int = 16  # conversations per forward pass (local models, logprob mode)
 
     def validate(self) -> None:
         if not self.low < self.high:
@@ -62,6 +64,8 @@ class JudgeConfig:
             raise InputError(f"unknown judge mode {self.mode!r}", "judge mode", f"use one of {', '.join(MODES)}")
         if self.retries < 0:
             raise InputError("judge retries must be >= 0", "judge retries")
+        if self.batch_size < 1:
+            raise InputError("judge batch size must be >= 1", "judge batch", "e.g. batch=16")
 
 
 def _in_scale(value: float, low: int, high: int) -> float | None:
@@ -158,24 +162,35 @@ class Judge:
                          f"{reply[:200]!r}", self.client.model_id,
                          "raise retries=, use another judge model, or a rubric the model follows")
 
+    def _option_logprobs(self, conversations: list[Messages], options: list[str]) -> list[list[float]]:
+        """Logprob mode: the options' log-probs for each conversation, `batch_size` conversations per
+        forward pass, in order of length (less padding); results in the given order."""
+        order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
+        out: list = [None] * len(conversations)
+        for start in range(0, len(order), self.cfg.batch_size):
+            chunk = order[start:start + self.cfg.batch_size]
+            for i, row in zip(chunk, self.client.option_logprobs_batch([conversations[i] for i in chunk], options)):
+                out[i] = row
+        return out
+
     def _rate_one(self, pr: tuple[str, str]) -> float:
-        messages = self.rating_messages(*pr)
-        if self.mode == "logprob":
-            return expected_rating(self.client.option_logprobs(messages, [str(v) for v in self.values]), self.values)
         what = f"one whole number from {self.cfg.low} to {self.cfg.high}"
-        return self._ask(messages, lambda r: parse_rating(r, self.cfg.low, self.cfg.high), what)
+        return self._ask(self.rating_messages(*pr), lambda r: parse_rating(r, self.cfg.low, self.cfg.high), what)
 
     def _prefer_one(self, pab: tuple[str, str, str]) -> float:
-        messages = self.pair_messages(*pab)
-        if self.mode == "logprob":
-            lp_a, lp_b = self.client.option_logprobs(messages, ["A", "B"])
-            return 1.0 / (1.0 + math.exp(lp_b - lp_a))
-        return 1.0 if self._ask(messages, parse_choice, "the letter A or B") == "A" else 0.0
+        return 1.0 if self._ask(self.pair_messages(*pab), parse_choice, "the letter A or B") == "A" else 0.0
 
     def rate(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """One rating in [low, high] per (prompt, response); float (an expectation in logprob mode)."""
+        if self.mode == "logprob":
+            conversations = [self.rating_messages(p, r) for p, r in zip(prompts, responses)]
+            return [expected_rating(lps, self.values)
+                    for lps in self._option_logprobs(conversations, [str(v) for v in self.values])]
         return map_concurrent(self._rate_one, list(zip(prompts, responses)), self.workers)
 
     def prefer(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[float]:
         """P(the judge says response A rates higher), A shown first: one float in [0, 1] per triple."""
+        if self.mode == "logprob":
+            rows = self._option_logprobs([self.pair_messages(*t) for t in zip(prompts, a, b)], ["A", "B"])
+            return [1.0 / (1.0 + math.exp(lp_b - lp_a)) for lp_a, lp_b in rows]
         return map_concurrent(self._prefer_one, list(zip(prompts, a, b)), self.workers)
