@@ -5,7 +5,8 @@
 The texts are `--n` review-world documents of the audit's stream (seed 0; the first 3 words the prompt,
 the rest the completion), rated by `judge:MODEL,cache=off` (rubric review, scale 1-10, logprob mode)
 once with batch=1 and once with batch=`--batch`, each after one untimed warm-up rating. Prints the
-seconds of each pass, the speedup and the largest |rating difference| between the two passes.
+wall and CPU seconds of each pass (CPU time: this process's, the fairer clock on a shared machine), the
+speedups and the largest |rating difference| between the two passes.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def main() -> None:
     for batch in (1, a.batch):
         reward = get_reward(f"judge:{a.model},cache=off,batch={batch}")
         reward(texts[:1], prompts[:1])  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ratings[batch] = reward(texts, prompts)
         out[f"seconds_batch_{batch}"] = round(time.perf_counter() - start, 2)
+        out[f"cpu_seconds_batch_{batch}"] = round(time.process_time() - cpu, 2)
     out["speedup"] = round(out["seconds_batch_1"] / out[f"seconds_batch_{a.batch}"], 2)
+    out["cpu_speedup"] = round(out["cpu_seconds_batch_1"] / out[f"cpu_seconds_batch_{a.batch}"], 2)
     out["max_abs_rating_diff"] = max(abs(x - y) for x, y in zip(ratings[1], ratings[a.batch]))
     print(json.dumps(out))
 

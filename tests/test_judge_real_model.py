@@ -39,3 +39,17 @@ def test_real_model_judge_scores_review_completions_and_caches_them(smol, tmp_pa
     assert len(encoded[1].ids) - encoded[1].prompt_len == 3
     expected = [float(lp.sum()) for lp in sequence_logprobs(model, encoded, pad_id=tokenizer.pad_token_id)]
     assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_real_model_judge_batches_give_the_one_at_a_time_ratings(smol, tmp_path, one_thread):  # noqa: F811
+    """Left-padded batches of conversations of different lengths rate as one conversation per pass does
+    (float rounding aside), and a batch-rated cache answers a one-at-a-time judge."""
+    one = get_reward(f"judge:{FOLDER},cache=off,batch=1")
+    batched = get_reward(f"judge:{FOLDER},cache={tmp_path / 'cache'},batch=4")
+    expected = one(COMPLETIONS, PROMPTS)
+    assert batched(COMPLETIONS, PROMPTS) == pytest.approx(expected, abs=1e-4)
+    assert batched.judge.prefer(PROMPTS, COMPLETIONS, COMPLETIONS[::-1]) == pytest.approx(
+        one.judge.prefer(PROMPTS, COMPLETIONS, COMPLETIONS[::-1]), abs=1e-4)
+    reread = get_reward(f"judge:{FOLDER},cache={tmp_path / 'cache'},batch=1")
+    assert reread(COMPLETIONS, PROMPTS) == batched(COMPLETIONS, PROMPTS)
+    assert reread.judge.client.misses == 0

@@ -18,6 +18,7 @@ not the chat-completions JSON) are retried `max_retries` times with exponential 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import http.client
 import json
 import os
@@ -182,8 +183,9 @@ class HFChatClient:
         end, k = self._end_id(), len(options)
         seqs = [self.tokenizer(o, add_special_tokens=False)["input_ids"] + [end] for o in options]
         ids, mask, positions = left_pad(prompts, pad_token_id(self.tokenizer), self.model.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V); only the last position's logits
         totals = [[float(first[b, q[0]]) for q in seqs] for b in range(len(prompts))]
         width = max(len(q) for q in seqs) - 1
         if not width:
