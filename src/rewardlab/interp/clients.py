@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import torch
 
@@ -170,44 +170,76 @@ class HFChatClient:
         """log P(the reply is exactly `option`, then the end token | messages), one float per option (nats)."""
         return self.option_logprobs_batch([messages], options)[0]
 
+    def _prompt_pass(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One forward pass over B prompts: (KV cache, (B, P) attention mask over the cached positions,
+        (B, V) log-probs of the next token). The prompts' longest common prefix (the judge's system turn)
+        runs once, its cache repeated for the rows; the rest is padded on the left of each row's suffix
+        (padding sits between prefix and suffix: masked, and position ids count real tokens only)."""
+        device, batch = self.model.device, len(prompts)
+        shared = _common_prefix(prompts) if batch > 1 else 0
+        cache = None
+        if shared:
+            cache = self.model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True,
+                               **self._keep_last).cache
+            cache.batch_repeat_interleave(batch)
+        ids, mask, positions = left_pad([p[shared:] for p in prompts], pad_token_id(self.tokenizer), device)
+        mask = torch.cat([torch.ones((batch, shared), dtype=torch.long, device=device), mask], dim=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions + shared, cache=cache,
+                         use_cache=True, **self._keep_last)
+        return out.cache, mask, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    @property
+    def _keep_last(self) -> dict:
+        """Compute only the last position's logits where the model allows it (logits_to_keep=1)."""
+        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+
     @torch.no_grad()
     def option_logprobs_batch(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
         """`option_logprobs` for B conversations at once: [B][K] floats (nats), K = len(options).
 
-        One forward pass over the B prompts, left-padded (attention mask and position ids counting real
-        tokens only); its KV cache is repeated for the K options, fed together right-padded after each
-        prompt (position ids continue the prompt's): cost ~ B prompts + B*K short rows, one call each.
+        One prompt pass for the B conversations (`_prompt_pass`), then one pass over every option's tokens
+        but its last, all options side by side in one row per conversation (W tokens) under a 4-D mask:
+        an option's token sees the row's prompt and its own option's earlier tokens only, at the position
+        ids that follow the prompt. Cost ~ the prompts + B*W tokens, with no copy of the cache per option.
         Deterministic for a given batch; a row's values match the unbatched ones up to float rounding.
         """
         prompts = [self._prompt_ids(m)[0].tolist() for m in conversations]
-        end, k = self._end_id(), len(options)
+        end = self._end_id()
         seqs = [self.tokenizer(o, add_special_tokens=False)["input_ids"] + [end] for o in options]
-        ids, mask, positions = left_pad(prompts, pad_token_id(self.tokenizer), self.model.device)
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V); only the last position's logits
+        cache, mask, first = self._prompt_pass(prompts)
         totals = [[float(first[b, q[0]]) for q in seqs] for b in range(len(prompts))]
-        width = max(len(q) for q in seqs) - 1
+        starts = [sum(len(q) - 1 for q in seqs[:j]) for j in range(len(seqs))]
+        width = sum(len(q) - 1 for q in seqs)
         if not width:
             return totals
-        cache = out.cache
-        cache.batch_repeat_interleave(k)  # row b * K + j: conversation b, option j
-        fed = torch.zeros((len(prompts) * k, width), dtype=torch.long)
-        fed_mask = torch.ones((len(prompts) * k, width), dtype=torch.long)
+        device, blocked = self.model.device, torch.finfo(self.model.dtype).min
+        fed = torch.tensor([t for q in seqs for t in q[:-1]], device=device).expand(len(prompts), width)
+        within = torch.zeros((width, width), dtype=torch.bool)
+        offset = torch.zeros(width, dtype=torch.long)
         for j, q in enumerate(seqs):
-            fed[j::k, :len(q) - 1] = torch.tensor(q[:-1])
-            fed_mask[j::k, len(q) - 1:] = 0
-        lengths = mask.sum(-1).cpu().repeat_interleave(k)
-        fed_positions = lengths[:, None] + torch.arange(width)[None, :]
-        device = self.model.device
-        logits = self.model(input_ids=fed.to(device), attention_mask=torch.cat(
-            [mask.repeat_interleave(k, dim=0), fed_mask.to(device)], dim=1), position_ids=fed_positions.to(device),
-            cache=cache, use_cache=True).logits
+            span = slice(starts[j], starts[j] + len(q) - 1)
+            within[span, span] = torch.tril(torch.ones((len(q) - 1, len(q) - 1), dtype=torch.bool))
+            offset[span] = torch.arange(len(q) - 1)
+        sees = torch.cat([mask.bool()[:, None, :].expand(-1, width, -1), within.to(device).expand(
+            len(prompts), -1, -1)], dim=2)  # (B, W, P + W)
+        attend = torch.zeros(sees.shape, dtype=self.model.dtype, device=device).masked_fill(~sees, blocked)
+        positions = mask.sum(-1, keepdim=True) + offset.to(device)[None, :]
+        logits = self.model(input_ids=fed, attention_mask=attend[:, None], position_ids=positions, cache=cache,
+                            use_cache=True).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
         for b in range(len(prompts)):
             for j, q in enumerate(seqs):
-                totals[b][j] += float(sum(logp[b * k + j, t - 1, q[t]] for t in range(1, len(q))))
+                totals[b][j] += float(sum(logp[b, starts[j] + t - 1, q[t]] for t in range(1, len(q))))
         return totals
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token rows, leaving every row at least one token."""
+    n = min(len(r) for r in rows) - 1
+    for i in range(max(n, 0)):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return max(n, 0)
 
 
 class CachedClient:
