@@ -4,8 +4,9 @@
   from an environment variable at call time and never logged or cached.
 - `HFChatClient`: a local Hugging Face chat model (its chat template, greedy decoding), which also
   gives `option_logprobs`: log P(reply = option, then end of turn) for each of a few candidate replies
-  (one pass over the prompt, its KV cache shared by the candidates), and `option_logprobs_batch`, the
-  same for many conversations in one left-padded forward pass.
+  (one pass over the prompt, then every candidate's tokens side by side in one row under a 4-D mask), and
+  `option_logprobs_batch`, the same for many conversations at once (their common prefix, the judge's
+  system turn, run once; the rest left-padded), and `sample_replies` (its own sampled replies).
 - `CachedClient`: wraps either; one JSON file per call under `cache_dir`, keyed by the SHA-256 of
   (model id, messages, options), per conversation whatever the batching. Re-running a scoring job costs nothing. Each entry is written
   atomically as soon as its call returns, so a job that crashes half-way keeps every finished call;
