@@ -585,7 +585,7 @@ def org_measures(s: organisms_stage.OrganismsSection) -> str:
         for r in s.runs if r.measures)
     return ('<p class="note">The measurements that were nulls in the sentiment world, each against the organism\'s own '
             "reward: SAE reward relevance post minus base (top-k features by |Pearson| with the reward, chosen on "
-            "train prompts, summed sign-aligned on test prompts, mean over 2 SAEs per model); post-only crosscoder "
+            "train prompts, summed sign-aligned on test prompts, mean over the model's SAEs); post-only crosscoder "
             "latents after Latent Scaling (held-out tokens); steering along the mean-difference direction at the "
             "largest alpha that keeps the grammatical rate: the effect on the reward and that effect over the "
             "largest random direction's. Over seeds: mean, CI resampling seeds then each seed's bootstrap draws "
