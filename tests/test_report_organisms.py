@@ -161,3 +161,26 @@ def test_a_bad_organisms_results_json_is_one_clear_error(report, tmp_path, capsy
     err = capsys.readouterr().err
     assert "unknown key 'auc'" in err and "organisms.cells.planted.adl.auc" in err
     assert not (bad / "report.html").exists()
+
+
+def test_earlier_measurements_per_organism_carry_their_cis(report):
+    _, results, page = report
+    found = sections(page)["org-measures"]
+    s = results["organisms"]
+    tables = re.findall(r"<table>.*?</table>", found, re.S)
+    per_organism, per_seed = cells(tables[0]), cells(tables[1])
+    assert [r["organism"] for r in per_organism] == list(s["measures"])
+    for row in per_organism:
+        cell = s["measures"][row["organism"]]
+        for key in ("relevance_post_minus_base", "crosscoder_post_only", "steer_effect"):
+            value, lo, hi, n = ESTIMATE.match(row[key]).groups()
+            assert float(lo) <= float(value) <= float(hi) and n == "1"
+            assert float(value) == pytest.approx(cell[key]["value"], rel=5e-3, abs=5e-4)
+    assert [(r["organism"], r["seed"]) for r in per_seed] == [(r["organism"], "0") for r in s["runs"]]
+    grouped = re.compile(rf"^{NUMBER} \[{NUMBER}, {NUMBER}\] \(n=(\d+), (\d+) prompts\)$")  # CIs by prompt
+    for row, run in zip(per_seed, s["runs"]):
+        est = run["measures"]["relevance_post_minus_base"]
+        value, lo, hi, n, groups = grouped.match(row["relevance_post_minus_base"]).groups()
+        assert float(lo) <= float(value) <= float(hi) and (int(n), int(groups)) == (est["n"], est["n_groups"])
+        assert float(value) == pytest.approx(est["value"], rel=5e-3, abs=5e-4)
+    assert found.count("<li>") == len(s["runs"])

@@ -226,7 +226,7 @@ def test_compare_models_end_to_end(tmp_path):
 
 
 def test_extra_samples_split_with_their_prompts(tmp_path):
-    from rewardlab.sae.diffing import _prepare, load_tokens, with_extra
+    from rewardlab.sae.diffing import load_tokens, prepare_stores, with_extra
 
     base, post, tok = tiny_pair(scale=0.2, layer=1)
     rng = np.random.default_rng(0)
@@ -234,7 +234,7 @@ def test_extra_samples_split_with_their_prompts(tmp_path):
                for _ in range(30)]
     site = "blocks.1.hook_resid_post"
     cfg = DiffConfig(samples_per_prompt=3, max_new_tokens=5)
-    _, stores, extra, train_rows, test_rows = _prepare(base, post, tok, records, tmp_path, [site], cfg)
+    _, stores, extra, train_rows, test_rows = prepare_stores(base, post, tok, records, tmp_path, [site], cfg)
     ids = stores["base"].prompt_ids
     train_prompts, test_prompts = {ids[i] for i in train_rows}, {ids[i] for i in test_rows}
     assert extra.train_prompts == train_prompts and not train_prompts & test_prompts
@@ -248,7 +248,7 @@ def test_extra_samples_split_with_their_prompts(tmp_path):
     x_train, x_test = with_extra(records_acts[:3], records_acts[3:], extra, "post", site)
     assert torch.equal(x_train, torch.cat([records_acts[:3], p.acts[extra_is_train]]))
     assert torch.equal(x_test, torch.cat([records_acts[3:], p.acts[~extra_is_train]]))
-    again = _prepare(base, post, tok, records, tmp_path / "again", [site], cfg)[2]
+    again = prepare_stores(base, post, tok, records, tmp_path / "again", [site], cfg)[2]
     assert torch.equal(load_tokens(again.stores["post"], site).acts, p.acts)  # seeded
 
 

@@ -643,6 +643,10 @@ def _organisms_run(a: argparse.Namespace) -> None:
             scores = "  ".join(f"{k} {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" for k, v in cell.items()
                                if isinstance(v, dict) and v.get("value") is not None)
             print(f"  {organism:<10} {method:<10} {scores}")
+    for organism, cell in results.get("measures", {}).items():  # the sentiment world's earlier measurements
+        shown = "  ".join(f"{k} {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" for k, v in cell.items()
+                          if isinstance(v, dict) and v.get("value") is not None)
+        print(f"  {organism:<10} measures   {shown}")
 
 
 def _organisms_run_options(p: argparse.ArgumentParser) -> None:

@@ -62,8 +62,10 @@ def bootstrap(
     n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = 0.95,
+    draws_out: list | None = None,
 ) -> Estimate:
-    """`statistic(*arrays)` with a percentile bootstrap CI, resampling rows or whole groups."""
+    """`statistic(*arrays)` with a percentile bootstrap CI, resampling rows or whole groups. `draws_out`,
+    when given, receives the finite bootstrap draws (for a CI that pools them with other sources)."""
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
@@ -78,6 +80,8 @@ def bootstrap(
         draws.append(statistic(*[a[idx] for a in arrays]))
     draws = np.asarray(draws, dtype=np.float64)
     draws = draws[np.isfinite(draws)]
+    if draws_out is not None:
+        draws_out.extend(draws.tolist())
     alpha = (1 - level) / 2
     lo, hi = (np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan))
     return Estimate(value, (float(lo), float(hi)), n, None if groups is None else len(units))

@@ -170,7 +170,7 @@ def reward_gradient_direction(model, tokenizer, prompts: Sequence[str], completi
 def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cfg: SteerConfig,
                   reward_fn: Callable[[list[str], list[str]], list[float]], *, probe=None, base=None,
                   checker: Callable[[str, str], bool] | None = None, neutral_prompts: Sequence[str] | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, keep_random_rewards: bool = False) -> dict:
     """Steer along each of `directions` ({name: [d], any norm}) at each alpha of cfg, with shared
     random-direction controls; reward_fn(completions, prompts) scores the steered samples (a
     `rewards.get_reward` reward, prompt-aware ones included).
@@ -179,7 +179,9 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     model for the implicit reward of the (unsteered) model against it; checker(completion, prompt):
     grammaticality, else perplexity under the unsteered model is reported; neutral_prompts: for the
     next-token KL (default: the prompts). Returns {"directions": {name: {"rows", "summary"}},
-    "random_effects": [n_random][n_alphas], ...} (`report.figures.dose_response` draws it).
+    "random_effects": [n_random][n_alphas], ...} (`report.figures.dose_response` draws it); with
+    `keep_random_rewards` also "random_rewards": [n_random][n_alphas][n prompts], each random direction's
+    per-sample rewards (alpha 0: the unsteered ones), for a paired bootstrap against the controls.
     progress: a bar over the generation runs (one per direction and nonzero alpha) on stderr.
     """
     parse_site(cfg.site, n_layers(model))
@@ -237,8 +239,12 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
                                    "reward": float(r)} for s, r in zip(samples, reward)]
         result["directions"][name] = {"rows": rows}
     controls = random_directions(next(iter(units.values())).numel(), cfg.n_random, cfg.seed + 1)
-    result["random_effects"] = [[0.0 if alpha == 0 else float(np.mean(rewards_for(alpha * scale * v)[1] - reference))
-                                 for alpha in cfg.alphas] for v in controls]
+    random_rewards = [[reference if alpha == 0 else rewards_for(alpha * scale * v)[1] for alpha in cfg.alphas]
+                      for v in controls]
+    result["random_effects"] = [[0.0 if alpha == 0 else float(np.mean(r - reference)) for alpha, r in zip(cfg.alphas, rs)]
+                                for rs in random_rewards]
+    if keep_random_rewards:
+        result["random_rewards"] = [[r.tolist() for r in rs] for rs in random_rewards]
     bar.close()
     for entry in result["directions"].values():
         entry["summary"] = summarize(result["alphas"], entry["rows"], result["random_effects"])

@@ -51,15 +51,22 @@ def _pair_differences(base, post, tokenizer, pairs: list[dict], batch_size: int)
     return np.array([a["implicit_reward"] - b["implicit_reward"] for a, b in zip(pos, neg)])
 
 
+def organism_samples(base, post, tokenizer, prompts: Sequence[str], seed: int, s: EvalSettings):
+    """(prompts cycled to s.n_samples, the policy's samples, the base's samples) of `prompts`, each model
+    sampled with its own generator seeded `seed`: the samples every method reads."""
+    repeated = [prompts[i % len(prompts)] for i in range(s.n_samples)]
+    gen = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
+    policy = generate(post, tokenizer, repeated, generator=torch.Generator().manual_seed(seed), **gen)
+    base_samples = generate(base, tokenizer, repeated, generator=torch.Generator().manual_seed(seed), **gen)
+    return repeated, policy, base_samples
+
+
 def evaluate_organism(base, post, tokenizer, prompts: Sequence[str], texts: Sequence[str], reward, seed: int,
                       s: EvalSettings, with_pairs: bool) -> tuple[dict[str, H.Hypothesis], dict]:
     """({method: Hypothesis}, samples) on one organism whose true reward is `reward` (what the probe is fit
     to): samples = {"prompts", "policy", "base"} completions. With `with_pairs`, each hypothesis carries
     its minimal-pair differences."""
-    repeated = [prompts[i % len(prompts)] for i in range(s.n_samples)]
-    gen = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
-    policy = generate(post, tokenizer, repeated, generator=torch.Generator().manual_seed(seed), **gen)
-    base_samples = generate(base, tokenizer, repeated, generator=torch.Generator().manual_seed(seed), **gen)
+    repeated, policy, base_samples = organism_samples(base, post, tokenizer, prompts, seed, s)
     completions = [x.completion for x in policy]
     base_ids = [x.completion_ids for x in base_samples]
     V = len(tokenizer)

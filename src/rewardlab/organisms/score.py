@@ -62,6 +62,15 @@ def pair_accuracy(differences: Sequence[float], expected_sign: Sequence[float]) 
     return float(np.mean(np.where(d == 0, 0.5, (d == e).astype(np.float64))))
 
 
+def contain(est: Estimate) -> Estimate:
+    """`est` with its interval widened to contain its value where the percentile interval misses it (a
+    full-data value can fall outside its resamples' percentiles: resampling loses distinct samples)."""
+    lo, hi = est.ci
+    if not (np.isfinite(est.value) and np.isfinite(lo) and np.isfinite(hi)):
+        return est
+    return Estimate(est.value, (float(min(lo, est.value)), float(max(hi, est.value))), est.n, est.n_groups)
+
+
 SeedMetric = Callable[[np.random.Generator | None], float]
 
 
@@ -86,4 +95,4 @@ def over_seeds(per_seed: Sequence[SeedMetric], n_boot: int = N_BOOT, seed: int =
         return Estimate(value, (float("nan"), float("nan")), len(per_seed))
     alpha = (1 - level) / 2
     lo, hi = np.quantile(draws, [alpha, 1 - alpha])
-    return Estimate(value, (float(min(lo, value)), float(max(hi, value))), len(per_seed))
+    return contain(Estimate(value, (float(lo), float(hi)), len(per_seed)))

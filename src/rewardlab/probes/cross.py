@@ -32,13 +32,20 @@ def signal_correlations(signals: dict[str, Sequence[float]], groups: Sequence, n
 def mean_difference_direction(x: np.ndarray, y: np.ndarray, quantile: float = 0.5) -> np.ndarray:
     """mean(x | y above the 1-q quantile) - mean(x | y below the q quantile), shape [d] (not normalized).
 
-    quantile 0.5 splits at the median; 0.25 contrasts the top and bottom quarters.
+    quantile 0.5 splits at the median; 0.25 contrasts the top and bottom quarters. When ties leave one
+    side empty (a sparse target whose median is its minimum, such as a count of rare words), the rows
+    tied at that side's quantile join it: mean(x | y > min) - mean(x | y = min).
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    high, low = y > np.quantile(y, 1 - quantile), y < np.quantile(y, quantile)
-    if not high.any() or not low.any():
+    if not len(y) or y.min() == y.max():
         raise InputError("the target does not vary: no high and low rows to contrast",
                          fix="give records whose target differs")
+    q_high, q_low = np.quantile(y, 1 - quantile), np.quantile(y, quantile)
+    high, low = y > q_high, y < q_low
+    if not low.any():
+        low = (y <= q_low) & ~high
+    if not high.any():
+        high = (y >= q_high) & ~low
     return x[high].mean(0) - x[low].mean(0)
 
 

@@ -570,11 +570,40 @@ def org_top_tokens(s: organisms_stage.OrganismsSection) -> str:
     return "".join(parts)
 
 
+MEASURE_COLUMNS = ("relevance_post_minus_base", "crosscoder_post_only", "steer_effect", "steer_over_random")
+
+
+def org_measures(s: organisms_stage.OrganismsSection) -> str:
+    """Per organism (over seeds) and per seed: the sentiment world's three earlier measurements, each against
+    the organism's own reward, with the post-only crosscoder latents' top tokens (planted words highlighted)."""
+    if not s.measures:
+        return not_run("the earlier measurements (this results.json predates them)")
+    cells = [{"organism": o, **to_json(c)} for o, c in s.measures.items()]
+    seeds = [{"organism": r.organism, "seed": r.seed, **to_json(r.measures)} for r in s.runs if r.measures]
+    tokens = "".join(f"<li>{e(r.organism)} seed {r.seed}: " + ("; ".join(
+        _tokens(t, r.planted_words or ()) for t in r.measures.post_only_top_tokens) or "no post-only latent") + "</li>"
+        for r in s.runs if r.measures)
+    return ('<p class="note">The measurements that were nulls in the sentiment world, each against the organism\'s own '
+            "reward: SAE reward relevance post minus base (top-k features by |Pearson| with the reward, chosen on "
+            "train prompts, summed sign-aligned on test prompts, mean over the model's SAEs); post-only crosscoder "
+            "latents after Latent Scaling (held-out tokens); steering along the mean-difference direction at the "
+            "largest alpha that keeps the grammatical rate: the effect on the reward and that effect over the "
+            "largest random direction's. Over seeds: mean, CI resampling seeds then each seed's bootstrap draws "
+            "(the post-only count: seeds only); n = seeds.</p>"
+            + table(cells, ["organism", "n_seeds", *MEASURE_COLUMNS])
+            + "<h4>Per seed</h4>" + table(seeds, ["organism", "seed", "relevance_base", "relevance_post",
+                                                  "relevance_post_minus_base", "relevance_seed_control",
+                                                  "crosscoder_post_only", "steer_alpha_up", "steer_effect",
+                                                  "steer_random_max_abs_effect", "steer_over_random"])
+            + f"<h4>Post-only latents' top tokens</h4><ul>{tokens}</ul>")
+
+
 ORGANISM_SECTIONS: dict[str, tuple[str, Callable[[organisms_stage.OrganismsSection], str]]] = {
     "org-heatmap": ("Methods x organisms", org_heatmap),
     "org-table": ("Every score with its CI", org_table),
     "org-runs": ("Post-training of each organism", org_runs),
     "org-top-tokens": ("What each method put at its top", org_top_tokens),
+    "org-measures": ("The sentiment world's earlier measurements, per organism", org_measures),
 }
 
 

@@ -224,7 +224,7 @@ def aligned_relevance(x: np.ndarray, y: np.ndarray, features: np.ndarray, signs:
 
 
 def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, groups: Sequence | None = None,
-                         seed: int = 0, select: np.ndarray | None = None) -> dict:
+                         seed: int = 0, select: np.ndarray | None = None, keep_draws: bool = False) -> dict:
     """Reward relevance per model: top-k features chosen on selection rows, measured on the others.
 
     base_feats, post_feats: [n_completions, F] feature values per completion (row means), or a list
@@ -237,7 +237,8 @@ def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, gro
     top-k re-chosen inside each resample lifts every draw above the estimate, and a summed |r| is
     biased upward for noise features). `seed_control` (first SAE
     minus second, per model) measures how much two SAEs of one model differ: a post - base gap is
-    only meaningful if it clearly exceeds that.
+    only meaningful if it clearly exceeds that. With `keep_draws`, "post_minus_base_draws" lists that
+    bootstrap's draws (for a CI pooled over organism seeds).
     """
     base_list = [base_feats] if np.ndim(base_feats) == 2 else list(base_feats)
     post_list = [post_feats] if np.ndim(post_feats) == 2 else list(post_feats)
@@ -256,8 +257,8 @@ def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, gro
     def per_sae(name, feats_list, i) -> list[float]:
         return [aligned_relevance(f[i], reward[i], *c) for f, c in zip(feats_list, chosen[name])]
 
-    def boot(fn, resample_saes: bool = True) -> dict:
-        """fn(per-SAE base relevances, per-SAE post relevances) -> statistic, bootstrapped."""
+    def boot(fn, resample_saes: bool = True, draws: list | None = None) -> dict:
+        """fn(per-SAE base relevances, per-SAE post relevances) -> statistic, bootstrapped (draws into `draws`)."""
         def resampled(i):
             i = i.astype(int)
             b, p = per_sae("base", base_list, i), per_sae("post", post_list, i)
@@ -265,18 +266,47 @@ def activation_relevance(base_feats, post_feats, reward: np.ndarray, k: int, gro
                 b, p = ([x[j] for j in rng.integers(0, len(x), len(x))] for x in (b, p))
             return fn(b, p)
         estimate = stats.bootstrap(resampled, evaluation, groups=None if groups is None else keys[evaluation],
-                                   seed=seed).to_dict()
+                                   seed=seed, draws_out=draws).to_dict()
         # bootstrap's own value comes from `resampled` on all evaluation rows, with SAEs drawn: use every SAE
         return {**estimate, "value": fn(per_sae("base", base_list, evaluation), per_sae("post", post_list, evaluation))}
 
+    draws: list | None = [] if keep_draws else None
     out = {"k": k, "n_saes": len(base_list), "n_selection_rows": int((~is_eval).sum()),
            "features": {name: [c[0].tolist() for c in chosen[name]] for name in chosen},
            "base": boot(lambda b, p: float(np.mean(b))), "post": boot(lambda b, p: float(np.mean(p))),
-           "post_minus_base": boot(lambda b, p: float(np.mean(p) - np.mean(b)))}
+           "post_minus_base": boot(lambda b, p: float(np.mean(p) - np.mean(b)), draws=draws)}
+    if keep_draws:
+        out["post_minus_base_draws"] = draws
     if len(base_list) > 1 and len(post_list) > 1:
         out["seed_control"] = {"base": boot(lambda b, p: b[0] - b[1], resample_saes=False),
                                "post": boot(lambda b, p: p[0] - p[1], resample_saes=False)}
     return out
+
+
+def reward_relevance(stores: dict, site: str, train_rows, cfg: DiffConfig, extra: Extra | None = None,
+                     keep_draws: bool = False) -> dict:
+    """`activation_relevance` of `cfg.relevance_saes` SAEs per model (stores "base" and "post", as
+    `prepare_stores` returns them) at `site`, each `cfg.expansions[0]` x d_model wide with the seeds
+    `compare_models` gives its relevance SAEs (cfg.seed, cfg.seed + 1, then cfg.seed + 2 * len(expansions)
+    + j), trained on the modeled tokens of `train_rows` (plus the extra samples of train prompts). The
+    reward is the records' `cfg.reward_field`; features are chosen on `train_rows`, measured on the rest,
+    resampled by prompt."""
+    tokens = modeled_tokens(stores, site)
+    n_rows, d = len(stores["base"]), stores["base"].d_model
+    seeds = [cfg.seed, cfg.seed + 1] + [cfg.seed + 2 * len(cfg.expansions) + j for j in range(cfg.relevance_saes - 2)]
+    sae_cfg = SAEConfig(d_in=d, d_sae=cfg.expansions[0] * d, architecture=cfg.architecture, k=cfg.k,
+                        l1_coefficient=cfg.l1_coefficient, tied=cfg.tied, hook_name=site)
+    feats = {}
+    for name in ("base", "post"):
+        is_train = torch.isin(tokens[name].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
+        x_train, _ = with_extra(tokens[name].acts[is_train], tokens[name].acts[:0], extra, name, site)
+        saes = [train_sae(x_train, sae_cfg, replace(cfg.train, seed=s)).sae for s in seeds]
+        with torch.no_grad():
+            feats[name] = [row_means(sae.encode(tokens[name].acts), tokens[name].row_ids, n_rows).numpy()
+                           for sae in saes]
+    return activation_relevance(feats["base"], feats["post"], stores["base"].field(cfg.reward_field),
+                                cfg.n_top_features, groups=stores["base"].prompt_ids, seed=cfg.seed, select=train_rows,
+                                keep_draws=keep_draws)
 
 
 def description_relevance(explanations: Sequence[str]) -> float:
@@ -335,7 +365,7 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
     if bad:
         raise InputError(f"layer(s) {bad} do not exist", fix=f"the models have blocks 0..{depth - 1}")
     sites = [f"blocks.{L}.{cfg.site_kind}" for L in layers]
-    records, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, sites, cfg)
+    records, stores, extra, train_rows, test_rows = prepare_stores(base, post, tokenizer, records, out, sites, cfg)
     prompt_ids = stores["base"].prompt_ids
     reward = stores["base"].field(cfg.reward_field)
     d_model = stores["base"].d_model
@@ -475,7 +505,7 @@ def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tens
             "scaling_threshold": diff["scaling_threshold"], "post_only": [diff["latents"][j] for j in post_only]}
 
 
-def _prepare(base, post, tokenizer, records: list[dict], out: Path, sites: list[str], cfg: DiffConfig):
+def prepare_stores(base, post, tokenizer, records: list[dict], out: Path, sites: list[str], cfg: DiffConfig):
     """Records with rewards, both models' activation stores of the records, the extra samples of every
     record prompt (None when cfg.samples_per_prompt is 0), and the grouped train/test row split."""
     if cfg.reward_field not in records[0]:
@@ -502,7 +532,7 @@ def crosscoder_models(base, post, tokenizer, records: list[dict], out: str | Pat
                       cfg: DiffConfig = DiffConfig()) -> dict:
     """`rewardlab sae crosscoder`: the crosscoder alone at one site; writes out/crosscoder.json."""
     out = Path(out)
-    _, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
+    _, stores, extra, train_rows, test_rows = prepare_stores(base, post, tokenizer, records, out, [site], cfg)
     tokens = modeled_tokens(stores, site)
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     res = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, out, extra)
@@ -523,7 +553,7 @@ def diffdict_models(base, post, tokenizer, records: list[dict], out: str | Path,
     out = Path(out)
     cfg.validate()
     parse_site(site, n_layers(base))
-    _, stores, extra, train_rows, test_rows = _prepare(base, post, tokenizer, records, out, [site], cfg)
+    _, stores, extra, train_rows, test_rows = prepare_stores(base, post, tokenizer, records, out, [site], cfg)
     return run_diffdict(post, tokenizer, stores, extra, train_rows, test_rows, site, cfg, out, base_name, post_name,
                         explainer, simulator, detector)
 
@@ -531,7 +561,7 @@ def diffdict_models(base, post, tokenizer, records: list[dict], out: str | Path,
 def run_diffdict(post, tokenizer, stores: dict, extra: Extra | None, train_rows, test_rows, site: str,
                  cfg: DiffConfig, out: Path, base_name: str = "base", post_name: str = "post",
                  explainer=None, simulator=None, detector=None) -> dict:
-    """`diffdict_models` on cached activation stores (as `_prepare` returns them)."""
+    """`diffdict_models` on cached activation stores (as `prepare_stores` returns them)."""
     tokens = modeled_tokens(stores, site)
     train_mask = torch.isin(tokens["base"].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
     (b_train, _), (p_train, _) = (with_extra(tokens[m].acts[train_mask], tokens[m].acts[:0], extra, m, site)

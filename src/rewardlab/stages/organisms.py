@@ -6,9 +6,12 @@ each, and score the rankings against the organisms' truths.
     DIR/{organism}-seed{S}/      the organism (`organisms.build`: policy/, truth.json, PPO outputs) and
                                  hypotheses.safetensors (`organisms.evaluate`), organism.json (post-
                                  training figures, each method's top tokens, ADL-steered samples)
+    DIR/measures-{organism}-seed{S}/measures.json   the sentiment world's earlier measurements on the
+                                 organism against its own reward (`organisms.measures`: SAE reward relevance
+                                 post minus base, crosscoder post-only latents, steering over random directions)
     DIR/results.json             section `organisms`: post-training figures per organism and seed, and
                                  per organism x method the scores that apply, each with a bootstrap CI
-                                 over organism seeds and samples
+                                 over organism seeds and samples; per organism the three measurements
 
 Each folder is a `runs.Stage`: a re-run skips the finished ones (their fingerprint: config, seed,
 input hashes) and a killed PPO resumes from its checkpoint; results.json is rebuilt from the folders,
@@ -29,6 +32,7 @@ from rewardlab.errors import Check, raise_first_failed
 from rewardlab.io import read_json, read_jsonl, write_json
 from rewardlab.organisms.build import ORGANISMS, POST_TRAINING, Training, build_organism, planted_rate, toned_prompts
 from rewardlab.organisms.evaluate import EvalSettings, load_hypotheses, save_hypotheses, score_cell
+from rewardlab.organisms.measures import MeasureSettings, measures_cell
 from rewardlab.report import figures
 from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
@@ -55,15 +59,18 @@ class Preset:
     pairs: dict
     dpo: dict
     evaluation: EvalSettings
+    measures: MeasureSettings
 
 
 PRESETS = {
     "micro": Preset("micro", dict(phases=3, batch_size=32, eval_samples=32), dict(n_prompts=64),
-                    dict(epochs=1, eval_samples=32), EvalSettings(n_samples=32, n_pairs=16, n_texts=32, batch_size=32)),
+                    dict(epochs=1, eval_samples=32), EvalSettings(n_samples=32, n_pairs=16, n_texts=32, batch_size=32),
+                    MeasureSettings(k=4, n_top_features=8, n_tokens=20_000, steer_alphas=(-0.1, 0.0, 0.1), n_random=2,
+                                    n_steer_prompts=8, batch_size=32, n_boot=200)),
     # kl_coef 0.2: at 0.3 the planted organism wrote its words under 3x as often as the base (0.2-0.4 nats),
     # at 0.1 over the 8-nat budget (docs/FINDINGS.md, organisms at KL coefficient 0.2)
     "tiny": Preset("tiny", dict(eval_samples=256, kl_coef=0.2), dict(n_prompts=1000), dict(epochs=1, eval_samples=256),
-                   EvalSettings()),
+                   EvalSettings(), MeasureSettings()),
 }
 
 
@@ -97,6 +104,26 @@ class Config:
 
 
 @dataclass
+class SeedMeasures:
+    """The sentiment world's earlier measurements on one organism seed, the reward being the organism's own
+    (`organisms.measures`)."""
+
+    site: str                      # where the SAEs and the crosscoder read (the middle block's resid_post)
+    relevance_base: Estimate       # sum over the top-k SAE features of their sign-aligned Pearson r with the reward
+    relevance_post: Estimate       # (on test prompts; the mean over the model's SAEs)
+    relevance_post_minus_base: Estimate  # CI resamples test prompts and SAEs; n = test completions
+    relevance_seed_control: float  # the largest |difference| between two SAEs of one model
+    crosscoder_post_only: int      # post-only latents after Latent Scaling, classified on held-out tokens
+    crosscoder_counts_after: dict[str, int]
+    post_only_top_tokens: list[list[str]]  # the tokens each post-only latent fires on most (first 10 latents)
+    steer_site: str
+    steer_alpha_up: float | None   # the largest positive alpha (x typical norm) that keeps the grammatical rate
+    steer_effect: Estimate | None  # organism reward at alpha_up minus unsteered (n = steered samples, CI by prompt)
+    steer_random_max_abs_effect: float | None  # the largest mean |effect| of the random directions there
+    steer_over_random: Estimate | None  # effect / that (paired bootstrap over the steered prompts)
+
+
+@dataclass
 class OrganismRun:
     """One organism at one seed: what post-training did (on its fresh evaluation samples)."""
 
@@ -112,6 +139,19 @@ class OrganismRun:
     planted_rate_policy: float | None = None
     top_tokens: dict[str, list[str]] = field(default_factory=dict)  # method -> its 10 top-ranked tokens
     planted_words: list[str] | None = None  # the planted set (planted only): the truth the top tokens are read against
+    measures: SeedMeasures | None = None  # the sentiment world's earlier measurements, against this organism's reward
+
+
+@dataclass
+class MeasuresCell:
+    """The three earlier measurements on one organism over its seeds (`organisms.measures.measures_cell`): the
+    mean over seeds, CI resampling seeds and then each seed's own bootstrap draws; n = seeds."""
+
+    n_seeds: int
+    relevance_post_minus_base: Estimate  # SAE reward relevance (organism's reward) post minus base
+    crosscoder_post_only: Estimate  # post-only crosscoder latents after Latent Scaling (CI over seeds only)
+    steer_effect: Estimate | None = None  # organism reward, steered along the mean difference minus unsteered
+    steer_over_random: Estimate | None = None  # that effect over the random directions' largest mean |effect|
 
 
 @dataclass
@@ -134,6 +174,7 @@ class OrganismsSection:
     seeds: int
     runs: list[OrganismRun]
     cells: dict[str, dict[str, Cell]]  # organism -> method -> cell
+    measures: dict[str, MeasuresCell] = field(default_factory=dict)  # organism -> the three earlier measurements
 
 
 @dataclass
@@ -172,6 +213,12 @@ def _organism_config(cfg: Config, organism: str) -> dict:
             "evaluation": dataclasses.asdict(PRESETS[cfg.preset].evaluation)}
 
 
+def _eval_prompts(world, organism: str, seed: int) -> list[str]:
+    """The prompts every method reads: the world's held-out openers (the agreement organism: toned prompts)."""
+    return toned_prompts(len(world.heldout_prompts), 10_000 + seed) if organism == "agreement" \
+        else list(world.heldout_prompts)
+
+
 def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Path) -> None:
     """Post-train one organism into `work`, then have every method rank the vocabulary on it."""
     from rewardlab.models import load_model
@@ -185,8 +232,7 @@ def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Pat
     truth = read_json(work / "truth.json")
     base, tokenizer = load_model(world.base_path, device="cpu", dtype="float32")
     post, _ = load_model(work / "policy", device="cpu", dtype="float32")
-    prompts = toned_prompts(len(world.heldout_prompts), 10_000 + seed) if organism == "agreement" \
-        else world.heldout_prompts
+    prompts = _eval_prompts(world, organism, seed)
     texts = [r["text"] for r in read_jsonl(world.path / "corpus_sample.jsonl", required=("text",))]
     hyps, samples = evaluate_organism(base.eval(), post.eval(), tokenizer, prompts, texts,
                                       get_reward(truth["reward_spec"]), seed, settings,
@@ -209,14 +255,50 @@ def _build_one(cfg: Config, world_dir: Path, organism: str, seed: int, work: Pat
         "top_tokens": {m: h.top(truth["vocabulary"]) for m, h in hyps.items()}, "adl_steered": adl["steered"]})
 
 
-def _run_of(folder: Path) -> OrganismRun:
+def _measures_config(cfg: Config, organism: str) -> dict:
+    return {"organism": organism, "evaluation": dataclasses.asdict(PRESETS[cfg.preset].evaluation),
+            "measures": dataclasses.asdict(PRESETS[cfg.preset].measures)}
+
+
+def _measure_one(cfg: Config, world_dir: Path, organism: str, seed: int, organism_dir: Path, work: Path) -> None:
+    """The three earlier measurements (`organisms.measures`) on one built organism, on the samples every
+    method read (regenerated: same models, prompts and seed), into work/measures.json."""
+    from rewardlab.models import load_model
+    from rewardlab.organisms.evaluate import organism_samples
+    from rewardlab.organisms.measures import measure_organism
+    from rewardlab.world import is_grammatical, load_world
+
+    world, preset = load_world(world_dir), PRESETS[cfg.preset]
+    spec = read_json(organism_dir / "truth.json")["reward_spec"]
+    base, tokenizer = load_model(world.base_path, device="cpu", dtype="float32")
+    post, _ = load_model(organism_dir / "policy", device="cpu", dtype="float32")
+    prompts, policy, base_samples = organism_samples(base.eval(), post.eval(), tokenizer,
+                                                     _eval_prompts(world, organism, seed), seed, preset.evaluation)
+    result = measure_organism(base, post, tokenizer, prompts, [x.completion for x in policy],
+                              [x.completion for x in base_samples], get_reward(spec), seed, preset.measures,
+                              work / "scratch", checker=is_grammatical)
+    write_json(work / "measures.json", {"organism": organism, "seed": seed, "reward_spec": spec, **result})
+
+
+def _seed_measures(m: dict) -> SeedMeasures:
+    rel, cc, steer = m["reward_relevance"], m["crosscoder"], m["steering"]
+
+    def est(x):
+        return None if x is None else from_json(Estimate, {k: v for k, v in x.items() if k != "draws"})
+    return SeedMeasures(m["site"], est(rel["base"]), est(rel["post"]), est(rel["post_minus_base"]),
+                        rel["seed_control_max_abs"], cc["post_only"], cc["counts_after"], cc["post_only_top_tokens"],
+                        steer["site"], steer["alpha_up"], est(steer["effect"]), steer["random_max_abs_effect"],
+                        est(steer["over_random"]))
+
+
+def _run_of(folder: Path, measures: Path) -> OrganismRun:
     info = read_json(folder / "organism.json")
     s = {k: (None if v is None else from_json(Estimate, v)) for k, v in info["summary"].items()
          if k != "reward_gain_base_std"}
     return OrganismRun(info["organism"], info["seed"], info["reward_spec"], s["reward_base_ci"], s["reward_policy_ci"],
                        info["summary"]["reward_gain_base_std"], s["kl_exact_ci"], s["grammatical_rate_ci"],
                        info.get("planted_rate_base"), info.get("planted_rate_policy"), info["top_tokens"],
-                       read_json(folder / "truth.json").get("planted"))
+                       read_json(folder / "truth.json").get("planted"), _seed_measures(read_json(measures / "measures.json")))
 
 
 def _cells(cfg: Config, folders: dict[str, list[Path]]) -> dict[str, dict[str, Cell]]:
@@ -228,30 +310,45 @@ def _cells(cfg: Config, folders: dict[str, list[Path]]) -> dict[str, dict[str, C
     return cells
 
 
+def _stage(stage: Stage, log: Callable[[str], None], what: str, build: Callable[[Path], None]) -> Path:
+    """Run `build(stage.work)` unless the stage is done already; commit it; its folder."""
+    if stage.done():
+        log(f"[{stage.name}] done already, skipped")
+        return stage.out
+    log(f"[{stage.name}] {what}")
+    t0, threads = time.perf_counter(), torch.get_num_threads()
+    try:
+        build(stage.work)
+    finally:  # PPO sets its own thread count; later organisms must not depend on the order
+        torch.set_num_threads(threads)
+    stage.commit()
+    log(f"[{stage.name}] finished in {time.perf_counter() - t0:.0f} s")
+    return stage.out
+
+
 def run_organisms(cfg: Config, out: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Build (or reuse) the world and every organism x seed in `out`, score, write out/results.json."""
+    """Build (or reuse) the world and every organism x seed in `out`, measure, score, write out/results.json."""
     cfg.validate()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     world_dir = _world(cfg, out, log)
-    folders: dict[str, list[Path]] = {}
+    folders: dict[str, list[tuple[Path, Path]]] = {}
     for organism in cfg.organisms:
         for seed in range(cfg.seeds):
-            stage = Stage(out, f"{organism}-seed{seed}", _organism_config(cfg, organism), {"world": world_dir}, seed)
-            if stage.done():
-                log(f"[{stage.name}] done already, skipped")
-            else:
-                log(f"[{stage.name}] post-training ({cfg.post_training}) and ranking")
-                threads = torch.get_num_threads()
-                try:
-                    _build_one(cfg, world_dir, organism, seed, stage.work)
-                finally:  # PPO sets its own thread count; later organisms must not depend on the order
-                    torch.set_num_threads(threads)
-                stage.commit()
-            folders.setdefault(organism, []).append(stage.out)
-    section = OrganismsSection(cfg.preset, cfg.post_training, cfg.seeds,
-                               [_run_of(p) for paths in folders.values() for p in paths], _cells(cfg, folders))
+            built = _stage(Stage(out, f"{organism}-seed{seed}", _organism_config(cfg, organism), {"world": world_dir},
+                                 seed), log, f"post-training ({cfg.post_training}) and ranking",
+                           lambda work: _build_one(cfg, world_dir, organism, seed, work))
+            measured = _stage(Stage(out, f"measures-{organism}-seed{seed}", _measures_config(cfg, organism),
+                                    {"world": world_dir, "organism": built}, seed), log,
+                              "SAE reward relevance, crosscoder and steering against its reward",
+                              lambda work: _measure_one(cfg, world_dir, organism, seed, built, work))
+            folders.setdefault(organism, []).append((built, measured))
+    section = OrganismsSection(
+        cfg.preset, cfg.post_training, cfg.seeds, [_run_of(*f) for pairs in folders.values() for f in pairs],
+        _cells(cfg, {o: [b for b, _ in pairs] for o, pairs in folders.items()}),
+        {o: MeasuresCell(len(pairs), **measures_cell([read_json(m / "measures.json") for _, m in pairs], cfg.n_boot))
+         for o, pairs in folders.items()})
     results = to_json(Results(section))
     write_json(out / "results.json", results)
     log(f"[organisms] finished in {time.perf_counter() - t0:.0f} s -> {out / 'results.json'}")
