@@ -50,7 +50,7 @@ from rewardlab.sae.model import SAEConfig, SparseAutoencoder, SparseCodes
 class TrainConfig:
     batch_size: int = 1024  # tokens per step
     n_tokens: int = 2_000_000  # training tokens (epochs over a tensor repeat as needed)
-    lr: float = 1e-3  # Adam learning rate (the 2023 SAE paper's value)
+    lr: float = 3e-3  # Adam learning rate (why 3e-3 and not the 2023 SAE paper's 1e-3: docs/FINDINGS.md, 2026-12-01)
     aux_k: int | None = None  # AuxK latents per token; default d_in // 2
     aux_k_coefficient: float = 1.0  # AuxK loss weight (SAELens' value for this unnormalized form, see module docstring)
     dead_window: int = 50_000  # tokens without firing after which a latent counts as dead (~50 steps)
