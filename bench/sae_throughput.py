@@ -1,7 +1,7 @@
 """SAE training throughput and FVU: rewardlab vs SAELens on the same cached activations, one side per process.
 
     python bench/sae_throughput.py --world WORLD --scale tiny|135m --side prepare|rewardlab|saelens
-                                   [--expansion 4 --k 16 --batch 1024 --steps 300]
+                                   [--expansion 4 --k 16 --batch 1024 --steps 300 --lr 1e-3]
 
 `--side prepare` caches the activations once (safetensors under .cache/bench/): the residual stream
 of the scale's model on random token ids (seed 0, sequences of 128, position 0 dropped: its
@@ -9,7 +9,7 @@ attention-sink norms would dominate), `steps * batch` training tokens plus 8192 
 tiny: the review world's base (WORLD/base, 4 x 128 GPT-2) at blocks.1.hook_resid_post; 135m:
 bench/common.model_135m() at blocks.6.hook_resid_post (a shallow layer keeps the caching cheap).
 
-Both sides train a BatchTopK SAE of width expansion * d_in, k, batch, float32, Adam at lr 1e-3, for
+Both sides train a BatchTopK SAE of width expansion * d_in, k, batch, float32, Adam at the same lr, for
 exactly one pass over the same training tokens (each shuffles with its own seeded permutation), with
 inputs scaled so that mean |x|^2 = d_in (SAELens' `normalize_activations="expected_average_only_in"`,
 rewardlab's fixed rule). rewardlab: `train_sae` (its batching, AuxK bookkeeping, lr decay, decoder
@@ -37,7 +37,6 @@ from common import ROOT, add_common_args, emit, model_135m, prepared, setup  # n
 
 SIDES = ["rewardlab", "saelens"]
 HELD_OUT = 8192
-LR = 1e-3
 
 
 def cache_path(scale: str, n_train: int) -> Path:
@@ -71,17 +70,19 @@ def cache_acts(scale: str, world: str, n_train: int) -> Path:
     return path
 
 
-def rewardlab_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int) -> tuple[float, float]:
+def rewardlab_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int,
+                   lr: float) -> tuple[float, float]:
     from rewardlab.sae.metrics import reconstruction_metrics
     from rewardlab.sae.model import SAEConfig
     from rewardlab.sae.train import TrainConfig, train_sae
 
     cfg = SAEConfig(d_in=train.shape[1], d_sae=d_sae, architecture="batchtopk", k=k)
-    result = train_sae(train, cfg, TrainConfig(batch_size=batch, n_tokens=len(train), lr=LR, progress=False))
+    result = train_sae(train, cfg, TrainConfig(batch_size=batch, n_tokens=len(train), lr=lr, progress=False))
     return result.tokens_per_second, reconstruction_metrics(result.sae, held)["fvu"]
 
 
-def saelens_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int) -> tuple[float, float]:
+def saelens_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int,
+                 lr: float) -> tuple[float, float]:
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
@@ -89,7 +90,7 @@ def saelens_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, ba
     scale = (d_in / train[:batch].pow(2).sum(-1).mean()).sqrt()  # expected_average_only_in
     torch.manual_seed(0)
     sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
-    opt = torch.optim.Adam(sae.parameters(), lr=LR)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
 
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=300, help="training steps = one pass over steps * batch tokens")
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the same on both sides")
     a = ap.parse_args()
     setup(a.threads)
     n_train = a.steps * a.batch
@@ -136,9 +138,9 @@ def main() -> None:
     train, held = tensors["train"], tensors["held_out"]
     d_sae = a.expansion * train.shape[1]
     side = rewardlab_side if a.side == "rewardlab" else saelens_side
-    tokens_per_s, fvu = side(train, held, d_sae, a.k, a.batch)
+    tokens_per_s, fvu = side(train, held, d_sae, a.k, a.batch, a.lr)
     emit(a.side, a.scale, tokens_per_s, "tokens/s", n_train / tokens_per_s, fvu=fvu, d_in=train.shape[1],
-         d_sae=d_sae, k=a.k, batch=a.batch, steps=a.steps, threads=a.threads, held_out_tokens=len(held),
+         d_sae=d_sae, k=a.k, batch=a.batch, steps=a.steps, lr=a.lr, threads=a.threads, held_out_tokens=len(held),
          model=f"cached activations {path.name}")
 
 

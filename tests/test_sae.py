@@ -79,7 +79,7 @@ def test_batchtopk_keeps_k_per_token_on_average():
     codes = sae.sparse_codes(x)
     pre = sae.pre_activations(x).detach()
     assert len(codes.value) == 200
-    torch.testing.assert_close(codes.pre, sae.pre_activations(x))
+    torch.testing.assert_close(codes.pre, sae.pre_activations(x).detach())
     assert float(codes.value.detach().min()) >= float(pre.reshape(-1).topk(200).values.min().clamp_min(0))
     assert float(codes.threshold) == pytest.approx(float(pre.reshape(-1).topk(200).values.min().clamp_min(0)))
 
@@ -131,7 +131,7 @@ def test_aux_k_loss_reaches_only_dead_latents():
     residual = torch.randn(64, 8, generator=gen)
     dead = torch.zeros(16, dtype=torch.bool)
     dead[[1, 5, 9]] = True
-    loss = _aux_k_loss(sae, pre, residual, dead, aux_k=2)
+    loss = _aux_k_loss(sae, x, pre.detach(), residual, dead, aux_k=2)
     # reference: each token's two largest dead pre-activations (before ReLU) reconstruct the residual
     dead_pre = pre[:, dead]
     vals, idx = dead_pre.topk(2, dim=1)
@@ -143,7 +143,7 @@ def test_aux_k_loss_reaches_only_dead_latents():
     assert grad_rows[dead].all() and not grad_rows[~dead].any()
     assert (sae.W_enc.grad[:, ~dead] == 0).all() and (sae.W_enc.grad[:, dead] != 0).any()
     # fewer dead latents than aux_k: the loss is damped by n_dead / aux_k (sparsify)
-    damped = _aux_k_loss(sae, pre.detach(), residual, dead, aux_k=6)
+    damped = _aux_k_loss(sae, x, pre.detach(), residual, dead, aux_k=6)
     f3 = torch.zeros_like(dead_pre).scatter(1, dead_pre.topk(3, dim=1).indices, dead_pre.topk(3, dim=1).values)
     ref3 = ((f3 @ sae.W_dec[dead] - residual) ** 2).sum(-1).mean() * 3 / 6
     assert float(damped.detach()) == pytest.approx(float(ref3.detach()), rel=1e-5)
@@ -209,3 +209,23 @@ def test_an_sae_folder_whose_weights_do_not_match_its_config_or_activations_is_o
         load_sae(tmp_path / "sae")
     with pytest.raises(InputError, match="activations of width 12 given to an SAE of width 8"):
         sae.encode(torch.zeros(3, 12))
+
+
+def test_gather_pre_backward_equals_dense_autograd():
+    """The sparse backward of the gathered pre-activations (repeated pairs and unused latents included) equals
+    autograd through the dense pre = x @ W_enc + encoder_bias(), for every parameter and for x."""
+    gen = torch.Generator().manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=6, d_sae=10, k=2), generator=gen).double()
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=gen)
+        sae.b_enc.normal_(generator=gen)
+    x = torch.randn(7, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([0, 0, 3, 3, 3, 6, 2, 0])
+    latent = torch.tensor([4, 1, 4, 9, 4, 0, 1, 4])  # latents 2, 3, 5-8 unused; (3, 4) twice
+    weight = torch.randn(8, generator=gen, dtype=torch.float64)
+    params = [x, sae.W_enc, sae.b_enc, sae.b_dec]
+    pre = (x @ sae.W_enc + sae.encoder_bias()).detach()
+    got = torch.autograd.grad((sae.gather_pre(x, pre, rows, latent) * weight).sum(), params)
+    ref = torch.autograd.grad(((x @ sae.W_enc + sae.encoder_bias())[rows, latent] * weight).sum(), params)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)

@@ -27,11 +27,13 @@ from rewardlab.sae.sinks import SINK_NORM_FACTOR, batch_positions
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SparseAutoencoder, acts: torch.Tensor, batch_size: int = 8192,
+def reconstruction_metrics(sae: SparseAutoencoder, acts: torch.Tensor, batch_size: int = 1024,
                            dense_threshold: float = 0.1, targets: torch.Tensor | None = None) -> dict:
     """acts [n_tokens, d_in] held-out activations (of the tokens the SAE models, `sae.sinks`) -> dict
     of scalar metrics (and n_tokens). targets [n_tokens, d_in]: what the dictionary predicts for each
-    token (default: acts, an autoencoder); FVU and MSE then measure x_hat against them."""
+    token (default: acts, an autoencoder); FVU and MSE then measure x_hat against them. batch_size: tokens
+    encoded at once; each batch holds a few dense [batch_size, d_sae] tensors (4 bytes each: 9 MiB apiece at
+    1024 x 2304), so memory, not speed, sets it."""
     acts = acts.float()
     targets = acts if targets is None else targets.float()
     mean = targets.mean(0)

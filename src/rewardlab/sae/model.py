@@ -8,11 +8,13 @@ Encoding is one matmul plus a sparsifying nonlinearity; there is no Python loop 
 BatchTopK keeps the k * batch largest pre-activations of the whole batch while training
 (Bussmann et al. 2024); at inference it is a JumpReLU with one threshold (the mean over training
 batches of the smallest kept activation), which SAELens represents as architecture "jumprelu".
-Training TopK/BatchTopK goes through `sparse_codes`/`decode_sparse`: the encoder is one dense matmul
-(b_dec folded into the bias, so no [batch, d_in] matmul in the backward), the batch-level selection
-finds its threshold on a strided sample first and runs the exact top-k only on the candidates above
-it, and the decoder is a fused gather-scale-sum (embedding_bag) over the kept (token, latent) pairs,
-so no dense [batch, d_sae] code is multiplied forward or backward (sparsify's sparse decoder, on CPU).
+Training TopK/BatchTopK goes through `sparse_codes`/`decode_sparse`, with no dense [batch, d_sae] tensor in
+the autograd graph: the encoder is one dense matmul without autograd (b_dec folded into the bias); the batch-level
+selection finds its threshold on a strided sample first and runs the exact top-k only on the candidates above it;
+the kept pre-activations are gathered with a sparse backward (`_GatherPre`: the encoder's gradient is a
+sum over the kept (token, latent) pairs, sparsify's fused encoder), and the decoder is a fused gather-scale-sum
+(embedding_bag) over the same pairs. Per step that leaves one [batch, d_in] x [d_in, d_sae] matmul where the
+dense computation has five (encoder forward and weight gradient, decoder forward and both gradients).
 """
 
 from __future__ import annotations
@@ -52,16 +54,44 @@ class SAEConfig:
 
 @dataclass
 class SparseCodes:
-    """A training batch's active latents, sorted by token; `value` and `pre` carry the gradient."""
+    """A batch's active (token, latent) pairs, grouped by token; `value` carries the gradient."""
     latent: torch.Tensor  # [nnz] latent index, grouped by token in increasing order
-    value: torch.Tensor  # [nnz] activation relu(pre[token, latent])
+    value: torch.Tensor  # [nnz] activation relu(pre[token, latent]) (0 where a candidate was cut)
     offsets: torch.Tensor  # [n_tokens] start of each token's entries in latent/value
-    pre: torch.Tensor  # [n_tokens, d_sae] dense pre-activations (the AuxK loss reads the dead columns)
+    pre: torch.Tensor  # [n_tokens, d_sae] dense pre-activations, without gradient (AuxK ranks its dead columns)
     threshold: torch.Tensor  # scalar: the smallest kept selection value (BatchTopK's per-batch threshold)
 
     def fired(self) -> torch.Tensor:
         """[d_sae] bool: latents with a positive activation in the batch"""
         return torch.bincount(self.latent, weights=self.value.detach(), minlength=self.pre.shape[1]) > 0
+
+
+class _GatherPre(torch.autograd.Function):
+    """pre[row_i, latent_i] = x[row_i] . w_enc[:, latent_i] + bias[latent_i] for a list of pairs, read from the
+    already computed pre [n, d_sae] (no gradient), with a sparse backward (sparsify's fused encoder, for any
+    pairs): grad w_enc[:, j] = sum over j's pairs of grad_i * x[row_i], one embedding_bag over the pairs sorted
+    by latent, so no dense [n, d_sae] gradient and no [d_in, n] x [n, d_sae] matmul exist."""
+
+    @staticmethod
+    def forward(ctx, x, w_enc, bias, pre, rows, latents):
+        ctx.save_for_backward(x, w_enc, rows, latents)
+        return pre[rows, latents]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_enc, rows, latents = ctx.saved_tensors
+        d_sae = w_enc.shape[1]
+        grad_x = grad_w = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x).index_add_(0, rows, w_enc.T[latents] * grad.unsqueeze(1))
+        if ctx.needs_input_grad[1]:
+            order = torch.argsort(latents, stable=True)
+            counts = torch.bincount(latents, minlength=d_sae)
+            grad_w = F.embedding_bag(rows[order], x, counts.cumsum(0) - counts, mode="sum",
+                                     per_sample_weights=grad[order]).T
+        if ctx.needs_input_grad[2]:
+            grad_bias = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, latents, grad)
+        return grad_x, grad_w, grad_bias, None, None, None
 
 
 def batch_top_indices(score: torch.Tensor, n_keep: int, sample_stride: int = 8) -> torch.Tensor:
@@ -129,21 +159,34 @@ class SparseAutoencoder(nn.Module):
             return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(pre.gather(-1, idx)))
         return pre * (score > self.threshold)
 
+    def encoder_bias(self) -> torch.Tensor:
+        """[d_sae] b_enc - b_dec @ W_enc: pre = x @ W_enc + encoder_bias() equals pre_activations(x)"""
+        return self.b_enc - self.b_dec @ self.encoder
+
+    def gather_pre(self, x: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """[nnz] pre[rows, latent] with gradient to the encoder and both biases, read from pre [n, d_sae]
+        (= x @ W_enc + encoder_bias(), computed without autograd) and backpropagated sparsely (`_GatherPre`)."""
+        return _GatherPre.apply(x, self.encoder, self.encoder_bias() if bias is None else bias, pre, rows, latent)
+
     def sparse_codes(self, x: torch.Tensor, batch_cut=None) -> SparseCodes:
         """Training-time TopK/BatchTopK codes of x [n, d_in] (per token for topk, over the batch for batchtopk).
 
-        pre = x @ W_enc + (b_enc - b_dec @ W_enc), equal to pre_activations(x); selection runs without
-        autograd on selection_values(pre); the kept values relu(pre) are gathered with their gradient.
-        batch_cut (batchtopk, optional): (score [n, d_sae], n_keep) -> the smallest kept selection value of a
-        batch that x is only part of (several processes); BatchTopK then keeps the entries of x at or above it.
+        pre = x @ W_enc + encoder_bias() is computed without autograd; selection runs on selection_values(pre);
+        the kept values relu(pre) are gathered with a sparse backward (`_GatherPre`). batch_cut (batchtopk,
+        optional): (score [n, d_sae], n_keep) -> (cut, n_total): the smallest kept selection value of a batch that
+        x is only part of (several processes) and that batch's n_keep; BatchTopK then takes x's n_total largest
+        entries (a fixed number, a superset of those at or above the cut) and zeroes the values below the cut.
         """
         n, k, d_sae = x.shape[0], self.cfg.k, self.cfg.d_sae
-        pre = x @ self.encoder + (self.b_enc - self.b_dec @ self.encoder)
+        bias = self.encoder_bias()
         with torch.no_grad():
+            pre = torch.addmm(bias.detach(), x, self.encoder.detach())
             score = self.selection_values(pre)
+            keep = None
             if self.cfg.architecture == "topk":
                 latent = score.topk(k, dim=-1, sorted=False).indices.reshape(-1)
-                flat = torch.arange(n, device=x.device).repeat_interleave(k) * d_sae + latent
+                rows = torch.arange(n, device=x.device).repeat_interleave(k)
                 offsets = torch.arange(0, n * k, k, device=x.device)
                 threshold = torch.zeros((), device=x.device)
             else:
@@ -151,18 +194,21 @@ class SparseAutoencoder(nn.Module):
                     flat = batch_top_indices(score, min(k * n, n * d_sae))
                     threshold = score.reshape(-1)[flat].min().clamp_min(0)
                 else:
-                    cut = batch_cut(score, k * n)
-                    flat = (score.reshape(-1) >= cut).nonzero().squeeze(1)
+                    cut, total = batch_cut(score, k * n)
+                    flat = batch_top_indices(score, min(total, n * d_sae))
+                    keep = score.reshape(-1)[flat] >= cut
                     threshold = cut.clamp_min(0)
-                latent = flat % d_sae
+                rows, latent = flat // d_sae, flat % d_sae
                 offsets = torch.searchsorted(flat, torch.arange(n, device=x.device) * d_sae)
-        value = torch.relu(pre.reshape(-1)[flat])
+        value = torch.relu(self.gather_pre(x, pre, rows, latent, bias))
+        if keep is not None:
+            value = value * keep
         return SparseCodes(latent, value, offsets, pre, threshold)
 
-    def decode_sparse(self, codes: SparseCodes) -> torch.Tensor:
-        """x_hat [n, d_in] = b_dec + sum over each token's kept pairs of value * W_dec[latent]."""
-        return F.embedding_bag(codes.latent, self.W_dec, codes.offsets, mode="sum",
-                               per_sample_weights=codes.value) + self.b_dec
+    def decode_sparse(self, codes: SparseCodes, bias: bool = True) -> torch.Tensor:
+        """x_hat [n, d_in] = b_dec (if bias) + sum over each token's kept pairs of value * W_dec[latent]."""
+        out = F.embedding_bag(codes.latent, self.W_dec, codes.offsets, mode="sum", per_sample_weights=codes.value)
+        return out + self.b_dec if bias else out
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Inference encoding, identical to the exported SAELens SAE. x [..., d_in] -> [..., d_sae]"""
