@@ -47,6 +47,16 @@ def _word_model(n_words: int = 500):
     return model, tokenizer, words[3:]
 
 
+def _words(tokenizer) -> list[str]:
+    """The vocabulary's alphanumeric tokens as text ("Ġcat" -> "cat"), sorted."""
+    words = []
+    for token in tokenizer.get_vocab():
+        text = tokenizer.convert_tokens_to_string([token]).strip()
+        if text.isascii() and text.isalnum() and token.lstrip("Ġ▁").isalnum():
+            words.append(text)
+    return sorted(set(words))
+
+
 def texts(vocab: list[str], eos: str, pairs: int) -> tuple[list[str], list[str], list[str]]:
     rng = random.Random(0)
 
@@ -110,8 +120,10 @@ def main() -> None:
         from rewardlab.models import load_model
 
         folder, name = model_135m()
-        model, tokenizer = load_model(folder, device="cpu", dtype="float32")
-        vocab = [w for w in tokenizer.get_vocab() if w.isalpha()]
+        # plain text on both sides: TRL applies no chat template to string prompts, so rewardlab must not
+        # either (its default, chat_template auto, renders SmolLM2's system and user turns around the prompt)
+        model, tokenizer = load_model(folder, device="cpu", dtype="float32", chat_template="off")
+        vocab = _words(tokenizer)
     else:
         (model, tokenizer, vocab), name = _word_model(), "gpt2 4x128, 500 words"
     prompts, chosen, rejected = texts(sorted(vocab), tokenizer.eos_token, args.pairs)

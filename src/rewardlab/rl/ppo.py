@@ -53,7 +53,9 @@ from rewardlab.rl.eval import eval_summary, evaluate_policy, mean_std, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
 from rewardlab.rl.lora import AdapterOff, add_lora, mark_checkpointed_layers, save_lora, trainable
-from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
+from rewardlab.rl.rollout import (Rollout, completion_logprobs_from_logits, completion_positions, completion_texts,
+                                  position_ids, rollout)
+from rewardlab.sampling import kept_logits
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
 from rewardlab.text import (check_generation_fits, config_context_length, encode_prompts, prompt_token_ids,
@@ -160,12 +162,16 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.policy, self.value_head = policy, value_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [B, L, V] and values [B, L] (value head on the detached site activation)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B, K, V] and values [B, K] (value head on the detached site activation) at the K
+        positions `keep` [K] (long; None: all L positions); no logits are computed elsewhere (`kept_logits`)."""
         with capture(self.policy, self.value_head.site) as acts:
-            logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids(attention_mask), use_cache=False).logits
-        values = self.value_head(acts[self.value_head.site].float())
+            logits = kept_logits(self.policy, 0 if keep is None else keep, input_ids=input_ids,
+                                 attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                                 use_cache=False)
+        site = acts[self.value_head.site]
+        values = self.value_head((site if keep is None else site[:, keep]).float())
         return logits, values
 
 
@@ -273,18 +279,19 @@ class Scored:
     returns: torch.Tensor
 
 
-def _logprobs(logits: torch.Tensor, completion_ids: torch.Tensor, prompt_len: int, cfg: PPOConfig,
+def _logprobs(logits: torch.Tensor, completion_ids: torch.Tensor, cfg: PPOConfig,
               truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs_from_logits` under the config's sampling transform; `truncate=False` applies
-    the temperature only (the reference's whole distribution)."""
+    """`completion_logprobs_from_logits` (logits [B, T, V] at the completion positions) under the config's
+    sampling transform; `truncate=False` applies the temperature only (the reference's whole distribution)."""
     top_k, top_p = (cfg.top_k, cfg.top_p) if truncate else (0, 1.0)
-    return completion_logprobs_from_logits(logits, completion_ids, prompt_len, temperature=cfg.temperature,
+    return completion_logprobs_from_logits(logits, completion_ids, None, temperature=cfg.temperature,
                                            top_k=top_k, top_p=top_p)
 
 
-def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-               use_cache=False).logits
+def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor
+                ) -> torch.Tensor:
+    return kept_logits(ref, keep, input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids(attention_mask), use_cache=False)
 
 
 @torch.no_grad()
@@ -300,10 +307,11 @@ def score_rollout(model: PolicyWithValue, ref: nn.Module, ro: Rollout, scores: t
     and GAE runs over each episode's tokens (`policy_gae`)."""
     P = ro.prompt_ids.shape[1]
     mask = ro.mask if episodes is None else torch.stack(episodes).sum(0)
-    logits, values = model(ro.input_ids, ro.attention_mask)
-    old_logp, logp_all = _logprobs(logits, ro.completion_ids, P, cfg)
-    values = values[:, P - 1:P - 1 + mask.shape[1]] * mask.float()
-    ref_logp, ref_all = _logprobs(_ref_logits(ref, ro.input_ids, ro.attention_mask), ro.completion_ids, P, cfg,
+    keep = completion_positions(P, mask.shape[1], mask.device)
+    logits, values = model(ro.input_ids, ro.attention_mask, keep)
+    old_logp, logp_all = _logprobs(logits, ro.completion_ids, cfg)
+    values = values * mask.float()
+    ref_logp, ref_all = _logprobs(_ref_logits(ref, ro.input_ids, ro.attention_mask, keep), ro.completion_ids, cfg,
                                   truncate=False)
     real = mask.bool()
     kl = torch.where(real, kl_per_token(cfg.kl_estimator, old_logp, ref_logp, logp_all, ref_all), 0.0)
@@ -347,6 +355,7 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
     when the completion holds a user's turn)."""
     P, local_batch = ro.prompt_ids.shape[1], ro.mask.shape[0]
     maskf = (ro.mask if loss_mask is None else loss_mask).float()
+    keep = completion_positions(P, maskf.shape[1], maskf.device)
     stats = {"pg_loss": [], "vf_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [], "grad_norm": [],
              "vf_clipfrac": []}
     first_ratio_dev = None
@@ -355,9 +364,8 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
         for mb_start in range(0, local_batch, cfg.minibatch_size):
             mb = order[mb_start:mb_start + cfg.minibatch_size].to(maskf.device)
             m = maskf[mb]
-            new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb])
-            new_logp, new_all = _logprobs(new_logits, ro.completion_ids[mb], P, cfg)
-            new_values = new_values[:, P - 1:P - 1 + maskf.shape[1]]
+            new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb], keep)
+            new_logp, new_all = _logprobs(new_logits, ro.completion_ids[mb], cfg)
             old_values = sc.values[mb]
             pg_loss, vf_loss, ratio, log_ratio = ppo_losses(new_logp, new_values, sc.old_logp[mb], old_values,
                                                             sc.advantages[mb], sc.returns[mb], m, cfg)
@@ -372,8 +380,8 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
                 ref_mb_all = None
                 if cfg.kl_estimator.startswith("exact"):
                     with torch.no_grad():
-                        ref_mb_logits = _ref_logits(ref, ro.input_ids[mb], ro.attention_mask[mb])
-                        _, ref_mb_all = _logprobs(ref_mb_logits, ro.completion_ids[mb], P, cfg, truncate=False)
+                        ref_mb_logits = _ref_logits(ref, ro.input_ids[mb], ro.attention_mask[mb], keep)
+                        _, ref_mb_all = _logprobs(ref_mb_logits, ro.completion_ids[mb], cfg, truncate=False)
                 kl_new = kl_per_token(cfg.kl_estimator, new_logp, sc.ref_logp[mb], new_all, ref_mb_all)
                 loss = loss + kl_coef * masked_mean(kl_new, m)
             if not torch.isfinite(loss):
