@@ -11,7 +11,8 @@ One phase:
      real token; GAE(gamma, lambda) advantages and returns; advantages whitened over real tokens;
   4. learn: `ppo_epochs` passes over shuffled minibatches: clipped policy loss, clipped value loss,
      entropy bonus, KL loss term (when the KL is a loss term), gradient clipping;
-  5. log: one line of metrics.jsonl, sample completions appended to samples.jsonl, a checkpoint.
+  5. log: one line of metrics.jsonl, sample completions appended to samples.jsonl; a checkpoint when
+     `checkpoint_due` (every `checkpoint_minutes`, after the last phase, every `checkpoint_every` phases if set).
 
 Tensors of one phase: prompts [B, P] left-padded; completions [B, T] right-padded after EOS.
 `mask` [B, T] is 1 on real completion tokens (up to and including EOS): pads contribute nothing to
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -487,6 +489,18 @@ def checkpoint(out: Path, model: PolicyWithValue, optimizer, generator: torch.Ge
     accelerator.wait_for_everyone()
 
 
+def checkpoint_due(cfg: PPOConfig, phase: int, seconds_since: float, accelerator) -> bool:
+    """Whether to checkpoint after `phase` (0-based): after the last phase, every `checkpoint_every`
+    phases when set, and once `checkpoint_minutes` have passed since the last checkpoint (`seconds_since`).
+    Under several processes the main process's clock decides for all (they must checkpoint together)."""
+    if phase + 1 == cfg.phases or (cfg.checkpoint_every is not None and (phase + 1) % cfg.checkpoint_every == 0):
+        return True
+    due = seconds_since >= 60 * cfg.checkpoint_minutes
+    if accelerator.num_processes > 1:
+        due = broadcast_object_list([due], from_process=0)[0]
+    return due
+
+
 def _resolved(value):
     """A setting as resume compares it: a path to an existing file or folder made absolute, so the same
     prompts file named relatively or absolutely is the same config."""
@@ -591,6 +605,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
 
     bar = tqdm(total=cfg.phases, initial=start_phase, desc=f"PPO (kl_coef {cfg.kl_coef:g})", unit="phase",
                leave=False, disable=not (progress and accelerator.is_main_process))
+    last_checkpoint = time.perf_counter()
     for phase in range(start_phase, cfg.phases):
         t0 = time.perf_counter()
         idx = torch.randint(len(prompts), (local_batch,), generator=generator).tolist()
@@ -622,9 +637,10 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         if accelerator.is_main_process:
             write_jsonl(out / "metrics.jsonl", metrics)
             write_jsonl(out / "samples.jsonl", samples)
-        if (phase + 1) % cfg.checkpoint_every == 0 or phase + 1 == cfg.phases:
+        if checkpoint_due(cfg, phase, time.perf_counter() - last_checkpoint, accelerator):
             checkpoint(out, unwrapped, optimizer, generator, accelerator, {
                 "phase": phase + 1, "seconds": elapsed, "kl_coef": kl_ctl.coef, "config": dataclasses.asdict(cfg)})
+            last_checkpoint = time.perf_counter()
 
     bar.close()
     t_eval = time.perf_counter()
