@@ -55,8 +55,7 @@ from rewardlab.rl.eval import eval_summary, evaluate_policy, mean_std, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
 from rewardlab.rl.lora import AdapterOff, add_lora, mark_checkpointed_layers, save_lora, trainable
-from rewardlab.rl.rollout import (Rollout, completion_logprobs_from_logits, completion_positions, completion_texts,
-                                  position_ids, rollout)
+from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
 from rewardlab.sampling import kept_logits
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
@@ -164,17 +163,19 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.policy, self.value_head = policy, value_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor | None = None
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [B, K, V] and values [B, K] (value head on the detached site activation) at the K
-        positions `keep` [K] (long; None: all L positions); no logits are computed elsewhere (`kept_logits`)."""
+        """Logits [B, K, V] and values [B, K] (value head on the detached site activation) at all L positions
+        (K = L), or, given `n_completion` T, at the T positions that predict the completion tokens (K = T,
+        the last T + 1 positions but the very last): no logits are computed at prompt positions."""
+        keep = 0 if n_completion is None else n_completion + 1
         with capture(self.policy, self.value_head.site) as acts:
-            logits = kept_logits(self.policy, 0 if keep is None else keep, input_ids=input_ids,
-                                 attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                                 use_cache=False)
+            logits = kept_logits(self.policy, keep, input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids(attention_mask), use_cache=False)
         site = acts[self.value_head.site]
-        values = self.value_head((site if keep is None else site[:, keep]).float())
-        return logits, values
+        if n_completion is not None:  # slices, not index tensors: their backward is a copy, not a scatter-add
+            logits, site = logits[:, :-1], site[:, -keep:-1]
+        return logits, self.value_head(site.float())
 
 
 def entropy(logp_all: torch.Tensor) -> torch.Tensor:
@@ -290,10 +291,11 @@ def _logprobs(logits: torch.Tensor, completion_ids: torch.Tensor, cfg: PPOConfig
                                            top_k=top_k, top_p=top_p)
 
 
-def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor
+def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int
                 ) -> torch.Tensor:
-    return kept_logits(ref, keep, input_ids=input_ids, attention_mask=attention_mask,
-                       position_ids=position_ids(attention_mask), use_cache=False)
+    """The reference's logits [B, T, V] at the positions that predict the T completion tokens."""
+    return kept_logits(ref, n_completion + 1, input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids(attention_mask), use_cache=False)[:, :-1]
 
 
 @torch.no_grad()
@@ -307,13 +309,12 @@ def score_rollout(model: PolicyWithValue, ref: nn.Module, ro: Rollout, scores: t
     one per turn when later turns must not credit earlier ones). Only their tokens enter the KL, values,
     advantages and whitening; `scores` is then per token [B, T] (each turn's reward on its last token),
     and GAE runs over each episode's tokens (`policy_gae`)."""
-    P = ro.prompt_ids.shape[1]
     mask = ro.mask if episodes is None else torch.stack(episodes).sum(0)
-    keep = completion_positions(P, mask.shape[1], mask.device)
-    logits, values = model(ro.input_ids, ro.attention_mask, keep)
+    T = mask.shape[1]
+    logits, values = model(ro.input_ids, ro.attention_mask, T)
     old_logp, logp_all = _logprobs(logits, ro.completion_ids, cfg)
     values = values * mask.float()
-    ref_logp, ref_all = _logprobs(_ref_logits(ref, ro.input_ids, ro.attention_mask, keep), ro.completion_ids, cfg,
+    ref_logp, ref_all = _logprobs(_ref_logits(ref, ro.input_ids, ro.attention_mask, T), ro.completion_ids, cfg,
                                   truncate=False)
     real = mask.bool()
     kl = torch.where(real, kl_per_token(cfg.kl_estimator, old_logp, ref_logp, logp_all, ref_all), 0.0)
@@ -355,9 +356,9 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
     and the largest |ratio - 1| on the first minibatch (checked against RATIO_TOLERANCE).
     `loss_mask` [B, T]: the tokens that enter the losses (default `ro.mask`; the policy's own tokens
     when the completion holds a user's turn)."""
-    P, local_batch = ro.prompt_ids.shape[1], ro.mask.shape[0]
+    local_batch = ro.mask.shape[0]
     maskf = (ro.mask if loss_mask is None else loss_mask).float()
-    keep = completion_positions(P, maskf.shape[1], maskf.device)
+    T = maskf.shape[1]
     stats = {"pg_loss": [], "vf_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [], "grad_norm": [],
              "vf_clipfrac": []}
     first_ratio_dev = None
@@ -366,7 +367,7 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
         for mb_start in range(0, local_batch, cfg.minibatch_size):
             mb = order[mb_start:mb_start + cfg.minibatch_size].to(maskf.device)
             m = maskf[mb]
-            new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb], keep)
+            new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb], T)
             new_logp, new_all = _logprobs(new_logits, ro.completion_ids[mb], cfg)
             old_values = sc.values[mb]
             pg_loss, vf_loss, ratio, log_ratio = ppo_losses(new_logp, new_values, sc.old_logp[mb], old_values,
@@ -376,13 +377,14 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
                 if first_ratio_dev > RATIO_TOLERANCE:
                     raise RuntimeError(f"probability ratio is {1 + first_ratio_dev:.6f} on the first minibatch "
                                        "of a phase: sampling and scoring differ")
-            ent = masked_mean(entropy(new_all), m)
-            loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
+            with torch.set_grad_enabled(cfg.ent_coef != 0 and torch.is_grad_enabled()):
+                ent = masked_mean(entropy(new_all), m)  # without a bonus, a statistic: no backward through [B, T, V]
+            loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent if cfg.ent_coef else pg_loss + cfg.vf_coef * vf_loss
             if cfg.kl_in == "loss":
                 ref_mb_all = None
                 if cfg.kl_estimator.startswith("exact"):
                     with torch.no_grad():
-                        ref_mb_logits = _ref_logits(ref, ro.input_ids[mb], ro.attention_mask[mb], keep)
+                        ref_mb_logits = _ref_logits(ref, ro.input_ids[mb], ro.attention_mask[mb], T)
                         _, ref_mb_all = _logprobs(ref_mb_logits, ro.completion_ids[mb], cfg, truncate=False)
                 kl_new = kl_per_token(cfg.kl_estimator, new_logp, sc.ref_logp[mb], new_all, ref_mb_all)
                 loss = loss + kl_coef * masked_mean(kl_new, m)

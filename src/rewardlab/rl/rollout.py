@@ -56,18 +56,12 @@ def rollout(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     return Rollout(prompt_ids, prompt_mask.long(), completion, mask)
 
 
-def completion_positions(prompt_len: int, n_completion: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The positions [T] whose logits predict the completion tokens: P - 1 ... P - 2 + T (pass them as
-    `keep` to `rewardlab.sampling.kept_logits` to compute no logits at prompt positions)."""
-    return torch.arange(prompt_len - 1, prompt_len - 1 + n_completion, device=device)
-
-
 def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.Tensor, prompt_len: int | None, *,
                                     temperature: float, top_k: int = 0, top_p: float = 1.0
                                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the completion tokens [B, T] and full log-probs [B, T, V] under the sampling
     transform, from the logits [B, P + T, V] of left-padded prompts of P tokens + completions, or,
-    with `prompt_len` None, from the logits [B, T, V] at the `completion_positions` only.
+    with `prompt_len` None, from the logits [B, T, V] at the positions P - 1 ... P - 2 + T only.
 
     Non-finite token log-probs (only pads can be outside the support) are returned as 0. Score the
     reference with top_k=0, top_p=1 (the temperature only): it is the base model's whole distribution
