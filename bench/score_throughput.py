@@ -3,7 +3,12 @@
 Both score the same model on the same prompt/completion pairs: TRL through
 `DPOTrainer.compute_ref_log_probs` on its own collated batches (each pair's chosen and rejected,
 so every sequence is scored once; collation is done before the clock starts); one untimed warm-up batch each, rewardlab through
-`completion_logprobs` at the same number of sequences per forward (its tokenization timed). Prints
+`completion_logprobs` at the same number of sequences per forward (its tokenization timed; it groups
+sequences of similar length into a batch, TRL keeps each pair's chosen and rejected together). Both
+score plain text: rewardlab's tokenizer is loaded with the chat template off, as TRL applies none to
+string prompts (SmolLM2's template would put its system turn and the user turn around every prompt on
+rewardlab's side only), and the 135m texts are words of SmolLM2's vocabulary, on which tokenizing the
+prompt and the completion apart (rewardlab) and together (TRL) give the same tokens. Prints
 tokens/s (prompt + completion tokens per second) and, as `check`, the summed log-probs of the first
 8 sequences, which the runner compares across sides.
 

@@ -97,7 +97,7 @@ def kept_logits(model: torch.nn.Module, keep: int | torch.Tensor, **inputs) -> t
     keep: an int n (the last n positions: (B, n, V)), a 1-D long tensor of positions (the same for
     every row: (B, len(keep), V)) or a boolean (B, L) mask (the True positions, row by row: (N, V)).
     A model that takes no `logits_to_keep` (or ignores it) computes every position and is sliced
-    after; the numbers are the same either way.
+    after; the two agree up to floating-point rounding (the projection runs over fewer rows).
     """
     logits = (model(**inputs, logits_to_keep=keep) if _takes_logits_to_keep(model) else model(**inputs)).logits
     if logits.ndim == 2 or logits.shape[1] != inputs["input_ids"].shape[1]:
