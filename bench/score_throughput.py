@@ -3,7 +3,12 @@
 Both score the same model on the same prompt/completion pairs: TRL through
 `DPOTrainer.compute_ref_log_probs` on its own collated batches (each pair's chosen and rejected,
 so every sequence is scored once; collation is done before the clock starts); one untimed warm-up batch each, rewardlab through
-`completion_logprobs` at the same number of sequences per forward (its tokenization timed). Prints
+`completion_logprobs` at the same number of sequences per forward (its tokenization timed; it groups
+sequences of similar length into a batch, TRL keeps each pair's chosen and rejected together). Both
+score plain text: rewardlab's tokenizer is loaded with the chat template off, as TRL applies none to
+string prompts (SmolLM2's template would put its system turn and the user turn around every prompt on
+rewardlab's side only), and the 135m texts are words of SmolLM2's vocabulary, on which tokenizing the
+prompt and the completion apart (rewardlab) and together (TRL) give the same tokens. Prints
 tokens/s (prompt + completion tokens per second) and, as `check`, the summed log-probs of the first
 8 sequences, which the runner compares across sides.
 
@@ -45,6 +50,16 @@ def _word_model(n_words: int = 500):
         torch.manual_seed(0)
         model = GPT2LMHeadModel(cfg).eval()
     return model, tokenizer, words[3:]
+
+
+def _words(tokenizer) -> list[str]:
+    """The vocabulary's alphanumeric tokens as text ("Ġcat" -> "cat"), sorted."""
+    words = []
+    for token in tokenizer.get_vocab():
+        text = tokenizer.convert_tokens_to_string([token]).strip()
+        if text.isascii() and text.isalnum() and token.lstrip("Ġ▁").isalnum():
+            words.append(text)
+    return sorted(set(words))
 
 
 def texts(vocab: list[str], eos: str, pairs: int) -> tuple[list[str], list[str], list[str]]:
@@ -110,8 +125,10 @@ def main() -> None:
         from rewardlab.models import load_model
 
         folder, name = model_135m()
-        model, tokenizer = load_model(folder, device="cpu", dtype="float32")
-        vocab = [w for w in tokenizer.get_vocab() if w.isalpha()]
+        # plain text on both sides: TRL applies no chat template to string prompts, so rewardlab must not
+        # either (its default, chat_template auto, renders SmolLM2's system and user turns around the prompt)
+        model, tokenizer = load_model(folder, device="cpu", dtype="float32", chat_template="off")
+        vocab = _words(tokenizer)
     else:
         (model, tokenizer, vocab), name = _word_model(), "gpt2 4x128, 500 words"
     prompts, chosen, rejected = texts(sorted(vocab), tokenizer.eos_token, args.pairs)

@@ -229,3 +229,20 @@ def test_kl_sweep_writes_frontier(tmp_path):
     points = save_frontier(tmp_path / "sweep")  # as the sweep stage and `train sweep` do
     assert [p.kl_exact for p in points] == [r["kl_exact"] for r in rows]
     assert (tmp_path / "sweep" / "frontier.png").stat().st_size > 1000
+
+
+def test_checkpoints_come_by_time_after_the_last_phase_and_every_n_phases_when_set():
+    from types import SimpleNamespace
+
+    from rewardlab.rl.ppo import checkpoint_due
+
+    one = SimpleNamespace(num_processes=1)
+    cfg = PPOConfig(base="x", phases=10)  # defaults: by time only, every 10 minutes
+    assert cfg.checkpoint_every is None and cfg.checkpoint_minutes == 10.0
+    assert not checkpoint_due(cfg, 3, seconds_since=599.0, accelerator=one)
+    assert checkpoint_due(cfg, 3, seconds_since=600.0, accelerator=one)
+    assert checkpoint_due(cfg, 9, seconds_since=0.0, accelerator=one)  # the last phase always
+    every = dataclasses.replace(cfg, checkpoint_every=4)
+    assert [p for p in range(10) if checkpoint_due(every, p, 0.0, one)] == [3, 7, 9]
+    assert [p for p in range(10) if checkpoint_due(dataclasses.replace(cfg, checkpoint_minutes=0), p, 0.0, one)] \
+        == list(range(10))

@@ -167,3 +167,39 @@ def test_a_progress_bar_shows_on_stderr_and_changes_no_sample(tokenizer, capsys)
     err = capsys.readouterr().err
     assert "sampling test" in err and f"0/{len(PROMPTS)}" in err  # the bar counts prompts
     assert shown == quiet
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward takes no `logits_to_keep`: `kept_logits` must slice after the fact."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_kept_logits_are_the_full_logits_at_the_kept_positions(family):
+    from rewardlab.sampling import kept_logits
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        cfg = (GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=32) if family == "gpt2" else
+               LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32))
+        model = (GPT2LMHeadModel if family == "gpt2" else LlamaForCausalLM)(cfg).eval()
+        ids = torch.randint(0, 50, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0  # right padding
+    keep_mask = torch.zeros_like(ids, dtype=torch.bool)
+    keep_mask[0, 2:6], keep_mask[1, 0:1], keep_mask[2, 3:4] = True, True, True
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+        for m in (model, _NoLogitsToKeep(model)):
+            for keep, want in ((2, full[:, -2:]), (0, full), (torch.tensor([1, 4]), full[:, [1, 4]]),
+                               (keep_mask, full[keep_mask])):
+                got = kept_logits(m, keep, input_ids=ids, attention_mask=mask)
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

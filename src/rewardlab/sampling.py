@@ -31,6 +31,7 @@ GPU model moves one row of probabilities per prompt to the CPU each step).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -88,6 +89,29 @@ def gather_logprobs(logp_all: torch.Tensor, token_ids: torch.Tensor) -> torch.Te
     return torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
 
 
+def kept_logits(model: torch.nn.Module, keep: int | torch.Tensor, **inputs) -> torch.Tensor:
+    """`model(**inputs).logits` at the kept positions only: the final hidden states are sliced before
+    the output projection (Hugging Face's `logits_to_keep`), so no logits are computed for positions
+    that are never read (a prompt's, padding).
+
+    keep: an int n (the last n positions: (B, n, V)), a 1-D long tensor of positions (the same for
+    every row: (B, len(keep), V)) or a boolean (B, L) mask (the True positions, row by row: (N, V)).
+    A model that takes no `logits_to_keep` (or ignores it) computes every position and is sliced
+    after; the two agree up to floating-point rounding (the projection runs over fewer rows).
+    """
+    logits = (model(**inputs, logits_to_keep=keep) if _takes_logits_to_keep(model) else model(**inputs)).logits
+    if logits.ndim == 2 or logits.shape[1] != inputs["input_ids"].shape[1]:
+        return logits  # already sliced
+    if isinstance(keep, int):
+        return logits[:, -keep:] if keep else logits
+    return logits[keep] if keep.dtype == torch.bool else logits[:, keep]
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    params = inspect.signature(model.forward).parameters
+    return "logits_to_keep" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
 @dataclass
 class StepState:
     """What one decoding step feeds the model(s). B rows; P = positions seen so far, T = new ones.
@@ -112,8 +136,9 @@ class StepState:
 def model_step(model: torch.nn.Module, state: StepState, key: str = "main") -> torch.Tensor:
     """Run `model` on the step's new tokens with its KV cache `state.caches[key]`; return the float32
     next-token logits (B, V) at the last position and keep the updated cache."""
+    kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     out = model(input_ids=state.input_ids, attention_mask=state.attention_mask,
-                position_ids=state.position_ids, cache=state.caches.get(key), use_cache=True)
+                position_ids=state.position_ids, cache=state.caches.get(key), use_cache=True, **kwargs)
     state.caches[key] = out.cache
     return out.logits[:, -1, :].float()
 

@@ -83,7 +83,8 @@ class PPOConfig:
     whiten_advantages: bool = True   # normalize advantages to mean 0, std 1 over each phase's real tokens
     samples_per_phase: int = 8       # completions kept in samples.jsonl per phase
     eval_samples: int = 512          # fresh samples from base and policy for summary.json
-    checkpoint_every: int = 1        # phases between checkpoints
+    checkpoint_every: int | None = None  # also checkpoint every this many phases (None: by time only)
+    checkpoint_minutes: float = 10.0  # checkpoint once this many minutes have passed since the last one (and after the last phase): a kill loses at most this much training
     keep_checkpoint: bool = False    # keep checkpoint/ after the run finishes (resume needs it only while unfinished)
     device: str = "cpu"              # cpu | cuda | mps | auto (the accelerator when there is one, else cpu); under `accelerate launch` each process takes its own GPU
     threads: int | None = 1          # torch CPU threads (None: leave as is)
@@ -115,8 +116,10 @@ class PPOConfig:
              "vf_coef and ent_coef must be at least 0, max_grad_norm above 0", None),
             (self.eval_samples >= 2, f"eval_samples must be at least 2 (a std and a CI), got {self.eval_samples}",
              None),
-            (self.samples_per_phase >= 0 and self.checkpoint_every >= 1,
-             "samples_per_phase must be at least 0 and checkpoint_every at least 1", None),
+            (self.samples_per_phase >= 0 and (self.checkpoint_every is None or self.checkpoint_every >= 1)
+             and self.checkpoint_minutes >= 0,
+             "samples_per_phase must be at least 0, checkpoint_every at least 1 and checkpoint_minutes at least 0",
+             None),
             (self.threads is None or self.threads >= 1, "threads must be at least 1", None),
             *memory_checks(self),
             *sampling_checks(self),

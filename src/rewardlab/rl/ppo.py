@@ -11,7 +11,8 @@ One phase:
      real token; GAE(gamma, lambda) advantages and returns; advantages whitened over real tokens;
   4. learn: `ppo_epochs` passes over shuffled minibatches: clipped policy loss, clipped value loss,
      entropy bonus, KL loss term (when the KL is a loss term), gradient clipping;
-  5. log: one line of metrics.jsonl, sample completions appended to samples.jsonl, a checkpoint.
+  5. log: one line of metrics.jsonl, sample completions appended to samples.jsonl; a checkpoint when
+     `checkpoint_due` (every `checkpoint_minutes`, after the last phase, every `checkpoint_every` phases if set).
 
 Tensors of one phase: prompts [B, P] left-padded; completions [B, T] right-padded after EOS.
 `mask` [B, T] is 1 on real completion tokens (up to and including EOS): pads contribute nothing to
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -54,6 +56,7 @@ from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
 from rewardlab.rl.lora import AdapterOff, add_lora, mark_checkpointed_layers, save_lora, trainable
 from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
+from rewardlab.sampling import kept_logits
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
 from rewardlab.text import (check_generation_fits, config_context_length, encode_prompts, prompt_token_ids,
@@ -160,13 +163,19 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.policy, self.value_head = policy, value_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [B, L, V] and values [B, L] (value head on the detached site activation)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B, K, V] and values [B, K] (value head on the detached site activation) at all L positions
+        (K = L), or, given `n_completion` T, at the T positions that predict the completion tokens (K = T,
+        the last T + 1 positions but the very last): no logits are computed at prompt positions."""
+        keep = 0 if n_completion is None else n_completion + 1
         with capture(self.policy, self.value_head.site) as acts:
-            logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids(attention_mask), use_cache=False).logits
-        values = self.value_head(acts[self.value_head.site].float())
-        return logits, values
+            logits = kept_logits(self.policy, keep, input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids(attention_mask), use_cache=False)
+        site = acts[self.value_head.site]
+        if n_completion is not None:  # slices, not index tensors: their backward is a copy, not a scatter-add
+            logits, site = logits[:, :-1], site[:, -keep:-1]
+        return logits, self.value_head(site.float())
 
 
 def entropy(logp_all: torch.Tensor) -> torch.Tensor:
@@ -273,18 +282,20 @@ class Scored:
     returns: torch.Tensor
 
 
-def _logprobs(logits: torch.Tensor, completion_ids: torch.Tensor, prompt_len: int, cfg: PPOConfig,
+def _logprobs(logits: torch.Tensor, completion_ids: torch.Tensor, cfg: PPOConfig,
               truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs_from_logits` under the config's sampling transform; `truncate=False` applies
-    the temperature only (the reference's whole distribution)."""
+    """`completion_logprobs_from_logits` (logits [B, T, V] at the completion positions) under the config's
+    sampling transform; `truncate=False` applies the temperature only (the reference's whole distribution)."""
     top_k, top_p = (cfg.top_k, cfg.top_p) if truncate else (0, 1.0)
-    return completion_logprobs_from_logits(logits, completion_ids, prompt_len, temperature=cfg.temperature,
+    return completion_logprobs_from_logits(logits, completion_ids, None, temperature=cfg.temperature,
                                            top_k=top_k, top_p=top_p)
 
 
-def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-               use_cache=False).logits
+def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int
+                ) -> torch.Tensor:
+    """The reference's logits [B, T, V] at the positions that predict the T completion tokens."""
+    return kept_logits(ref, n_completion + 1, input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids(attention_mask), use_cache=False)[:, :-1]
 
 
 @torch.no_grad()
@@ -298,12 +309,12 @@ def score_rollout(model: PolicyWithValue, ref: nn.Module, ro: Rollout, scores: t
     one per turn when later turns must not credit earlier ones). Only their tokens enter the KL, values,
     advantages and whitening; `scores` is then per token [B, T] (each turn's reward on its last token),
     and GAE runs over each episode's tokens (`policy_gae`)."""
-    P = ro.prompt_ids.shape[1]
     mask = ro.mask if episodes is None else torch.stack(episodes).sum(0)
-    logits, values = model(ro.input_ids, ro.attention_mask)
-    old_logp, logp_all = _logprobs(logits, ro.completion_ids, P, cfg)
-    values = values[:, P - 1:P - 1 + mask.shape[1]] * mask.float()
-    ref_logp, ref_all = _logprobs(_ref_logits(ref, ro.input_ids, ro.attention_mask), ro.completion_ids, P, cfg,
+    T = mask.shape[1]
+    logits, values = model(ro.input_ids, ro.attention_mask, T)
+    old_logp, logp_all = _logprobs(logits, ro.completion_ids, cfg)
+    values = values * mask.float()
+    ref_logp, ref_all = _logprobs(_ref_logits(ref, ro.input_ids, ro.attention_mask, T), ro.completion_ids, cfg,
                                   truncate=False)
     real = mask.bool()
     kl = torch.where(real, kl_per_token(cfg.kl_estimator, old_logp, ref_logp, logp_all, ref_all), 0.0)
@@ -345,8 +356,9 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
     and the largest |ratio - 1| on the first minibatch (checked against RATIO_TOLERANCE).
     `loss_mask` [B, T]: the tokens that enter the losses (default `ro.mask`; the policy's own tokens
     when the completion holds a user's turn)."""
-    P, local_batch = ro.prompt_ids.shape[1], ro.mask.shape[0]
+    local_batch = ro.mask.shape[0]
     maskf = (ro.mask if loss_mask is None else loss_mask).float()
+    T = maskf.shape[1]
     stats = {"pg_loss": [], "vf_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [], "grad_norm": [],
              "vf_clipfrac": []}
     first_ratio_dev = None
@@ -355,9 +367,8 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
         for mb_start in range(0, local_batch, cfg.minibatch_size):
             mb = order[mb_start:mb_start + cfg.minibatch_size].to(maskf.device)
             m = maskf[mb]
-            new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb])
-            new_logp, new_all = _logprobs(new_logits, ro.completion_ids[mb], P, cfg)
-            new_values = new_values[:, P - 1:P - 1 + maskf.shape[1]]
+            new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb], T)
+            new_logp, new_all = _logprobs(new_logits, ro.completion_ids[mb], cfg)
             old_values = sc.values[mb]
             pg_loss, vf_loss, ratio, log_ratio = ppo_losses(new_logp, new_values, sc.old_logp[mb], old_values,
                                                             sc.advantages[mb], sc.returns[mb], m, cfg)
@@ -366,14 +377,15 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
                 if first_ratio_dev > RATIO_TOLERANCE:
                     raise RuntimeError(f"probability ratio is {1 + first_ratio_dev:.6f} on the first minibatch "
                                        "of a phase: sampling and scoring differ")
-            ent = masked_mean(entropy(new_all), m)
-            loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
+            with torch.set_grad_enabled(cfg.ent_coef != 0 and torch.is_grad_enabled()):
+                ent = masked_mean(entropy(new_all), m)  # without a bonus, a statistic: no backward through [B, T, V]
+            loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent if cfg.ent_coef else pg_loss + cfg.vf_coef * vf_loss
             if cfg.kl_in == "loss":
                 ref_mb_all = None
                 if cfg.kl_estimator.startswith("exact"):
                     with torch.no_grad():
-                        ref_mb_logits = _ref_logits(ref, ro.input_ids[mb], ro.attention_mask[mb])
-                        _, ref_mb_all = _logprobs(ref_mb_logits, ro.completion_ids[mb], P, cfg, truncate=False)
+                        ref_mb_logits = _ref_logits(ref, ro.input_ids[mb], ro.attention_mask[mb], T)
+                        _, ref_mb_all = _logprobs(ref_mb_logits, ro.completion_ids[mb], cfg, truncate=False)
                 kl_new = kl_per_token(cfg.kl_estimator, new_logp, sc.ref_logp[mb], new_all, ref_mb_all)
                 loss = loss + kl_coef * masked_mean(kl_new, m)
             if not torch.isfinite(loss):
@@ -477,6 +489,18 @@ def checkpoint(out: Path, model: PolicyWithValue, optimizer, generator: torch.Ge
     if accelerator.is_main_process:
         commit_checkpoint(out)
     accelerator.wait_for_everyone()
+
+
+def checkpoint_due(cfg: PPOConfig, phase: int, seconds_since: float, accelerator) -> bool:
+    """Whether to checkpoint after `phase` (0-based): after the last phase, every `checkpoint_every`
+    phases when set, and once `checkpoint_minutes` have passed since the last checkpoint (`seconds_since`).
+    Under several processes the main process's clock decides for all (they must checkpoint together)."""
+    if phase + 1 == cfg.phases or (cfg.checkpoint_every is not None and (phase + 1) % cfg.checkpoint_every == 0):
+        return True
+    due = seconds_since >= 60 * cfg.checkpoint_minutes
+    if accelerator.num_processes > 1:
+        due = broadcast_object_list([due], from_process=0)[0]
+    return due
 
 
 def _resolved(value):
@@ -583,6 +607,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
 
     bar = tqdm(total=cfg.phases, initial=start_phase, desc=f"PPO (kl_coef {cfg.kl_coef:g})", unit="phase",
                leave=False, disable=not (progress and accelerator.is_main_process))
+    last_checkpoint = time.perf_counter()
     for phase in range(start_phase, cfg.phases):
         t0 = time.perf_counter()
         idx = torch.randint(len(prompts), (local_batch,), generator=generator).tolist()
@@ -614,9 +639,10 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         if accelerator.is_main_process:
             write_jsonl(out / "metrics.jsonl", metrics)
             write_jsonl(out / "samples.jsonl", samples)
-        if (phase + 1) % cfg.checkpoint_every == 0 or phase + 1 == cfg.phases:
+        if checkpoint_due(cfg, phase, time.perf_counter() - last_checkpoint, accelerator):
             checkpoint(out, unwrapped, optimizer, generator, accelerator, {
                 "phase": phase + 1, "seconds": elapsed, "kl_coef": kl_ctl.coef, "config": dataclasses.asdict(cfg)})
+            last_checkpoint = time.perf_counter()
 
     bar.close()
     t_eval = time.perf_counter()

@@ -56,18 +56,21 @@ def rollout(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     return Rollout(prompt_ids, prompt_mask.long(), completion, mask)
 
 
-def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.Tensor, prompt_len: int, *,
+def completion_logprobs_from_logits(logits: torch.Tensor, completion_ids: torch.Tensor, prompt_len: int | None, *,
                                     temperature: float, top_k: int = 0, top_p: float = 1.0
                                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the completion tokens [B, T] and full log-probs [B, T, V] under the sampling
-    transform, from the logits [B, P + T, V] of left-padded prompts of P tokens + completions.
+    transform, from the logits [B, P + T, V] of left-padded prompts of P tokens + completions, or,
+    with `prompt_len` None, from the logits [B, T, V] at the positions P - 1 ... P - 2 + T only.
 
     Non-finite token log-probs (only pads can be outside the support) are returned as 0. Score the
     reference with top_k=0, top_p=1 (the temperature only): it is the base model's whole distribution
     (top-k/top-p would give it a support of its own, and every KL to it would be infinite).
     """
     T = completion_ids.shape[1]
-    logp_all = processed_log_softmax(logits[:, prompt_len - 1:prompt_len - 1 + T], temperature, top_k, top_p)
+    if prompt_len is not None:
+        logits = logits[:, prompt_len - 1:prompt_len - 1 + T]
+    logp_all = processed_log_softmax(logits, temperature, top_k, top_p)
     return gather_logprobs(logp_all, completion_ids), logp_all
 
 
