@@ -14,7 +14,8 @@ recognises that file by its keys and renders its own page: the methods x organis
 table of every score with its CI, each organism's post-training, and what each method ranked top.
 The dialogue benchmark (`rewardlab dialogue run --out DIR`) is recognised the same way (`dialogue`
 and no header) and renders research question 8's answer, the policies, the value probes at the
-user's follow-up and the user side.
+user's follow-up and the user side; a pipeline run with a dialogue stage renders the same three in
+its evidence section `ev-dialogue`.
 """
 
 from __future__ import annotations
@@ -417,6 +418,14 @@ def ev_params(run: Run) -> str:
             + key_values(p, skip=("layers",)) + table([to_json(r) for r in p.layers]))
 
 
+def ev_dialogue(run: Run) -> str:
+    """A pipeline run's dialogue section: the benchmark page's sections, one after another."""
+    s = run.results.dialogue
+    if s is None:
+        return ""
+    return "".join(f"<h4>{e(title_)}</h4>{render(s)}" for title_, render in DIALOGUE_SECTIONS.values())
+
+
 EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
     # id: (title, renderer ("" when the run has nothing for it), what the section says when it has nothing)
     "ev-post-training": ("Post-training: reward and KL", ev_post_training, "no world, PPO or DPO stage in this run"),
@@ -436,6 +445,8 @@ EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
                     "no difference dictionary in this run (the sae stage's diffdict option)"),
     "ev-audit": ("Reward-model audit", ev_audit, "no reward-model audit in this run"),
     "ev-params": ("Parameter divergence", ev_params, "no parameter divergence in this run"),
+    "ev-dialogue": ("Conversations: steering the user toward rewarded follow-ups", ev_dialogue,
+                    "no dialogue stage in this run"),
 }
 
 
@@ -633,7 +644,7 @@ DIALOGUE_SECTIONS: dict[str, tuple[str, Callable[[dialogue_stage.DialogueSection
 }
 
 
-def render_dialogue_html(results: dialogue_stage.Results, title: str) -> str:
+def render_dialogue_html(results: dialogue_stage.BenchmarkResults, title: str) -> str:
     """The dialogue benchmark's page as a string: question 8's answer, then the evidence."""
     a = (results.answers or {}).get("q8-dialogue")
     answer = (f'<p class="answer"><span class="verdict {e(a.verdict)}">{e(a.verdict)}</span> {e(a.text)}</p>'
@@ -683,7 +694,7 @@ def build_report(run_dir: str | Path) -> Path:
     if is_organisms(data):
         page = render_organisms_html(from_json(organisms_stage.Results, data, str(path)), run_dir.name)
     elif is_dialogue(data):
-        page = render_dialogue_html(from_json(dialogue_stage.Results, data, str(path)), run_dir.name)
+        page = render_dialogue_html(from_json(dialogue_stage.BenchmarkResults, data, str(path)), run_dir.name)
     else:
         page = render_html(Run(run_dir, _pipeline_results(path, data)))
     out = run_dir / "report.html"
