@@ -227,6 +227,15 @@ def ev_value(run: Run) -> str:
     vp = run.results.value_probe
     if vp is None:
         return ""
+    traces = run.rows("value_traces")
+    if traces:
+        _required(traces, ("record", "n_written", "value", "probe"), "value_traces")
+    return value_html(vp, traces)
+
+
+def value_html(vp: Any, traces: list[dict] | None) -> str:
+    """A value section (`stages.value.ValueProbeSection`): the probe table and figure, the cross matrix, the
+    noise ceiling, the value head, F steering, best-of-n, and V along completions when `traces` are given."""
     rows = [{"acts": r.acts, "target": r.target, "position": r.position, "best site": r.best_site,
              "spearman": to_json(r.spearman), "strongest baseline": r.strongest_baseline,
              "its spearman": to_json(r.baselines[r.strongest_baseline].spearman) if r.strongest_baseline else None,
@@ -256,9 +265,7 @@ def ev_value(run: Run) -> str:
     if vp.best_of_n:
         parts.append("<h4>Best-of-n on held-out prompts: the true reward of the pick by each selector</h4>"
                      + table([to_json(b) for b in vp.best_of_n]))
-    traces = run.rows("value_traces")
     if traces:
-        _required(traces, ("record", "n_written", "value", "probe"), "value_traces")
         parts.append(figure(figures.value_traces(traces), "V along held-out completions: the Monte Carlo value "
                                                           "(95% CI), the V probe and the value head, token by token"))
     return "".join(parts)
@@ -589,13 +596,22 @@ ORGANISM_SECTIONS: dict[str, tuple[str, Callable[[organisms_stage.OrganismsSecti
 }
 
 
+def org_value(s: organisms_stage.OrganismsSection) -> str:
+    """Each organism seed's value study (`organisms run --value`), as a pipeline run's value section."""
+    specs = {f"{r.organism}-seed{r.seed}": r.reward_spec for r in s.runs}
+    return "".join(f'<h3>{e(name)} <span class="note">(reward {e(specs.get(name, "?"))})</span></h3>'
+                   + value_html(vp, None) for name, vp in (s.value_probe or {}).items())
+
+
 def render_organisms_html(results: organisms_stage.Results, title: str) -> str:
-    """The organisms benchmark's page as a string."""
+    """The organisms benchmark's page as a string (with the value studies' section when it has them)."""
     s = results.organisms
-    body = "".join(_section(sid, t, _guarded(render, s), "evidence") for sid, (t, render) in ORGANISM_SECTIONS.items())
+    sections = {**ORGANISM_SECTIONS, **({"org-value": ("Value probes on each organism: expected reward against a "
+                                                       "Monte Carlo truth", org_value)} if s.value_probe else {})}
+    body = "".join(_section(sid, t, _guarded(render, s), "evidence") for sid, (t, render) in sections.items())
     intro = ("Model organisms: the same base model post-trained on rewards with a known truth, and every diffing "
              "method scored against it. Every statistic reads value [95% bootstrap CI] (n).")
-    return _page(title, intro, {sid: t for sid, (t, _) in ORGANISM_SECTIONS.items()}, body)
+    return _page(title, intro, {sid: t for sid, (t, _) in sections.items()}, body)
 
 
 # --- the dialogue benchmark --------------------------------------------------------------------
