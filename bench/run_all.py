@@ -17,6 +17,12 @@ docs/benchmarks.json is a list of rows, one per benchmark, scale and peer:
    (each round's ratio), peak_rss_mb: {rewardlab: MiB, peer: MiB}, throughput: {rewardlab, peer}
    (medians, in `unit`), unit, target, met, model, threads, command, measured (date),
    [fvu: {rewardlab, peer} medians (sae)], [check_max_rel_diff (score, acts)]}
+A benchmark without a peer (value: no other library computes Monte Carlo value targets) has one row
+per scale with peer "none", its wall time against a stated workload and time limit instead of a ratio:
+  {benchmark: value, scale: tiny, peer: none, median_seconds, runs (each round's seconds),
+   peak_rss_mb: {rewardlab}, throughput: {rewardlab}, unit, target (the workload and limit, in words),
+   target_seconds, workload: {prefixes, k, models} (what was run), met (the target's workload, median
+   under target_seconds), model, threads, command, measured}
 With --only or --scales, rows of the benchmarks and scales not rerun are kept from the existing
 JSON. The notes after the generated table of BENCHMARKS.md are kept as they are; with --demo-run,
 the stage timings of that finished demo run (from each stage's manifest) replace them.
@@ -53,6 +59,11 @@ BENCHMARKS = {
     "sae": dict(script="bench/sae_throughput.py", sides=["rewardlab", "saelens"],
                 args={"tiny": ["--world", "{world}", "--steps", "300"], "135m": ["--world", "{world}", "--steps", "30"]},
                 what="SAE training tokens/s (BatchTopK, 4x, k 16, batch 1024, one pass), FVU no worse", target=3.0),
+    "value": dict(script="bench/value_targets.py", sides=["rewardlab"],
+                  args={"tiny": ["--world", "{world}", "--prefixes", "256", "--k", "16"]},
+                  what="Monte Carlo value targets, wall seconds (no peer)",
+                  target="256 prefixes x 2 models at K=16 under 3 minutes", target_seconds=180,
+                  workload={"prefixes": 256, "k": 16, "models": 2}),
 }
 PEERS = {"trl_rloo": "TRL RLOOTrainer", "trl_grpo": "TRL GRPOTrainer", "trl_dpo": "TRL DPO log-probs",
          "tl_hooked_stop": "TransformerLens HookedTransformer (stop_at_layer)",
@@ -85,9 +96,27 @@ def _max_rel_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / max(1.0, abs(y)) for x, y in zip(a, b))
 
 
+def solo_row(name: str, scale: str, rounds: list[dict[str, dict]], command: str, date: str) -> dict:
+    """rounds: one {"rewardlab": its JSON line} per round -> the row of a benchmark without a peer."""
+    spec = BENCHMARKS[name]
+    ours = [r["rewardlab"] for r in rounds]
+    seconds = [o["seconds"] for o in ours]
+    median = statistics.median(seconds)
+    workload = {k: ours[0].get(k) for k in spec["workload"]}
+    return {"benchmark": name, "scale": scale, "peer": "none", "median_seconds": round(median, 2),
+            "runs": [round(x, 2) for x in seconds], "peak_rss_mb": {"rewardlab": max(o["peak_rss_mb"] for o in ours)},
+            "throughput": {"rewardlab": round(statistics.median(o["throughput"] for o in ours), 2)},
+            "unit": ours[0]["unit"], "target": spec["target"], "target_seconds": spec["target_seconds"],
+            "workload": workload, "model": ours[0].get("model", ""), "threads": ours[0].get("threads"),
+            "command": command, "measured": date,
+            "met": workload == spec["workload"] and median < spec["target_seconds"]}
+
+
 def build_rows(name: str, scale: str, rounds: list[dict[str, dict]], command: str, date: str) -> list[dict]:
     """rounds: one {side: that side's JSON line} per round -> one row per peer (see the module docstring)."""
     spec, rows = BENCHMARKS[name], []
+    if len(spec["sides"]) == 1:
+        return [solo_row(name, scale, rounds, command, date)]
     ours = [r["rewardlab"] for r in rounds]
     for peer in spec["sides"][1:]:
         theirs = [r[peer] for r in rounds]
@@ -117,12 +146,18 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     rerun = {(r["benchmark"], r["scale"]) for r in new}
     rows = [r for r in old if (r["benchmark"], r["scale"]) not in rerun] + new
     order = {name: i for i, name in enumerate(BENCHMARKS)}
+    sides = {name: spec["sides"] for name, spec in BENCHMARKS.items()}
     return sorted(rows, key=lambda r: (order[r["benchmark"]], r["scale"] != "tiny",
-                                       BENCHMARKS[r["benchmark"]]["sides"].index(r["peer"])))
+                                       sides[r["benchmark"]].index(r["peer"]) if r["peer"] in sides[r["benchmark"]]
+                                       else 0))
 
 
 def table_line(r: dict) -> str:
     rss = r["peak_rss_mb"]
+    if r["peer"] == "none":
+        return (f"| {r['benchmark']} | {r['scale']} | none | **{r['median_seconds']:.1f} s** | "
+                f"{', '.join(f'{v:.1f}' for v in r['runs'])} s | {r['throughput']['rewardlab']:,.1f} {r['unit']} | "
+                f"{rss['rewardlab']:.0f} | {r['target']}: {'met' if r['met'] else '**not met**'} | `{r['command']}` |")
     fvu = f"; FVU {r['fvu']['rewardlab']:.3f} vs {r['fvu']['peer']:.3f}" if "fvu" in r else ""
     return (f"| {r['benchmark']} | {r['scale']} | {PEERS.get(r['peer'], r['peer'])} | **{r['median_ratio']:.2f}x** | "
             f"{', '.join(f'{v:.2f}' for v in r['runs'])} | {r['throughput']['rewardlab']:,.1f} vs "
@@ -174,7 +209,8 @@ def header_lines(threads: int, machine_note: str) -> list[str]:
         "side runs in its own process (its peak RSS is `ru_maxrss` of that process: imports, model and work), "
         "rewardlab and the peers alternate within each round, and a row shows the median over rounds and every "
         "round's ratio. The same rows are in `docs/benchmarks.json`: `peak_rss_mb` there is a dict "
-        "`{rewardlab, peer}` in MiB, the highest over the rounds.", "",
+        "`{rewardlab, peer}` in MiB, the highest over the rounds. A benchmark without a peer (peer none) shows "
+        "its median wall seconds where the others show a ratio, and its time limit as the target.", "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
         f"{threads} torch thread(s) and OMP_WAIT_POLICY=PASSIVE on every side; {machine_note}",
         f"- python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions().items()),
@@ -234,7 +270,8 @@ def main() -> None:
     if not (Path(world) / "world.json").is_file():
         subprocess.run([sys.executable, "-m", "rewardlab.cli", "world", "build", "--out", world], check=True)
     for name in a.only.split(",") if a.only else BENCHMARKS:
-        for scale in a.scales.split(","):  # write after each, so an interrupted run keeps what it measured
+        for scale in (s for s in a.scales.split(",") if s in BENCHMARKS[name]["args"]):  # value: tiny only
+            # write after each, so an interrupted run keeps what it measured
             write(measure(name, scale, world, a.repeats, a.threads), Path(a.json), Path(a.out),
                   header_lines(a.threads, a.machine_note), a.demo_run)
     print(f"-> {a.out}, {a.json}")

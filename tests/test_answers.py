@@ -31,7 +31,9 @@ def test_every_question_has_an_answer_consistent_with_the_rule(results):
     answers = answer_all(results)
     assert list(answers) == list(QUESTIONS)
     assert {a.verdict for a in answers.values()} <= {"yes", "no", "inconclusive"}
-    assert answers["q8-dialogue"].verdict == "inconclusive" and answers["q8-dialogue"].text.startswith("Not run")
+    assert not answers["q8-dialogue"].text.startswith("Not run")  # the fast demo's dialogue stage
+    no_dialogue = answer_all(dataclasses.replace(results, dialogue=None))["q8-dialogue"]
+    assert no_dialogue.verdict == "inconclusive" and no_dialogue.text.startswith("Not run")
     for qid in ("q1-probe", "q2-prompt-probe"):  # from the value section in the demo (tests/test_value_stage.py)
         a = answers[qid]
         if a.verdict == "yes":

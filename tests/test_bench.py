@@ -81,3 +81,49 @@ def test_json_rows_merge_and_the_markdown_keeps_the_notes(run_all, tmp_path):
     assert text.count("**not met**") == 2  # the 1.0x and 1.5x rows
     doc.write_text(text)
     assert run_all.kept_tail(doc) == "\n## Where the time goes\n\nnotes\n"  # stable across regenerations
+
+
+def value_round(seconds, prefixes=256, k=16):
+    n = 2 * prefixes * k
+    return {"rewardlab": side("rewardlab", n / seconds, 600.0 + seconds, seconds=seconds, unit="continuations/s",
+                              prefixes=prefixes, models=2, k=k, continuations=n)}
+
+
+def test_the_value_benchmark_has_one_row_without_a_peer(run_all):
+    rounds = [value_round(50.0), value_round(40.0), value_round(45.0)]
+    (row,) = run_all.build_rows("value", "tiny", rounds, "python bench/value_targets.py", "2026-12-01")
+    assert row["peer"] == "none" and row["runs"] == [50.0, 40.0, 45.0] and row["median_seconds"] == 45.0
+    assert row["throughput"] == {"rewardlab": round(8192 / 45.0, 2)} and row["unit"] == "continuations/s"
+    assert row["peak_rss_mb"] == {"rewardlab": 650.0} and row["target_seconds"] == 180
+    assert row["workload"] == {"prefixes": 256, "k": 16, "models": 2} and row["met"] is True
+    slow = [value_round(200.0), value_round(170.0), value_round(190.0)]
+    assert run_all.build_rows("value", "tiny", slow, "c", "d")[0]["met"] is False  # median 190 s > 180 s
+    small = [value_round(5.0, prefixes=64, k=4)]
+    assert run_all.build_rows("value", "tiny", small, "c", "d")[0]["met"] is False  # not the target's workload
+    old = [{"benchmark": "sae", "scale": "tiny", "peer": "saelens", "median_ratio": 3.5, "runs": [3.5],
+            "peak_rss_mb": {"rewardlab": 1.0, "peer": 2.0}, "throughput": {"rewardlab": 2.0, "peer": 1.0},
+            "unit": "tokens/s", "target": 3.0, "met": True, "command": "c", "measured": "d"}]
+    rows = run_all.merge_rows(old, [row])
+    assert [r["benchmark"] for r in rows] == ["sae", "value"]
+    text = run_all.render(rows, ["# Benchmarks"], "")
+    assert ("| value | tiny | none | **45.0 s** | 50.0, 40.0, 45.0 s | 182.0 continuations/s | 650 | "
+            "256 prefixes x 2 models at K=16 under 3 minutes: met |") in text
+
+
+def test_the_value_script_speaks_the_protocol(run_all, fast_demo, tmp_path):
+    """prepare, then the timed side at a toy size on the fast demo's world; its line makes a row."""
+    from rewardlab.io import read_jsonl
+    from rewardlab.world import load_world
+
+    records = tmp_path / "records.jsonl"
+    args = ["bench/value_targets.py", "--world", str(fast_demo / "world"), "--records", str(records),
+            "--prefixes", "8", "--k", "2", "--scale", "tiny", "--threads", "1"]
+    prep = run_all.run_side([*args, "--side", "prepare"])
+    n_prompts = len(load_world(fast_demo / "world").prompts)  # 32 in the micro world
+    assert prep["side"] == "prepare" and prep["n_records"] == min(128, n_prompts) == len(read_jsonl(records))
+    assert run_all.run_side([*args, "--side", "prepare"])["n_records"] is None  # existing records are kept
+    line = run_all.run_side([*args, "--side", "rewardlab"])
+    assert (line["prefixes"], line["k"], line["models"], line["continuations"]) == (8, 2, 2, 32)
+    assert line["throughput"] == pytest.approx(32 / line["seconds"]) and line["peak_rss_mb"] > 0
+    (row,) = run_all.build_rows("value", "tiny", [{"rewardlab": line}], "c", "d")
+    assert row["workload"] == {"prefixes": 8, "k": 2, "models": 2} and row["met"] is False

@@ -58,7 +58,7 @@ def test_bundled_demo_configs_are_valid(tmp_path):
     for fast in (False, True):
         plan = plan_run(yaml.safe_load(demo_config(fast).read_text()), tmp_path)
         assert [s.name for s in plan.stages] == ["world", "ppo", "sweep", "pairs", "dpo", "diffing", "probes", "sae",
-                                                       "value"]
+                                                 "value"] + ["dialogue"] * fast  # question 8 in the fast demo only
 
 
 def test_a_run_folder_has_one_plan_however_its_path_is_spelled(tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_fast_demo_runs_every_stage_and_reruns_identically(fast_demo, capsys):
     before = (out / "results.json").read_text()
     assert main(["demo", "--fast", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("done already, skipped") == 9
+    assert printed.count("done already, skipped") == 10
     summary = {line.split()[0]: line for line in printed.splitlines() if line.startswith("  ")}
     for row in ("implicit_reward.spearman_true", "probe.spearman", "probe.selectivity", "steering.effect_at_max_alpha",
                 "reward_relevance.post_minus_base", "ppo.reward_policy", "probe.versus_baselines.difference"):

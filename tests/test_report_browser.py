@@ -92,7 +92,7 @@ def test_report_renders_in_chromium(chromium, fast_demo, tmp_path):
     for sid, content in page.content.items():
         assert page.title[sid].strip() and content.strip(), sid
         assert "could not read" not in content, (sid, content)
-        assert "Not run" not in content or sid == "q8-dialogue", (sid, content)
+        assert "Not run" not in content, (sid, content)  # the fast demo has every stage, the dialogue too
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
     if os.environ.get("REWARDLAB_SCREENSHOT"):
         shutil.copy(shot, os.environ["REWARDLAB_SCREENSHOT"])

@@ -334,5 +334,5 @@ def answer_all(r: Results) -> dict[str, Answer]:
         "q4-implicit-reward": answer_implicit_reward(r), "q5-model-diff": answer_model_diff(r),
         "q6-audit": answer_audit(r), "q7-value-head": answer_value_head(r),
         "q8-dialogue": answer_dialogue(r.dialogue) if getattr(r, "dialogue", None) is not None else not_run(
-            "no dialogue stage in this run (`rewardlab dialogue run --out DIR` answers it in DIR/results.json)"),
+            "no dialogue stage in this run (add a `dialogue: {}` section, or `rewardlab dialogue run --out DIR`)"),
     }

@@ -240,7 +240,7 @@ def value_probes(table: Sequence[Mapping[str, Any]]) -> str:
                 r = rows.get(position)
                 est = (r or {}).get(key) if key else (r["baselines"][r["strongest_baseline"]]["spearman"]
                                                       if r and r.get("strongest_baseline") else None)
-                if est is None or not math.isfinite(est["value"]):
+                if est is None or est["value"] is None or not math.isfinite(est["value"]):  # NaN: JSON null
                     continue
                 xs.append(i + (k - 1) * 0.15)
                 ys.append(est["value"])

@@ -14,7 +14,8 @@ recognises that file by its keys and renders its own page: the methods x organis
 table of every score with its CI, each organism's post-training, and what each method ranked top.
 The dialogue benchmark (`rewardlab dialogue run --out DIR`) is recognised the same way (`dialogue`
 and no header) and renders research question 8's answer, the policies, the value probes at the
-user's follow-up and the user side.
+user's follow-up and the user side; a pipeline run with a dialogue stage renders the same three in
+its evidence section `ev-dialogue`.
 """
 
 from __future__ import annotations
@@ -226,6 +227,15 @@ def ev_value(run: Run) -> str:
     vp = run.results.value_probe
     if vp is None:
         return ""
+    traces = run.rows("value_traces")
+    if traces:
+        _required(traces, ("record", "n_written", "value", "probe"), "value_traces")
+    return value_html(vp, traces)
+
+
+def value_html(vp: Any, traces: list[dict] | None) -> str:
+    """A value section (`stages.value.ValueProbeSection`): the probe table and figure, the cross matrix, the
+    noise ceiling, the value head, F steering, best-of-n, and V along completions when `traces` are given."""
     rows = [{"acts": r.acts, "target": r.target, "position": r.position, "best site": r.best_site,
              "spearman": to_json(r.spearman), "strongest baseline": r.strongest_baseline,
              "its spearman": to_json(r.baselines[r.strongest_baseline].spearman) if r.strongest_baseline else None,
@@ -255,9 +265,7 @@ def ev_value(run: Run) -> str:
     if vp.best_of_n:
         parts.append("<h4>Best-of-n on held-out prompts: the true reward of the pick by each selector</h4>"
                      + table([to_json(b) for b in vp.best_of_n]))
-    traces = run.rows("value_traces")
     if traces:
-        _required(traces, ("record", "n_written", "value", "probe"), "value_traces")
         parts.append(figure(figures.value_traces(traces), "V along held-out completions: the Monte Carlo value "
                                                           "(95% CI), the V probe and the value head, token by token"))
     return "".join(parts)
@@ -417,6 +425,14 @@ def ev_params(run: Run) -> str:
             + key_values(p, skip=("layers",)) + table([to_json(r) for r in p.layers]))
 
 
+def ev_dialogue(run: Run) -> str:
+    """A pipeline run's dialogue section: the benchmark page's sections, one after another."""
+    s = run.results.dialogue
+    if s is None:
+        return ""
+    return "".join(f"<h4>{e(title_)}</h4>{render(s)}" for title_, render in DIALOGUE_SECTIONS.values())
+
+
 EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
     # id: (title, renderer ("" when the run has nothing for it), what the section says when it has nothing)
     "ev-post-training": ("Post-training: reward and KL", ev_post_training, "no world, PPO or DPO stage in this run"),
@@ -436,6 +452,8 @@ EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
                     "no difference dictionary in this run (the sae stage's diffdict option)"),
     "ev-audit": ("Reward-model audit", ev_audit, "no reward-model audit in this run"),
     "ev-params": ("Parameter divergence", ev_params, "no parameter divergence in this run"),
+    "ev-dialogue": ("Conversations: steering the user toward rewarded follow-ups", ev_dialogue,
+                    "no dialogue stage in this run"),
 }
 
 
@@ -607,13 +625,22 @@ ORGANISM_SECTIONS: dict[str, tuple[str, Callable[[organisms_stage.OrganismsSecti
 }
 
 
+def org_value(s: organisms_stage.OrganismsSection) -> str:
+    """Each organism seed's value study (`organisms run --value`), as a pipeline run's value section."""
+    specs = {f"{r.organism}-seed{r.seed}": r.reward_spec for r in s.runs}
+    return "".join(f'<h3>{e(name)} <span class="note">(reward {e(specs.get(name, "?"))})</span></h3>'
+                   + value_html(vp, None) for name, vp in (s.value_probe or {}).items())
+
+
 def render_organisms_html(results: organisms_stage.Results, title: str) -> str:
-    """The organisms benchmark's page as a string."""
+    """The organisms benchmark's page as a string (with the value studies' section when it has them)."""
     s = results.organisms
-    body = "".join(_section(sid, t, _guarded(render, s), "evidence") for sid, (t, render) in ORGANISM_SECTIONS.items())
+    sections = {**ORGANISM_SECTIONS, **({"org-value": ("Value probes on each organism: expected reward against a "
+                                                       "Monte Carlo truth", org_value)} if s.value_probe else {})}
+    body = "".join(_section(sid, t, _guarded(render, s), "evidence") for sid, (t, render) in sections.items())
     intro = ("Model organisms: the same base model post-trained on rewards with a known truth, and every diffing "
              "method scored against it. Every statistic reads value [95% bootstrap CI] (n).")
-    return _page(title, intro, {sid: t for sid, (t, _) in ORGANISM_SECTIONS.items()}, body)
+    return _page(title, intro, {sid: t for sid, (t, _) in sections.items()}, body)
 
 
 # --- the dialogue benchmark --------------------------------------------------------------------
@@ -662,7 +689,7 @@ DIALOGUE_SECTIONS: dict[str, tuple[str, Callable[[dialogue_stage.DialogueSection
 }
 
 
-def render_dialogue_html(results: dialogue_stage.Results, title: str) -> str:
+def render_dialogue_html(results: dialogue_stage.BenchmarkResults, title: str) -> str:
     """The dialogue benchmark's page as a string: question 8's answer, then the evidence."""
     a = (results.answers or {}).get("q8-dialogue")
     answer = (f'<p class="answer"><span class="verdict {e(a.verdict)}">{e(a.verdict)}</span> {e(a.text)}</p>'
@@ -712,7 +739,7 @@ def build_report(run_dir: str | Path) -> Path:
     if is_organisms(data):
         page = render_organisms_html(from_json(organisms_stage.Results, data, str(path)), run_dir.name)
     elif is_dialogue(data):
-        page = render_dialogue_html(from_json(dialogue_stage.Results, data, str(path)), run_dir.name)
+        page = render_dialogue_html(from_json(dialogue_stage.BenchmarkResults, data, str(path)), run_dir.name)
     else:
         page = render_html(Run(run_dir, _pipeline_results(path, data)))
     out = run_dir / "report.html"

@@ -1,4 +1,5 @@
-"""The pipeline's stages, one module each (world, prompts, ppo, sweep, pairs, dpo, diffing, probes, sae).
+"""The pipeline's stages, one module each (world, prompts, ppo, sweep, pairs, dpo,
+diffing, probes, sae, value, dialogue).
 
 A stage module holds:
 - `Config`: its config dataclass (the keys of its section in a run's YAML config);

@@ -68,6 +68,7 @@ class RunConfig:
     probes: dict | None = None                          # stages.probes.Config
     sae: dict | None = None                             # rewardlab.sae.diffing.DiffConfig
     value: dict | None = None                           # stages.value.Config: value probes against Monte Carlo V
+    dialogue: dict | None = None                        # stages.dialogue.Config: two-turn conversations (question 8)
     report: bool = True                                 # write report.html
 
 

@@ -22,9 +22,15 @@ toward follow-ups it will be rewarded for?
                                  (`rewardlab report DIR` renders it all)
 
 Each folder is a `runs.Stage`: a re-run skips the finished ones; results.json is rebuilt from them.
+
 The verdict says "yes" when the multi-turn policy's eliciting rate is at least twice the single-turn
 policy's, their CIs do not overlap, and their KLs differ by at most 1 nat; the bonus-off control is
 the same comparison with the bonus off (it should say "no").
+
+It is also an optional pipeline stage (`dialogue:` in a run's config, `rewardlab run`): the same folders
+but the world in RUN/dialogue/, built from the run's own review world (RUN/world, whose preset the
+dialogue preset follows unless set), its `dialogue` section in the run's results.json, from which
+`answers.answer_all` answers question 8.
 """
 
 from __future__ import annotations
@@ -39,17 +45,20 @@ import torch
 
 from rewardlab import stats
 from rewardlab.answers import Answer, answer_dialogue
-from rewardlab.errors import Check, raise_first_failed
+from rewardlab.config import from_dict
+from rewardlab.errors import Check, InputError, raise_first_failed
 from rewardlab.io import read_json, write_json, write_jsonl
 from rewardlab.rl.config import PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
-from rewardlab.stages.common import benchmark_world
+from rewardlab.stages import world as world_stage
+from rewardlab.stages.common import Context, Planner, RunConfig, benchmark_world
 from rewardlab.stages.value import CrossRow, ValueProbeRow
 from rewardlab.stats import Estimate
 
 NAME = "dialogue"
-ARTIFACTS = {"world": "world", "dialogue": "dialogue"}
+ARTIFACTS = {"dialogue_world": "dialogue", "dialogue_value_targets": "measures/targets.jsonl",
+             "dialogue_user_side": "measures/user_side.json"}
 KL_BUDGET = 1.0  # nats per conversation: the most the two policies' KLs may differ for a comparison
 MEASURES = ("eliciting", "bonus_probability", "bonus_followup", "reward_turn1", "reward_turn2", "kl",
             "grammatical_turn1", "grammatical_turn2")
@@ -179,6 +188,15 @@ class DialogueSection:
 
 @dataclass
 class Results:
+    """The stage's section in a pipeline run's results.json."""
+
+    dialogue: DialogueSection
+
+
+@dataclass
+class BenchmarkResults:
+    """The results.json of a `rewardlab dialogue run` folder: the section and question 8's answer."""
+
     dialogue: DialogueSection
     answers: dict[str, Answer] | None = None  # q8-dialogue, from this section (`answers.answer_dialogue`)
 
@@ -359,15 +377,13 @@ def verdict(single: Policy, multi: Policy) -> Verdict:
     return Verdict(multi.bonus, ratio, overlap, kl_gap, "yes" if steers else "no")
 
 
-def run_dialogue(cfg: Config, out: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Build (or reuse) every folder of the benchmark in `out`, then write out/results.json."""
+def dialogue_section(cfg: Config, out: Path, world: Path, log: Callable[[str], None]) -> DialogueSection:
+    """Build (or reuse) every folder of the benchmark but the world in `out` from the review world `world`,
+    measure, and return the section."""
     from rewardlab.dialogue import load_dialogue
     from rewardlab.dialogue.rewards import parse_bonus
 
-    cfg.validate()
-    out, t0 = Path(out).resolve(), time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    dialogue_dir = _dialogue(cfg, out, _world(cfg, out, log), log)
+    dialogue_dir = _dialogue(cfg, out, world, log)
     base = _base(cfg, out, dialogue_dir, log)
     policies = [_policy("base", True, base / "on"), _policy("base", False, base / "off")]
     for bonus in ("on", "off"):
@@ -376,10 +392,49 @@ def run_dialogue(cfg: Config, out: str | Path, log: Callable[[str], None] = prin
                                                                                 log)))
     verdicts = [verdict(policies[2], policies[3]), verdict(policies[4], policies[5])]
     measures = _measures(cfg, out, dialogue_dir, out / "on-conversation", out / "off-conversation", log)
-    section = DialogueSection(cfg.preset, cfg.reward, parse_bonus(cfg.followup_bonus).to_dict(),
-                              load_dialogue(dialogue_dir).user.to_dict(), policies, verdicts,
-                              *_measures_sections(measures))
-    results = to_json(Results(section, {"q8-dialogue": answer_dialogue(section)}))
+    return DialogueSection(cfg.preset, cfg.reward, parse_bonus(cfg.followup_bonus).to_dict(),
+                           load_dialogue(dialogue_dir).user.to_dict(), policies, verdicts,
+                           *_measures_sections(measures))
+
+
+def run_dialogue(cfg: Config, out: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Build (or reuse) every folder of the benchmark in `out`, then write out/results.json."""
+    cfg.validate()
+    out, t0 = Path(out).resolve(), time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    section = dialogue_section(cfg, out, _world(cfg, out, log), log)
+    results = to_json(BenchmarkResults(section, {"q8-dialogue": answer_dialogue(section)}))
     write_json(out / "results.json", results)
     log(f"[dialogue] finished in {time.perf_counter() - t0:.0f} s -> {out / 'results.json'}")
     return results
+
+
+# --- the pipeline stage ------------------------------------------------------------------------
+
+
+def plan(run: RunConfig, p: Planner) -> None:
+    """Add the stage when the run has a `dialogue` section: it needs the review world (its preset, unless
+    the section sets one, follows the world's; the two must match) and fills in `seed` and `world`."""
+    if run.dialogue is None:
+        return
+    where = f"{p.where}.{NAME}"
+    if run.world is None:
+        raise InputError("the dialogue stage needs the review world, this run brings its own models", where,
+                         "remove the dialogue section, or run it in a review-world run (`world: {preset: micro}`)")
+    world_preset = from_dict(world_stage.Config, run.world, f"{p.where}.world").preset
+    values = dict(run.dialogue)
+    if "preset" not in values:
+        if world_preset not in PRESETS:
+            raise InputError(f"the dialogue stage has no preset for a {world_preset} world", where,
+                             f"set world.preset to one of: {', '.join(PRESETS)}")
+        values["preset"] = world_preset
+    cfg = p.config(Config, NAME, values, seed=run.seed, world=str(p.stage_dir(world_stage.NAME)))
+    if PRESETS[cfg.preset].world != world_preset:
+        raise InputError(f"the {cfg.preset} dialogue preset needs a {PRESETS[cfg.preset].world} world, the run's "
+                         f"world is {world_preset}", f"{where}.preset",
+                         "leave the dialogue preset out (it follows the world's), or change world.preset")
+    p.add(NAME, cfg, {"world": p.stage_dir(world_stage.NAME)})
+
+
+def run(cfg: Config, ctx: Context) -> Results:
+    return Results(dialogue_section(cfg, ctx.out, Path(cfg.world), print))

@@ -9,9 +9,12 @@ each, and score the rankings against the organisms' truths.
     DIR/measures-{organism}-seed{S}/measures.json   the sentiment world's earlier measurements on the
                                  organism against its own reward (`organisms.measures`: SAE reward relevance
                                  post minus base, crosscoder post-only latents, steering over random directions)
+    DIR/{organism}-seed{S}-value/  with `value`: the value stage's study (`stages.value.value_study`)
+                                 of the organism's policy against the base, with its own reward
     DIR/results.json             section `organisms`: post-training figures per organism and seed, and
                                  per organism x method the scores that apply, each with a bootstrap CI
-                                 over organism seeds and samples; per organism the three measurements
+                                 over organism seeds and samples; per organism the three measurements;
+                                 with `value`, the value section of each organism seed
 
 Each folder is a `runs.Stage`: a re-run skips the finished ones (their fingerprint: config, seed,
 input hashes) and a killed PPO resumes from its checkpoint; results.json is rebuilt from the folders,
@@ -39,6 +42,8 @@ from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
 from rewardlab.stages.common import benchmark_world
+from rewardlab.stages import value as value_stage
+from rewardlab.stages.value import ValueProbeSection
 from rewardlab.stats import Estimate
 
 NAME = "organisms"
@@ -86,6 +91,8 @@ class Config:
     kl_target: float | None = None  # PPO's adaptive KL target, nats per completion (None: a fixed coefficient)
     kl_horizon: float | None = None  # samples over which the adaptive controller closes the gap (None: PPO's default)
     n_boot: int = 1000             # bootstrap draws of each cell's CI
+    value: bool = False            # also run the value stage's study on each organism (its own reward, its PPO
+    # value head; sizes: VALUE_SIZES of the preset)
 
     def validate(self) -> None:
         checks: list[Check] = [
@@ -175,6 +182,7 @@ class OrganismsSection:
     runs: list[OrganismRun]
     cells: dict[str, dict[str, Cell]]  # organism -> method -> cell
     measures: dict[str, MeasuresCell] = field(default_factory=dict)  # organism -> the three earlier measurements
+    value_probe: dict[str, ValueProbeSection] | None = None  # with `value`: {organism}-seed{S} -> its value study
 
 
 @dataclass
@@ -348,8 +356,52 @@ def run_organisms(cfg: Config, out: str | Path, log: Callable[[str], None] = pri
         cfg.preset, cfg.post_training, cfg.seeds, [_run_of(*f) for pairs in folders.values() for f in pairs],
         _cells(cfg, {o: [b for b, _ in pairs] for o, pairs in folders.items()}),
         {o: MeasuresCell(len(pairs), **measures_cell([read_json(m / "measures.json") for _, m in pairs], cfg.n_boot))
-         for o, pairs in folders.items()})
+         for o, pairs in folders.items()},
+        organism_values(cfg, out, world_dir, {o: [b for b, _ in pairs] for o, pairs in folders.items()}, log))
     results = to_json(Results(section))
     write_json(out / "results.json", results)
     log(f"[organisms] finished in {time.perf_counter() - t0:.0f} s -> {out / 'results.json'}")
     return results
+
+
+# --- the value study on each organism (`value`) -------------------------------------------------
+
+VALUE_SIZES = {  # stages.value.Config keys per preset (the reward and the seed are the organism's)
+    "micro": dict(n_prompts=16, samples_per_prompt=2, positions=("last_prompt", 0, 4), k=4, n_boot=200,
+                  steer_prompts=4, steer_alphas=(-0.5, 0.0, 0.5), n_random=2, bon_prompts=8, bon_ns=(1, 4)),
+    "tiny": dict(n_prompts=256, samples_per_prompt=1, k=8),  # the value stage's positions, steering and best-of-n
+}
+
+
+def organism_values(cfg: Config, out: Path, world_dir: Path, folders: dict[str, list[Path]],
+                    log: Callable[[str], None]) -> dict[str, ValueProbeSection] | None:
+    """With `cfg.value`, the value stage's study (`stages.value.value_study`) of each organism seed's policy
+    against the world's base: the organism's reward, its PPO value head (none after DPO), its training
+    prompts (the toned ones of agreement) and held-out prompts (those its methods read). Each runs in its
+    own resumable folder DIR/{organism}-seed{S}-value/; returns {organism}-seed{S} -> its section."""
+    if not cfg.value:
+        return None
+    from rewardlab.models import load_model
+    from rewardlab.world import is_grammatical, load_world
+
+    world, sections = load_world(world_dir), {}
+    for folder in (p for paths in folders.values() for p in paths):
+        info, spec = read_json(folder / "organism.json"), read_json(folder / "truth.json")["reward_spec"]
+        vcfg = value_stage.Config(**VALUE_SIZES[cfg.preset], reward=spec, seed=info["seed"])
+        stage = Stage(out, f"{folder.name}-value", to_json(vcfg), {"organism": folder, "world": world_dir},
+                      info["seed"])
+        if not stage.done():
+            log(f"[{stage.name}] value probes against Monte Carlo V ({spec})")
+            agreement = info["organism"] == "agreement"
+            prompts = ([r["prompt"] for r in read_jsonl(folder / "prompts.jsonl")] if agreement else world.prompts,
+                       toned_prompts(len(world.heldout_prompts), 10_000 + info["seed"]) if agreement
+                       else world.heldout_prompts)
+            policy, tokenizer = load_model(folder / "policy", device="cpu", dtype="float32")
+            base, _ = load_model(world.base_path, device="cpu", dtype="float32")
+            head = folder / "value_head.safetensors"
+            section = value_stage.value_study(vcfg, (policy.eval(), base.eval(), tokenizer), prompts, stage.work,
+                                              head if head.is_file() else None, None, is_grammatical)
+            write_json(stage.work / "results.json", to_json(value_stage.Results(section)))
+            stage.commit()
+        sections[folder.name] = from_json(value_stage.Results, read_json(stage.out / "results.json")).value_probe
+    return sections

@@ -305,13 +305,25 @@ def section_of(study: dict, cfg: Config, n_records: int, bon: list[dict] | None,
 def run(cfg: Config, ctx: Context) -> Results:
     policy, base, tokenizer = load_policy_and_base(ctx, cfg.device)
     prompts, heldout = run_prompts(ctx)
+    head_file = ctx.artifact(ppo_stage.NAME, "value_head") if "ppo" in ctx.models else None
+    return Results(value_study(cfg, (policy, base, tokenizer), (list(prompts), list(heldout)), ctx.out, head_file,
+                               ctx.artifact(probes_stage.NAME, "probe"),  # None without a probes stage
+                               is_grammatical if ctx.setting is None else None))
+
+
+def value_study(cfg: Config, models: tuple, prompts: tuple[list[str], list[str]], out: Path,
+                head_file: Path | None = None, probe_file: Path | None = None, checker=None) -> ValueProbeSection:
+    """The whole study (the module docstring's steps 1-5) of `models` = (policy, base, the policy's
+    tokenizer) on `prompts` = (training prompts, held-out prompts), its files written into `out`
+    (`ARTIFACTS`): `head_file` a PPO value head (`rl.value_head`) to compare, `probe_file` a reward probe
+    for best-of-n, `checker` the fluency check of steered text (None: perplexity under the base)."""
+    policy, base, tokenizer = models
+    train_prompts, heldout = prompts
     reward = get_reward(cfg.reward, device=cfg.device)
-    out = ctx.out
-    records = sample_policy_records(policy, tokenizer, list(prompts)[:cfg.n_prompts], cfg)
+    records = sample_policy_records(policy, tokenizer, train_prompts[:cfg.n_prompts], cfg)
     write_jsonl(out / ARTIFACTS["value_records"], records)
     rows = compute_targets({"post": policy, "base": base}, tokenizer, records, reward, cfg.targets())
     write_jsonl(out / ARTIFACTS["value_targets"], rows)
-    head_file = ctx.artifact(ppo_stage.NAME, "value_head") if "ppo" in ctx.models else None
     head = load_value_head(head_file) if head_file is not None else None
     sites = all_sites(policy) if cfg.sites == "all" else [s.strip() for s in cfg.sites.split(",")]
     sites = list(dict.fromkeys(sites + ([head.site] if head else []) + ([resolve_steer_site(policy, cfg)]
@@ -329,13 +341,11 @@ def run(cfg: Config, ctx: Context) -> Results:
         figures.save_png(figures.value_traces(traces), out / ARTIFACTS["value_traces_png"])
     steering = None
     if cfg.steer_prompts:
-        checker = is_grammatical if ctx.setting is None else None
-        steering, steered = steer_future(policy, base, tokenizer, acts["post"], rows, list(heldout)[:cfg.steer_prompts],
+        steering, steered = steer_future(policy, base, tokenizer, acts["post"], rows, heldout[:cfg.steer_prompts],
                                          reward, checker, cfg)
         write_jsonl(out / ARTIFACTS["value_steered_texts"], steered)
     bon = None
     if cfg.bon_prompts:
-        probe_file = ctx.artifact(probes_stage.NAME, "probe")  # None without a probes stage
-        bon_records, bon = best_of_n(policy, base, tokenizer, list(heldout)[:cfg.bon_prompts], reward, probe_file, cfg)
+        bon_records, bon = best_of_n(policy, base, tokenizer, heldout[:cfg.bon_prompts], reward, probe_file, cfg)
         write_jsonl(out / ARTIFACTS["best_of_n_samples"], bon_records)
-    return Results(section_of(study, cfg, len(records), bon, steering))
+    return section_of(study, cfg, len(records), bon, steering)
