@@ -48,10 +48,12 @@ PPO_DEVICES = ("cpu", "cuda", "mps", "auto")
 # `lr: auto` (see `auto_lr`): the policy learning rate by model size and LoRA. Models under SMALL_MODEL_PARAMS
 # (the review world's presets, all under 10M parameters) keep the rate PPO was tuned at on them; larger
 # (pretrained) models get AUTO_LR_LORA with a LoRA adapter, AUTO_LR_FULL with full fine-tuning.
-# docs/FINDINGS.md ("PPO learning rate for a pretrained model") has the runs behind the LoRA value.
+# AUTO_LR_LORA was chosen on SmolLM2-135M (rank 16, alpha 16) from approx_kl, clip fraction and KL per phase:
+# docs/FINDINGS.md, "PPO with LoRA on a pretrained model: the learning rate". AUTO_LR_FULL is the rate the
+# step-size warning has recommended for full fine-tuning; it was not swept.
 SMALL_MODEL_PARAMS = 50_000_000
 AUTO_LR_SMALL = 3e-4
-AUTO_LR_LORA = 3e-4
+AUTO_LR_LORA = 1e-3
 AUTO_LR_FULL = 1e-5
 
 
@@ -84,7 +86,7 @@ class PPOConfig:
     top_k: int = 0                   # sample from the k most likely tokens only; 0: off
     top_p: float = 1.0               # nucleus sampling: smallest set of tokens reaching this probability; 1.0: off
     chat_template: str = chat_template_field()
-    lr: float | Literal["auto"] = "auto"  # policy learning rate (Adam), or auto: 3e-4 for models under 50M parameters (the review world's, tuned there); above, 3e-4 with LoRA and 1e-5 for full fine-tuning (see rl.config.auto_lr); the rate used is logged and written to metrics.jsonl and summary.json
+    lr: float | Literal["auto"] = "auto"  # policy learning rate (Adam), or auto: 3e-4 for models under 50M parameters (the review world's, tuned there); above, 1e-3 with LoRA (chosen on SmolLM2-135M at rank 16, alpha 16; the update scales with alpha / rank) and 1e-5 for full fine-tuning (see rl.config.auto_lr); the rate used is logged and written to metrics.jsonl and summary.json
     value_lr: float = 1e-3           # value head learning rate (ARENA uses its own, 5e-4)
     value_head: str = "mlp"          # linear | mlp (d -> 4d -> 1)
     value_site: str = "ln_final.hook_out"  # site the value head reads (gradient stopped)

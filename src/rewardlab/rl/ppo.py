@@ -81,7 +81,8 @@ def step_size_warning(row: dict, cfg: PPOConfig) -> str | None:
     lr = row.get("lr", cfg.lr)
     now = f"{lr:g}" if isinstance(lr, float) else lr
     return (f"rewardlab: warning: PPO phase {row['phase']}: {seen}: each update moves the policy too far, "
-            f"which wrecks a pretrained model; lower --lr (now {now}), e.g. to 1e-5 for a pretrained model")
+            f"which wrecks a pretrained model; lower --lr (now {now}), e.g. to a third of it "
+            f"(1e-5 suits full fine-tuning of a pretrained model)")
 
 
 # ----------------------------------------------------------------------------------------------
