@@ -70,8 +70,9 @@ def auto_lr(n_params: int, lora: bool) -> tuple[float, str]:
 
 @dataclass
 class PPOConfig:
-    """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world; the
-    learning rates, KL coefficient and batch are sized for the review world's small models on CPU."""
+    """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world; the value
+    learning rate, KL coefficient and batch are sized for the review world's small models on CPU; the
+    policy learning rate (`lr: auto`, `auto_lr`) is picked by the model's size and whether LoRA is on."""
 
     base: str = ""                   # Hugging Face folder (or name) of the base model; also the frozen reference
     reward: str = "utility"          # reward spec, see rewardlab.rewards.get_reward
