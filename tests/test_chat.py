@@ -139,6 +139,10 @@ def chat_folders(tmp_path_factory):
         json.dumps({"prompt": p, "completion": c, "reward": float(i),
                     "tone": float("good" in c or "great" in c)}) + "\n"
         for i, (p, c) in enumerate(zip(prompts, ["was good .", "was bad .", "great .", "bad ."] * 2))))
+    many = [f"the {a} was {b}" for a in ("movie", "plot") for b in ("good", "bad", "great", "good .", "bad .")]
+    (root / "many_records.jsonl").write_text("".join(  # ten prompts: a probe sweep's validation split varies
+        json.dumps({"prompt": p, "completion": c, "reward": float(2 * i + j)}) + "\n"
+        for i, p in enumerate(many) for j, c in enumerate(["good .", "bad ."])))
     (root / "pairs.jsonl").write_text("".join(
         json.dumps({"prompt": p, "chosen": "was good .", "rejected": "was bad ."}) + "\n" for p in prompts))
     return root
@@ -147,6 +151,7 @@ def chat_folders(tmp_path_factory):
 def _commands(root, out):
     pair = ["--base", str(root / "base"), "--post", str(root / "post")]
     records, prompts = str(root / "records.jsonl"), str(root / "prompts.jsonl")
+    many = str(root / "many_records.jsonl")
     return {
         "score": ["score", *pair, "--in", records, "--out", str(out / "score.jsonl")],
         "diff kl": ["diff", "kl", *pair, "--in", records, "--out", str(out / "kl")],
@@ -164,6 +169,21 @@ def _commands(root, out):
         "steer": ["steer", "--model", str(root / "base"), "--direction", "mean-diff", "--site",
                   "blocks.1.hook_resid_post", "--records", records, "--target", "tone", "--prompts", prompts,
                   "--alphas", "0,1", "--n-random", "1", "--max-new-tokens", "3", "--n-boot", "20", "--out", str(out / "steer")],
+        "probe sweep": ["probe", "sweep", "--model", str(root / "post"), "--base", str(root / "base"), "--in", many,
+                        "--out", str(out / "sweep"), "--sites", "blocks.1.hook_resid_post", "--positions",
+                        "last_completion", "--n-boot", "20"],
+        "sae train": ["sae", "train", "--model", str(root / "base"), "--in", many, "--site",
+                      "blocks.1.hook_resid_post", "--expansion", "1", "--k", "4", "--n-tokens", "256",
+                      "--batch-size", "8", "--no-progress", "--out", str(out / "sae")],
+        "sae compare": ["sae", "compare", *pair, "--in", many, "--out", str(out / "compare"), "--layers", "1",
+                        "--k", "4", "--expansions", "1,2", "--headline-expansion", "1", "--crosscoder-expansion", "1",
+                        "--n-top-features", "2", "--n-tokens", "256", "--batch-size", "8"],
+        "sae crosscoder": ["sae", "crosscoder", *pair, "--in", many, "--out", str(out / "crosscoder"), "--site",
+                           "blocks.1.hook_resid_post", "--k", "4", "--crosscoder-expansion", "1", "--n-tokens", "256",
+                           "--batch-size", "8"],
+        "sae diffdict": ["sae", "diffdict", *pair, "--in", many, "--out", str(out / "diffdict"), "--site",
+                         "blocks.1.hook_resid_post", "--k", "4", "--diffdict-expansion", "1", "--n-tokens", "256",
+                         "--batch-size", "8"],
         "train ppo": ["train", "ppo", "--base", str(root / "base"), "--prompts", prompts, "--out", str(out / "ppo"),
                       "--phases", "1", "--batch-size", "4", "--minibatch-size", "4", "--ppo-epochs", "1",
                       "--max-new-tokens", "3", "--eval-samples", "4"],

@@ -54,6 +54,8 @@ def test_bad_options_exit_2_before_any_work(tmp_path, capsys):
         (["reward", "score", "--reward", "utility", "--in", str(data), "--out", str(tmp_path)], "is a folder"),
         (["sae", "train", "--model", "m", "--in", str(data), "--site", "blocks.0.hook_resid_post", "--lr", "-1",
           "--out", str(tmp_path / "s")], "--lr: must be a finite number above 0"),
+        (["train", "ppo", "--base", "m", "--out", str(tmp_path / "p"), "--lr", "fast"],
+         "--lr: could not convert string to float: 'fast' (or one of: auto)"),
         (["train", "ppo", "--base", "m", "--out", str(tmp_path / "p"), "--whiten-advantages", "flase"],
          "unrecognized arguments: flase"),  # a bool is --whiten-advantages or --no-whiten-advantages
         (["train", "sweep", "--base", "m", "--out", str(tmp_path / "w"), "--kl-coefs", "a,b"],
@@ -224,3 +226,17 @@ def test_top_level_help_imports_no_config_module():
 def test_models_convert_checks_its_input_before_loading_anything(tmp_path, capsys):
     assert main(["models", "convert", "--gguf", str(tmp_path / "no.gguf"), "--out", str(tmp_path / "m")]) == 2
     assert "GGUF file not found" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_a_number_or_a_word_option_takes_either():
+    """`lr: float | Literal["auto"]`: --lr auto stays the word, --lr 1e-4 is a number; the help names both."""
+    from rewardlab.cli import config_from_args
+    from rewardlab.rl.config import PPOConfig
+
+    for given, lr in (([], "auto"), (["--lr", "auto"], "auto"), (["--lr", "1e-4"], 1e-4)):
+        argv = ["train", "ppo", "--base", "m", "--out", "o", *given]
+        assert config_from_args(PPOConfig, build_parser(argv).parse_args(argv)).lr == lr
+    parser = build_parser(["train", "ppo"])
+    train = next(x for x in parser._actions if x.dest == "command").choices["train"]
+    ppo = next(x for x in train._actions if x.dest == "train_command").choices["ppo"]
+    assert "--lr LR|auto" in ppo.format_help()

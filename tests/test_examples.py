@@ -1,5 +1,6 @@
 """The `examples/` configs: each validates as written, and its pipeline runs end to end with the
-models swapped for tiny random models of the same architecture family (GPT-2, GPT-NeoX, Mistral),
+models swapped for tiny random models of the same architecture family (GPT-2, GPT-NeoX, Mistral, Llama;
+a chat model's tokenizer gets a chat template),
 the reward for a tiny local model of the same kind, and the sizes shrunk.
 
 Checking a config reads no data and loads no model, but the prompts files must exist: the tests
@@ -23,17 +24,22 @@ CASES = {
     "gpt2-ppo-sentiment.yaml": ("gpt2", ["prompts", "ppo", "diffing", "probes", "sae"]),
     "pythia70m-rlhf.yaml": ("gpt_neox", ["prompts", "ppo", "diffing", "probes", "sae"]),
     "zephyr-dpo.yaml": ("mistral", ["prompts", "diffing", "probes", "sae"]),
+    "smollm2-utility.yaml": ("llama", ["prompts", "ppo", "diffing", "probes", "sae", "value"]),
 }
+CHAT_TEMPLATE = "{% for m in messages %}review : {{ m['content'] }} {% endfor %}"
 PROMPTS = [f"{a} {b}" for a in ("the film", "the movie", "review : the plot", "the acting")
            for b in ("was", "is", "is very", "was quite")]
 # every example's sections shrunk to seconds (keys the examples set are overridden, others added)
 SMALL = {
     "models": {"max_new_tokens": 6, "dtype": "float32", "device": "cpu"},
-    "ppo": {"device": "cpu", "phases": 2, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "eval_samples": 8},
+    "ppo": {"device": "cpu", "threads": 1, "phases": 2, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "eval_samples": 8},
     "diffing": {"n_samples": 12, "n_divergent": 6, "batch_size": 8},
     "probes": {"n_prompts": 13, "samples_per_prompt": 3, "sites": "blocks.1.hook_resid_post,ln_final.hook_out",
                "n_steer_prompts": 3, "steer_alphas": [-1.0, 0.0, 1.0], "n_random": 2, "n_boot": 50, "batch_size": 16},
     "sae": {"n_layers": 1, "n_top_features": 4, "train": {"n_tokens": 2000, "batch_size": 32}},
+    "value": {"n_prompts": 10, "samples_per_prompt": 2, "positions": ["last_prompt", 0, 2], "k": 2,
+              "sites": "blocks.1.hook_resid_post", "steer_prompts": 2, "n_random": 1, "bon_prompts": 2,
+              "bon_ns": [1, 2], "n_boot": 50, "batch_size": 8},
 }
 
 
@@ -64,7 +70,7 @@ def test_example_validates_as_written(name, tmp_path, monkeypatch):
 
 
 def _tiny_causal_lm(family: str, seed: int):
-    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, MistralConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig
 
     ids = dict(vocab_size=len(WORDS), bos_token_id=2, eos_token_id=3, pad_token_id=0)
     configs = {
@@ -74,6 +80,8 @@ def _tiny_causal_lm(family: str, seed: int):
         "mistral": lambda: MistralConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
                                          num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
                                          sliding_window=None, **ids),
+        "llama": lambda: LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                                     intermediate_size=64, max_position_embeddings=64, **ids),
     }
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -96,6 +104,8 @@ def _offline(config: dict, family: str, folder: Path) -> dict:
     """The example with tiny local models, an offline reward of the same kind, and SMALL sizes."""
     models = config["models"]
     tok = word_tokenizer()
+    if models.get("chat_template") == "on":
+        tok.chat_template = CHAT_TEMPLATE
     for key, seed in (("base", 0), ("post", 1)):
         if models.get(key):
             _tiny_causal_lm(family, seed).save_pretrained(folder / key)
@@ -131,7 +141,10 @@ def test_example_pipeline_on_tiny_models(name, tmp_path, monkeypatch, one_thread
 
     assert (tmp_path / "run" / "report.html").is_file()
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == json.loads(json.dumps(results))
-    assert results["prompts"] == {"train": 13, "heldout": 3, "heldout_from": "split"}
+    if _load(name)["models"].get("heldout_prompts"):  # both files hold PROMPTS
+        assert results["prompts"] == {"train": 16, "heldout": 16, "heldout_from": "file"}
+    else:
+        assert results["prompts"] == {"train": 13, "heldout": 3, "heldout_from": "split"}
     if "ppo" in stages:
         assert _finite(results["ppo"]["reward_policy"]) and _finite(results["ppo"]["kl_exact"])
     policy = "ppo" if "ppo" in stages else "post"
@@ -149,6 +162,8 @@ def test_example_pipeline_on_tiny_models(name, tmp_path, monkeypatch, one_thread
     for key in ("fvu", "l0", "mmcs", "mmcs_random"):
         assert _finite(results["sae"][key]), key
     assert {"post_only", "base_only", "shared"} <= set(results["crosscoder"])
+    assert ("value_probe" in results) == ("value" in stages)
     assert all((tmp_path / "run" / path).is_file() for path in results["artifacts"].values())
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Not run: the minimal-pair audit needs the review world" in page
+    assert "could not read this section's evidence" not in page

@@ -241,3 +241,20 @@ def test_lora_on_the_real_model_keeps_one_copy_and_an_exact_reference(tmp_path):
         # to 3.4e-3 in a logit of ~16 now and then on this shared CPU (seen in 1 of 4 processes)
         torch.testing.assert_close(ref(input_ids=ids, attention_mask=mask).logits, want, atol=1e-2, rtol=0)
         assert (policy(input_ids=ids, attention_mask=mask).logits - want).abs().max() > 0.1
+
+
+def test_lr_auto_counts_the_base_without_the_adapter(tmp_path):
+    """`lr: auto` sizes the model by its base parameters: the LoRA adapter is not counted, tied weights once."""
+    from transformers import AutoModelForCausalLM
+
+    from rewardlab.rl.config import AUTO_LR_SMALL
+    from rewardlab.rl.lora import add_lora, trainable
+    from rewardlab.rl.ppo import base_parameter_count, policy_lr
+
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tmp_path / "m"))
+    before = sum(p.numel() for p in model.parameters())
+    add_lora(model, 4, 8.0, "all-linear")
+    assert sum(p.numel() for p in trainable(model)) > 0 and base_parameter_count(model) == before
+    cfg = llama_config(tmp_path, lr="auto")
+    assert policy_lr(model, cfg) == (AUTO_LR_SMALL, f"lr auto: {before / 1e6:.1f}M parameters, under 50M: "
+                                                    "the review world's rate")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rewardlab.errors import InputError
 from rewardlab.io import load_tensors, read_json, read_jsonl, write_jsonl
 from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.ppo import masked_mean, masked_var, masked_whiten, train_ppo
@@ -246,3 +247,25 @@ def test_checkpoints_come_by_time_after_the_last_phase_and_every_n_phases_when_s
     assert [p for p in range(10) if checkpoint_due(every, p, 0.0, one)] == [3, 7, 9]
     assert [p for p in range(10) if checkpoint_due(dataclasses.replace(cfg, checkpoint_minutes=0), p, 0.0, one)] \
         == list(range(10))
+
+
+def test_lr_auto_picks_by_size_and_lora_and_records_the_rate(tmp_path, capsys):
+    from rewardlab.rl.config import (AUTO_LR_FULL, AUTO_LR_LORA, AUTO_LR_SMALL, SMALL_MODEL_PARAMS, auto_lr)
+
+    assert PPOConfig().lr == "auto"
+    small = SMALL_MODEL_PARAMS - 1
+    assert auto_lr(small, lora=False)[0] == auto_lr(small, lora=True)[0] == AUTO_LR_SMALL == 3e-4
+    smollm2 = 134_515_008  # SmolLM2-135M's parameters (embeddings tied)
+    assert auto_lr(smollm2, lora=True) == (AUTO_LR_LORA, "134.5M parameters, LoRA adapter")
+    assert auto_lr(smollm2, lora=False)[0] == AUTO_LR_FULL < AUTO_LR_LORA
+
+    summary = train_ppo(tiny_config(tmp_path, phases=1, eval_samples=4, lr="auto"), tmp_path / "auto")
+    assert summary["lr"] == AUTO_LR_SMALL and summary["lr_source"].startswith("lr auto: 0.0M parameters")
+    assert [r["lr"] for r in read_jsonl(tmp_path / "auto" / "metrics.jsonl")] == [AUTO_LR_SMALL]
+    assert "PPO policy learning rate 0.0003 (lr auto: " in capsys.readouterr().err
+    assert read_json(tmp_path / "auto" / "config.json")["lr"] == "auto"
+    summary = train_ppo(tiny_config(tmp_path, phases=1, eval_samples=4, lr=2e-3), tmp_path / "set")
+    assert (summary["lr"], summary["lr_source"]) == (2e-3, "set in the config")
+    with pytest.raises(InputError, match="lr must be above 0 or auto"):
+        PPOConfig(base="b", lr=0.0).validate()
+

@@ -177,7 +177,30 @@ def _argument_kwargs(option: ConfigOption, ranged: bool) -> dict[str, Any]:
     if option.name in _CHOICES:
         module, name = _CHOICES[option.name]
         return {"choices": list(getattr(importlib.import_module(module), name))}
-    return {"type": _RANGES[option.name] if ranged and option.name in _RANGES else tp, "metavar": option.name.upper()}
+    parse = _RANGES[option.name] if ranged and option.name in _RANGES else tp
+    if words := _literal_words(option.annotation):  # e.g. `float | Literal["auto"]`: --lr auto or --lr 1e-4
+        return {"type": _word_or(parse, words), "metavar": f"{option.name.upper()}|{'|'.join(words)}"}
+    return {"type": parse, "metavar": option.name.upper()}
+
+
+def _literal_words(tp: Any) -> tuple[str, ...]:
+    """The Literal values of a union annotation (`float | Literal["auto"]` -> ("auto",)); () for others."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return ()
+    return tuple(w for a in typing.get_args(tp) if typing.get_origin(a) is typing.Literal for w in typing.get_args(a))
+
+
+def _word_or(parse: Callable[[str], Any], words: Sequence[str]) -> Callable[[str], Any]:
+    """argparse type: one of `words` as it is, else `parse(text)` (whose errors name the words too)."""
+    def parse_word(text: str) -> Any:
+        if text in words:
+            return text
+        try:
+            return parse(text)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise argparse.ArgumentTypeError(f"{e} (or one of: {', '.join(words)})") from None
+
+    return parse_word
 
 
 def _without_none(tp: Any) -> Any:

@@ -45,11 +45,34 @@ def chat_template_check(cfg) -> Check:
 
 PPO_DEVICES = ("cpu", "cuda", "mps", "auto")
 
+# `lr: auto` (see `auto_lr`): the policy learning rate by model size and LoRA. Models under SMALL_MODEL_PARAMS
+# (the review world's presets, all under 10M parameters) keep the rate PPO was tuned at on them; larger
+# (pretrained) models get AUTO_LR_LORA with a LoRA adapter, AUTO_LR_FULL with full fine-tuning.
+# AUTO_LR_LORA was chosen on SmolLM2-135M (rank 16, alpha 16) from approx_kl, clip fraction and KL per phase:
+# docs/FINDINGS.md, "PPO with LoRA on a pretrained model: the learning rate". AUTO_LR_FULL is the rate the
+# step-size warning has recommended for full fine-tuning; it was not swept.
+SMALL_MODEL_PARAMS = 50_000_000
+AUTO_LR_SMALL = 3e-4
+AUTO_LR_LORA = 1e-3
+AUTO_LR_FULL = 1e-5
+
+
+def auto_lr(n_params: int, lora: bool) -> tuple[float, str]:
+    """The policy learning rate `lr: auto` picks for a model of `n_params` base parameters (adapter not
+    counted), trained through a LoRA adapter when `lora`; and the reason, for the log."""
+    size = f"{n_params / 1e6:.1f}M parameters"
+    if n_params < SMALL_MODEL_PARAMS:
+        return AUTO_LR_SMALL, f"{size}, under {SMALL_MODEL_PARAMS // 1_000_000}M: the review world's rate"
+    if lora:
+        return AUTO_LR_LORA, f"{size}, LoRA adapter"
+    return AUTO_LR_FULL, f"{size}, full fine-tuning of a pretrained-size model"
+
 
 @dataclass
 class PPOConfig:
-    """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world; the
-    learning rates, KL coefficient and batch are sized for the review world's small models on CPU."""
+    """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world; the value
+    learning rate, KL coefficient and batch are sized for the review world's small models on CPU; the
+    policy learning rate (`lr: auto`, `auto_lr`) is picked by the model's size and whether LoRA is on."""
 
     base: str = ""                   # Hugging Face folder (or name) of the base model; also the frozen reference
     reward: str = "utility"          # reward spec, see rewardlab.rewards.get_reward
@@ -64,7 +87,7 @@ class PPOConfig:
     top_k: int = 0                   # sample from the k most likely tokens only; 0: off
     top_p: float = 1.0               # nucleus sampling: smallest set of tokens reaching this probability; 1.0: off
     chat_template: str = chat_template_field()
-    lr: float = 3e-4                 # policy learning rate (Adam; TRL's 3e-6 suits pretrained LMs)
+    lr: float | Literal["auto"] = "auto"  # policy learning rate (Adam), or auto: 3e-4 for models under 50M parameters (the review world's, tuned there); above, 1e-3 with LoRA (chosen on SmolLM2-135M at rank 16, alpha 16; the update scales with alpha / rank) and 1e-5 for full fine-tuning (see rl.config.auto_lr); the rate used is logged and written to metrics.jsonl and summary.json
     value_lr: float = 1e-3           # value head learning rate (ARENA uses its own, 5e-4)
     value_head: str = "mlp"          # linear | mlp (d -> 4d -> 1)
     value_site: str = "ln_final.hook_out"  # site the value head reads (gradient stopped)
@@ -107,7 +130,8 @@ class PPOConfig:
             (self.phases >= 1 and self.batch_size >= 1 and self.minibatch_size >= 1 and self.ppo_epochs >= 1,
              "phases, batch_size, minibatch_size and ppo_epochs must be positive", None),
             (self.kl_target is None or self.kl_target > 0, "kl_target must be positive", None),
-            (self.lr > 0 and self.value_lr > 0, "lr and value_lr must be above 0", None),
+            (self.lr == "auto" or self.lr > 0, f"lr must be above 0 or auto, got {self.lr!r}", None),
+            (self.value_lr > 0, f"value_lr must be above 0, got {self.value_lr}", None),
             (self.kl_coef >= 0, f"kl_coef must be at least 0, got {self.kl_coef}", None),
             (self.kl_horizon > 0, "kl_horizon must be above 0", None),
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]", None),

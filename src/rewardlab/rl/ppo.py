@@ -50,7 +50,7 @@ from rewardlab.config import without_runtime
 from rewardlab.errors import InputError
 from rewardlab.io import load_tensors, read_json, read_jsonl, save_tensors, write_json, write_jsonl
 from rewardlab.models import pick_device
-from rewardlab.rl.config import PPOConfig
+from rewardlab.rl.config import PPOConfig, auto_lr
 from rewardlab.rl.eval import eval_summary, evaluate_policy, mean_std, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
@@ -81,8 +81,11 @@ def step_size_warning(row: dict, cfg: PPOConfig) -> str | None:
     if not over:
         return None
     seen = ", ".join(f"{k} {v:.3g} (limit {STEP_SIZE_LIMITS[k]:g})" for k, v in over.items())
+    lr = row.get("lr", cfg.lr)
+    now = f"{lr:g}" if isinstance(lr, float) else lr
     return (f"rewardlab: warning: PPO phase {row['phase']}: {seen}: each update moves the policy too far, "
-            f"which wrecks a pretrained model; lower --lr (now {cfg.lr:g}), e.g. to 1e-5 for a pretrained model")
+            f"which wrecks a pretrained model; lower --lr (now {now}), e.g. to a third of it "
+            f"(1e-5 suits full fine-tuning of a pretrained model)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,16 +447,38 @@ def phase_metrics(accelerator, phase: int, sc: Scored, mask: torch.Tensor, stats
 # training
 
 
+def base_parameter_count(policy: nn.Module) -> int:
+    """Parameters of the base model under `policy` (a LoRA adapter's not counted; tied weights once)."""
+    return sum(p.numel() for name, p in policy.named_parameters() if "lora_" not in name)
+
+
+def policy_lr(policy: nn.Module, cfg: PPOConfig) -> tuple[float, str]:
+    """The policy learning rate: `cfg.lr`, or with `lr: auto` the one `auto_lr` picks for `policy`'s size
+    and LoRA; and where it came from."""
+    if cfg.lr != "auto":
+        return float(cfg.lr), "set in the config"
+    lr, why = auto_lr(base_parameter_count(policy), cfg.lora_rank is not None)
+    return lr, f"lr auto: {why}"
+
+
+def _logged_lr(policy: nn.Module, cfg: PPOConfig, log: bool) -> tuple[float, str]:
+    """`policy_lr`, printed on stderr when `log`."""
+    lr, source = policy_lr(policy, cfg)
+    if log:
+        tqdm.write(f"rewardlab: PPO policy learning rate {lr:g} ({source})", file=sys.stderr)
+    return lr, source
+
+
 def policy_with_value(policy: nn.Module, cfg: PPOConfig, device) -> tuple[PolicyWithValue, torch.optim.Optimizer]:
     """The policy with a fresh value head (initial weights seeded by `cfg.seed`, global RNG untouched) on
-    `device`, and its Adam optimizer (the policy's trainable parameters at `lr`: all of them, or the LoRA
-    adapter's; the value head at `value_lr`)."""
+    `device`, and its Adam optimizer (the policy's trainable parameters at `policy_lr`: all of them, or the
+    LoRA adapter's; the value head at `value_lr`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         value_head = ValueHead(d_model(policy), cfg.value_head, cfg.value_site)
     model = PolicyWithValue(policy, value_head).to(device)
     optimizer = torch.optim.Adam([
-        {"params": trainable(model.policy), "lr": cfg.lr},
+        {"params": trainable(model.policy), "lr": policy_lr(policy, cfg)[0]},
         {"params": list(model.value_head.parameters()), "lr": cfg.value_lr},
     ], eps=1e-5)
     return model, optimizer
@@ -588,6 +613,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     check_generation_fits([len(ids) for ids in prompt_token_ids(tokenizer, prompts)], max_new_tokens,
                           config_context_length(policy.config))  # a prompt that leaves no room to answer fails here
     model, optimizer = policy_with_value(policy, cfg, device)
+    lr, lr_source = _logged_lr(policy, cfg, progress and accelerator.is_main_process)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     start_phase, elapsed_before, metrics, samples = resume(out, cfg, model, optimizer, generator, rank, kl_ctl)
@@ -627,7 +653,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         grammatical = None if is_grammatical is None else torch.tensor(
             [float(is_grammatical(t, prompt=prompts[i])) for i, t in zip(idx, texts)], device=device)
         row = phase_metrics(accelerator, phase, sc, ro.mask, stats, first_ratio_dev, cfg, kl_ctl.coef, base_mean,
-                            base_std, grammatical, t_gen, t_learn)
+                            base_std, grammatical, t_gen, t_learn) | {"lr": lr}
         kl_ctl.update(row[f"kl_{cfg.kl_estimator}"], cfg.batch_size)
         metrics.append(row)
         _warn_step_size(row, cfg, accelerator)
@@ -649,6 +675,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     policy_eval = _evaluate(unwrapped.policy, ref, tokenizer, prompts, reward, is_grammatical, cfg, max_new_tokens,
                             seed=cfg.seed + 20_000)
     summary = {"reward": cfg.reward, **eval_summary(base_eval, policy_eval), "phases": cfg.phases,
+               "lr": lr, "lr_source": lr_source,
                "phases_over_step_size_limits": [m["phase"] for m in metrics if step_size_warning(m, cfg)],
                "processes": world_size, "train_seconds": elapsed_before + t_eval - t_start}
     summary["seconds"] = elapsed_before + time.perf_counter() - t_start
