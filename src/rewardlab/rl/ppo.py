@@ -581,6 +581,19 @@ def write_outputs(out: Path, model: PolicyWithValue, peft_model, tokenizer, cfg:
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
+def _base_eval(out: Path, ref, tokenizer, prompts: list[str], reward, is_grammatical, cfg: PPOConfig,
+               max_new_tokens: int, accelerator) -> dict:
+    """The reference's evaluation (`_evaluate`), read from out/base_eval.json when a resumed run has it."""
+    path = out / "base_eval.json"
+    if path.is_file():
+        return read_json(path)
+    base_eval = _evaluate(ref, ref, tokenizer, prompts, reward, is_grammatical, cfg, max_new_tokens,
+                          seed=cfg.seed + 10_000)
+    if accelerator.is_main_process:
+        write_json(path, base_eval)
+    return base_eval
+
+
 def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train a policy with PPO into `out_dir`; resume from `out_dir/checkpoint` if one is there.
 
@@ -621,14 +634,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
     is_grammatical = grammar_checker(cfg.base)
 
-    base_eval_path = out / "base_eval.json"
-    if base_eval_path.is_file():
-        base_eval = read_json(base_eval_path)
-    else:
-        base_eval = _evaluate(ref, ref, tokenizer, prompts, reward, is_grammatical, cfg, max_new_tokens,
-                              seed=cfg.seed + 10_000)
-        if accelerator.is_main_process:
-            write_json(base_eval_path, base_eval)
+    base_eval = _base_eval(out, ref, tokenizer, prompts, reward, is_grammatical, cfg, max_new_tokens, accelerator)
     base_mean, base_std = mean_std(base_eval["rewards"])
 
     bar = tqdm(total=cfg.phases, initial=start_phase, desc=f"PPO (kl_coef {cfg.kl_coef:g})", unit="phase",
