@@ -17,8 +17,31 @@ import torch
 from rewardlab.io import write_json, write_jsonl
 from rewardlab.rl.kl_penalty import exact_kl
 from rewardlab.rl.rollout import completion_logprobs_from_logits, completion_texts, position_ids, rollout
+from rewardlab.sampling import kept_logits
 from rewardlab.stats import mean
 from rewardlab.text import encode_prompts, stop_ids
+
+KL_CHUNK_FLOATS = 2 ** 24  # logits per model held at once while scoring an evaluation batch (64 MiB of float32)
+
+
+def exact_kls(model, ref, ro, *, temperature: float, top_k: int, top_p: float) -> list[float]:
+    """Exact KL(model || ref) of each completion of a rollout, nats (the model under the sampling
+    transform, the reference at the temperature only). Only the positions that predict completion
+    tokens are projected to the vocabulary, in row chunks whose logits [rows, T, V] stay under
+    KL_CHUNK_FLOATS floats per model, so memory does not grow with the evaluation batch."""
+    T = ro.completion_ids.shape[1]
+    rows = max(1, KL_CHUNK_FLOATS // (T * model.config.vocab_size))
+    kls = []
+    for lo in range(0, ro.completion_ids.shape[0], rows):
+        ids, attn = ro.input_ids[lo:lo + rows], ro.attention_mask[lo:lo + rows]
+        kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False)
+        completion = ro.completion_ids[lo:lo + rows]
+        _, logp_all = completion_logprobs_from_logits(kept_logits(model, T + 1, **kwargs)[:, :-1], completion, None,
+                                                      temperature=temperature, top_k=top_k, top_p=top_p)
+        _, ref_all = completion_logprobs_from_logits(kept_logits(ref, T + 1, **kwargs)[:, :-1], completion, None,
+                                                     temperature=temperature)
+        kls += torch.where(ro.mask[lo:lo + rows].bool(), exact_kl(logp_all, ref_all), 0.0).sum(1).tolist()
+    return kls
 
 
 @torch.no_grad()
@@ -41,14 +64,7 @@ def evaluate_policy(model, ref, tokenizer, prompts: Sequence[str], reward: Calla
         ids, pmask, _ = encode_prompts(tokenizer, [prompts[i] for i in idx], device)
         ro = rollout(model, ids, pmask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                      top_p=top_p, eos_id=stop_ids(tokenizer), pad_id=tokenizer.pad_token_id, generator=generator)
-        kwargs = dict(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
-                      position_ids=position_ids(ro.attention_mask), use_cache=False)
-        P = ids.shape[1]
-        _, logp_all = completion_logprobs_from_logits(model(**kwargs).logits, ro.completion_ids, P,
-                                                      temperature=temperature, top_k=top_k, top_p=top_p)
-        _, ref_all = completion_logprobs_from_logits(ref(**kwargs).logits, ro.completion_ids, P,
-                                                     temperature=temperature)
-        kls += torch.where(ro.mask.bool(), exact_kl(logp_all, ref_all), 0.0).sum(1).tolist()
+        kls += exact_kls(model, ref, ro, temperature=temperature, top_k=top_k, top_p=top_p)
         texts += completion_texts(tokenizer, ro)
         prompt_texts += [prompts[i] for i in idx]
     out = {"texts": texts, "prompts": prompt_texts, "rewards": reward(texts, prompt_texts), "kl": kls}
