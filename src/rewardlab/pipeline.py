@@ -3,8 +3,8 @@ stage registry and the runner.
 
 Stages (`rewardlab.stages`, one module each) run in registry order, each in its own folder RUN/NAME:
 
-    world | prompts -> ppo -> sweep -> pairs -> dpo -> diffing -> probes -> sae -> value -> dialogue
-        -> results.json, report.html
+    world | prompts -> ppo -> sweep -> pairs -> dpo -> diffing -> probes -> sae -> value -> organisms
+        -> dialogue -> results.json, report.html
 
 Planning checks the whole config before any work (every stage's `plan` reads its section). A stage
 is skipped when its manifest fingerprint (its config without the runtime settings such as `threads`,

@@ -8,14 +8,15 @@ declare: the PPO metrics, the divergent samples' tokens, and the probe heatmaps 
 that cannot be read renders as a visible note in its section, never as a missing section.
 
 The organisms benchmark (`rewardlab organisms run --out DIR`) writes a results.json of its own: no
-header, one section `organisms` (`stages.organisms.Results`, typed and checked the same way). It is
-not a pipeline stage (it builds its own world and post-trains many models), so `build_report(DIR)`
-recognises that file by its keys and renders its own page: the methods x organisms heatmap, the
-table of every score with its CI, each organism's post-training, and what each method ranked top.
+header, one section `organisms` (`stages.organisms.Results`, typed and checked the same way), so
+`build_report(DIR)` recognises that file by its keys and renders its own page: the methods x organisms
+heatmap, the table of every score with its CI, each organism's post-training, and what each method
+ranked top.
 The dialogue benchmark (`rewardlab dialogue run --out DIR`) is recognised the same way (`dialogue`
 and no header) and renders research question 8's answer, the policies, the value probes at the
 user's follow-up and the user side; a pipeline run with a dialogue stage renders the same three in
-its evidence section `ev-dialogue`.
+its evidence section `ev-dialogue`, one with an organisms stage the organisms page's sections in
+`ev-organisms`.
 """
 
 from __future__ import annotations
@@ -425,6 +426,14 @@ def ev_params(run: Run) -> str:
             + key_values(p, skip=("layers",)) + table([to_json(r) for r in p.layers]))
 
 
+def ev_organisms(run: Run) -> str:
+    """A pipeline run's organisms section: the benchmark page's sections, one after another."""
+    s = run.results.organisms
+    if s is None:
+        return ""
+    return "".join(f"<h4>{e(title_)}</h4>{render(s)}" for title_, render in organism_sections(s).values())
+
+
 def ev_dialogue(run: Run) -> str:
     """A pipeline run's dialogue section: the benchmark page's sections, one after another."""
     s = run.results.dialogue
@@ -452,6 +461,8 @@ EVIDENCE: dict[str, tuple[str, Callable[[Run], str], str]] = {
                     "no difference dictionary in this run (the sae stage's diffdict option)"),
     "ev-audit": ("Reward-model audit", ev_audit, "no reward-model audit in this run"),
     "ev-params": ("Parameter divergence", ev_params, "no parameter divergence in this run"),
+    "ev-organisms": ("Model organisms: every diffing method scored against a planted reward", ev_organisms,
+                     "no organisms stage in this run"),
     "ev-dialogue": ("Conversations: steering the user toward rewarded follow-ups", ev_dialogue,
                     "no dialogue stage in this run"),
 }
@@ -632,11 +643,17 @@ def org_value(s: organisms_stage.OrganismsSection) -> str:
                    + value_html(vp, None) for name, vp in (s.value_probe or {}).items())
 
 
+def organism_sections(s: organisms_stage.OrganismsSection) -> dict[str, tuple[str, Callable[[
+        organisms_stage.OrganismsSection], str]]]:
+    """The sections of an organisms section's page: `ORGANISM_SECTIONS`, and the value studies' when it has them."""
+    return {**ORGANISM_SECTIONS, **({"org-value": ("Value probes on each organism: expected reward against a "
+                                                   "Monte Carlo truth", org_value)} if s.value_probe else {})}
+
+
 def render_organisms_html(results: organisms_stage.Results, title: str) -> str:
     """The organisms benchmark's page as a string (with the value studies' section when it has them)."""
     s = results.organisms
-    sections = {**ORGANISM_SECTIONS, **({"org-value": ("Value probes on each organism: expected reward against a "
-                                                       "Monte Carlo truth", org_value)} if s.value_probe else {})}
+    sections = organism_sections(s)
     body = "".join(_section(sid, t, _guarded(render, s), "evidence") for sid, (t, render) in sections.items())
     intro = ("Model organisms: the same base model post-trained on rewards with a known truth, and every diffing "
              "method scored against it. Every statistic reads value [95% bootstrap CI] (n).")

@@ -1,5 +1,5 @@
 """The pipeline's stages, one module each (world, prompts, ppo, sweep, pairs, dpo,
-diffing, probes, sae, value, dialogue).
+diffing, probes, sae, value, organisms, dialogue).
 
 A stage module holds:
 - `Config`: its config dataclass (the keys of its section in a run's YAML config);

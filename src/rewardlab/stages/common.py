@@ -68,6 +68,7 @@ class RunConfig:
     probes: dict | None = None                          # stages.probes.Config
     sae: dict | None = None                             # rewardlab.sae.diffing.DiffConfig
     value: dict | None = None                           # stages.value.Config: value probes against Monte Carlo V
+    organisms: dict | None = None                       # stages.organisms.Config: model organisms from the run's world
     dialogue: dict | None = None                        # stages.dialogue.Config: two-turn conversations (question 8)
     report: bool = True                                 # write report.html
 
@@ -92,6 +93,7 @@ class Planner:
     base: str = ""                 # the base model (a folder or a hub name)
     prompts: str | None = None     # the training prompts file, None: the world's
     n_blocks: int | None = None    # the base model's block count where known before loading it
+    world_preset: str | None = None  # the review world's preset, None when the run brings its own models
     models: dict[str, str] = field(default_factory=dict)  # base, post, ppo, dpo: model folders
     stages: list[PlannedStage] = field(default_factory=list)
 
@@ -121,6 +123,29 @@ class Planner:
         if hasattr(cfg, "validate"):
             cfg.validate()
         return cfg
+
+    def add_benchmark(self, name: str, cls: type, values: dict, world_of: dict[str, str], **filled: Any) -> None:
+        """Add a benchmark (`dialogue`, `organisms`) as a pipeline stage from its section `values`: it needs
+        the run's review world (RUN/world, filled in as the config's `world`, with `filled`, e.g. the run's
+        seed); its `preset` follows the world's unless the section sets one; `world_of` maps each of the
+        benchmark's presets to the world preset it needs (the two must match)."""
+        where = f"{self.where}.{name}"
+        if self.world_preset is None:
+            raise InputError(f"the {name} stage needs the review world, this run brings its own models", where,
+                             f"remove the {name} section, or run it in a review-world run (`world: {{preset: micro}}`)")
+        values = dict(values)
+        if "preset" not in values:
+            if self.world_preset not in world_of:
+                raise InputError(f"the {name} stage has no preset for a {self.world_preset} world", where,
+                                 f"set world.preset to one of: {', '.join(world_of)}")
+            values["preset"] = self.world_preset
+        world = self.stage_dir("world")
+        cfg = self.config(cls, name, values, **filled, world=str(world))
+        if world_of[cfg.preset] != self.world_preset:
+            raise InputError(f"the {cfg.preset} {name} preset needs a {world_of[cfg.preset]} world, the run's world "
+                             f"is {self.world_preset}", f"{where}.preset",
+                             f"leave the {name} preset out (it follows the world's), or change world.preset")
+        self.add(name, cfg, {"world": world})
 
     def check_site(self, site: str, where: str) -> None:
         """A site name that parses, in range when the model's block count is known (else its syntax only)."""

@@ -45,13 +45,11 @@ import torch
 
 from rewardlab import stats
 from rewardlab.answers import Answer, answer_dialogue
-from rewardlab.config import from_dict
-from rewardlab.errors import Check, InputError, raise_first_failed
+from rewardlab.errors import Check, raise_first_failed
 from rewardlab.io import read_json, write_json, write_jsonl
 from rewardlab.rl.config import PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
-from rewardlab.stages import world as world_stage
 from rewardlab.stages.common import Context, Planner, RunConfig, benchmark_world
 from rewardlab.stages.value import CrossRow, ValueProbeRow
 from rewardlab.stats import Estimate
@@ -415,25 +413,8 @@ def run_dialogue(cfg: Config, out: str | Path, log: Callable[[str], None] = prin
 def plan(run: RunConfig, p: Planner) -> None:
     """Add the stage when the run has a `dialogue` section: it needs the review world (its preset, unless
     the section sets one, follows the world's; the two must match) and fills in `seed` and `world`."""
-    if run.dialogue is None:
-        return
-    where = f"{p.where}.{NAME}"
-    if run.world is None:
-        raise InputError("the dialogue stage needs the review world, this run brings its own models", where,
-                         "remove the dialogue section, or run it in a review-world run (`world: {preset: micro}`)")
-    world_preset = from_dict(world_stage.Config, run.world, f"{p.where}.world").preset
-    values = dict(run.dialogue)
-    if "preset" not in values:
-        if world_preset not in PRESETS:
-            raise InputError(f"the dialogue stage has no preset for a {world_preset} world", where,
-                             f"set world.preset to one of: {', '.join(PRESETS)}")
-        values["preset"] = world_preset
-    cfg = p.config(Config, NAME, values, seed=run.seed, world=str(p.stage_dir(world_stage.NAME)))
-    if PRESETS[cfg.preset].world != world_preset:
-        raise InputError(f"the {cfg.preset} dialogue preset needs a {PRESETS[cfg.preset].world} world, the run's "
-                         f"world is {world_preset}", f"{where}.preset",
-                         "leave the dialogue preset out (it follows the world's), or change world.preset")
-    p.add(NAME, cfg, {"world": p.stage_dir(world_stage.NAME)})
+    if run.dialogue is not None:
+        p.add_benchmark(NAME, Config, run.dialogue, {k: v.world for k, v in PRESETS.items()}, seed=run.seed)
 
 
 def run(cfg: Config, ctx: Context) -> Results:

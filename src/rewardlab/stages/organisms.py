@@ -19,6 +19,11 @@ each, and score the rankings against the organisms' truths.
 Each folder is a `runs.Stage`: a re-run skips the finished ones (their fingerprint: config, seed,
 input hashes) and a killed PPO resumes from its checkpoint; results.json is rebuilt from the folders,
 so a resumed run writes the same results as an uninterrupted one.
+
+It is also an optional pipeline stage (`organisms:` in a run's config, `rewardlab run`; the demo runs
+the planted organism at one seed): the same folders in RUN/organisms/ but no world of their own, the
+organisms post-trained from the run's own review world (RUN/world, whose preset the organisms preset
+follows unless set), its `organisms` section in the run's results.json.
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig, PairsConfig, PPOConfig
 from rewardlab.runs import Stage
 from rewardlab.schema import from_json, to_json
-from rewardlab.stages.common import benchmark_world
+from rewardlab.stages.common import Context, Planner, RunConfig, benchmark_world
 from rewardlab.stages import value as value_stage
 from rewardlab.stages.value import ValueProbeSection
 from rewardlab.stats import Estimate
 
 NAME = "organisms"
-ARTIFACTS = {"world": "world"}
+ARTIFACTS: dict[str, str] = {}  # its folders are named by the config: {organism}-seed{S}, listed in `runs`
 N_STEERED = 4  # prompts whose base-model samples steered by the ADL difference organism.json shows
 KIND = {"planted": "planted", "agreement": "agreement", "sentiment": "utility", "flipped": "utility",
         "length": "utility"}
@@ -334,13 +339,9 @@ def _stage(stage: Stage, log: Callable[[str], None], what: str, build: Callable[
     return stage.out
 
 
-def run_organisms(cfg: Config, out: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Build (or reuse) the world and every organism x seed in `out`, measure, score, write out/results.json."""
-    cfg.validate()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    world_dir = _world(cfg, out, log)
+def organisms_section(cfg: Config, out: Path, world_dir: Path, log: Callable[[str], None]) -> OrganismsSection:
+    """Build (or reuse) every organism x seed folder (and its measures, and with `value` its value study)
+    in `out` from the review world `world_dir`, score, and return the section."""
     folders: dict[str, list[tuple[Path, Path]]] = {}
     for organism in cfg.organisms:
         for seed in range(cfg.seeds):
@@ -352,16 +353,39 @@ def run_organisms(cfg: Config, out: str | Path, log: Callable[[str], None] = pri
                               "SAE reward relevance, crosscoder and steering against its reward",
                               lambda work: _measure_one(cfg, world_dir, organism, seed, built, work))
             folders.setdefault(organism, []).append((built, measured))
-    section = OrganismsSection(
+    return OrganismsSection(
         cfg.preset, cfg.post_training, cfg.seeds, [_run_of(*f) for pairs in folders.values() for f in pairs],
         _cells(cfg, {o: [b for b, _ in pairs] for o, pairs in folders.items()}),
         {o: MeasuresCell(len(pairs), **measures_cell([read_json(m / "measures.json") for _, m in pairs], cfg.n_boot))
          for o, pairs in folders.items()},
         organism_values(cfg, out, world_dir, {o: [b for b, _ in pairs] for o, pairs in folders.items()}, log))
-    results = to_json(Results(section))
+
+
+def run_organisms(cfg: Config, out: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Build (or reuse) the world and every organism x seed in `out`, measure, score, write out/results.json."""
+    cfg.validate()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results = to_json(Results(organisms_section(cfg, out, _world(cfg, out, log), log)))
     write_json(out / "results.json", results)
     log(f"[organisms] finished in {time.perf_counter() - t0:.0f} s -> {out / 'results.json'}")
     return results
+
+
+# --- the pipeline stage ------------------------------------------------------------------------
+
+
+def plan(run: RunConfig, p: Planner) -> None:
+    """Add the stage when the run has an `organisms` section: it needs the review world (its preset, unless
+    the section sets one, follows the world's; the two must match) and fills in `world` and `world_seed`
+    (the run's seed, which built that world)."""
+    if run.organisms is not None:
+        p.add_benchmark(NAME, Config, run.organisms, {k: v.world for k, v in PRESETS.items()}, world_seed=run.seed)
+
+
+def run(cfg: Config, ctx: Context) -> Results:
+    return Results(organisms_section(cfg, ctx.out, Path(cfg.world), print))
 
 
 # --- the value study on each organism (`value`) -------------------------------------------------

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from rewardlab.answers import Answer
 from rewardlab.io import write_json
 from rewardlab.schema import json_schema
-from rewardlab.stages import dialogue, diffing, dpo, pairs, ppo, probes, prompts, sae, sweep, value, world
+from rewardlab.stages import (dialogue, diffing, dpo, organisms, pairs, ppo, probes, prompts, sae, sweep, value,
+                              world)
 
 SCHEMA_VERSION = 1  # bump when a section changes shape: finished stages then run again
 REGISTRY = {m.NAME: m for m in (world, prompts, ppo, sweep, pairs, dpo, diffing, probes, sae, value,
-                                 dialogue)}
+                                 organisms, dialogue)}
 
 
 @dataclass

@@ -44,6 +44,7 @@ def plan(run: RunConfig, p: Planner) -> None:
         raise InputError(f"unknown world preset {cfg.preset!r}", f"{p.where}.world.preset",
                          f"use one of: {', '.join(PRESETS)}")
     p.n_blocks = PRESETS[cfg.preset].n_layer
+    p.world_preset = cfg.preset
     p.base = str(p.stage_dir(NAME) / ARTIFACTS["base"])
     p.add(NAME, cfg)
 
