@@ -58,7 +58,7 @@ def test_bundled_demo_configs_are_valid(tmp_path):
     for fast in (False, True):
         plan = plan_run(yaml.safe_load(demo_config(fast).read_text()), tmp_path)
         assert [s.name for s in plan.stages] == ["world", "ppo", "sweep", "pairs", "dpo", "diffing", "probes", "sae",
-                                                 "value"] + ["dialogue"] * fast  # question 8 in the fast demo only
+                                                 "value", "organisms"] + ["dialogue"] * fast  # q8: fast demo only
 
 
 def test_a_run_folder_has_one_plan_however_its_path_is_spelled(tmp_path, monkeypatch):

@@ -77,8 +77,8 @@ def test_the_demo_report_renders_every_section_and_answer(fast_demo):
     for qid in QUESTIONS:
         assert results["answers"][qid]["verdict"] in page.text[qid].lower()
     assert "Not run" not in page.text["q8-dialogue"]  # the fast demo has a dialogue stage
-    # figures: PPO curves, frontier, 2 probe heatmaps, steering, divergent, params
-    assert len(page.imgs) == 10 and all(src.startswith("data:image/png;base64,") for src in page.imgs)
+    # figures: PPO curves, frontier, 2 probe heatmaps, steering, divergent, params, the organisms' heatmap
+    assert len(page.imgs) == 11 and all(src.startswith("data:image/png;base64,") for src in page.imgs)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", (fast_demo / "report.html").read_text())
 
 

@@ -87,7 +87,7 @@ def test_report_renders_in_chromium(chromium, fast_demo, tmp_path):
     page.feed(dom)
     n_imgs = len(re.findall(r"<img ", report.read_text()))
     assert page.body.get("data-rendered") == "ok", page.body
-    assert page.body.get("data-images") == str(n_imgs) == "10"
+    assert page.body.get("data-images") == str(n_imgs) == "11"
     assert list(page.content) == list(QUESTIONS) + list(EVIDENCE)
     for sid, content in page.content.items():
         assert page.title[sid].strip() and content.strip(), sid
