@@ -113,7 +113,7 @@ def test_fast_demo_runs_every_stage_and_reruns_identically(fast_demo, capsys):
     out = fast_demo
     results = json.loads((out / "results.json").read_text())
     for section in ("world", "ppo", "sweep", "pairs", "dpo", "implicit_reward", "divergent", "probe", "steering", "sae",
-                    "crosscoder", "interp", "reward_relevance", "audit", "params", "answers"):
+                    "crosscoder", "interp", "reward_relevance", "audit", "params", "organisms", "dialogue", "answers"):
         assert section in results, section
     assert results["probe"]["spearman"]["ci"][0] <= results["probe"]["spearman"]["value"] <= results["probe"]["spearman"]["ci"][1]
     assert all((out / path).is_file() for path in results["artifacts"].values())
@@ -121,7 +121,7 @@ def test_fast_demo_runs_every_stage_and_reruns_identically(fast_demo, capsys):
     before = (out / "results.json").read_text()
     assert main(["demo", "--fast", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("done already, skipped") == 10
+    assert printed.count("done already, skipped") == 11  # the 11 stages of the fast demo, organisms included
     summary = {line.split()[0]: line for line in printed.splitlines() if line.startswith("  ")}
     for row in ("implicit_reward.spearman_true", "probe.spearman", "probe.selectivity", "steering.effect_at_max_alpha",
                 "reward_relevance.post_minus_base", "ppo.reward_policy", "probe.versus_baselines.difference"):
