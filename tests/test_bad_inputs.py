@@ -44,6 +44,7 @@ TEXT_FILES = {
     "unknown.yaml": "name: x\nwrold: {preset: tiny}\n",
     "types.yaml": "name: x\nseed: many\n",
     "preset.yaml": "name: x\nworld: {preset: huge}\n",
+    "value_few.yaml": "name: x\nworld: {preset: micro}\nppo: {phases: 1}\nvalue: {n_prompts: 4}\n",
     "features.json": json.dumps({"features": []}),
     "results/results.json": json.dumps({"schema_version": 999}),
     "fake.gguf": "GGUF but not really",
@@ -131,6 +132,7 @@ CASES = [
     ("run-unknown-section", "run {in}/unknown.yaml --out {out}", "wrold"),
     ("run-wrong-type", "run {in}/types.yaml --out {out}", "seed"),
     ("run-unknown-preset", "run {in}/preset.yaml --out {out}", "huge"),
+    ("run-value-too-few-prompts", "run {in}/value_few.yaml --out {out}", "use at least 9 prompts (n_prompts)"),
     ("report-no-results", "report {in}/folder", "results.json"),
     ("report-other-schema", "report {in}/results", "schema version 999"),
     # world and models

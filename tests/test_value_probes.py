@@ -202,3 +202,23 @@ def test_future_direction_finds_the_latent():
     assert abs(other[0]) < 0.9
     with pytest.raises(InputError):
         future_direction(acts["post"], rows, "blocks.9.hook_resid_post", ValueProbeConfig())
+
+
+def test_the_prompt_count_check_agrees_with_the_split_it_guards():
+    """`check_enough_prompts` refuses exactly the prompt counts whose grouped split leaves a part with fewer
+    than MIN_PER_SPLIT prompts, and `position_rows` accepts one prefix per prompt at every count it passes."""
+    from rewardlab.errors import InputError
+    from rewardlab.value.probes import MIN_PER_SPLIT, check_enough_prompts, position_rows
+
+    cfg = ValueProbeConfig()
+    for n in range(1, 30):
+        rows = [{"prompt_id": i, "position": "last_prompt", "record": i} for i in range(n)]
+        try:
+            check_enough_prompts(n, cfg, "here")
+        except InputError as e:
+            assert n < 9 and "use at least 9 prompts" in str(e) and e.where == "here"
+            with pytest.raises(InputError):
+                position_rows(rows, cfg)
+        else:
+            assert n >= 9
+            assert min(position_rows(rows, cfg)[0].split.sizes().values()) >= MIN_PER_SPLIT

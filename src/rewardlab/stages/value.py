@@ -48,8 +48,8 @@ from rewardlab.stages.common import Context, Planner, RunConfig, load_policy_and
 from rewardlab.stages.probes import DirectionCurve, direction_curve
 from rewardlab.stats import Estimate
 from rewardlab.steer import SteerConfig, dose_response
-from rewardlab.value.probes import (ValueProbeConfig, collect_value_acts, future_direction, value_head_predictions,
-                                    value_probe_study)
+from rewardlab.value.probes import (ValueProbeConfig, check_enough_prompts, collect_value_acts, future_direction,
+                                    value_head_predictions, value_probe_study)
 from rewardlab.value.targets import TargetsConfig, compute_targets
 from rewardlab.world import is_grammatical
 
@@ -96,6 +96,7 @@ class Config:
              f"bon_prompts must be >= 0 and bon_ns positive, got {self.bon_prompts} and {list(self.bon_ns)}", None),
             *sampling_checks(self),
         ], "value stage config")
+        check_enough_prompts(self.n_prompts, ValueProbeConfig(seed=self.seed), "value stage config.n_prompts")
         self.targets().validate()
 
     def targets(self) -> TargetsConfig:
@@ -320,6 +321,8 @@ def value_study(cfg: Config, models: tuple, prompts: tuple[list[str], list[str]]
     policy, base, tokenizer = models
     train_prompts, heldout = prompts
     reward = get_reward(cfg.reward, device=cfg.device)
+    check_enough_prompts(len(set(train_prompts[:cfg.n_prompts])), ValueProbeConfig(seed=cfg.seed),
+                         "value stage: the run's training prompts (distinct, of the first n_prompts)")
     records = sample_policy_records(policy, tokenizer, train_prompts[:cfg.n_prompts], cfg)
     write_jsonl(out / ARTIFACTS["value_records"], records)
     rows = compute_targets({"post": policy, "base": base}, tokenizer, records, reward, cfg.targets())

@@ -43,6 +43,7 @@ from rewardlab.probes.sweep import EMBEDDING_SITE, fit_cell, versus_strongest
 from rewardlab.stats import spearman_r
 
 TEXT_BASELINES = ("bag_of_words", "realized", "bag_and_realized")
+MIN_PER_SPLIT = 2  # prefixes of one position in each of train/val/test: a Spearman needs two
 
 
 @dataclass
@@ -70,6 +71,25 @@ class PositionRows:
     split: Split
 
 
+def smallest_split(n_prompts: int, cfg: ValueProbeConfig) -> int:
+    """The fewest prompts any of train/val/test gets when `n_prompts` distinct prompts are split by
+    `cfg` (`grouped_split`); 0 below the split's minimum of 3 prompts."""
+    if n_prompts < 3:
+        return 0
+    return min(grouped_split(np.arange(n_prompts), cfg.fractions, cfg.seed).sizes().values())
+
+
+def check_enough_prompts(n_prompts: int, cfg: ValueProbeConfig, where: str) -> None:
+    """Refuse, before any sampling, `n_prompts` distinct prompts whose split leaves a part with fewer than
+    MIN_PER_SPLIT: the last_prompt position has one prefix per prompt, so the study would stop there."""
+    if smallest_split(n_prompts, cfg) >= MIN_PER_SPLIT:
+        return
+    needed = next(n for n in range(3, 10_000) if smallest_split(n, cfg) >= MIN_PER_SPLIT)
+    raise InputError(f"{n_prompts} distinct prompts leave fewer than {MIN_PER_SPLIT} in a train/val/test part "
+                     f"(shares {tuple(cfg.fractions)})", where,
+                     f"use at least {needed} prompts (n_prompts), all different")
+
+
 def target_names(rows: Sequence[dict]) -> list[str]:
     """The value and future targets the rows hold: value_NAME, future_NAME for each model NAME."""
     names = [k[len("value_"):] for k in rows[0] if k.startswith("value_") and not k.startswith("value_se_")]
@@ -89,7 +109,7 @@ def position_rows(rows: Sequence[dict], cfg: ValueProbeConfig) -> list[PositionR
     for position in dict.fromkeys(str(r["position"]) for r in rows):
         index = np.asarray([i for i, r in enumerate(rows) if str(r["position"]) == position])
         local = Split(*(np.flatnonzero(part[index] == k) for k in range(3)))
-        if min(len(local.train), len(local.val), len(local.test)) < 2:
+        if min(len(local.train), len(local.val), len(local.test)) < MIN_PER_SPLIT:
             raise InputError(f"position {position} has too few prefixes in a split ({local.sizes()})",
                              fix="give more records, or drop this position")
         out.append(PositionRows(position, index, np.asarray([rows[i]["record"] for i in index]), groups[index], local))
