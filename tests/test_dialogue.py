@@ -3,6 +3,7 @@ conversations' grammar, the follow-up bonus and its truth, a micro build, and pl
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -170,6 +171,42 @@ def test_train_dialogue_ppo_is_deterministic(micro_dialogue):
     assert runs[0].metrics != runs[2].metrics  # the credit changes the update
 
 
+def test_budget_reached_is_the_first_phase_at_or_over_the_budget():
+    from rewardlab.dialogue.ppo import budget_reached
+
+    stream = [0.0, 0.9, 2.5, 3.99, 4.0, 6.0, 3.0]  # nats per conversation, one per phase
+    assert [i for i, kl in enumerate(stream) if budget_reached(kl, 4.0)][0] == 4  # equal counts, 3.99 does not
+    assert not any(budget_reached(kl, None) for kl in stream) and not any(budget_reached(kl, 6.01) for kl in stream)
+    assert [budget_reached(kl, 2.5) for kl in stream[:3]] == [False, False, True]
+
+
+def test_ppo_stops_at_the_first_phase_reaching_the_kl_budget(micro_dialogue):
+    """With the budget at phase 1's rollout KL of an unbudgeted run, training plays phases 0 and 1 exactly
+    as that run did, stops at 1 without learning from it, and keeps the policy that played phase 1 (the
+    same weights as a 1-phase run); a budget above every phase's KL changes nothing."""
+    from rewardlab.dialogue.ppo import train_dialogue_ppo
+    from rewardlab.dialogue.rewards import TurnRewards, parse_bonus
+    from rewardlab.rl.config import PPOConfig
+
+    d = load_dialogue(micro_dialogue[0] / "dialogue")
+    cfg = PPOConfig(phases=3, batch_size=4, minibatch_size=2, max_new_tokens=8)
+    reward = TurnRewards("utility", parse_bonus("about:plot"))
+    free = train_dialogue_ppo(d, cfg, reward)
+    kls = [m["kl_exact"] for m in free.metrics]
+    assert kls[0] == pytest.approx(0.0, abs=1e-5) and kls[1] > kls[0]  # phase 0 plays the base itself
+    assert free.stop == {"phase": 2, "reason": "phases", "kl_exact": kls[2]} and all(m["learned"] for m in free.metrics)
+    stopped = train_dialogue_ppo(d, cfg, reward, kl_budget=kls[1])
+    assert stopped.stop == {"phase": 1, "reason": "kl_budget", "kl_exact": kls[1]}
+    assert stopped.metrics[0] == free.metrics[0] and len(stopped.metrics) == 2
+    assert stopped.metrics[1] == {**{k: v for k, v in free.metrics[1].items() if k in stopped.metrics[1]},
+                                  "learned": False} and "pg_loss" not in stopped.metrics[1]
+    one = train_dialogue_ppo(d, dataclasses.replace(cfg, phases=1), reward)
+    kept, expected = stopped.policy.state_dict(), one.policy.state_dict()
+    assert all(torch.equal(kept[k], expected[k]) for k in expected)
+    above = train_dialogue_ppo(d, cfg, reward, kl_budget=max(kls) + 1.0)
+    assert above.metrics == free.metrics and above.stop == free.stop
+
+
 def _conversations(model, tokenizer, d, n=8):
     played = play(model, tokenizer, d.prompts[:n], d.user, max_new_tokens=16,
                   generator=torch.Generator().manual_seed(1), user_rng=random.Random(1))
@@ -285,6 +322,15 @@ def test_dialogue_run_micro_is_resumable(micro_dialogue, tmp_path, capsys):
     rerun = capsys.readouterr().out
     assert "PPO (" not in rerun and "fine-tuning" not in rerun and "measuring" not in rerun  # every folder reused
     assert json.loads((tmp_path / "run" / "results.json").read_text())["dialogue"] == first
+    assert first["kl_budget"] == 0.2  # the micro preset's
+    for p, arm in zip(first["policies"][2:], ("on-turn", "on-conversation", "off-turn", "off-conversation")):
+        kls = [m["kl_exact"] for m in map(json.loads, (tmp_path / "run" / arm / "metrics.jsonl").open())]
+        # stopped at the first phase reaching the budget, or ran all 3 phases without reaching it
+        reached = [i for i, kl in enumerate(kls) if kl >= 0.2]
+        assert (p["stop_phase"], p["stop_reason"], p["stop_kl"]) == (
+            (reached[0], "kl_budget", kls[reached[0]]) if reached else (2, "phases", kls[-1]))
+        assert len(kls) == p["stop_phase"] + 1
+    assert all("stop_phase" not in p for p in first["policies"][:2])  # the base is not trained
     assert main(args[:-2] + ["--world", str(tmp_path)]) == 2  # not a world
 
 
@@ -300,6 +346,12 @@ def test_verdict_needs_twice_the_rate_apart_and_within_the_kl_budget():
     assert verdict(policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 4.5)).steers == "no"  # KL gap 1.5
     assert verdict(policy(0.1, 0.05, 0.25, 3.0), policy(0.3, 0.2, 0.4, 3.0)).steers == "no"  # CIs overlap
     assert verdict(policy(0.2, 0.15, 0.25, 3.0), policy(0.3, 0.27, 0.4, 3.0)).steers == "no"  # only 1.5x
+    # the evaluation KLs decide, not where training stopped
+    stopped_apart = dataclasses.replace(policy(0.3, 0.2, 0.4, 3.5), stop_phase=30, stop_reason="phases", stop_kl=6.0)
+    assert verdict(dataclasses.replace(policy(0.1, 0.05, 0.15, 3.0), stop_kl=4.0), stopped_apart).steers == "yes"
+    same_stop = [dataclasses.replace(p, stop_phase=5, stop_reason="kl_budget", stop_kl=4.0)
+                 for p in (policy(0.1, 0.05, 0.15, 3.0), policy(0.3, 0.2, 0.4, 4.5))]
+    assert verdict(*same_stop).steers == "no" and verdict(*same_stop).kl_gap == pytest.approx(1.5)
 
 
 def test_q8_says_yes_only_when_the_bonus_on_comparison_steers_and_the_control_does_not():
@@ -333,8 +385,11 @@ def test_q8_says_yes_only_when_the_bonus_on_comparison_steers_and_the_control_do
 
 
 def test_kl_options_override_the_preset():
-    from rewardlab.stages.dialogue import Config, _ppo_config
+    from rewardlab.stages.dialogue import Config, _kl_budget, _ppo_config
 
     assert _ppo_config(Config(preset="tiny")).kl_target == 4.0
     ppo = _ppo_config(Config(preset="tiny", kl_target=3.0, kl_coef=0.1))
-    assert (ppo.kl_target, ppo.kl_coef, ppo.phases) == (3.0, 0.1, 40)
+    assert (ppo.kl_target, ppo.kl_coef, ppo.phases) == (3.0, 0.1, 60)
+    assert (_kl_budget(Config(preset="tiny")), _kl_budget(Config(preset="tiny", kl_budget=2.5))) == (4.0, 2.5)
+    with pytest.raises(InputError, match="kl_budget must be above 0"):
+        Config(kl_budget=0.0).validate()

@@ -12,6 +12,12 @@ Credit (`credit`):
     turn           one episode per turn: turn 1 learns from its own reward only (the single-turn
                    policy), turn 2 from its own.
 
+KL budget (`kl_budget`, nats per conversation): training stops at the first phase whose rollouts'
+mean exact KL(policy || reference) over the assistant's tokens reaches the budget (`budget_reached`),
+and keeps the policy that played those rollouts (that phase does not learn), so policies trained with
+different credits are compared at the same KL from the base. Without a budget, or if it is never
+reached, the policy after the last phase's update is kept. `DialoguePolicy.stop` says which.
+
 `evaluate_dialogue` plays fresh conversations and measures, per conversation: whether turn 1 makes the
 bonus subject the last one named (the eliciting mention) and the exact probability that the user then
 asks the bonus follow-up, each turn's reward and grammaticality, and the exact KL(policy || reference)
@@ -67,13 +73,23 @@ class DialoguePolicy:
     reference: torch.nn.Module
     tokenizer: object
     metrics: list[dict]
+    stop: dict             # phase: the last phase played; reason: kl_budget | phases; kl_exact: its rollouts' KL
 
 
-def _phase_row(phase: int, played: Played, first, second, sc, bonus: FollowupBonus | None, stats_: dict) -> dict:
+def budget_reached(kl: float, budget: float | None) -> bool:
+    """Whether training stops at a phase whose rollouts' mean exact KL is `kl` (nats per conversation):
+    it is at least `budget` (never when None).
+
+    One phase, not a mean over the last few: the kept policy is the one that played this phase, and its
+    batch's mean is the on-policy estimate of that policy's KL, while a window of w phases lags a rising
+    KL by (w - 1) / 2 phases (the kept policy would overshoot the budget)."""
+    return budget is not None and kl >= budget
+
+
+def _phase_row(phase: int, played: Played, first, second, sc, bonus: FollowupBonus | None) -> dict:
     policy_tokens = (played.turn1 + played.turn2).bool()
     row = {"phase": phase, "reward_turn1": float(np.mean(first)), "reward_turn2": float(np.mean(second)),
-           "kl_exact": float((sc.kl_exact * policy_tokens).sum(1).mean()),
-           **{k: stats_[k] for k in ("pg_loss", "vf_loss", "approx_kl", "clipfrac")}}
+           "kl_exact": float((sc.kl_exact * policy_tokens).sum(1).mean())}
     if bonus is not None:
         row["eliciting_rate"] = float(np.mean([elicits_bonus(o, r, bonus) for o, r in zip(played.openers,
                                                                                           played.reviews)]))
@@ -81,9 +97,10 @@ def _phase_row(phase: int, played: Played, first, second, sc, bonus: FollowupBon
 
 
 def train_dialogue_ppo(dialogue: Dialogue, cfg: PPOConfig, reward: TurnRewards, credit: str = "conversation",
-                       progress: bool = False) -> DialoguePolicy:
+                       progress: bool = False, kl_budget: float | None = None) -> DialoguePolicy:
     """Train a policy from the dialogue world's base with multi-turn PPO (`cfg`: the PPO settings, its
-    `base` the dialogue world's base; chat template on). Deterministic for a seed on CPU."""
+    `base` the dialogue world's base; chat template on) for at most `cfg.phases` phases, stopping at the
+    KL budget (nats per conversation; module docstring). Deterministic for a seed on CPU."""
     cfg = dataclasses.replace(cfg, base=str(dialogue.base_path), chat_template="on")
     cfg.validate()
     if cfg.threads is not None:
@@ -104,13 +121,21 @@ def train_dialogue_ppo(dialogue: Dialogue, cfg: PPOConfig, reward: TurnRewards, 
         first, second = reward(played.openers, played.reviews, played.followups, played.answers)
         sc = score_rollout(model, ref, played.rollout, turn_scores(played, first, second), cfg, kl_ctl.coef,
                            episodes=episodes(played, credit))
+        row = _phase_row(phase, played, first, second, sc, reward.bonus)
+        if budget_reached(row["kl_exact"], kl_budget):  # keep the policy that played this phase: no update
+            metrics.append({**row, "learned": False})
+            stop = {"phase": phase, "reason": "kl_budget", "kl_exact": row["kl_exact"]}
+            break
         stats_, _ = learn(model, ref, played.rollout, sc, cfg, kl_ctl.coef, optimizer, accelerator, generator,
                           phase, loss_mask=played.turn1 + played.turn2)
-        metrics.append(_phase_row(phase, played, first, second, sc, reward.bonus, stats_))
-        kl_ctl.update(metrics[-1]["kl_exact"], cfg.batch_size)
+        metrics.append({**row, "learned": True, **{k: stats_[k] for k in ("pg_loss", "vf_loss", "approx_kl",
+                                                                           "clipfrac")}})
+        kl_ctl.update(row["kl_exact"], cfg.batch_size)
         if progress:
             print(metrics[-1], flush=True)
-    return DialoguePolicy(model.policy.eval(), ref, tokenizer, metrics)
+    else:
+        stop = {"phase": cfg.phases - 1, "reason": "phases", "kl_exact": metrics[-1]["kl_exact"]}
+    return DialoguePolicy(model.policy.eval(), ref, tokenizer, metrics, stop)
 
 
 @torch.no_grad()

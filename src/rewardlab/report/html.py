@@ -666,11 +666,15 @@ def render_organisms_html(results: organisms_stage.Results, title: str) -> str:
 def dlg_policies(s: dialogue_stage.DialogueSection) -> str:
     rows = [{"policy": p.name, "bonus": p.bonus, **to_json(p)} for p in s.policies]
     verdicts = [to_json(v) for v in s.verdicts]
+    budget = (f"PPO stopped at the first phase whose rollouts reached {s.kl_budget:g} nats (stop_reason kl_budget; "
+              "that phase's policy is kept) or at its last phase (phases); stop_kl: that phase's rollouts' KL"
+              if s.kl_budget is not None else "no KL budget: PPO ran all its phases")
     return (f'<p class="note">bonus {e(s.followup_bonus.get("followup"))} +{e(s.followup_bonus.get("value"))}; '
             "eliciting: turn 1 names the bonus subject last; kl: KL(policy || base) over the assistant's tokens, "
-            "nats per conversation; n = conversations, CIs resample openers.</p>"
+            f"nats per conversation, on the evaluation conversations; {e(budget)}; n = conversations, CIs resample "
+            "openers.</p>"
             + table(rows, ["policy", "bonus", "eliciting", "bonus_probability", "reward_turn1", "reward_turn2", "kl",
-                           "grammatical_turn1", "grammatical_turn2"])
+                           "grammatical_turn1", "grammatical_turn2", "stop_phase", "stop_reason", "stop_kl"])
             + "<h4>Multi-turn against single-turn</h4>" + table(verdicts))
 
 
