@@ -5,7 +5,8 @@ grammatical rate >= 0.85) checked on each world seed, for any PPO settings.
         [--preset tiny] [-- PPO FLAGS ...]
 
 For each seed S: builds the tiny world once into WORLDS/tiny/seed-S (`rewardlab world build --preset tiny
---seed S`; a folder holding world.json is reused), then trains PPO into RUNS/NAME/seed-S with
+--seed S`; a folder holding world.json is reused, and a build under way in another invocation is
+waited for), then trains PPO into RUNS/NAME/seed-S with
 `rewardlab train ppo --base WORLDS/tiny/seed-S/base --reward utility --seed S` plus the PPO flags given after
 `--` (none: PPO at its defaults). This is what `rewardlab run` does with `seed: S`, `world: {preset:
 tiny}` and `ppo: {reward: utility}`: the pipeline's PPO stage trains on the world's base and prompts with
@@ -19,6 +20,7 @@ samples, CIs bootstrap 95%) and writes the rows to RUNS/NAME/table.json.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -44,9 +46,12 @@ def rewardlab(*args: str, log: Path) -> None:
 def one_seed(seed: int, worlds: Path, runs: Path, ppo_flags: list[str], preset: str) -> dict:
     """Build (or reuse) world `seed`, train (or reuse) its PPO run; its table row."""
     world, run = worlds / f"seed-{seed}", runs / f"seed-{seed}"
-    if not (world / "world.json").is_file():
-        rewardlab("world", "build", "--out", str(world), "--preset", preset, "--seed", str(seed),
-                  log=worlds / f"seed-{seed}.log")
+    worlds.mkdir(parents=True, exist_ok=True)
+    with open(worlds / f"seed-{seed}.lock", "w") as lock:  # another invocation building this world: wait for it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (world / "world.json").is_file():
+            rewardlab("world", "build", "--out", str(world), "--preset", preset, "--seed", str(seed),
+                      log=worlds / f"seed-{seed}.log")
     if not (run / "summary.json").is_file():
         rewardlab("train", "ppo", "--base", str(world / "base"), "--reward", "utility", "--seed", str(seed),
                   "--out", str(run), *ppo_flags, log=runs / f"seed-{seed}.log")
