@@ -152,6 +152,42 @@ def test_rows_stop_at_eos(tokenizer):
         assert s.finished == (s.completion_ids[-1] == eos)
 
 
+def test_copies_each_draw_what_a_separate_call_draws(tokenizer):
+    """R generators: R copies of every prompt in one loop, each copy's samples those of a separate call with
+    its generator, also when copies stop at different steps (a stopped copy draws no more random numbers)."""
+    model = tiny_model(tokenizer)
+    eos = tokenizer.eos_token_id
+
+    def favour_eos(boosts):
+        def fn(logits, state):
+            logits = logits.clone()
+            rows = len(logits) // len(boosts)
+            for j, b in enumerate(boosts):
+                logits[j * rows:(j + 1) * rows, eos] += b
+            return logits
+        return fn
+
+    boosts, seeds = (100.0, 0.0, 6.0), (3, 4, 3)  # copy 0 stops at once, copy 2 soon, copy 1 runs on
+    kw = dict(max_new_tokens=8, temperature=0.9, top_k=50, batch_size=4, return_logprobs=True)
+    copies = generate(model, tokenizer, PROMPTS, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                      logits_fn=favour_eos(boosts), **kw)
+    separate = [s for seed, b in zip(seeds, boosts)
+                for s in generate(model, tokenizer, PROMPTS, generator=torch.Generator().manual_seed(seed),
+                                  logits_fn=favour_eos([b]), **kw)]
+    assert [s.completion_ids for s in copies] == [s.completion_ids for s in separate]
+    assert [s.prompt for s in copies] == PROMPTS * 3
+    assert {len(s.completion_ids) for s in copies[:len(PROMPTS)]} == {1}
+    assert max(len(s.completion_ids) for s in copies[2 * len(PROMPTS):]) < 8 == max(
+        len(s.completion_ids) for s in copies[len(PROMPTS):2 * len(PROMPTS)])
+    for a, b in zip(copies, separate):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    with pytest.raises(InputError, match="cannot be split into 2 copies"):
+        from rewardlab.sampling import sample_tokens
+        ids = torch.ones(3, 2, dtype=torch.long)
+        sample_tokens(model, ids, torch.ones_like(ids), max_new_tokens=2, temperature=1.0, top_k=0, top_p=1.0,
+                      eos_id=eos, pad_id=0, generator=[torch.Generator(), torch.Generator()])
+
+
 def test_generate_rejects_bad_input(tokenizer):
     model = tiny_model(tokenizer)
     with pytest.raises(InputError):

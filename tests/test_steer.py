@@ -54,6 +54,33 @@ def test_zero_vector_is_unsteered_and_kl(setup):
     assert not np.allclose(kl_all, kl_last)  # editing earlier positions too changes more
 
 
+def test_steering_runs_sampled_together_equal_one_at_a_time(setup):
+    """`steered_runs` (several vectors per decoding loop, rows capped by max_rows) gives each vector the samples
+    of a run of its own (one hook with that vector, one generator of seed cfg.seed); next_token_kl of
+    several vectors equals its value per vector."""
+    from rewardlab.sampling import generate
+    from rewardlab.steer import run_groups, steered_runs
+
+    model, tok = setup
+    vectors = 4 * random_directions(32, 5, seed=2)
+    cfg = SteerConfig(site="blocks.1.hook_resid_post", where="completion", max_new_tokens=6, batch_size=4, max_rows=8,
+                      seed=3)
+    assert [list(g) for g in run_groups(5, cfg)] == [[0, 1], [2, 3], [4]]
+    together = steered_runs(model, tok, PROMPTS, vectors, cfg)
+    for v, samples in zip(vectors, together):
+        with steering(model, cfg.site, v, cfg.where):
+            alone = generate(model, tok, PROMPTS, max_new_tokens=6, generator=torch.Generator().manual_seed(3),
+                             batch_size=4)
+        assert [s.completion_ids for s in samples] == [s.completion_ids for s in alone]
+    assert [s.completion_ids for s in steered_samples(model, tok, PROMPTS, vectors[1], cfg)] == \
+        [s.completion_ids for s in together[1]]
+    assert len({str([s.completion_ids for s in run]) for run in together}) > 1  # the vectors matter
+    kl = next_token_kl(model, tok, PROMPTS, vectors, cfg)
+    assert kl.shape == (5, len(PROMPTS))
+    for v, row in zip(vectors, kl):
+        np.testing.assert_allclose(row, next_token_kl(model, tok, PROMPTS, v, cfg), rtol=1e-4, atol=1e-7)
+
+
 def test_typical_norm_is_mean_token_norm(setup):
     from rewardlab.sites import run_with_capture
 

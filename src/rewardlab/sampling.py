@@ -27,6 +27,14 @@ The hook is called at every step, the prompt pass included, so a second model st
 sees exactly the tokens the sampled model sees. Same prompts, settings, `batch_size` and generator
 seed give the same samples. Tokens are drawn on the generator's device (a CPU generator with a
 GPU model moves one row of probabilities per prompt to the CPU each step).
+
+Copies: given a list of R generators, `sample_tokens` splits its B rows into R equal consecutive
+groups (copy-major) and draws group j's tokens from generator j only while one of its rows is not
+done, so each group consumes exactly the random numbers a separate loop over its rows with that
+generator would; `generate` then samples every prompt R times (one decoding loop for the R copies
+of each batch: fewer, larger forward passes) and returns the R copies' samples copy-major. A
+`logits_fn` or a forward hook (`rewardlab.sites.add_vector` with one vector per copy) can treat the
+copies differently: R steering runs share one loop and each keeps its own random stream.
 """
 
 from __future__ import annotations
@@ -175,11 +183,16 @@ class Decoded:
 def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                   max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                   eos_id: int | Sequence[int] | None, pad_id: int,
-                  generator: torch.Generator, logits_fn: LogitsFn | None = None, return_logprobs: bool = False
-                  ) -> Decoded:
+                  generator: torch.Generator | Sequence[torch.Generator], logits_fn: LogitsFn | None = None,
+                  return_logprobs: bool = False) -> Decoded:
     """The decoding loop (see the module docstring) from left-padded prompts `input_ids` and
     `attention_mask` (B, P); a row is done after it samples `eos_id` (or any of a list of stop ids;
-    None: never)."""
+    None: never). A list of R generators: the rows are R copies (module docstring: copies), B a
+    multiple of R."""
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    if not generators or input_ids.shape[0] % len(generators):
+        raise InputError(f"{input_ids.shape[0]} rows cannot be split into {len(generators)} copies, one per generator",
+                         fix="give a number of generators that divides the rows")
     context = config_context_length(getattr(model, "config", None))  # None for a model without a HF config
     check_generation_fits(attention_mask.sum(-1).tolist(), max_new_tokens, context)
     stops = None if eos_id is None else torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id),
@@ -195,7 +208,7 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
             logits = logits_fn(logits, state)
         logits = process_logits(logits, temperature, top_k, top_p)
         probs = logits.softmax(dim=-1)
-        next_tok = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device).squeeze(1)
+        next_tok = _draw(probs, generators, state.done)
         next_tok = torch.where(state.done, torch.full_like(next_tok, pad_id), next_tok)
         tokens.append(next_tok)
         real.append(~state.done)
@@ -210,13 +223,34 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
                    torch.stack(logprobs, 1) if return_logprobs else None)
 
 
+def _draw(probs: torch.Tensor, generators: list[torch.Generator], done: torch.Tensor) -> torch.Tensor:
+    """One token per row (B,) long from probabilities (B, V); with R generators, group j of the R equal
+    consecutive row groups draws from generators[j], and not at all once its rows are all done (those
+    rows get 0: the caller pads them)."""
+    if len(generators) == 1:
+        g = generators[0]
+        return torch.multinomial(probs.to(g.device), 1, generator=g).to(probs.device).squeeze(1)
+    rows = probs.shape[0] // len(generators)
+    out = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
+    live = (~done).view(len(generators), rows).any(1).tolist()
+    for j, (g, on) in enumerate(zip(generators, live)):
+        if on:
+            part = probs[j * rows:(j + 1) * rows]
+            out[j * rows:(j + 1) * rows] = torch.multinomial(part.to(g.device), 1, generator=g).to(probs.device)[:, 0]
+    return out
+
+
 def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
-                    top_k: int, top_p: float, generator: torch.Generator, logits_fn: LogitsFn | None,
-                    return_logprobs: bool) -> list[Sample]:
-    """Tokenize and left-pad one batch of prompts, decode, and cut each row after its stop token."""
+                    top_k: int, top_p: float, generator: torch.Generator | list[torch.Generator],
+                    logits_fn: LogitsFn | None, return_logprobs: bool) -> list[Sample]:
+    """Tokenize and left-pad one batch of prompts, decode (once per generator of a list: the copies,
+    copy-major), and cut each row after its stop token."""
     device = next(model.parameters()).device
     pad_id, stops = pad_token_id(tokenizer), stop_ids(tokenizer)
     input_ids, mask, _ = encode_prompts(tokenizer, prompts, device)
+    if not isinstance(generator, torch.Generator):
+        input_ids, mask, prompts = input_ids.repeat(len(generator), 1), mask.repeat(len(generator), 1), \
+            list(prompts) * len(generator)
     prompt_ids = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), mask.cpu())]
     decoded = sample_tokens(model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, eos_id=stops, pad_id=pad_id,
@@ -231,26 +265,34 @@ def _generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
 
 
 def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator,
-             batch_size: int = 64, logits_fn: LogitsFn | None = None, return_logprobs: bool = False,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             generator: torch.Generator | Sequence[torch.Generator], batch_size: int = 64,
+             logits_fn: LogitsFn | None = None, return_logprobs: bool = False,
              desc: str | None = None) -> list[Sample]:
     """Sample one completion per prompt (see the module docstring), `batch_size` prompts at a time;
-    `desc` labels a progress bar over the prompts on stderr (None: no bar)."""
+    `desc` labels a progress bar over the prompts on stderr (None: no bar). A list of R generators:
+    R completions per prompt, R x `batch_size` rows per decoding loop, returned copy-major (copy j's
+    at [j N, (j + 1) N), N prompts), each copy the samples one call with its generator gives."""
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_generation_fits([len(ids) for ids in prompt_token_ids(tokenizer, prompts)], max_new_tokens,
                           config_context_length(getattr(model, "config", None)))  # all batches, before the first
     was_training = model.training
     model.eval()
+    copies = 1 if isinstance(generator, torch.Generator) else len(generator)
+    if not isinstance(generator, torch.Generator):
+        generator = list(generator)
     try:
-        samples = []
+        samples: list[list[Sample]] = [[] for _ in range(copies)]
         with tqdm(total=len(prompts), desc=desc, unit="sample", leave=False, disable=desc is None) as bar:
             for i in range(0, len(prompts), batch_size):
                 batch = list(prompts[i:i + batch_size])
-                samples += _generate_batch(
+                out = _generate_batch(
                     model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, generator=generator, logits_fn=logits_fn, return_logprobs=return_logprobs)
+                for j in range(copies):
+                    samples[j] += out[j * len(batch):(j + 1) * len(batch)]
                 bar.update(len(batch))
-        return samples
+        return [s for copy in samples for s in copy]
     finally:
         model.train(was_training)

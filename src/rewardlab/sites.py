@@ -317,8 +317,16 @@ def last_position(act: torch.Tensor) -> torch.Tensor:
 
 
 def add_vector(vec: torch.Tensor, positions_mask: PositionsMask = None) -> Intervention:
-    """act + vec ([d_model]) at the masked positions."""
-    return _masked(lambda act: act + vec.to(act.device, act.dtype), positions_mask)
+    """act + vec at the masked positions. vec [d_model], or [R, d_model]: one vector per copy, the batch's
+    rows being R equal consecutive groups (copy-major, as `rewardlab.sampling.generate` lays out copies)."""
+    if vec.ndim == 1:
+        return _masked(lambda act: act + vec.to(act.device, act.dtype), positions_mask)
+
+    def per_copy(act: torch.Tensor) -> torch.Tensor:
+        if act.shape[0] % len(vec):
+            raise InputError(f"{act.shape[0]} rows cannot be split into {len(vec)} copies, one per vector")
+        return act + vec.to(act.device, act.dtype).repeat_interleave(act.shape[0] // len(vec), 0)[:, None, :]
+    return _masked(per_copy, positions_mask)
 
 
 def replace_with(tensor: torch.Tensor, positions_mask: PositionsMask = None) -> Intervention:

@@ -14,7 +14,9 @@ effect against alpha 0, the probe score and the implicit reward (if given), the 
 (with a checker) or the perplexity under the unsteered model, and the KL from the unsteered to the
 steered next-token distribution on neutral prompts. `n_random` random unit directions at the same
 alphas are the control, shared by all directions: an effect is only interesting beyond the largest
-random one.
+random one. The steered runs (every direction or control at every nonzero alpha) are sampled several at a
+time in one decoding loop (`steered_runs`, up to `max_rows` rows), each with its own generator of seed
+cfg.seed, so each run draws exactly the random numbers it would draw alone.
 
 Fluency: a reward effect bought by breaking the text is not steering. An alpha keeps fluency when
 the grammatical rate (with a checker) is at least `min_grammatical_ratio` times the unsteered rate,
@@ -68,6 +70,8 @@ class SteerConfig:
     n_boot: int = 1000  # bootstrap resamples per CI
     max_perplexity_ratio: float = 2.0  # fluency holds while perplexity <= this x the unsteered (no checker)
     min_grammatical_ratio: float = 0.8  # fluency holds while the grammatical rate is >= this x the unsteered (checker)
+    max_rows: int = 2048  # rows per decoding loop: batch_size prompts x the steering runs (alpha, direction)
+    # sampled together, each run with its own random stream (the same samples as one run at a time)
 
 
 def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_size: int = 64) -> float:
@@ -88,29 +92,67 @@ def steering(model, site: str, vector: torch.Tensor, where: str = "all"):
         yield
 
 
+def run_groups(n_runs: int, cfg: SteerConfig) -> list[range]:
+    """The steering runs 0..n_runs-1 in consecutive groups of nearly equal size, each group's rows
+    (cfg.batch_size x its runs) at most cfg.max_rows (at least one run per group)."""
+    per = max(1, cfg.max_rows // cfg.batch_size)
+    n_groups = -(-n_runs // per)
+    size = -(-n_runs // max(1, n_groups))
+    return [range(i, min(i + size, n_runs)) for i in range(0, n_runs, size)]
+
+
+def steered_runs(model, tokenizer, prompts: Sequence[str], vectors: torch.Tensor, cfg: SteerConfig,
+                 on_group: Callable[[int], None] | None = None) -> list[list]:
+    """Per vector of `vectors` [R, d_model] added at cfg.site: the samples of `prompts`, each run with
+    its own sampling stream of seed cfg.seed (`steered_samples` of that vector), several runs per
+    decoding loop (`run_groups`; the copies of `rewardlab.sampling.generate`). on_group(n): called
+    with each finished group's number of runs."""
+    out = []
+    for group in run_groups(len(vectors), cfg):
+        gens = [torch.Generator().manual_seed(cfg.seed) for _ in group]
+        with steering(model, cfg.site, vectors[group.start:group.stop], cfg.where):
+            flat = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_k=cfg.top_k, top_p=cfg.top_p, generator=gens, batch_size=cfg.batch_size)
+        out += [flat[j * len(prompts):(j + 1) * len(prompts)] for j in range(len(group))]
+        if on_group is not None:
+            on_group(len(group))
+    return out
+
+
 def steered_samples(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor | None, cfg: SteerConfig):
-    """Samples with `vector` added at cfg.site (None: unsteered), sampling seed cfg.seed."""
-    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-              generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
+    """Samples with `vector` [d_model] added at cfg.site (None: unsteered), sampling seed cfg.seed."""
     if vector is None:
-        return generate(model, tokenizer, prompts, **kw)
-    with steering(model, cfg.site, vector, cfg.where):
-        return generate(model, tokenizer, prompts, **kw)
+        return generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_k=cfg.top_k, top_p=cfg.top_p, generator=torch.Generator().manual_seed(cfg.seed),
+                        batch_size=cfg.batch_size)
+    return steered_runs(model, tokenizer, prompts, torch.as_tensor(vector)[None], cfg)[0]
 
 
 def next_token_kl(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor, cfg: SteerConfig) -> np.ndarray:
-    """Per prompt: KL(p_unsteered || p_steered) of the next-token distribution after the prompt (nats)."""
+    """Per prompt: KL(p_unsteered || p_steered) of the next-token distribution after the prompt (nats),
+    [n]; for vectors [R, d_model], [R, n] (the unsteered pass once per batch, the steered ones for
+    several vectors at a time as in `steered_runs`)."""
     device = next(model.parameters()).device
+    vectors = torch.as_tensor(vector)
+    many = vectors.ndim == 2
+    vectors = vectors if many else vectors[None]
     out = []
     for i in range(0, len(prompts), cfg.batch_size):
         input_ids, mask, positions = encode_prompts(tokenizer, prompts[i:i + cfg.batch_size], device)
         with torch.no_grad():
-            clean = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
-            with steering(model, cfg.site, vector, cfg.where):
-                steered = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
-        lp, lq = clean.log_softmax(-1), steered.log_softmax(-1)
-        out.append((lp.exp() * (lp - lq)).sum(-1).cpu().numpy())
-    return np.concatenate(out)
+            lp = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            lp = lp.log_softmax(-1)
+            kls = []
+            for group in run_groups(len(vectors), cfg):
+                r = len(group)
+                with steering(model, cfg.site, vectors[group.start:group.stop], cfg.where):
+                    steered = model(input_ids=input_ids.repeat(r, 1), attention_mask=mask.repeat(r, 1),
+                                    position_ids=positions.repeat(r, 1)).logits[:, -1].float()
+                lq = steered.log_softmax(-1).view(r, len(lp), -1)
+                kls.append((lp.exp() * (lp - lq)).sum(-1).cpu().numpy())
+        out.append(np.concatenate(kls))
+    kl = np.concatenate(out, axis=1)
+    return kl if many else kl[0]
 
 
 def random_directions(d: int, n: int, seed: int) -> torch.Tensor:
@@ -182,7 +224,8 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     "random_effects": [n_random][n_alphas], ...} (`report.figures.dose_response` draws it); with
     `keep_random_rewards` also "random_rewards": [n_random][n_alphas][n prompts], each random direction's
     per-sample rewards (alpha 0: the unsteered ones), for a paired bootstrap against the controls.
-    progress: a bar over the generation runs (one per direction and nonzero alpha) on stderr.
+    progress: a bar over the sampling runs (the unsteered one, then one per direction or control and nonzero
+    alpha, sampled several at a time: `steered_runs`) on stderr.
     """
     parse_site(cfg.site, n_layers(model))
     width = d_model(model)
@@ -211,36 +254,45 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     n_steered = sum(a != 0 for a in cfg.alphas) * (len(units) + cfg.n_random)
     bar = tqdm(total=1 + n_steered, desc=f"steering at {cfg.site}", unit="run", leave=False, disable=not progress)
 
-    def rewards_for(vector) -> tuple[list, np.ndarray]:
-        samples = steered_samples(model, tokenizer, prompts, vector, cfg)
-        bar.update()
-        return samples, np.asarray(reward_fn([s.completion for s in samples], [s.prompt for s in samples]), dtype=np.float64)
+    def scored(samples) -> np.ndarray:
+        return np.asarray(reward_fn([s.completion for s in samples], [s.prompt for s in samples]), dtype=np.float64)
 
-    reference_samples, reference = rewards_for(None)
+    reference_samples = steered_samples(model, tokenizer, prompts, None, cfg)
+    reference = scored(reference_samples)
+    bar.update()
     scale = typical_norm(model, tokenizer, [{"prompt": s.prompt, "completion": s.completion}
                                             for s in reference_samples], cfg.site, cfg.batch_size)
     reference_measures = _text_measures(model, tokenizer, reference_samples, probe, base, checker, groups, kw)
     result = {"config": asdict(cfg), "typical_norm": scale, "n_prompts": len(prompts), "alphas": list(cfg.alphas),
               "directions": {}, "samples": []}
-    for name, direction in units.items():
+    # every (direction or random control, nonzero alpha) run, sampled together (`steered_runs`)
+    controls = random_directions(next(iter(units.values())).numel(), cfg.n_random, cfg.seed + 1)
+    steered_alphas = [a for a in cfg.alphas if a != 0]
+    runs = [(name, alpha, alpha * scale * d) for name, d in [*units.items(), *enumerate(controls)]
+            for alpha in steered_alphas]
+    samples_of = dict(zip([(name, alpha) for name, alpha, _ in runs],
+                          steered_runs(model, tokenizer, prompts, torch.stack([v for _, _, v in runs]), cfg,
+                                       on_group=bar.update)))
+    steered_kl = dict(zip([(name, alpha) for name, alpha, _ in runs[:len(units) * len(steered_alphas)]],
+                          next_token_kl(model, tokenizer, neutral, torch.stack([v for _, _, v in runs[:len(units) * len(
+                              steered_alphas)]]), cfg)))
+    for name in units:
         rows = []
         for alpha in cfg.alphas:
-            vector = None if alpha == 0 else alpha * scale * direction
-            samples, reward = (reference_samples, reference) if alpha == 0 else rewards_for(vector)
+            samples, reward = ((reference_samples, reference) if alpha == 0 else
+                               (samples_of[name, alpha], scored(samples_of[name, alpha])))
             row = {"alpha": alpha, "reward_mean": stats.mean(reward, groups=groups, **kw).to_dict(),
                    "effect": stats.mean(reward - reference, groups=groups, **kw).to_dict()}
             row.update(reference_measures if alpha == 0 else
                        _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw))
             row.update(fluency(row, reference_measures, cfg))
-            row["kl_neutral"] = (0.0 if vector is None else
-                                 stats.mean(next_token_kl(model, tokenizer, neutral, vector, cfg), **kw).to_dict())
+            row["kl_neutral"] = 0.0 if alpha == 0 else stats.mean(steered_kl[name, alpha], **kw).to_dict()
             rows.append(row)
             result["samples"] += [{"direction": name, "alpha": alpha, "prompt": s.prompt, "completion": s.completion,
                                    "reward": float(r)} for s, r in zip(samples, reward)]
         result["directions"][name] = {"rows": rows}
-    controls = random_directions(next(iter(units.values())).numel(), cfg.n_random, cfg.seed + 1)
-    random_rewards = [[reference if alpha == 0 else rewards_for(alpha * scale * v)[1] for alpha in cfg.alphas]
-                      for v in controls]
+    random_rewards = [[reference if alpha == 0 else scored(samples_of[i, alpha]) for alpha in cfg.alphas]
+                      for i in range(cfg.n_random)]
     result["random_effects"] = [[0.0 if alpha == 0 else float(np.mean(r - reference)) for alpha, r in zip(cfg.alphas, rs)]
                                 for rs in random_rewards]
     if keep_random_rewards:
