@@ -133,7 +133,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 # Config keys that decide how a run runs, not what it computes: left out of every resume fingerprint
 # (a PPO checkpoint, a pipeline stage), so a run resumes with another thread count.
-RUNTIME_SETTINGS = ("threads", "checkpoint_every", "checkpoint_minutes", "keep_checkpoint", "gradient_checkpointing")
+RUNTIME_SETTINGS = ("threads", "checkpoint_every", "checkpoint_minutes", "keep_checkpoint", "gradient_checkpointing",
+                    "mmap_threshold_kib")
 
 
 def without_runtime(config: dict) -> dict:

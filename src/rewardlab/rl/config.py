@@ -10,6 +10,7 @@ from typing import Literal
 
 from rewardlab.config import CHAT_TEMPLATE_MODES, chat_template_field
 from rewardlab.errors import Check, raise_first_failed
+from rewardlab.heap import MAX_MMAP_THRESHOLD_KIB
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact", "exact_reverse")
 DTYPES = ("float32", "bfloat16")
@@ -27,13 +28,16 @@ def sampling_checks(cfg) -> list[Check]:
 
 
 def memory_checks(cfg) -> list[Check]:
-    """Checks of the dtype and LoRA fields configs share."""
+    """Checks of the dtype, LoRA and mmap-threshold fields configs share."""
     return [
         (cfg.dtype in DTYPES, f"unknown dtype {cfg.dtype!r}", f"use one of {', '.join(DTYPES)}"),
         (cfg.lora_rank is None or cfg.lora_rank >= 1, f"lora_rank must be at least 1, got {cfg.lora_rank}",
          "or leave it unset for full fine-tuning"),
         (cfg.lora_alpha > 0, f"lora_alpha must be above 0, got {cfg.lora_alpha}", None),
         (bool(cfg.lora_target_modules.strip()), "lora_target_modules is empty", "use all-linear"),
+        (cfg.mmap_threshold_kib is None or 1 <= cfg.mmap_threshold_kib <= MAX_MMAP_THRESHOLD_KIB,
+         f"mmap_threshold_kib must be 1 to {MAX_MMAP_THRESHOLD_KIB}, got {cfg.mmap_threshold_kib}",
+         "128 is glibc's starting value; leave it unset for glibc's default"),
     ]
 
 
@@ -116,6 +120,7 @@ class PPOConfig:
     lora_alpha: float = 16.0         # LoRA scale: the update is (alpha / r) B A
     lora_target_modules: str = "all-linear"  # LoRA layers: all-linear (attention, MLP; not the output head) or names, e.g. q_proj,v_proj
     gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass: less memory, slower; same numbers
+    mmap_threshold_kib: int | None = None  # glibc only: fix the C library's mmap threshold at this many KiB for the rest of the process, so freed activation blocks go back to the system (rewardlab.heap): lower peak resident memory, slower learning pass, same numbers; None: glibc's dynamic default
 
     def validate(self) -> None:
         raise_first_failed([
@@ -178,6 +183,7 @@ class DPOTrainConfig:
     lora_alpha: float = 16.0        # LoRA scale: the update is (alpha / r) B A
     lora_target_modules: str = "all-linear"  # LoRA layers: all-linear (attention, MLP; not the output head) or names, e.g. q_proj,v_proj
     gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (TRL's activation_checkpointing)
+    mmap_threshold_kib: int | None = None  # glibc only: fix the C library's mmap threshold at this many KiB for the rest of the process (rewardlab.heap): lower peak resident memory, slower; None: glibc's dynamic default
 
     def validate(self) -> None:
         raise_first_failed([

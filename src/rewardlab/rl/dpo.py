@@ -17,6 +17,7 @@ import torch
 
 from rewardlab.diff.logprobs import completion_logprobs
 from rewardlab.errors import InputError
+from rewardlab.heap import apply_mmap_threshold
 from rewardlab.io import read_jsonl, write_jsonl
 from rewardlab.rewards import get_reward
 from rewardlab.rl.config import DPOTrainConfig
@@ -85,6 +86,7 @@ def train_dpo(cfg: DPOTrainConfig, out_dir: str | Path) -> dict:
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    apply_mmap_threshold(cfg.mmap_threshold_kib)
     out = Path(out_dir)
     # every input is checked before training, so bad input costs no training time
     prompts = load_prompts(cfg.base, cfg.prompts)

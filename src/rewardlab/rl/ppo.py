@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from rewardlab import rewards
 from rewardlab.config import without_runtime
 from rewardlab.errors import InputError
+from rewardlab.heap import apply_mmap_threshold
 from rewardlab.io import load_tensors, read_json, read_jsonl, save_tensors, write_json, write_jsonl
 from rewardlab.models import pick_device
 from rewardlab.rl.config import PPOConfig, auto_lr
@@ -609,6 +610,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    apply_mmap_threshold(cfg.mmap_threshold_kib)
     wanted = pick_device(cfg.device)  # an unavailable cuda or mps is one clear error here, before any work
     accelerator = Accelerator(cpu=wanted.type == "cpu")
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
