@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,15 @@ def test_fast_demo_runs_every_stage_and_reruns_identically(fast_demo, capsys):
         assert re.search(r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\] \(n=\d+", summary[row]), summary[row]
     assert summary["q1-probe"].split()[-1] in ("yes", "no", "inconclusive")
     assert (out / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_a_copied_run_folder_skips_every_stage(fast_demo, tmp_path, capsys):
+    copy = tmp_path / "elsewhere" / "demo"
+    shutil.copytree(fast_demo, copy)
+    assert main(["demo", "--fast", "--out", str(copy)]) == 0
+    assert capsys.readouterr().out.count("done already, skipped") == 11
+    assert (copy / "results.json").read_text() == (fast_demo / "results.json").read_text()
 
 
 def _models_config(tmp_path, **sections) -> dict:

@@ -31,3 +31,22 @@ def test_hash_of_a_stage_folder_is_its_fingerprint(tmp_path):
     s.commit()
     assert hash_path(tmp_path / "a") == "stage:" + s.fingerprint
     assert hash_path("gpt2") == "name:gpt2"
+
+
+def test_a_moved_run_folder_keeps_its_fingerprints(tmp_path):
+    """Paths inside the run folder are hashed from the folder, so a copied or moved run skips its finished
+    stages; paths outside it, and the folder's own name as a prefix of another folder, still count."""
+    def stage(run, paths):
+        run = tmp_path / run
+        return Stage(run, "s", config={"base": str(run.resolve() / "world" / "base"), "prompts": paths,
+                                       "list": [str(run.resolve() / "pairs.jsonl")]}, seed=0)
+
+    here, there = stage("a", "/data/p.jsonl"), stage("b", "/data/p.jsonl")
+    assert here.fingerprint == there.fingerprint
+    assert here.fingerprint != stage("b", "/data/q.jsonl").fingerprint  # outside the run: the path counts
+    assert here.config != there.config  # the manifest keeps the real paths
+    sibling = Stage(tmp_path / "a", "s", config={"base": str((tmp_path / "ab").resolve() / "world" / "base"),
+                                                 "prompts": "/data/p.jsonl", "list": []}, seed=0)
+    renamed = Stage(tmp_path / "b", "s", config={"base": str((tmp_path / "bb").resolve() / "world" / "base"),
+                                                 "prompts": "/data/p.jsonl", "list": []}, seed=0)
+    assert sibling.fingerprint != renamed.fingerprint  # "a" is a prefix of "ab", not its parent

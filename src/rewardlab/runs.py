@@ -2,7 +2,8 @@
 
 A stage works in `RUN/.NAME.partial/` and is renamed to `RUN/NAME/` only when it has finished and
 written its manifest, so nothing half-written is ever read. A re-run skips a stage whose manifest
-fingerprint (config, seed, input hashes) matches; a killed stage finds its partial folder again and
+fingerprint (config, seed, input hashes) matches (paths inside the run folder count from the folder, so a
+moved or copied run keeps its finished stages); a killed stage finds its partial folder again and
 may resume from checkpoints it left there.
 
     stage = Stage(run_dir, "ppo", config={"lr": 1e-5}, inputs={"base": world_dir / "base"}, seed=0)
@@ -72,6 +73,21 @@ def hash_path(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+RUN_DIR_MARK = "<run>"  # stands for the run folder in the paths a fingerprint hashes
+
+
+def portable(value, run_dir: Path):
+    """`value` (a config: dicts, lists, strings) with every path inside `run_dir` (absolute, resolved)
+    written from RUN_DIR_MARK instead, so a run folder that is moved or copied keeps its fingerprints."""
+    if isinstance(value, Mapping):
+        return {k: portable(v, run_dir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, run_dir) for v in value]
+    if isinstance(value, str) and (value == str(run_dir) or value.startswith(str(run_dir) + os.sep)):
+        return RUN_DIR_MARK + value[len(str(run_dir)):]
+    return value
+
+
 def fingerprint(config: Mapping, seed: int | None, input_hashes: Mapping[str, str]) -> str:
     payload = dumps({"config": config, "seed": seed, "inputs": dict(sorted(input_hashes.items()))})
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -87,7 +103,7 @@ class Stage:
         self.seed = seed
         self.inputs = {k: str(v) for k, v in (inputs or {}).items()}
         self.input_hashes = {k: hash_path(v) for k, v in self.inputs.items()}
-        self.fingerprint = fingerprint(self.config, seed, self.input_hashes)
+        self.fingerprint = fingerprint(portable(self.config, self.run_dir.resolve()), seed, self.input_hashes)
         self.out = self.run_dir / name
         self._started = time.time()
 
