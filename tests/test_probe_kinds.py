@@ -232,3 +232,15 @@ def test_kinds_section_on_a_tiny_model(tiny_model, word_tokenizer, tmp_path):
                                                 probe_kinds=section)))
     assert "bradley_terry~winner_loser" not in page and "rating~bradley_terry" in page
     assert fmt(to_json(section.scores["bag_of_words:rating"]["pair"])) in page
+
+
+def test_cosine_ci_is_centred_on_the_estimate_when_refits_sit_low():
+    # noisy fits: the refits' cosines (noise added twice) lie below the full-data cosine, so their raw
+    # 2.5-97.5 percentiles exclude it for all three pairs here; the interval keeps their spread, centred
+    data = planted(n_prompts=80, noise=6.0)
+    est = direction_cosines(data, kind_split(data.groups, data.pair_groups, seed=0), dict.fromkeys(KINDS, 1.0),
+                            n_refit=20, seed=0)
+    for name, e in est.items():
+        assert e.ci[0] <= e.value <= e.ci[1] <= 1.0, name
+        assert e.ci[1] - e.ci[0] > 0.05, name
+    assert est["rating~winner_loser"].ci == pytest.approx((0.8241, 1.0), abs=1e-4)

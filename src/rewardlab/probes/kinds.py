@@ -21,7 +21,8 @@ bag of words (the baseline rows a probe must beat). One grouped split over the p
 only: each probe's L2 penalty by its own task's validation score, the site by the mean over the
 three probes of that score on a correlation's scale (Spearman, 2 AUC - 1, 2 accuracy - 1). The score
 matrix's CIs resample test prompts with the fitted probes fixed; the cosines' CIs refit the three
-probes (penalties fixed) on bootstrap resamples of the training prompts (`direction_cosines`).
+probes (penalties fixed) on bootstrap resamples of the training prompts (`direction_cosines`), centred
+on the full-data cosine.
 Estimation noise pulls a cosine of fitted directions toward 0, and a refit on a resample adds that
 noise again, so the refits' interval sits low around the full-data cosine; `split_half_cosines` gives
 the scale: how far apart two fits of the same kind on disjoint halves of the prompts are.
@@ -190,8 +191,13 @@ def _prompt_rows(groups: np.ndarray, idx: np.ndarray) -> dict:
 def direction_cosines(data: KindData, split: KindSplit, l2: dict[str, float], n_refit: int = 100, seed: int = 0,
                       level: float = 0.95) -> dict[str, Estimate]:
     """{"a~b": cosine of the directions (`Probe.direction`, raw basis) of kinds a and b fitted on the
-    training prompts}, with a percentile CI from refitting all three (penalties `l2` fixed) on
-    `n_refit` resamples with replacement of the training prompts (their rated rows and pairs)."""
+    training prompts}, with a CI from refitting all three (penalties `l2` fixed) on `n_refit` resamples
+    with replacement of the training prompts (their rated rows and pairs): the refits' 2.5 and 97.5
+    percentiles moved by (full-data cosine - the refits' median). A refit adds estimation noise to
+    directions that already carry it, which pulls its cosine toward 0 (module docstring), so the refits'
+    raw percentiles can lie wholly on one side of the full-data cosine; the shift keeps their spread
+    and centres it on the estimate (bias-corrected percentile interval, clipped to [-1, 1];
+    `split_half_cosines` measures the attenuation itself)."""
     def cosines(rows: np.ndarray, pairs: np.ndarray) -> dict[str, float]:
         directions = {k: fit_kind(k, data, rows, pairs, l2[k]).direction() for k in KINDS}
         return {f"{a}~{b}": cosine(directions[a], directions[b]) for a, b in itertools.combinations(KINDS, 2)}
@@ -212,8 +218,14 @@ def direction_cosines(data: KindData, split: KindSplit, l2: dict[str, float], n_
             draws[k].append(v)
     alpha = (1 - level) / 2
     n = len(train_rows) + len(train_pairs)
-    return {k: Estimate(v, tuple(float(q) for q in np.quantile(draws[k], [alpha, 1 - alpha])) if draws[k]
-                        else (float("nan"), float("nan")), n, len(prompts)) for k, v in value.items()}
+
+    def centred(v: float, refits: list[float]) -> tuple[float, float]:
+        if not refits:
+            return float("nan"), float("nan")
+        lo, median, hi = np.quantile(refits, [alpha, 0.5, 1 - alpha])
+        return float(max(-1.0, lo - median + v)), float(min(1.0, hi - median + v))  # a cosine stays in [-1, 1]
+
+    return {k: Estimate(v, centred(v, draws[k]), n, len(prompts)) for k, v in value.items()}
 
 
 def split_half_cosines(data: KindData, split: KindSplit, l2: dict[str, float], n_splits: int = 100, seed: int = 0,
