@@ -151,6 +151,20 @@ def model_step(model: torch.nn.Module, state: StepState, key: str = "main") -> t
     return out.logits[:, -1, :].float()
 
 
+def decoding_row_bytes(model: torch.nn.Module, n_tokens: int) -> int:
+    """Bytes one row of a decoding loop holds at its longest (`n_tokens` = prompt + new tokens): its KV
+    cache (layers x 2 x KV heads x head size x the weights' element size per token), counted twice for
+    the copy a growing cache makes, plus four float32 rows of next-token logits (the logits, the
+    processed logits, the probabilities and a temporary)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    element = next(model.parameters()).element_size()
+    kv_per_token = config.num_hidden_layers * 2 * kv_heads * head_dim * element
+    return 2 * kv_per_token * n_tokens + 4 * 4 * config.vocab_size
+
+
 @dataclass
 class Sample:
     """One generated completion. `completion_ids` includes the stop token when the row stopped there

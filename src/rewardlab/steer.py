@@ -15,8 +15,9 @@ effect against alpha 0, the probe score and the implicit reward (if given), the 
 steered next-token distribution on neutral prompts. `n_random` random unit directions at the same
 alphas are the control, shared by all directions: an effect is only interesting beyond the largest
 random one. The steered runs (every direction or control at every nonzero alpha) are sampled several at a
-time in one decoding loop (`steered_runs`, up to `max_rows` rows), each with its own generator of seed
-cfg.seed, so each run draws exactly the random numbers it would draw alone.
+time in one decoding loop (`steered_runs`, up to `max_rows` rows and `max_loop_mib` of KV cache and
+logits), each with its own generator of seed cfg.seed, so each run draws exactly the random numbers it
+would draw alone.
 
 Fluency: a reward effect bought by breaking the text is not steering. An alpha keeps fluency when
 the grammatical rate (with a checker) is at least `min_grammatical_ratio` times the unsteered rate,
@@ -48,9 +49,9 @@ from rewardlab.acts import collect_activations
 from rewardlab.diff.implicit import ScoreConfig, implicit_rewards
 from rewardlab.diff.logprobs import completion_logprobs
 from rewardlab.errors import InputError
-from rewardlab.sampling import generate
+from rewardlab.sampling import decoding_row_bytes, generate
 from rewardlab.sites import add_vector, d_model, intervene, last_position, n_layers, parse_site
-from rewardlab.text import encode, encode_prompts, pad_token_id, right_padded
+from rewardlab.text import encode, encode_prompts, pad_token_id, prompt_token_ids, right_padded
 
 WHERE = ("all", "completion")
 
@@ -72,6 +73,7 @@ class SteerConfig:
     min_grammatical_ratio: float = 0.8  # fluency holds while the grammatical rate is >= this x the unsteered (checker)
     max_rows: int = 2048  # rows per decoding loop: batch_size prompts x the steering runs (alpha, direction)
     # sampled together, each run with its own random stream (the same samples as one run at a time)
+    max_loop_mib: float = 1024.0  # memory one decoding loop may hold (KV cache and logits, MiB; rewardlab.sampling.decoding_row_bytes): caps the rows below max_rows on bigger models
 
 
 def typical_norm(model, tokenizer, records: Sequence[dict], site: str, batch_size: int = 64) -> float:
@@ -92,10 +94,12 @@ def steering(model, site: str, vector: torch.Tensor, where: str = "all"):
         yield
 
 
-def run_groups(n_runs: int, cfg: SteerConfig) -> list[range]:
+def run_groups(n_runs: int, cfg: SteerConfig, row_bytes: int = 0) -> list[range]:
     """The steering runs 0..n_runs-1 in consecutive groups of nearly equal size, each group's rows
-    (cfg.batch_size x its runs) at most cfg.max_rows (at least one run per group)."""
-    per = max(1, cfg.max_rows // cfg.batch_size)
+    (cfg.batch_size x its runs) at most cfg.max_rows and, given the bytes of one row (`row_bytes`,
+    `decoding_row_bytes`), within cfg.max_loop_mib (at least one run per group)."""
+    rows = cfg.max_rows if row_bytes <= 0 else min(cfg.max_rows, int(cfg.max_loop_mib * 2**20 // row_bytes))
+    per = max(1, rows // cfg.batch_size)
     n_groups = -(-n_runs // per)
     size = -(-n_runs // max(1, n_groups))
     return [range(i, min(i + size, n_runs)) for i in range(0, n_runs, size)]
@@ -108,7 +112,8 @@ def steered_runs(model, tokenizer, prompts: Sequence[str], vectors: torch.Tensor
     decoding loop (`run_groups`; the copies of `rewardlab.sampling.generate`). on_group(n): called
     with each finished group's number of runs."""
     out = []
-    for group in run_groups(len(vectors), cfg):
+    longest = max(len(ids) for ids in prompt_token_ids(tokenizer, prompts))
+    for group in run_groups(len(vectors), cfg, decoding_row_bytes(model, longest + cfg.max_new_tokens)):
         gens = [torch.Generator().manual_seed(cfg.seed) for _ in group]
         with steering(model, cfg.site, vectors[group.start:group.stop], cfg.where):
             flat = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
