@@ -17,7 +17,7 @@ import ctypes
 import warnings
 
 M_MMAP_THRESHOLD = -3          # mallopt's parameter number (glibc malloc.h)
-MAX_MMAP_THRESHOLD_KIB = 32 * 1024  # glibc's HEAP_MAX-derived limit on 64-bit machines: 32 MiB
+MAX_MMAP_THRESHOLD_KIB = 32 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit machines (4 MiB x sizeof(long))
 
 
 def glibc_mallopt():
@@ -33,7 +33,7 @@ def glibc_mallopt():
 def fix_mmap_threshold(kib: int) -> bool:
     """Fix glibc's mmap threshold at `kib` KiB for the rest of the process (1 <= kib <= 32768): blocks of
     at least that size get their own mapping and are returned to the system when freed. True when glibc
-    accepted it; False where the C library is not glibc (nothing changes)."""
+    accepted it; False where the C library is not glibc or refused the value (nothing changes)."""
     if not 1 <= kib <= MAX_MMAP_THRESHOLD_KIB:
         raise ValueError(f"mmap threshold must be 1 to {MAX_MMAP_THRESHOLD_KIB} KiB, got {kib}")
     mallopt = glibc_mallopt()
