@@ -10,7 +10,9 @@ from rewardlab.sae.compare import compare_dictionaries, random_baseline
 from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics
 from rewardlab.sae.model import SAEConfig, SparseAutoencoder, batch_top_indices
-from rewardlab.sae.train import TrainConfig, _aux_k_loss, train_sae
+from rewardlab.sae import train as train_module
+from rewardlab.sae.crosscoder import Crosscoder
+from rewardlab.sae.train import SAEJob, TrainConfig, _aux_k_loss, train_sae, train_saes
 
 
 def sparse_data(n=20_000, d=32, n_true=64, active=3, seed=0):
@@ -51,6 +53,34 @@ def test_training_is_deterministic(data):
     assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.threshold, b.threshold)
     c = train_sae(acts, cfg, TrainConfig(batch_size=256, n_tokens=20_000, seed=4)).sae
     assert not torch.equal(a.W_dec, c.W_dec)
+
+
+@pytest.mark.parametrize("parallel_mib", [1024, 0])
+def test_training_several_at_once_gives_each_the_sae_it_gets_alone(data, monkeypatch, parallel_mib):
+    """train_saes (threads at once, or one after another when its memory budget fits one) returns every job's
+    result under its key, each bit for bit the SAE train_sae trains alone, and leaves the thread count as it was."""
+    monkeypatch.setattr(train_module, "PARALLEL_MIB", parallel_mib)
+    acts, _ = data
+    tc = TrainConfig(batch_size=256, n_tokens=20_000)
+    jobs = {"small": SAEJob(acts, SAEConfig(d_in=32, d_sae=64, k=3), tc),
+            ("wide", 5): SAEJob(acts, SAEConfig(d_in=32, d_sae=128, k=3), TrainConfig(batch_size=256, n_tokens=30_000,
+                                                                                       seed=5)),
+            "targets": SAEJob(acts, SAEConfig(d_in=32, d_sae=64, k=3), tc, targets=acts.flip(1)),
+            "crosscoder": SAEJob(torch.cat([acts, acts.flip(1)], 1), SAEConfig(d_in=64, d_sae=64, k=3), tc, Crosscoder)}
+    torch.set_num_threads(2)
+    try:
+        trained = train_saes(jobs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert list(trained) == list(jobs)
+    for key, job in jobs.items():
+        alone = train_sae(job.acts, job.sae_cfg, job.cfg, job.model_cls, job.targets)
+        assert type(trained[key].sae) is job.model_cls
+        assert trained[key].history == alone.history
+        for name, tensor in alone.sae.state_dict().items():
+            assert torch.equal(trained[key].sae.state_dict()[name], tensor), (key, name)
+    assert train_saes({}) == {}
 
 
 def test_metrics_match_reference():

@@ -46,7 +46,7 @@ from rewardlab.sae.crosscoder import Crosscoder
 from rewardlab.sae.export import save_sae
 from rewardlab.sae.metrics import reconstruction_metrics
 from rewardlab.sae.model import SAEConfig, SparseAutoencoder
-from rewardlab.sae.train import TrainConfig, train_sae
+from rewardlab.sae.train import SAEJob, TrainConfig, train_saes
 from rewardlab.sites import logit_lens
 
 DICTIONARIES = ("diffdict", "diff_sae", "crosscoder")
@@ -91,12 +91,13 @@ def train_dictionaries(x_b: torch.Tensor, x_p: torch.Tensor, d_sae: int, k: int,
                          "diff two different models (identity predicts post exactly here: FVU 0)")
     d = x_b.shape[1]
     cfg = SAEConfig(d_in=d, d_sae=d_sae, architecture="batchtopk", k=k, hook_name=site)
-    dd = train_sae(x_b, cfg, train, targets=x_p).sae
-    diff = train_sae(x_p - x_b, cfg, train).sae
-    cc = None
+    jobs = {"diffdict": SAEJob(x_b, cfg, train, targets=x_p), "diff_sae": SAEJob(x_p - x_b, cfg, train)}
     if crosscoder:
-        cc = train_sae(torch.cat([x_b, x_p], 1), replace(cfg, d_in=2 * d), train, model_cls=Crosscoder).sae
-    return Dictionaries(dd, diff, cc, least_squares(dd.encode(x_b.float()), x_b), least_squares(x_b, x_p))
+        jobs["crosscoder"] = SAEJob(torch.cat([x_b, x_p], 1), replace(cfg, d_in=2 * d), train, Crosscoder)
+    trained = {name: result.sae for name, result in train_saes(jobs).items()}
+    dd = trained["diffdict"]
+    return Dictionaries(dd, trained["diff_sae"], trained.get("crosscoder"), least_squares(dd.encode(x_b.float()), x_b),
+                        least_squares(x_b, x_p))
 
 
 def predict_post(dicts: Dictionaries, x_b: torch.Tensor, x_p: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -58,7 +58,7 @@ from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics, spliced_metrics
 from rewardlab.sae.model import ARCHITECTURES, SAEConfig, SparseAutoencoder
 from rewardlab.sae.sinks import token_positions
-from rewardlab.sae.train import TrainConfig, train_sae
+from rewardlab.sae.train import SAEJob, TrainConfig, train_sae, train_saes
 from rewardlab.sampling import generate
 from rewardlab.sites import n_layers, parse_site
 from rewardlab.text import pad_token_id, token_texts
@@ -296,14 +296,15 @@ def reward_relevance(stores: dict, site: str, train_rows, cfg: DiffConfig, extra
     seeds = [cfg.seed, cfg.seed + 1] + [cfg.seed + 2 * len(cfg.expansions) + j for j in range(cfg.relevance_saes - 2)]
     sae_cfg = SAEConfig(d_in=d, d_sae=cfg.expansions[0] * d, architecture=cfg.architecture, k=cfg.k,
                         l1_coefficient=cfg.l1_coefficient, tied=cfg.tied, hook_name=site)
-    feats = {}
+    jobs = {}
     for name in ("base", "post"):
         is_train = torch.isin(tokens[name].row_ids, torch.as_tensor(train_rows, dtype=torch.long))
         x_train, _ = with_extra(tokens[name].acts[is_train], tokens[name].acts[:0], extra, name, site)
-        saes = [train_sae(x_train, sae_cfg, replace(cfg.train, seed=s)).sae for s in seeds]
-        with torch.no_grad():
-            feats[name] = [row_means(sae.encode(tokens[name].acts), tokens[name].row_ids, n_rows).numpy()
-                           for sae in saes]
+        jobs |= {(name, s): SAEJob(x_train, sae_cfg, replace(cfg.train, seed=s)) for s in seeds}
+    trained = train_saes(jobs)
+    with torch.no_grad():
+        feats = {name: [row_means(trained[name, s].sae.encode(tokens[name].acts), tokens[name].row_ids,
+                                  n_rows).numpy() for s in seeds] for name in ("base", "post")}
     return activation_relevance(feats["base"], feats["post"], stores["base"].field(cfg.reward_field),
                                 cfg.n_top_features, groups=stores["base"].prompt_ids, seed=cfg.seed, select=train_rows,
                                 keep_draws=keep_draws)
@@ -386,20 +387,21 @@ def compare_models(base, post, tokenizer, records: list[dict], out: str | Path,
                     for name, t in tokens.items()}
         sizes = [e * d_model for e in cfg.expansions]
         row_feats = {}
+        data = {name: with_extra(tokens[name].acts[is_train[name]], tokens[name].acts[~is_train[name]], extra,
+                                 name, site) for name in ("base", "post")}
+        # every SAE gets its own seed: with one seed, the first d_model random decoder rows of the 2x
+        # init equal the 1x init, and MMCS(1x, 2x) would measure the shared init, not shared features
+        runs = [(f"{e}x", e, cfg.seed + 2 * i) for i, e in enumerate(cfg.expansions)] + \
+            [(f"{cfg.expansions[0]}x-seed{s}", cfg.expansions[0], s) for s in relevance_seeds]
+        trained = train_saes({(name, tag): SAEJob(
+            data[name][0], SAEConfig(d_in=d_model, d_sae=e * d_model, architecture=cfg.architecture, k=cfg.k,
+                                     l1_coefficient=cfg.l1_coefficient, tied=cfg.tied, hook_name=site),
+            replace(cfg.train, seed=seed)) for name in ("base", "post") for tag, e, seed in runs})
         for name in ("base", "post"):
-            x_train, x_test = with_extra(tokens[name].acts[is_train[name]], tokens[name].acts[~is_train[name]],
-                                         extra, name, site)
-            saes, metrics = {}, {}
-            # every SAE gets its own seed: with one seed, the first d_model random decoder rows of the 2x
-            # init equal the 1x init, and MMCS(1x, 2x) would measure the shared init, not shared features
-            runs = [(f"{e}x", e, cfg.seed + 2 * i) for i, e in enumerate(cfg.expansions)] + \
-                [(f"{cfg.expansions[0]}x-seed{s}", cfg.expansions[0], s) for s in relevance_seeds]
-            for tag, e, seed in runs:
-                sae_cfg = SAEConfig(d_in=d_model, d_sae=e * d_model, architecture=cfg.architecture, k=cfg.k,
-                                    l1_coefficient=cfg.l1_coefficient, tied=cfg.tied, hook_name=site)
-                sae = train_sae(x_train, sae_cfg, replace(cfg.train, seed=seed)).sae
-                saes[tag] = sae
-                metrics[tag] = reconstruction_metrics(sae, x_test)
+            x_train, x_test = data[name]
+            saes = {tag: trained[name, tag].sae for tag, _, _ in runs}
+            metrics = {tag: reconstruction_metrics(sae, x_test) for tag, sae in saes.items()}
+            for tag, sae in saes.items():
                 save_sae(sae, out / "saes" / name / f"L{L}" / tag, {"model_name": name})
             small, big = saes[f"{cfg.expansions[0]}x"], saes[f"{cfg.expansions[-1]}x"]
             other, *more = [saes[f"{cfg.expansions[0]}x-seed{s}"] for s in relevance_seeds]
@@ -456,9 +458,13 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
     d_model = tokens["base"].acts.shape[1]
     sae_cfg = SAEConfig(d_in=d_model, d_sae=cfg.headline_expansion * d_model, architecture="batchtopk", k=cfg.k,
                         hook_name=site)
+    data = {name: with_extra(tokens[name].acts[train_mask], tokens[name].acts[~train_mask], extra, name, site)
+            for name in ("base", "post")}
+    trained = train_saes({"base": SAEJob(data["base"][0], sae_cfg, cfg.train),
+                          "post": SAEJob(data["post"][0], sae_cfg, cfg.train),
+                          "crosscoder": crosscoder_job(tokens, train_mask, site, cfg, extra)})
     for name, model in (("base", base), ("post", post)):
-        x_train, x_test = with_extra(tokens[name].acts[train_mask], tokens[name].acts[~train_mask], extra, name, site)
-        result = train_sae(x_train, sae_cfg, cfg.train)
+        (x_train, x_test), result = data[name], trained[name]
         sae = result.sae
         save_sae(sae, out / "saes" / name / "headline", {"model_name": name})
         m = reconstruction_metrics(sae, x_test)
@@ -472,30 +478,48 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
             top = torch.argsort(-firing)[:cfg.n_top_features].tolist()
             fr, _, _ = _feature_records(tokenizer, stores[name], tokens[name], sae, test_rows, top, cfg.seed)
             res["interp"] = interpret_features(fr, explainer, simulator, detector)["summary"]
-    res["crosscoder"] = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, extra=extra)
+    res["crosscoder"] = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, extra=extra,
+                                       cc=trained["crosscoder"].sae)
     return res
 
 
-def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tensor, test_rows, site: str,
-                   cfg: DiffConfig, out: Path | None = None, extra: Extra | None = None) -> dict:
-    """Train the BatchTopK crosscoder on paired train tokens (plus the paired extra samples); counts by
-    relative norm before and after Latent Scaling on held-out tokens (plus the extra ones); post-only
-    latents with their top held-out examples from the records."""
+def _crosscoder_tokens(tokens: dict, train_mask: torch.Tensor, site: str,
+                       extra: Extra | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crosscoder's (train, held-out) tokens [n, 2 d_model]: each token's base and post activations side by
+    side, the records' split by train_mask, each followed by its side of the paired extra samples."""
     paired = torch.cat([tokens["base"].acts, tokens["post"].acts], dim=1)
     x_train, x_test = paired[train_mask], paired[~train_mask]
     if extra is not None:
         (base_train, base_test), (post_train, post_test) = extra.split("base", site), extra.split("post", site)
         x_train = torch.cat([x_train, torch.cat([base_train, post_train], dim=1)])
         x_test = torch.cat([x_test, torch.cat([base_test, post_test], dim=1)])
+    return x_train, x_test
+
+
+def crosscoder_job(tokens: dict, train_mask: torch.Tensor, site: str, cfg: DiffConfig,
+                   extra: Extra | None = None) -> SAEJob:
+    """The BatchTopK crosscoder's training (`_crosscoder_tokens`' train side, cfg.crosscoder_expansion x d_model)."""
     d_model = tokens["base"].acts.shape[1]
     cc_cfg = SAEConfig(d_in=2 * d_model, d_sae=cfg.crosscoder_expansion * d_model, architecture="batchtopk",
                        k=cfg.k, hook_name=site)
-    cc = train_sae(x_train, cc_cfg, cfg.train, model_cls=Crosscoder).sae
+    return SAEJob(_crosscoder_tokens(tokens, train_mask, site, extra)[0], cc_cfg, cfg.train, Crosscoder)
+
+
+def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tensor, test_rows, site: str,
+                   cfg: DiffConfig, out: Path | None = None, extra: Extra | None = None,
+                   cc: Crosscoder | None = None) -> dict:
+    """Train the BatchTopK crosscoder on paired train tokens plus the paired extra samples (`crosscoder_job`;
+    cc: one already trained so); counts by relative norm before and after Latent Scaling on held-out tokens
+    (plus the extra ones); post-only latents with their top held-out examples from the records."""
+    if cc is None:
+        cc = crosscoder_job(tokens, train_mask, site, cfg, extra).run().sae
+    x_test = _crosscoder_tokens(tokens, train_mask, site, extra)[1]
     if out is not None:
         save_tensors(out / "crosscoder.safetensors", dict(cc.state_dict()), {"config": cc.config_dict()})
     diff = diff_summary(cc, x_test, cfg.scaling_threshold)
     post_only = [l["latent"] for l in diff["latents"] if l["class"] == "post_only"]
     if post_only:
+        paired = torch.cat([tokens["base"].acts, tokens["post"].acts], dim=1)
         fr_tokens = TokenActs(paired, tokens["post"].row_ids, tokens["post"].token_ids, tokens["post"].positions)
         _, seqs, acts = _feature_records(tokenizer, stores["post"], fr_tokens, cc, [int(r) for r in test_rows],
                                          post_only, cfg.seed)

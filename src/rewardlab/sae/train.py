@@ -30,13 +30,19 @@ batch: the activation scale and b_dec's start, BatchTopK's cut (`_joint_cut`), w
 same Adam step and renormalizes the same decoder). Each process trains on its own device (its GPU under
 `accelerate launch` on GPUs); a single process trains on the CPU, communicates nothing, and its numbers are those
 of the single-process trainer. The SAE is returned on the CPU.
+
+`train_saes` trains several independent SAEs at once (the diffing pipeline trains a dozen per run): at the review
+world's widths a step is a few small kernels that two intra-op threads barely speed up, while SAEs in separate
+Python threads, one intra-op thread each, run side by side (the kernels release the GIL). Each SAE's numbers are
+those `train_sae` gives it alone.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Hashable, Iterable, Iterator, Mapping
 
 import torch
 from tqdm.auto import tqdm
@@ -242,3 +248,49 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
     sae.rescale_input(scale)
     sae.requires_grad_(False).to("cpu")
     return TrainResult(sae, history, tokens / seconds)
+
+
+@dataclass
+class SAEJob:
+    """The arguments of one `train_sae` call."""
+
+    acts: torch.Tensor | Iterable[torch.Tensor]
+    sae_cfg: SAEConfig
+    cfg: TrainConfig = field(default_factory=TrainConfig)
+    model_cls: type = SparseAutoencoder
+    targets: torch.Tensor | None = None
+
+    def step_bytes(self) -> int:
+        """Rough working memory of one training step: the dense [batch, d_sae] float32 pre-activations and about
+        three tensors derived from them (selection scores, candidates, AuxK ranks)."""
+        return 16 * self.cfg.batch_size * self.sae_cfg.d_sae
+
+    def run(self) -> TrainResult:
+        return train_sae(self.acts, self.sae_cfg, self.cfg, self.model_cls, self.targets)
+
+
+PARALLEL_MIB = 1024  # working memory (MiB) the SAEs `train_saes` trains at once may take together
+
+
+def train_saes(jobs: Mapping[Hashable, SAEJob]) -> dict[Hashable, TrainResult]:
+    """`train_sae` of every job: {key: its result}, in the jobs' order. In a single process the jobs train at once,
+    each in its own Python thread (as many as fit in PARALLEL_MIB of step working memory; more threads than cores
+    still finish sooner, as no core idles while the longest job runs alone), and the process's intra-op threads
+    are split among them (at least one each; restored afterwards). Under several processes they train one after
+    another, since each one's collectives must run in the same order everywhere."""
+    if not jobs:
+        return {}
+    at_once = min(len(jobs), max(1, PARALLEL_MIB * 2 ** 20 // max(job.step_bytes() for job in jobs.values())))
+    if at_once == 1 or distributed.rank_and_world()[1] > 1:
+        return {key: job.run() for key, job in jobs.items()}
+    threads = torch.get_num_threads()
+
+    def run(job: SAEJob) -> TrainResult:
+        torch.set_num_threads(max(1, threads // at_once))  # per calling thread: this job's intra-op threads
+        return job.run()
+
+    try:
+        with ThreadPoolExecutor(at_once, thread_name_prefix="sae") as pool:
+            return dict(zip(jobs, pool.map(run, jobs.values())))
+    finally:
+        torch.set_num_threads(threads)
