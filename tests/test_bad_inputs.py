@@ -45,6 +45,7 @@ TEXT_FILES = {
     "types.yaml": "name: x\nseed: many\n",
     "preset.yaml": "name: x\nworld: {preset: huge}\n",
     "value_few.yaml": "name: x\nworld: {preset: micro}\nppo: {phases: 1}\nvalue: {n_prompts: 4}\n",
+    "sweep_repeat.yaml": "name: x\nworld: {preset: micro}\nppo: {phases: 1}\nsweep: {kl_coefs: [0.1, 0.10]}\n",
     "features.json": json.dumps({"features": []}),
     "results/results.json": json.dumps({"schema_version": 999}),
     "fake.gguf": "GGUF but not really",
@@ -133,6 +134,7 @@ CASES = [
     ("run-wrong-type", "run {in}/types.yaml --out {out}", "seed"),
     ("run-unknown-preset", "run {in}/preset.yaml --out {out}", "huge"),
     ("run-value-too-few-prompts", "run {in}/value_few.yaml --out {out}", "use at least 9 prompts (n_prompts)"),
+    ("run-sweep-repeated-coefficient", "run {in}/sweep_repeat.yaml --out {out}", "give each coefficient once"),
     ("report-no-results", "report {in}/folder", "results.json"),
     ("report-other-schema", "report {in}/results", "schema version 999"),
     # world and models
@@ -180,6 +182,8 @@ CASES = [
      "--kl-coefs: expected comma-separated finite numbers, got 'a,b'"),
     ("sweep-kl-coefs-negative", "train sweep --base {in}/model --kl-coefs=0.1,-1 --out {out}",
      "KL coefficients must be at least 0, got [-1.0]"),
+    ("sweep-parallel-runs-0", "train sweep --base {in}/model --kl-coefs 0.1,1 --parallel-runs 0 --out {out}",
+     "parallel_runs must be at least 1, got 0"),
     ("pairs-per-prompt-1", "data pairs --model {in}/model --per-prompt 1 --out {out}/p.jsonl",
      "per_prompt must be at least 2"),
     # the model's context (64 tokens): checked before any model work

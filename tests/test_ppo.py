@@ -232,6 +232,35 @@ def test_kl_sweep_writes_frontier(tmp_path):
     assert (tmp_path / "sweep" / "frontier.png").stat().st_size > 1000
 
 
+def test_kl_sweep_runs_in_parallel_processes_give_the_same_numbers(tmp_path):
+    from rewardlab.rl.sweep import sweep_kl
+
+    cfg = tiny_config(tmp_path, phases=2, eval_samples=4, threads=1)
+    timing = {"seconds", "train_seconds", "gen_seconds", "learn_seconds", "tokens_per_s", "samples_per_s"}
+
+    def untimed(rows):
+        return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+    sweep_kl(cfg, [0.0, 0.5, 2.0], tmp_path / "one")
+    sweep_kl(cfg, [0.0, 0.5, 2.0], tmp_path / "par", parallel_runs=2)
+    assert untimed(read_jsonl(tmp_path / "one" / "frontier.jsonl")) == \
+        untimed(read_jsonl(tmp_path / "par" / "frontier.jsonl"))
+    for coef in ("0", "0.5", "2"):
+        assert untimed(read_jsonl(tmp_path / "one" / f"kl_{coef}" / "metrics.jsonl")) == \
+            untimed(read_jsonl(tmp_path / "par" / f"kl_{coef}" / "metrics.jsonl"))
+        assert (tmp_path / "par" / f"kl_{coef}.log").is_file()
+    # a run that refuses its input in its own process is the same one clear error here
+    bad = dataclasses.replace(cfg, prompts=str(tmp_path / "empty.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(InputError) as in_process:
+        sweep_kl(bad, [0.0, 0.5], tmp_path / "bad-one")
+    with pytest.raises(InputError) as in_worker:
+        sweep_kl(bad, [0.0, 0.5], tmp_path / "bad-par", parallel_runs=2)
+    assert str(in_worker.value) == str(in_process.value)
+    with pytest.raises(InputError, match="repeat one"):
+        sweep_kl(cfg, [0.1, 0.1], tmp_path / "dup")
+
+
 def test_checkpoints_come_by_time_after_the_last_phase_and_every_n_phases_when_set():
     from types import SimpleNamespace
 

@@ -738,16 +738,19 @@ def _train_sweep(a: argparse.Namespace) -> None:
     from rewardlab.rl.sweep import sweep_kl
     from rewardlab.stages.sweep import save_frontier
 
-    print(sweep_kl(config_from_args(PPOConfig, a), a.kl_coefs, a.out))
+    print(sweep_kl(config_from_args(PPOConfig, a), a.kl_coefs, a.out, a.parallel_runs))
     save_frontier(Path(a.out))
 
 
 def _train_sweep_options(p: argparse.ArgumentParser) -> None:
     from rewardlab.rl.config import PPOConfig
+    from rewardlab.stages.sweep import Config as SweepConfig
 
     _add_out(p, "output folder (one run per coefficient, plus frontier.*)")
     p.add_argument("--kl-coefs", required=True, type=_comma_list(float, tuple), metavar=_LIST,
                    help="KL coefficients, one PPO run each, e.g. 0,0.05,0.1,0.3")
+    p.add_argument("--parallel-runs", type=int, default=SweepConfig.parallel_runs, metavar="N",
+                   help="runs trained at once, each in its own process (the same numbers)")
     add_config_args(p, PPOConfig, required=("base",), exclude=("kl_coef",))
 
 

@@ -134,7 +134,7 @@ def field_docs(cls: type) -> dict[str, str]:
 # Config keys that decide how a run runs, not what it computes: left out of every resume fingerprint
 # (a PPO checkpoint, a pipeline stage), so a run resumes with another thread count.
 RUNTIME_SETTINGS = ("threads", "checkpoint_every", "checkpoint_minutes", "keep_checkpoint", "gradient_checkpointing",
-                    "mmap_threshold_kib")
+                    "mmap_threshold_kib", "parallel_runs")
 
 
 def without_runtime(config: dict) -> dict:

@@ -10,7 +10,7 @@ from typing import Sequence
 from rewardlab.io import read_jsonl
 from rewardlab.report import figures
 from rewardlab.rl.config import PPOConfig
-from rewardlab.rl.sweep import sweep_kl
+from rewardlab.rl.sweep import check_sweep, sweep_kl
 from rewardlab.schema import from_json
 from rewardlab.stages.common import Context, Planner, RunConfig
 from rewardlab.stats import Estimate
@@ -24,7 +24,11 @@ class Config:
     kl_coefs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # KL penalty coefficients, one PPO run each
     phases: int = 20               # PPO phases per coefficient (the main PPO run has its own)
     eval_samples: int = 256        # samples of each policy's final evaluation
+    parallel_runs: int = 1         # runs trained at once, each in its own process (`rl.sweep`); the same numbers
     ppo: PPOConfig | None = None   # filled in by the pipeline: the ppo section's config
+
+    def validate(self) -> None:
+        check_sweep(self.kl_coefs, self.parallel_runs)
 
 
 @dataclass
@@ -74,5 +78,5 @@ def save_frontier(folder: Path) -> list[FrontierPoint]:
 
 
 def run(cfg: Config, ctx: Context) -> Results:
-    sweep_kl(cfg.ppo, cfg.kl_coefs, ctx.out)
+    sweep_kl(cfg.ppo, cfg.kl_coefs, ctx.out, cfg.parallel_runs)
     return Results(SweepSection(save_frontier(ctx.out)))
