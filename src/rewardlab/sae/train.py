@@ -260,27 +260,28 @@ class SAEJob:
     model_cls: type = SparseAutoencoder
     targets: torch.Tensor | None = None
 
-    def step_bytes(self) -> int:
-        """Rough working memory of one training step: the dense [batch, d_sae] float32 pre-activations and about
-        three tensors derived from them (selection scores, candidates, AuxK ranks)."""
-        return 16 * self.cfg.batch_size * self.sae_cfg.d_sae
+    def training_bytes(self) -> int:
+        """Rough memory of this training besides its data: encoder and decoder weights with their gradients and
+        Adam's two moments (4 float32 copies of 2 d_in d_sae weights), and one step's dense [batch, d_sae] float32
+        pre-activations with about three tensors derived from them (selection scores, candidates, AuxK ranks)."""
+        return 4 * 4 * (2 * self.sae_cfg.d_in * self.sae_cfg.d_sae + self.cfg.batch_size * self.sae_cfg.d_sae)
 
     def run(self) -> TrainResult:
         return train_sae(self.acts, self.sae_cfg, self.cfg, self.model_cls, self.targets)
 
 
-PARALLEL_MIB = 1024  # working memory (MiB) the SAEs `train_saes` trains at once may take together
+PARALLEL_MIB = 1024  # memory (MiB, `SAEJob.training_bytes`) the SAEs `train_saes` trains at once may take together
 
 
 def train_saes(jobs: Mapping[Hashable, SAEJob]) -> dict[Hashable, TrainResult]:
     """`train_sae` of every job: {key: its result}, in the jobs' order. In a single process the jobs train at once,
-    each in its own Python thread (as many as fit in PARALLEL_MIB of step working memory; more threads than cores
-    still finish sooner, as no core idles while the longest job runs alone), and the process's intra-op threads
-    are split among them (at least one each; restored afterwards). Under several processes they train one after
+    each in its own Python thread (as many as fit in PARALLEL_MIB by `SAEJob.training_bytes`; more threads than
+    cores still finish sooner, as no core idles while the longest job runs alone), and the process's intra-op
+    threads are split among them (at least one each; restored afterwards). Under several processes they train one after
     another, since each one's collectives must run in the same order everywhere."""
     if not jobs:
         return {}
-    at_once = min(len(jobs), max(1, PARALLEL_MIB * 2 ** 20 // max(job.step_bytes() for job in jobs.values())))
+    at_once = min(len(jobs), max(1, PARALLEL_MIB * 2 ** 20 // max(job.training_bytes() for job in jobs.values())))
     if at_once == 1 or distributed.rank_and_world()[1] > 1:
         return {key: job.run() for key, job in jobs.items()}
     threads = torch.get_num_threads()
