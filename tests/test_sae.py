@@ -83,6 +83,17 @@ def test_training_several_at_once_gives_each_the_sae_it_gets_alone(data, monkeyp
     assert train_saes({}) == {}
 
 
+def test_a_stream_of_batches_trains_and_sets_the_threshold_from_its_last_steps(data):
+    """An iterable of batches (length unknown in advance, here past the per-step buffer's first 1024 steps): BatchTopK's
+    inference threshold is the mean of the last 10% of per-step thresholds, which keeps the held-out L0 near k."""
+    acts, _ = data
+    batches = (acts[i % 250 * 64:(i % 250 + 1) * 64] for i in range(1300))
+    res = train_sae(batches, SAEConfig(d_in=32, d_sae=64, k=3), TrainConfig(batch_size=64, dead_window=20_000))
+    assert res.history[-1]["step"] == 1200 and res.history[-1]["tokens"] == 1201 * 64
+    m = reconstruction_metrics(res.sae, acts[16_000:])
+    assert 0 < float(res.sae.threshold) < float("inf") and m["fvu"] < 0.2 and abs(m["l0"] - 3) < 1.0, m
+
+
 def test_metrics_match_reference():
     gen = torch.Generator().manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2), generator=gen)

@@ -129,14 +129,14 @@ def _batch_cut():
 
 
 def _final_threshold(sae: SparseAutoencoder, acts, scale: float, batch_size: int,
-                     thresholds: list[torch.Tensor], max_batches: int = 64) -> torch.Tensor:
+                     thresholds: torch.Tensor, max_batches: int = 64) -> torch.Tensor:
     """BatchTopK's inference threshold (in scaled units): the mean over training batches of the
     smallest kept selection value, measured with the final weights on up to `max_batches` batches of
     a training tensor, so that the inference L0 matches k. (Per-step values lag behind the weights:
     on the demo data (world without topics) their mean over the last half was 14% too high, giving
     L0 14.5 at k = 16.) For a stream, which cannot be re-read, the mean of the last 10% of per-step values."""
     if not isinstance(acts, torch.Tensor):
-        return torch.stack(thresholds[-max(1, len(thresholds) // 10):]).mean()
+        return thresholds[-max(1, len(thresholds) // 10):].mean()
     starts = range(0, max(1, len(acts) - batch_size + 1), batch_size)[:max_batches]
     device = sae.W_dec.device
     return torch.stack([sae.sparse_codes(_my_part(acts[i:i + batch_size]).to(device).float() * scale,
@@ -183,13 +183,15 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
     n_steps = max(1, cfg.n_tokens // cfg.batch_size) if isinstance(acts, torch.Tensor) else None
     aux_k = cfg.aux_k or max(1, sae_cfg.d_in // 2)
     since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
-    thresholds: list[torch.Tensor] = []  # per-step BatchTopK thresholds (0-d tensors: no per-step sync)
+    # per-step BatchTopK thresholds, written in place into one buffer: no per-step sync, and no small tensor kept per
+    # step (thousands of those pin freed blocks of the C allocator's heap, and a process's memory grows with steps)
+    thresholds = torch.zeros(n_steps or 1024, device=device)
     history: list[dict] = []
-    tokens, t0 = 0, time.perf_counter()
+    tokens, steps, t0 = 0, 0, time.perf_counter()
     sparse, batch_cut = sae_cfg.architecture != "relu", _batch_cut()
 
     def step_on(batch: torch.Tensor, step: int) -> None:
-        nonlocal tokens
+        nonlocal tokens, steps, thresholds
         n = len(batch)  # tokens in the whole batch, of which this process takes its part
         if n < world:
             raise InputError(f"a batch of {n} tokens cannot be split over {world} processes")
@@ -215,7 +217,9 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
         else:
             aux = torch.zeros((), device=device)
         if sae_cfg.architecture == "batchtopk":
-            thresholds.append(codes.threshold)
+            if step == len(thresholds):  # a stream: its length is not known in advance
+                thresholds = torch.cat([thresholds, torch.zeros_like(thresholds)])
+            thresholds[step] = codes.threshold
         if n_steps is not None and step >= 0.8 * n_steps:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * (n_steps - step) / (0.2 * n_steps)
@@ -226,7 +230,7 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
                 p.grad = distributed.all_sum(p.grad)
         opt.step()
         sae.normalize_decoder()
-        tokens += n
+        tokens, steps = tokens + n, steps + 1
         if step % cfg.log_every == 0:
             l0 = (float(distributed.all_sum((codes.value > 0).sum())) / n if sparse
                   else float(distributed.all_sum((f > 0).sum(-1).float().mean() * share)))
@@ -242,9 +246,9 @@ def train_sae(acts: torch.Tensor | Iterable[torch.Tensor], sae_cfg: SAEConfig,
         bar.update()
     bar.close()
     seconds = time.perf_counter() - t0
-    if thresholds:
+    if sae_cfg.architecture == "batchtopk":
         with torch.no_grad():
-            sae.threshold.copy_(_final_threshold(sae, acts, scale, cfg.batch_size, thresholds))
+            sae.threshold.copy_(_final_threshold(sae, acts, scale, cfg.batch_size, thresholds[:steps]))
     sae.rescale_input(scale)
     sae.requires_grad_(False).to("cpu")
     return TrainResult(sae, history, tokens / seconds)
