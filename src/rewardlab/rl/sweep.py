@@ -122,4 +122,3 @@ if __name__ == "__main__":  # one run of `train_in_processes`: python -m rewardl
     except InputError as e:
         print(INPUT_ERROR + json.dumps({"what": e.what, "where": e.where, "fix": e.fix}), flush=True)
         sys.exit(2)
-
