@@ -460,9 +460,10 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
                         hook_name=site)
     data = {name: with_extra(tokens[name].acts[train_mask], tokens[name].acts[~train_mask], extra, name, site)
             for name in ("base", "post")}
+    cc_tokens = _crosscoder_tokens(tokens, train_mask, site, extra)
     trained = train_saes({"base": SAEJob(data["base"][0], sae_cfg, cfg.train),
                           "post": SAEJob(data["post"][0], sae_cfg, cfg.train),
-                          "crosscoder": crosscoder_job(tokens, train_mask, site, cfg, extra)})
+                          "crosscoder": crosscoder_job(cc_tokens[0], site, cfg)})
     for name, model in (("base", base), ("post", post)):
         (x_train, x_test), result = data[name], trained[name]
         sae = result.sae
@@ -479,7 +480,7 @@ def headline_dictionaries(base, post, tokenizer, stores: dict, site: str, train_
             fr, _, _ = _feature_records(tokenizer, stores[name], tokens[name], sae, test_rows, top, cfg.seed)
             res["interp"] = interpret_features(fr, explainer, simulator, detector)["summary"]
     res["crosscoder"] = run_crosscoder(tokenizer, stores, tokens, train_mask, test_rows, site, cfg, extra=extra,
-                                       cc=trained["crosscoder"].sae)
+                                       trained=(trained["crosscoder"].sae, cc_tokens[1]))
     return res
 
 
@@ -496,24 +497,26 @@ def _crosscoder_tokens(tokens: dict, train_mask: torch.Tensor, site: str,
     return x_train, x_test
 
 
-def crosscoder_job(tokens: dict, train_mask: torch.Tensor, site: str, cfg: DiffConfig,
-                   extra: Extra | None = None) -> SAEJob:
-    """The BatchTopK crosscoder's training (`_crosscoder_tokens`' train side, cfg.crosscoder_expansion x d_model)."""
-    d_model = tokens["base"].acts.shape[1]
+def crosscoder_job(x_train: torch.Tensor, site: str, cfg: DiffConfig) -> SAEJob:
+    """The BatchTopK crosscoder's training on paired tokens x_train [n, 2 d_model] (`_crosscoder_tokens`' train
+    side), cfg.crosscoder_expansion x d_model wide."""
+    d_model = x_train.shape[1] // 2
     cc_cfg = SAEConfig(d_in=2 * d_model, d_sae=cfg.crosscoder_expansion * d_model, architecture="batchtopk",
                        k=cfg.k, hook_name=site)
-    return SAEJob(_crosscoder_tokens(tokens, train_mask, site, extra)[0], cc_cfg, cfg.train, Crosscoder)
+    return SAEJob(x_train, cc_cfg, cfg.train, Crosscoder)
 
 
 def run_crosscoder(tokenizer, stores: dict, tokens: dict, train_mask: torch.Tensor, test_rows, site: str,
                    cfg: DiffConfig, out: Path | None = None, extra: Extra | None = None,
-                   cc: Crosscoder | None = None) -> dict:
+                   trained: tuple[Crosscoder, torch.Tensor] | None = None) -> dict:
     """Train the BatchTopK crosscoder on paired train tokens plus the paired extra samples (`crosscoder_job`;
-    cc: one already trained so); counts by relative norm before and after Latent Scaling on held-out tokens
-    (plus the extra ones); post-only latents with their top held-out examples from the records."""
-    if cc is None:
-        cc = crosscoder_job(tokens, train_mask, site, cfg, extra).run().sae
-    x_test = _crosscoder_tokens(tokens, train_mask, site, extra)[1]
+    trained: (a crosscoder already trained so, its held-out tokens)); counts by relative norm before and after
+    Latent Scaling on held-out tokens (plus the extra ones); post-only latents with their top held-out examples
+    from the records."""
+    if trained is None:
+        x_train, x_test = _crosscoder_tokens(tokens, train_mask, site, extra)
+        trained = crosscoder_job(x_train, site, cfg).run().sae, x_test
+    cc, x_test = trained
     if out is not None:
         save_tensors(out / "crosscoder.safetensors", dict(cc.state_dict()), {"config": cc.config_dict()})
     diff = diff_summary(cc, x_test, cfg.scaling_threshold)
