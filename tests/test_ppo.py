@@ -138,6 +138,50 @@ def test_rollout_is_the_sampling_loop(tmp_path, monkeypatch):
     assert [s.completion_ids for s in samples] == [row[m.bool()].tolist() for row, m in zip(ro.completion_ids, ro.mask)]
 
 
+def test_recorded_rollout_scores_as_a_full_forward_pass(tmp_path):
+    """The decoding loop's recorded log-probs and value-site activations equal a full forward pass over
+    the sampled sequences at every real token, so PPO scores a recorded rollout as it scores one by a
+    second pass (old log-probs, values, KL, advantages), and recording changes no sampled token."""
+    from rewardlab.rl.inputs import load_policy_and_tokenizer
+    from rewardlab.rl.ppo import PolicyWithValue, score_rollout
+    from rewardlab.rl.rollout import completion_logprobs_from_logits, position_ids, rollout
+    from rewardlab.sites import capture
+    from rewardlab.text import encode_prompts
+
+    model, tok = load_policy_and_tokenizer(make_tiny_lm(tmp_path / "lm"))
+    ref, _ = load_policy_and_tokenizer(make_tiny_lm(tmp_path / "ref", seed=1))
+    site = "blocks.1.hook_resid_post"
+    policy = PolicyWithValue(model, ValueHead(32, "mlp", site))
+    prompts = ["the movie was", "a film", "the acting was very", "the plot is"] * 2
+    ids, mask, _ = encode_prompts(tok, prompts, "cpu")
+    settings = dict(max_new_tokens=8, temperature=0.9, top_k=8, top_p=0.95)
+    kw = dict(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, **settings)
+    recorded = rollout(model, ids, mask, generator=torch.Generator().manual_seed(0), record_site=site, **kw)
+    plain = rollout(model, ids, mask, generator=torch.Generator().manual_seed(0), **kw)
+    assert plain.logp_all is None and plain.site_acts is None
+    assert torch.equal(recorded.completion_ids, plain.completion_ids) and torch.equal(recorded.mask, plain.mask)
+    assert recorded.logp_all.shape == (8, 8, len(tok)) and recorded.site_acts.shape == (8, 8, 32)
+
+    with torch.no_grad(), capture(model, site) as acts:
+        logits = model(input_ids=plain.input_ids, attention_mask=plain.attention_mask,
+                       position_ids=position_ids(plain.attention_mask)).logits
+    _, full = completion_logprobs_from_logits(logits, plain.completion_ids, ids.shape[1], **{
+        k: settings[k] for k in ("temperature", "top_k", "top_p")})
+    real = plain.mask.bool()
+    assert torch.equal(torch.isfinite(recorded.logp_all[real]), torch.isfinite(full[real]))  # the same support
+    finite = torch.isfinite(full[real])
+    torch.testing.assert_close(recorded.logp_all[real][finite], full[real][finite], atol=1e-5, rtol=1e-5)
+    P = ids.shape[1]
+    torch.testing.assert_close(recorded.site_acts[real], acts[site][:, P - 1:P - 1 + 8][real], atol=1e-5, rtol=1e-5)
+
+    cfg = PPOConfig(base="unused", prompts="unused", top_k=8, top_p=0.95, temperature=0.9, kl_estimator="k3")
+    scores = torch.linspace(-1, 1, 8)
+    a, b = score_rollout(policy, ref, recorded, scores, cfg, 0.3), score_rollout(policy, ref, plain, scores, cfg, 0.3)
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        torch.testing.assert_close(x[real] if x.ndim == 2 else x, y[real] if y.ndim == 2 else y, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("estimator,kl_in,target,top_k", [("k3", "loss", None, 8), ("exact", "reward", 4.0, 8),
                                                            ("exact_reverse", "loss", None, 0)])
 def test_ppo_kl_variants_run(tmp_path, estimator, kl_in, target, top_k):

@@ -2,11 +2,14 @@
 
 One phase:
   1. rollout: sample `batch_size` completions from prompts through `rewardlab.sampling`'s KV-cached
-     decoding loop (`rewardlab.rl.rollout`); the temperature/top-k/
-     top-p transform (`rewardlab.sampling.process_logits`) is the same one used when scoring, so the
-     probability ratio is exactly 1 on the first minibatch (checked: |ratio - 1| <= 1e-4);
-  2. score: the reward on each completion text; per-token log-probs of policy and reference;
-     values from the value head; per-token KL with the chosen estimator;
+     decoding loop (`rewardlab.rl.rollout`), keeping the policy's processed log-probs and the value
+     site's activations of each step: they are the old log-probs and the value head's inputs, so the
+     policy does not run over the sampled sequences a second time. The temperature/top-k/top-p
+     transform (`rewardlab.sampling.process_logits`) is the same one used when learning, so the
+     probability ratio is 1 on the first minibatch up to the rounding between the cached, one token at
+     a time pass and the whole-sequence one (checked: |ratio - 1| <= 1e-4);
+  2. score: the reward on each completion text; per-token log-probs of the reference; values from
+     the value head; per-token KL with the chosen estimator;
   3. rewards per token: -kl_coef * kl_t (when the KL is in the reward), plus the score on the last
      real token; GAE(gamma, lambda) advantages and returns; advantages whitened over real tokens;
   4. learn: `ppo_epochs` passes over shuffled minibatches: clipped policy loss, clipped value loss,
@@ -57,7 +60,7 @@ from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
 from rewardlab.rl.lora import AdapterOff, add_lora, mark_checkpointed_layers, save_lora, trainable
 from rewardlab.rl.rollout import Rollout, completion_logprobs_from_logits, completion_texts, position_ids, rollout
-from rewardlab.sampling import kept_logits
+from rewardlab.sampling import gather_logprobs, kept_logits
 from rewardlab.rl.value_head import ValueHead
 from rewardlab.sites import capture, d_model, n_layers, parse_site
 from rewardlab.text import (check_generation_fits, config_context_length, encode_prompts, prompt_token_ids,
@@ -306,7 +309,9 @@ def _ref_logits(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
 def score_rollout(model: PolicyWithValue, ref: nn.Module, ro: Rollout, scores: torch.Tensor, cfg: PPOConfig,
                   kl_coef: float, episodes: list[torch.Tensor] | None = None) -> Scored:
     """Old and reference log-probs, values and KL of a rollout; per-token rewards (-kl_coef * kl when
-    the KL is in the reward, plus the score on the last real token), GAE and whitening.
+    the KL is in the reward, plus the score on the last real token), GAE and whitening. The old
+    log-probs and the value head's inputs come from the rollout when it recorded them (the value
+    head's site), else from one forward of the policy over prompts and completions.
 
     `episodes`: for a rollout whose completion holds tokens the policy did not choose (a user's turn),
     the masks [B, T] of the policy's tokens, one per independent episode (one for a whole conversation;
@@ -315,15 +320,20 @@ def score_rollout(model: PolicyWithValue, ref: nn.Module, ro: Rollout, scores: t
     and GAE runs over each episode's tokens (`policy_gae`)."""
     mask = ro.mask if episodes is None else torch.stack(episodes).sum(0)
     T = mask.shape[1]
-    logits, values = model(ro.input_ids, ro.attention_mask, T)
-    old_logp, logp_all = _logprobs(logits, ro.completion_ids, cfg)
+    if ro.logp_all is not None:  # what the decoding loop computed (`rollout(record_site=...)`): no second pass
+        logp_all, values = ro.logp_all, model.value_head(ro.site_acts.float())
+        old_logp = gather_logprobs(logp_all, ro.completion_ids)
+    else:
+        logits, values = model(ro.input_ids, ro.attention_mask, T)
+        old_logp, logp_all = _logprobs(logits, ro.completion_ids, cfg)
+        del logits
     values = values * mask.float()
     ref_logp, ref_all = _logprobs(_ref_logits(ref, ro.input_ids, ro.attention_mask, T), ro.completion_ids, cfg,
                                   truncate=False)
     real = mask.bool()
     kl = torch.where(real, kl_per_token(cfg.kl_estimator, old_logp, ref_logp, logp_all, ref_all), 0.0)
     kl_exact = torch.where(real, exact_kl(logp_all, ref_all), 0.0)
-    del logits, logp_all, ref_all
+    del logp_all, ref_all
 
     rewards = -kl_coef * kl if cfg.kl_in == "reward" else torch.zeros_like(kl)
     if episodes is None:
@@ -648,13 +658,15 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         prompt_ids, prompt_mask, _ = encode_prompts(tokenizer, [prompts[i] for i in idx], device)
         ro = rollout(unwrapped.policy, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                     eos_id=stop_ids(tokenizer), pad_id=tokenizer.pad_token_id, generator=generator)
+                     eos_id=stop_ids(tokenizer), pad_id=tokenizer.pad_token_id, generator=generator,
+                     record_site=unwrapped.value_head.site)
         texts = completion_texts(tokenizer, ro)
         t_gen = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         scores = torch.tensor(reward(texts, [prompts[i] for i in idx]), dtype=torch.float32, device=device)
         sc = score_rollout(unwrapped, ref, ro, scores, cfg, kl_ctl.coef)
+        ro = dataclasses.replace(ro, logp_all=None, site_acts=None)  # scored: learning reads neither
         stats, first_ratio_dev = learn(model, ref, ro, sc, cfg, kl_ctl.coef, optimizer, accelerator, generator, phase)
         t_learn = time.perf_counter() - t1
 
