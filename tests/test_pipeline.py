@@ -58,7 +58,7 @@ def test_config_errors(config, match):
 def test_bundled_demo_configs_are_valid(tmp_path):
     for fast in (False, True):
         plan = plan_run(yaml.safe_load(demo_config(fast).read_text()), tmp_path)
-        assert [s.name for s in plan.stages] == ["world", "ppo", "sweep", "pairs", "dpo", "diffing", "probes", "sae",
+        assert [s.name for s in plan.stages] == ["world", "pairs", "ppo", "sweep", "dpo", "diffing", "probes", "sae",
                                                  "value", "organisms"] + ["dialogue"] * fast  # q8: fast demo only
 
 
@@ -138,6 +138,38 @@ def test_a_copied_run_folder_skips_every_stage(fast_demo, tmp_path, capsys):
     assert main(["demo", "--fast", "--out", str(copy)]) == 0
     assert capsys.readouterr().out.count("done already, skipped") == 11
     assert (copy / "results.json").read_text() == (fast_demo / "results.json").read_text()
+
+
+@pytest.mark.slow
+def test_stages_side_by_side_give_the_numbers_of_one_stage_at_a_time(fast_demo, tmp_path, capsys):
+    """The fast demo runs DPO beside PPO (`side_by_side`); the same stages again one at a time in this process
+    give the same pairs, PPO and DPO numbers, and a companion's bad input fails the run with exit code 2."""
+    printed = (fast_demo / "dpo.log").read_text()
+    assert "[dpo] running" in printed and "[dpo] finished" in printed  # DPO ran in its own process
+    config = yaml.safe_load(demo_config(True).read_text())
+    assert config["side_by_side"] is True
+    config = {k: config[k] for k in ("name", "seed", "world", "pairs", "ppo", "dpo")} | {"report": False}
+    copy = tmp_path / "demo"
+    shutil.copytree(fast_demo, copy)
+    for stage in ("pairs", "ppo", "dpo"):
+        shutil.rmtree(copy / stage)
+    path = tmp_path / "one-at-a-time.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--out", str(copy)]) == 0
+    assert "beside" not in capsys.readouterr().out
+    a, b = (json.loads((run / "results.json").read_text()) for run in (fast_demo, copy))
+    for section in ("pairs", "ppo", "dpo"):
+        a[section].pop("seconds", None), b[section].pop("seconds", None)
+        assert a[section] == b[section], section
+
+    for stage in ("ppo", "dpo"):  # DPO beside PPO on a pairs file it cannot read
+        shutil.rmtree(copy / stage)
+    (copy / "pairs" / "pairs.jsonl").write_text("not json\n")
+    path.write_text(yaml.safe_dump(config | {"side_by_side": True}))
+    assert main(["run", str(path), "--out", str(copy)]) == 2
+    captured = capsys.readouterr()
+    assert "[dpo] running beside ppo" in captured.out and "pairs.jsonl" in captured.err
+    assert "Traceback" not in captured.err and not (copy / "dpo").exists()
 
 
 def _models_config(tmp_path, **sections) -> dict:

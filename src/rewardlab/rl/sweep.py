@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,11 @@ from rewardlab import distributed
 from rewardlab.config import from_dict
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, read_json, write_jsonl
+from rewardlab.processes import Child, child_main
 from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.ppo import train_ppo
 
 COLUMNS = ("kl_coef", "reward_policy", "reward_base", "kl_exact", "grammatical_rate", "seconds")
-
-
-INPUT_ERROR = "rewardlab input error: "  # a worker's last log line when its run refuses its input (then JSON)
 
 
 def _count_lines(path: Path) -> int:
@@ -40,8 +37,8 @@ def _count_lines(path: Path) -> int:
 
 def train_in_processes(configs: dict[Path, PPOConfig], parallel_runs: int) -> dict[Path, dict]:
     """{run folder: summary} of `train_ppo(config, folder)` for each entry, `parallel_runs` at a time, each in its
-    own Python process writing folder.log; a bar over all runs' phases (read from their metrics.jsonl). A run
-    that fails stops the others and raises with the end of its log."""
+    own Python process writing folder.log (`rewardlab.processes`); a bar over all runs' phases (read from their
+    metrics.jsonl). A run that fails stops the others and raises with the end of its log."""
     waiting, running = list(configs.items()), {}
     bar = tqdm(total=sum(c.phases for c in configs.values()), desc=f"PPO runs ({parallel_runs} at a time)",
                unit="phase")
@@ -50,29 +47,18 @@ def train_in_processes(configs: dict[Path, PPOConfig], parallel_runs: int) -> di
             while waiting and len(running) < parallel_runs:
                 folder, cfg = waiting.pop(0)
                 folder.mkdir(parents=True, exist_ok=True)
-                log = folder.with_name(folder.name + ".log").open("w")
-                running[folder] = (subprocess.Popen([sys.executable, "-m", "rewardlab.rl.sweep",
-                                                     json.dumps(dataclasses.asdict(cfg)), str(folder)],
-                                                    stdout=log, stderr=subprocess.STDOUT), log)
+                running[folder] = Child.start("rewardlab.rl.sweep", [json.dumps(dataclasses.asdict(cfg)), str(folder)],
+                                              folder.with_name(folder.name + ".log"))
             time.sleep(0.5)
             bar.n = sum(_count_lines(folder / "metrics.jsonl") for folder in configs)
             bar.refresh()
-            for folder, (proc, log) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[folder]
-                text = folder.with_name(folder.name + ".log").read_text(errors="replace")
-                if proc.returncode == 2 and INPUT_ERROR in text:  # the run refused its input: the same error here
-                    raise InputError(**json.loads(text.rsplit(INPUT_ERROR, 1)[1].splitlines()[0]))
-                if proc.returncode:
-                    raise RuntimeError(f"the PPO run in {folder} failed (exit code {proc.returncode}); "
-                                       f"the end of its log:\n{text[-2000:]}")
+            for folder, child in list(running.items()):
+                if not child.running():
+                    del running[folder]
+                    child.finish(f"the PPO run in {folder}")
     finally:
-        for proc, log in running.values():
-            proc.kill()
-            proc.wait()
-            log.close()
+        for child in running.values():
+            child.kill()
         bar.close()
     return {folder: read_json(folder / "summary.json") for folder in configs}
 
@@ -117,8 +103,5 @@ def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path, paralle
 
 
 if __name__ == "__main__":  # one run of `train_in_processes`: python -m rewardlab.rl.sweep CONFIG_JSON OUT
-    try:
-        train_ppo(from_dict(PPOConfig, json.loads(sys.argv[1]), "PPO config"), sys.argv[2], progress=False)
-    except InputError as e:
-        print(INPUT_ERROR + json.dumps({"what": e.what, "where": e.where, "fix": e.fix}), flush=True)
-        sys.exit(2)
+    child_main(lambda: train_ppo(from_dict(PPOConfig, json.loads(sys.argv[1]), "PPO config"), sys.argv[2],
+                                 progress=False))

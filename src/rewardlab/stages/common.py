@@ -71,6 +71,7 @@ class RunConfig:
     organisms: dict | None = None                       # stages.organisms.Config: model organisms from the run's world
     dialogue: dict | None = None                        # stages.dialogue.Config: two-turn conversations (question 8)
     report: bool = True                                 # write report.html
+    side_by_side: bool = False  # run a one-thread stage (PPO, DPO at `threads: 1`) beside another in its own process
 
 
 @dataclass

@@ -42,6 +42,12 @@ def plan(run: RunConfig, p: Planner) -> None:
     p.models["dpo"] = str(p.stage_dir(NAME) / ARTIFACTS["dpo_policy"])
 
 
+def threads(cfg: Config) -> int | None:
+    """The CPU threads the stage keeps busy (None: torch's count): `run_plan` can run a one-thread stage beside
+    another."""
+    return cfg.threads
+
+
 def run(cfg: Config, ctx: Context) -> Results:
     s = train_dpo(cfg, ctx.out)
     ci = {k: from_json(Estimate, s[f"{k}_ci"]) for k in ("reward_base", "reward_policy", "pair_accuracy", "kl_exact")}

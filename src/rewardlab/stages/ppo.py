@@ -56,5 +56,11 @@ def plan(run: RunConfig, p: Planner) -> None:
     p.models["ppo"] = str(p.stage_dir(NAME) / ARTIFACTS["ppo_policy"])
 
 
+def threads(cfg: Config) -> int | None:
+    """The CPU threads the stage keeps busy (None: torch's count): `run_plan` can run a one-thread stage beside
+    another."""
+    return cfg.threads
+
+
 def run(cfg: Config, ctx: Context) -> Results:
     return Results(section_of(train_ppo(cfg, ctx.out)))

@@ -13,7 +13,7 @@ from rewardlab.stages import (dialogue, diffing, dpo, organisms, pairs, ppo, pro
                               world)
 
 SCHEMA_VERSION = 1  # bump when a section changes shape: finished stages then run again
-REGISTRY = {m.NAME: m for m in (world, prompts, ppo, sweep, pairs, dpo, diffing, probes, sae, value,
+REGISTRY = {m.NAME: m for m in (world, prompts, pairs, ppo, sweep, dpo, diffing, probes, sae, value,
                                  organisms, dialogue)}
 
 
