@@ -304,7 +304,6 @@ def demo_config(fast: bool = False) -> Path:
     return CONFIG_DIR / ("demo-fast.yaml" if fast else "demo.yaml")
 
 
-
 def _run_one_stage(run_dir: str, name: str, where: str, config: dict) -> None:
     """A companion stage of `run_plan` in its own process: plan the run again, run the named stage."""
     plan = plan_run(config, run_dir, where)
