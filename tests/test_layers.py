@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rewardlab"
 
 GROUND = {"io", "errors", "stats", "config", "schema", "models", "sites", "runs", "text", "convert", "review_words",
-          "distributed", "heap"}
+          "distributed", "heap", "processes"}
 METHODS = {"world", "rewards", "sampling", "rl", "dialogue", "diff", "audit", "acts", "probes", "steer", "sae",
            "interp", "value", "organisms"}
 TOP = {"stages", "pipeline", "answers", "report", "cli", "__main__"}
