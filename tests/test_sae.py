@@ -9,7 +9,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 from rewardlab.sae.compare import compare_dictionaries, random_baseline
 from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics
-from rewardlab.sae.model import SAEConfig, SparseAutoencoder, batch_top_indices
+from rewardlab.sae.model import Pairs, SAEConfig, SparseAutoencoder, batch_top_indices, nth_largest
 from rewardlab.sae import train as train_module
 from rewardlab.sae.crosscoder import Crosscoder
 from rewardlab.sae.train import SAEJob, TrainConfig, _aux_k_loss, train_sae, train_saes
@@ -126,16 +126,37 @@ def test_batchtopk_keeps_k_per_token_on_average():
 
 
 @pytest.mark.parametrize("n_keep", [1, 40, 700, 1000, 1024])
-def test_batch_top_indices_is_exact(n_keep):
+@pytest.mark.parametrize("stride", [7, 8])
+def test_batch_top_indices_is_exact(n_keep, stride):
     gen = torch.Generator().manual_seed(1)
     score = torch.randn(32, 32, generator=gen)
     expected = score.reshape(-1).topk(n_keep).indices.sort().values
-    torch.testing.assert_close(batch_top_indices(score, n_keep), expected)
+    torch.testing.assert_close(batch_top_indices(score, n_keep, stride), expected)
     # a sample that misses the large values forces the exact fallback
     skewed = score.clone().reshape(-1)
     skewed[1::8] += 100
-    got = batch_top_indices(skewed.reshape(32, 32), n_keep)
+    got = batch_top_indices(skewed.reshape(32, 32), n_keep, stride)
     torch.testing.assert_close(got, skewed.topk(n_keep).indices.sort().values)
+
+
+@pytest.mark.parametrize("n_keep", [5000, 16384])
+def test_batch_top_indices_at_its_default_stride_takes_the_sampled_path_and_is_exact(n_keep):
+    """A [1024, 128] batch of pre-activations with ties at many values: the default (odd) stride's sample gives
+    a bound with enough candidates, and the result equals the full top-k with every tie at the cut kept."""
+    gen = torch.Generator().manual_seed(2)
+    score = torch.randn(1024, 128, generator=gen).mul(8).round()  # values repeat: ties at the cut
+    flat = score.reshape(-1)
+    cut = flat.topk(n_keep).values.min()
+    expected = (flat >= cut).nonzero().squeeze(1)
+    bound = nth_largest(flat[::61], (3 * n_keep) // (2 * 61))
+    assert int((flat >= bound).sum()) >= n_keep  # the sampled path, not the fallback
+    torch.testing.assert_close(batch_top_indices(score, n_keep), expected)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 6, 10])
+def test_nth_largest_is_the_nth_value_in_descending_order(n):
+    values = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0])
+    assert float(nth_largest(values, n)) == float(values.sort(descending=True).values[n - 1])
 
 
 @pytest.mark.parametrize("arch", ["batchtopk", "topk"])
@@ -266,7 +287,7 @@ def test_gather_pre_backward_equals_dense_autograd():
     weight = torch.randn(8, generator=gen, dtype=torch.float64)
     params = [x, sae.W_enc, sae.b_enc, sae.b_dec]
     pre = (x @ sae.W_enc + sae.encoder_bias()).detach()
-    got = torch.autograd.grad((sae.gather_pre(x, pre, rows, latent) * weight).sum(), params)
+    got = torch.autograd.grad((sae.gather_pre(x, pre, Pairs(rows, latent, 10)) * weight).sum(), params)
     ref = torch.autograd.grad(((x @ sae.W_enc + sae.encoder_bias())[rows, latent] * weight).sum(), params)
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)

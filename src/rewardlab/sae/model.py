@@ -52,67 +52,122 @@ class SAEConfig:
             raise InputError(f"l1_coefficient must be at least 0, got {self.l1_coefficient}")
 
 
+class Pairs:
+    """A batch's (token, latent) pairs: rows [nnz] (token index) and latent [nnz], in any order, with their order
+    by latent, sorted once on first use and shared by every sparse backward over these pairs (the encoder's
+    `_GatherPre` and the decoder's `_DecodeSparse`)."""
+
+    def __init__(self, rows: torch.Tensor, latent: torch.Tensor, d_sae: int):
+        self.rows, self.latent, self.d_sae = rows, latent, d_sae
+        self._by_latent: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def sums_by_latent(self, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """[d_sae, width]: row j = sum over latent j's pairs i of weight[i] * table[rows[i]], for table [n, width]
+        and weight [nnz]: one embedding_bag over the pairs sorted by latent, the gradient of a dense
+        [n, d_in] x [d_in, d_sae] product without the dense operands and without a scatter."""
+        if self._by_latent is None:
+            order = torch.argsort(self.latent, stable=True)
+            counts = torch.bincount(self.latent, minlength=self.d_sae)
+            self._by_latent = self.rows[order], order, counts.cumsum(0) - counts
+        rows, order, starts = self._by_latent
+        return F.embedding_bag(rows, table, starts, mode="sum", per_sample_weights=weight[order])
+
+
 @dataclass
 class SparseCodes:
     """A batch's active (token, latent) pairs, grouped by token; `value` carries the gradient."""
-    latent: torch.Tensor  # [nnz] latent index, grouped by token in increasing order
+    pairs: Pairs  # rows non-decreasing (grouped by token), latent increasing within a token
     value: torch.Tensor  # [nnz] activation relu(pre[token, latent]) (0 where a candidate was cut)
-    offsets: torch.Tensor  # [n_tokens] start of each token's entries in latent/value
+    offsets: torch.Tensor  # [n_tokens] start of each token's entries in the pairs
     pre: torch.Tensor  # [n_tokens, d_sae] dense pre-activations, without gradient (AuxK ranks its dead columns)
     threshold: torch.Tensor  # scalar: the smallest kept selection value (BatchTopK's per-batch threshold)
 
     def fired(self) -> torch.Tensor:
         """[d_sae] bool: latents with a positive activation in the batch"""
-        return torch.bincount(self.latent, weights=self.value.detach(), minlength=self.pre.shape[1]) > 0
+        return torch.bincount(self.pairs.latent, weights=self.value.detach(), minlength=self.pre.shape[1]) > 0
 
 
 class _GatherPre(torch.autograd.Function):
-    """pre[row_i, latent_i] = x[row_i] . w_enc[:, latent_i] + bias[latent_i] for a list of pairs, read from the
+    """pre[row_i, latent_i] = x[row_i] . w_enc[:, latent_i] + bias[latent_i] for the pairs i, read from the
     already computed pre [n, d_sae] (no gradient), with a sparse backward (sparsify's fused encoder, for any
-    pairs): grad w_enc[:, j] = sum over j's pairs of grad_i * x[row_i], one embedding_bag over the pairs sorted
-    by latent, so no dense [n, d_sae] gradient and no [d_in, n] x [n, d_sae] matmul exist."""
+    pairs): grad w_enc[:, j] = sum over j's pairs of grad_i * x[row_i] (`Pairs.sums_by_latent`), so no dense
+    [n, d_sae] gradient and no [d_in, n] x [n, d_sae] matmul exist."""
 
     @staticmethod
-    def forward(ctx, x, w_enc, bias, pre, rows, latents):
-        ctx.save_for_backward(x, w_enc, rows, latents)
-        return pre[rows, latents]
+    def forward(ctx, x, w_enc, bias, pre, pairs):
+        ctx.save_for_backward(x, w_enc)
+        ctx.pairs = pairs
+        return pre[pairs.rows, pairs.latent]
 
     @staticmethod
     def backward(ctx, grad):
-        x, w_enc, rows, latents = ctx.saved_tensors
-        d_sae = w_enc.shape[1]
+        x, w_enc = ctx.saved_tensors
+        pairs = ctx.pairs
         grad_x = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x).index_add_(0, rows, w_enc.T[latents] * grad.unsqueeze(1))
+            grad_x = torch.zeros_like(x).index_add_(0, pairs.rows, w_enc.T[pairs.latent] * grad.unsqueeze(1))
         if ctx.needs_input_grad[1]:
-            order = torch.argsort(latents, stable=True)
-            counts = torch.bincount(latents, minlength=d_sae)
-            grad_w = F.embedding_bag(rows[order], x, counts.cumsum(0) - counts, mode="sum",
-                                     per_sample_weights=grad[order]).T
+            grad_w = pairs.sums_by_latent(x, grad).T
         if ctx.needs_input_grad[2]:
-            grad_bias = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, latents, grad)
-        return grad_x, grad_w, grad_bias, None, None, None
+            grad_bias = torch.zeros(pairs.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, pairs.latent, grad)
+        return grad_x, grad_w, grad_bias, None, None
 
 
-def batch_top_indices(score: torch.Tensor, n_keep: int, sample_stride: int = 8) -> torch.Tensor:
+class _DecodeSparse(torch.autograd.Function):
+    """out[t] = sum over token t's pairs i of value_i * w_dec[latent_i] (one embedding_bag over the pairs grouped by
+    token, offsets [n]). Backward: the values' gradient is embedding_bag's own; the decoder's is one embedding_bag
+    over the pairs sorted by latent (`Pairs.sums_by_latent`, the order the encoder's backward sorts for), instead
+    of embedding_bag's sort-and-scatter backward of the weight."""
+
+    @staticmethod
+    def forward(ctx, value, w_dec, pairs, offsets):
+        ctx.save_for_backward(value, w_dec, offsets)
+        ctx.pairs = pairs
+        return F.embedding_bag(pairs.latent, w_dec, offsets, mode="sum", per_sample_weights=value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        value, w_dec, offsets = ctx.saved_tensors
+        grad_value = grad_w = None
+        if ctx.needs_input_grad[0]:
+            with torch.enable_grad():
+                weights = value.detach().requires_grad_()
+                out = F.embedding_bag(ctx.pairs.latent, w_dec.detach(), offsets, mode="sum", per_sample_weights=weights)
+            grad_value, = torch.autograd.grad(out, weights, grad)
+        if ctx.needs_input_grad[1]:
+            grad_w = ctx.pairs.sums_by_latent(grad, value.detach())
+        return grad_value, grad_w, None, None
+
+
+def nth_largest(values: torch.Tensor, n: int) -> torch.Tensor:
+    """The n-th largest entry of values [m] (1 <= n <= m), as a 0-d tensor: the smallest of the n largest, or, when
+    n > m / 2, the largest of the m - n + 1 smallest (the same value, ties included; the smaller selection is faster)."""
+    m = values.numel()
+    if 2 * n <= m:
+        return values.topk(n, sorted=False).values.min()
+    return values.topk(m - n + 1, largest=False, sorted=False).values.max()
+
+
+def batch_top_indices(score: torch.Tensor, n_keep: int, sample_stride: int = 61) -> torch.Tensor:
     """Flat indices (increasing) of the n_keep largest entries of score [n, m]; ties at the cut are kept.
 
     Exact: a strided sample gives a lower bound s with at least n_keep entries >= s (checked; else
-    the bound is dropped), so the exact top-k runs on about 1.5 * n_keep candidates, not n * m.
+    the bound is dropped), so the exact selection runs on about 1.5 * n_keep candidates, not n * m. The
+    stride is odd, so for the usual power-of-two widths m the sample reaches every column, not every 8th.
     """
     flat = score.reshape(-1)
     candidates = None
     n_sample = (flat.numel() + sample_stride - 1) // sample_stride
     want = (3 * n_keep) // (2 * sample_stride)
     if 0 < want < n_sample:
-        bound = flat[::sample_stride].topk(want, sorted=False).values.min()
+        bound = nth_largest(flat[::sample_stride], want)
         candidates = (flat >= bound).nonzero().squeeze(1)
         if len(candidates) < n_keep:
             candidates = None
     if candidates is None:
-        return (flat >= flat.topk(n_keep, sorted=False).values.min()).nonzero().squeeze(1)
-    values = flat[candidates]
-    return candidates[values >= values.topk(n_keep, sorted=False).values.min()]
+        return (flat >= nth_largest(flat, n_keep)).nonzero().squeeze(1)
+    values = flat.index_select(0, candidates)
+    return candidates.masked_select(values >= nth_largest(values, n_keep))
 
 
 class SparseAutoencoder(nn.Module):
@@ -163,11 +218,12 @@ class SparseAutoencoder(nn.Module):
         """[d_sae] b_enc - b_dec @ W_enc: pre = x @ W_enc + encoder_bias() equals pre_activations(x)"""
         return self.b_enc - self.b_dec @ self.encoder
 
-    def gather_pre(self, x: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor,
+    def gather_pre(self, x: torch.Tensor, pre: torch.Tensor, pairs: Pairs,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
-        """[nnz] pre[rows, latent] with gradient to the encoder and both biases, read from pre [n, d_sae]
-        (= x @ W_enc + encoder_bias(), computed without autograd) and backpropagated sparsely (`_GatherPre`)."""
-        return _GatherPre.apply(x, self.encoder, self.encoder_bias() if bias is None else bias, pre, rows, latent)
+        """[nnz] pre[pairs.rows, pairs.latent] with gradient to the encoder and both biases, read from pre
+        [n, d_sae] (= x @ W_enc + encoder_bias(), computed without autograd) and backpropagated sparsely
+        (`_GatherPre`)."""
+        return _GatherPre.apply(x, self.encoder, self.encoder_bias() if bias is None else bias, pre, pairs)
 
     def sparse_codes(self, x: torch.Tensor, batch_cut=None) -> SparseCodes:
         """Training-time TopK/BatchTopK codes of x [n, d_in] (per token for topk, over the batch for batchtopk).
@@ -192,22 +248,23 @@ class SparseAutoencoder(nn.Module):
             else:
                 if batch_cut is None:
                     flat = batch_top_indices(score, min(k * n, n * d_sae))
-                    threshold = score.reshape(-1)[flat].min().clamp_min(0)
+                    threshold = score.reshape(-1).index_select(0, flat).min().clamp_min(0)
                 else:
                     cut, total = batch_cut(score, k * n)
                     flat = batch_top_indices(score, min(total, n * d_sae))
-                    keep = score.reshape(-1)[flat] >= cut
+                    keep = score.reshape(-1).index_select(0, flat) >= cut
                     threshold = cut.clamp_min(0)
                 rows, latent = flat // d_sae, flat % d_sae
                 offsets = torch.searchsorted(flat, torch.arange(n, device=x.device) * d_sae)
-        value = torch.relu(self.gather_pre(x, pre, rows, latent, bias))
+        pairs = Pairs(rows, latent, d_sae)
+        value = torch.relu(self.gather_pre(x, pre, pairs, bias))
         if keep is not None:
             value = value * keep
-        return SparseCodes(latent, value, offsets, pre, threshold)
+        return SparseCodes(pairs, value, offsets, pre, threshold)
 
     def decode_sparse(self, codes: SparseCodes, bias: bool = True) -> torch.Tensor:
         """x_hat [n, d_in] = b_dec (if bias) + sum over each token's kept pairs of value * W_dec[latent]."""
-        out = F.embedding_bag(codes.latent, self.W_dec, codes.offsets, mode="sum", per_sample_weights=codes.value)
+        out = _DecodeSparse.apply(codes.value, self.W_dec, codes.pairs, codes.offsets)
         return out + self.b_dec if bias else out
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from rewardlab import distributed
 from rewardlab.errors import InputError
-from rewardlab.sae.model import SAEConfig, SparseAutoencoder, SparseCodes
+from rewardlab.sae.model import Pairs, SAEConfig, SparseAutoencoder, SparseCodes
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _batches(acts: torch.Tensor | Iterable[torch.Tensor], cfg: TrainConfig,
     while True:
         order = torch.randperm(len(acts), generator=gen)
         for start in range(0, len(acts) - cfg.batch_size + 1, cfg.batch_size):
-            yield acts[order[start:start + cfg.batch_size]]
+            yield acts.index_select(0, order[start:start + cfg.batch_size])  # 3-5x faster than acts[...] on CPU
             step += 1
             if step >= n_steps:
                 return
@@ -101,8 +101,9 @@ def _aux_k_loss(sae: SparseAutoencoder, x: torch.Tensor, pre: torch.Tensor, resi
     with torch.no_grad():
         latent = dead_idx[pre.index_select(1, dead_idx).topk(k, dim=-1, sorted=False).indices].reshape(-1)
         rows = torch.arange(n, device=x.device).repeat_interleave(k)
-    value = sae.gather_pre(x, pre, rows, latent)
-    codes = SparseCodes(latent, value, torch.arange(0, n * k, k, device=x.device), pre, pre.new_zeros(()))
+    pairs = Pairs(rows, latent, sae.cfg.d_sae)
+    value = sae.gather_pre(x, pre, pairs)
+    codes = SparseCodes(pairs, value, torch.arange(0, n * k, k, device=x.device), pre, pre.new_zeros(()))
     residual_hat = sae.decode_sparse(codes, bias=False)
     return min(1.0, len(dead_idx) / aux_k) * ((residual_hat - residual) ** 2).sum(-1).mean()
 
