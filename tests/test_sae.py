@@ -57,8 +57,9 @@ def test_training_is_deterministic(data):
 
 @pytest.mark.parametrize("parallel_mib", [1024, 0])
 def test_training_several_at_once_gives_each_the_sae_it_gets_alone(data, monkeypatch, parallel_mib):
-    """train_saes (threads at once, or one after another when its memory budget fits one) returns every job's
-    result under its key, each bit for bit the SAE train_sae trains alone, and leaves the thread count as it was."""
+    """train_saes (two worker threads taking the longest jobs first, or one after another when its memory budget
+    fits one) returns every job's result under its key, each bit for bit the SAE train_sae trains alone, and leaves
+    the thread count as it was."""
     monkeypatch.setattr(train_module, "PARALLEL_MIB", parallel_mib)
     acts, _ = data
     tc = TrainConfig(batch_size=256, n_tokens=20_000)

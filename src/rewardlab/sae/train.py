@@ -33,8 +33,8 @@ of the single-process trainer. The SAE is returned on the CPU.
 
 `train_saes` trains several independent SAEs at once (the diffing pipeline trains a dozen per run): at the review
 world's widths a step is a few small kernels that two intra-op threads barely speed up, while SAEs in separate
-Python threads, one intra-op thread each, run side by side (the kernels release the GIL). Each SAE's numbers are
-those `train_sae` gives it alone.
+Python threads, one intra-op thread each, one per core, run side by side (the kernels release the GIL). Each SAE's
+numbers are those `train_sae` gives it alone.
 """
 
 from __future__ import annotations
@@ -271,6 +271,10 @@ class SAEJob:
         pre-activations with about three tensors derived from them (selection scores, candidates, AuxK ranks)."""
         return 4 * 4 * (2 * self.sae_cfg.d_in * self.sae_cfg.d_sae + self.cfg.batch_size * self.sae_cfg.d_sae)
 
+    def work(self) -> int:
+        """Rough length of this training, for ordering jobs: tokens x the encoder's d_in x d_sae."""
+        return self.cfg.n_tokens * self.sae_cfg.d_in * self.sae_cfg.d_sae
+
     def run(self) -> TrainResult:
         return train_sae(self.acts, self.sae_cfg, self.cfg, self.model_cls, self.targets)
 
@@ -279,24 +283,28 @@ PARALLEL_MIB = 1024  # memory (MiB, `SAEJob.training_bytes`) the SAEs `train_sae
 
 
 def train_saes(jobs: Mapping[Hashable, SAEJob]) -> dict[Hashable, TrainResult]:
-    """`train_sae` of every job: {key: its result}, in the jobs' order. In a single process the jobs train at once,
-    each in its own Python thread (as many as fit in PARALLEL_MIB by `SAEJob.training_bytes`; more threads than
-    cores still finish sooner, as no core idles while the longest job runs alone), and the process's intra-op
-    threads are split among them (at least one each; restored afterwards). Under several processes they train one after
-    another, since each one's collectives must run in the same order everywhere."""
+    """`train_sae` of every job: {key: its result}, in the jobs' order. In a single process the jobs train side by
+    side in a pool of Python threads, one intra-op thread each: as many workers as the process has intra-op
+    threads (more threads than cores contend for the cores and the GIL), and no more than fit in PARALLEL_MIB by
+    `SAEJob.training_bytes`; the longest jobs (`SAEJob.work`) start first, so that no worker is left with a long
+    job at the end. The process's intra-op threads are restored afterwards. Under several processes they train one
+    after another, since each one's collectives must run in the same order everywhere."""
     if not jobs:
         return {}
-    at_once = min(len(jobs), max(1, PARALLEL_MIB * 2 ** 20 // max(job.training_bytes() for job in jobs.values())))
-    if at_once == 1 or distributed.rank_and_world()[1] > 1:
-        return {key: job.run() for key, job in jobs.items()}
     threads = torch.get_num_threads()
+    fit = max(1, PARALLEL_MIB * 2 ** 20 // max(job.training_bytes() for job in jobs.values()))
+    workers = min(len(jobs), threads, fit)
+    if workers == 1 or distributed.rank_and_world()[1] > 1:
+        return {key: job.run() for key, job in jobs.items()}
 
     def run(job: SAEJob) -> TrainResult:
-        torch.set_num_threads(max(1, threads // at_once))  # per calling thread: this job's intra-op threads
+        torch.set_num_threads(max(1, threads // workers))  # per calling thread: this job's intra-op threads
         return job.run()
 
+    longest_first = sorted(jobs, key=lambda key: -jobs[key].work())
     try:
-        with ThreadPoolExecutor(at_once, thread_name_prefix="sae") as pool:
-            return dict(zip(jobs, pool.map(run, jobs.values())))
+        with ThreadPoolExecutor(workers, thread_name_prefix="sae") as pool:
+            futures = {key: pool.submit(run, jobs[key]) for key in longest_first}
+            return {key: futures[key].result() for key in jobs}
     finally:
         torch.set_num_threads(threads)
