@@ -90,6 +90,8 @@ class DiffConfig:
     reward: str = "utility"  # reward spec that computes a missing reward_field
     samples_per_prompt: int = 0  # extra completions per prompt and model, split with their prompt (0: records only)
     max_new_tokens: int = 32  # length cap of those completions (sampled at temperature 1)
+    sample_batch_size: int = 256  # prompts per decoding loop for those completions (memory: their KV cache)
+    cache_batch_size: int = 64  # sequences per forward pass when caching activations (records and extra completions)
     train: TrainConfig = field(default_factory=TrainConfig)  # dictionary training settings
     seed: int = 0  # seed of the dictionaries, the split and the feature examples
 
@@ -112,6 +114,8 @@ class DiffConfig:
              "shared_threshold and scaling_threshold must be in (0, 1]", None),
             (self.samples_per_prompt >= 0 and self.max_new_tokens >= 1,
              "samples_per_prompt must be at least 0 and max_new_tokens at least 1", None),
+            (self.sample_batch_size >= 1 and self.cache_batch_size >= 1,
+             "sample_batch_size and cache_batch_size must be at least 1", None),
             (t.batch_size >= 1 and t.n_tokens >= 1 and t.lr > 0, "train: batch_size and n_tokens must be at "
              "least 1, lr above 0", None),
         ], "SAE diff config")
@@ -172,7 +176,7 @@ def with_extra(train: torch.Tensor, test: torch.Tensor, extra: Extra | None, nam
 
 
 def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prompt: int,
-                       max_new_tokens: int, seed: int) -> list[dict]:
+                       max_new_tokens: int, seed: int, batch_size: int = 256) -> list[dict]:
     """`n_per_prompt` completions of every prompt from each model (temperature 1, one seeded generator),
     as records {prompt, completion, source}: extra SAE text. Works with any prompts, needs no reward."""
     gen = torch.Generator().manual_seed(seed)
@@ -180,7 +184,7 @@ def sample_extra_texts(base, post, tokenizer, prompts: Sequence[str], n_per_prom
     return [{"prompt": s.prompt, "completion": s.completion, "source": name}
             for name, model in (("base", base), ("post", post))
             for s in generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, generator=gen,
-                              batch_size=256, desc=f"sampling SAE text ({name})")]
+                              batch_size=batch_size, desc=f"sampling SAE text ({name})")]
 
 
 def choose_layers(div: Divergence, n: int, depth: int) -> tuple[list[int], str]:
@@ -538,8 +542,8 @@ def prepare_stores(base, post, tokenizer, records: list[dict], out: Path, sites:
     if cfg.reward_field not in records[0]:
         rewards = get_reward(cfg.reward)([r["completion"] for r in records])
         records = [dict(r, **{cfg.reward_field: v}) for r, v in zip(records, rewards)]
-    stores = {name: cache_activations(model, tokenizer, records, out / f"acts-{name}",
-                                      CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
+    caching = CacheConfig(sites=sites, positions=["tokens"], batch_size=cfg.cache_batch_size)
+    stores = {name: cache_activations(model, tokenizer, records, out / f"acts-{name}", caching, model_name=name)
               for name, model in (("base", base), ("post", post))}
     split = grouped_split(stores["base"].prompt_ids, (0.7, 0.1, 0.2), seed=cfg.seed)
     train_rows = np.concatenate([split.train, split.val])
@@ -547,9 +551,9 @@ def prepare_stores(base, post, tokenizer, records: list[dict], out: Path, sites:
     if cfg.samples_per_prompt > 0:
         prompts = sorted({r["prompt"] for r in records})
         texts = sample_extra_texts(base, post, tokenizer, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
-                                   cfg.seed)
-        extra = Extra({name: cache_activations(model, tokenizer, texts, out / f"acts-extra-{name}",
-                                               CacheConfig(sites=sites, positions=["tokens"]), model_name=name)
+                                   cfg.seed, cfg.sample_batch_size)
+        extra = Extra({name: cache_activations(model, tokenizer, texts, out / f"acts-extra-{name}", caching,
+                                               model_name=name)
                        for name, model in (("base", base), ("post", post))},
                       {stores["base"].prompt_ids[int(i)] for i in train_rows})
     return records, stores, extra, train_rows, split.test
