@@ -13,8 +13,10 @@ the autograd graph: the encoder is one dense matmul without autograd (b_dec fold
 selection finds its threshold on a strided sample first and runs the exact top-k only on the candidates above it;
 the kept pre-activations are gathered with a sparse backward (`_GatherPre`: the encoder's gradient is a
 sum over the kept (token, latent) pairs, sparsify's fused encoder), and the decoder is a fused gather-scale-sum
-(embedding_bag) over the same pairs. Per step that leaves one [batch, d_in] x [d_in, d_sae] matmul where the
-dense computation has five (encoder forward and weight gradient, decoder forward and both gradients).
+(embedding_bag) over the same pairs (`_DecodeSparse`). Both weight gradients are one embedding_bag each over the
+pairs sorted by latent, sorted once per step (`Pairs`). Per step that leaves one [batch, d_in] x [d_in, d_sae]
+matmul where the dense computation has five (encoder forward and weight gradient, decoder forward and both
+gradients).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class Pairs:
 @dataclass
 class SparseCodes:
     """A batch's active (token, latent) pairs, grouped by token; `value` carries the gradient."""
-    pairs: Pairs  # rows non-decreasing (grouped by token), latent increasing within a token
+    pairs: Pairs  # rows non-decreasing: grouped by token
     value: torch.Tensor  # [nnz] activation relu(pre[token, latent]) (0 where a candidate was cut)
     offsets: torch.Tensor  # [n_tokens] start of each token's entries in the pairs
     pre: torch.Tensor  # [n_tokens, d_sae] dense pre-activations, without gradient (AuxK ranks its dead columns)
