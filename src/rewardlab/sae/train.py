@@ -82,7 +82,7 @@ def _batches(acts: torch.Tensor | Iterable[torch.Tensor], cfg: TrainConfig,
     while True:
         order = torch.randperm(len(acts), generator=gen)
         for start in range(0, len(acts) - cfg.batch_size + 1, cfg.batch_size):
-            yield acts.index_select(0, order[start:start + cfg.batch_size])  # 3-5x faster than acts[...] on CPU
+            yield acts.index_select(0, order[start:start + cfg.batch_size])  # whole rows (acts[...] copies element-wise)
             step += 1
             if step >= n_steps:
                 return
