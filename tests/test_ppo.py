@@ -182,6 +182,49 @@ def test_recorded_rollout_scores_as_a_full_forward_pass(tmp_path):
         torch.testing.assert_close(x[real] if x.ndim == 2 else x, y[real] if y.ndim == 2 else y, atol=1e-5, rtol=1e-4)
 
 
+def test_learning_prepares_a_sparse_backward_for_a_tied_embedding_only(tmp_path):
+    """`prepare_for_learning` makes a tied, trainable input embedding's backward sparse: the tied weight's
+    gradient stays dense and equals the dense backward's; an untied embedding (whose gradient would then
+    be sparse, which Adam refuses) and a frozen one are left as they are. The optimizer is fused on CPU."""
+    from accelerate import Accelerator
+    from transformers import GPT2LMHeadModel
+
+    from rewardlab.rl.inputs import load_policy_and_tokenizer
+    from rewardlab.rl.ppo import policy_with_value, prepare_for_learning
+
+    cfg = PPOConfig(base="unused", prompts="unused")
+    policy, tok = load_policy_and_tokenizer(make_tiny_lm(tmp_path / "lm"))
+    model, optimizer = policy_with_value(policy, cfg, "cpu")
+    assert optimizer.defaults["fused"]
+    ids = torch.tensor([[3, 4, 5, 6, 7, 3], [8, 9, 3, 4, 10, 11]])
+    mask = torch.ones_like(ids)
+
+    def tied_gradient() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        logits, values = model(ids, mask, 3)
+        (logits.log_softmax(-1)[..., 5].sum() + values.sum()).backward()
+        return policy.get_output_embeddings().weight.grad
+
+    dense = tied_gradient().clone()
+    assert not policy.get_input_embeddings().sparse
+    model, optimizer = prepare_for_learning(Accelerator(cpu=True), model, optimizer)
+    assert policy.get_input_embeddings().sparse
+    sparse = tied_gradient()
+    assert sparse.layout == torch.strided and policy.get_input_embeddings().weight.grad is sparse
+    torch.testing.assert_close(sparse, dense, rtol=1e-6, atol=1e-6)
+
+    config = GPT2LMHeadModel.from_pretrained(make_tiny_lm(tmp_path / "untied")).config
+    config.tie_word_embeddings = False
+    untied = GPT2LMHeadModel(config)
+    assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
+    prepare_for_learning(Accelerator(cpu=True), *policy_with_value(untied, cfg, "cpu"))
+    assert not untied.get_input_embeddings().sparse
+    frozen, _ = load_policy_and_tokenizer(make_tiny_lm(tmp_path / "frozen"))
+    frozen.requires_grad_(False)
+    prepare_for_learning(Accelerator(cpu=True), *policy_with_value(frozen, cfg, "cpu"))
+    assert not frozen.get_input_embeddings().sparse
+
+
 @pytest.mark.parametrize("estimator,kl_in,target,top_k", [("k3", "loss", None, 8), ("exact", "reward", 4.0, 8),
                                                            ("exact_reverse", "loss", None, 0)])
 def test_ppo_kl_variants_run(tmp_path, estimator, kl_in, target, top_k):

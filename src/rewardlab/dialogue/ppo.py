@@ -40,7 +40,7 @@ from rewardlab.dialogue.play import Played, play
 from rewardlab.dialogue.rewards import FollowupBonus, TurnRewards, bonus_probability, elicits_bonus
 from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.kl_penalty import KLController, exact_kl
-from rewardlab.rl.ppo import learn, policy_and_reference, policy_with_value, score_rollout
+from rewardlab.rl.ppo import learn, policy_and_reference, policy_with_value, prepare_for_learning, score_rollout
 from rewardlab.rl.rollout import completion_logprobs_from_logits, position_ids
 from rewardlab.world.grammar import is_grammatical
 
@@ -107,7 +107,7 @@ def train_dialogue_ppo(dialogue: Dialogue, cfg: PPOConfig, reward: TurnRewards, 
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(cpu=True)
     policy, ref, tokenizer, _ = policy_and_reference(cfg, accelerator.device)
-    model, optimizer = accelerator.prepare(*policy_with_value(policy, cfg, accelerator.device))
+    model, optimizer = prepare_for_learning(accelerator, *policy_with_value(policy, cfg, accelerator.device))
     generator = torch.Generator().manual_seed(cfg.seed * 1000)
     user_rng = random.Random(f"dialogue-ppo/{cfg.seed}")
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)

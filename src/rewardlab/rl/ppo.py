@@ -383,6 +383,7 @@ def learn(model, ref: nn.Module, ro: Rollout, sc: Scored, cfg: PPOConfig, kl_coe
             m = maskf[mb]
             new_logits, new_values = model(ro.input_ids[mb], ro.attention_mask[mb], T)
             new_logp, new_all = _logprobs(new_logits, ro.completion_ids[mb], cfg)
+            del new_logits  # [B, T, V]: the graph keeps the log-softmax's output, not its input
             old_values = sc.values[mb]
             pg_loss, vf_loss, ratio, log_ratio = ppo_losses(new_logp, new_values, sc.old_logp[mb], old_values,
                                                             sc.advantages[mb], sc.returns[mb], m, cfg)
@@ -484,7 +485,8 @@ def _logged_lr(policy: nn.Module, cfg: PPOConfig, log: bool) -> tuple[float, str
 def policy_with_value(policy: nn.Module, cfg: PPOConfig, device) -> tuple[PolicyWithValue, torch.optim.Optimizer]:
     """The policy with a fresh value head (initial weights seeded by `cfg.seed`, global RNG untouched) on
     `device`, and its Adam optimizer (the policy's trainable parameters at `policy_lr`: all of them, or the
-    LoRA adapter's; the value head at `value_lr`)."""
+    LoRA adapter's; the value head at `value_lr`), fused on CPU and CUDA: the update runs as one kernel per
+    parameter without the unfused loop's parameter-sized temporaries (two of the largest parameter at once)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         value_head = ValueHead(d_model(policy), cfg.value_head, cfg.value_site)
@@ -492,7 +494,24 @@ def policy_with_value(policy: nn.Module, cfg: PPOConfig, device) -> tuple[Policy
     optimizer = torch.optim.Adam([
         {"params": trainable(model.policy), "lr": policy_lr(policy, cfg)[0]},
         {"params": list(model.value_head.parameters()), "lr": cfg.value_lr},
-    ], eps=1e-5)
+    ], eps=1e-5, fused=torch.device(device).type in ("cpu", "cuda"))  # fused: one kernel, no per-parameter temporaries
+    return model, optimizer
+
+
+def prepare_for_learning(accelerator, model: PolicyWithValue, optimizer: torch.optim.Optimizer):
+    """`accelerator.prepare(model, optimizer)`; then, where the policy's input embedding is tied to its
+    trainable output projection (GPT-2, SmolLM2), the embedding's backward is made sparse: the rows of
+    the minibatch's tokens, added in place into the projection's dense gradient. The tied weight's
+    gradient stays dense and equal up to float summation order, and the backward no longer ends by
+    allocating a dense [V, d] buffer and a second one for the sum (two vocabulary-sized tensors on top
+    of every other gradient: the peak of full fine-tuning). After `prepare`, because DDP expects a
+    sparse gradient from a sparse embedding, and this one's accumulated gradient is dense."""
+    model, optimizer = accelerator.prepare(model, optimizer)
+    policy = accelerator.unwrap_model(model).policy
+    embed, output = policy.get_input_embeddings(), policy.get_output_embeddings()
+    if (isinstance(embed, nn.Embedding) and output is not None and output.weight is embed.weight
+            and embed.weight.requires_grad):
+        embed.sparse = True
     return model, optimizer
 
 
@@ -643,7 +662,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     start_phase, elapsed_before, metrics, samples = resume(out, cfg, model, optimizer, generator, rank, kl_ctl)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare_for_learning(accelerator, model, optimizer)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
     is_grammatical = grammar_checker(cfg.base)
 
