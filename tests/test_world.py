@@ -185,6 +185,25 @@ def test_make_model_is_seeded_without_touching_global_rng():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_the_fused_gelu_is_gpt2s_gelu_new():
+    """The world's model computes GPT-2's activation with torch's fused tanh-GELU: the same logits as
+    `gelu_new` with the same weights, up to float rounding."""
+    from transformers import GPT2LMHeadModel
+
+    tok = build_tokenizer(G.vocabulary())
+    fused = make_model(PRESETS["tiny"], tok, 3).eval()
+    assert fused.config.activation_function == "gelu_pytorch_tanh"
+    composed_config = fused.config.to_dict() | {"activation_function": "gelu_new"}
+    composed = GPT2LMHeadModel(type(fused.config).from_dict(composed_config)).eval()
+    composed.load_state_dict(fused.state_dict())
+    ids = torch.randint(3, len(tok), (4, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(input_ids=ids).logits, composed(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    x = torch.linspace(-6, 6, 1001)
+    assert (torch.nn.functional.gelu(x, approximate="tanh") - 0.5 * x * (
+        1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x ** 3)))).abs().max() < 1e-6
+
+
 @pytest.fixture(scope="module")
 def micro_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "micro"
