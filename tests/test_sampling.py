@@ -125,6 +125,38 @@ def test_kv_cached_logits_equal_full_forward(tokenizer, family):
         assert torch.allclose(cached[i], full, atol=1e-5), (family, i, (cached[i] - full).abs().max())
 
 
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
+@pytest.mark.parametrize("capacity", [3, 64])
+def test_preallocated_cache_steps_exactly_as_hugging_faces_growing_cache(tokenizer, family, capacity):
+    """`model_step` with a capacity (`PreallocatedLayer`s written in place, and moved into larger buffers
+    when the loop feeds more than the capacity, as at 3 here) gives bit for bit the logits of Hugging
+    Face's own concatenating cache (no capacity), step after step."""
+    from transformers.cache_utils import DynamicLayer
+
+    from rewardlab.sampling import PreallocatedLayer
+
+    model = tiny_model(tokenizer, family)
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    continuation = torch.randint(4, len(tokenizer), (len(PROMPTS), 6), generator=torch.Generator().manual_seed(0))
+    ids, mask, pos = left_pad(prompts, tokenizer.pad_token_id)
+    logits = {}
+    for cap in (None, capacity):
+        state = StepState(ids, mask, pos, step=0, done=torch.zeros(len(PROMPTS), dtype=torch.bool), capacity=cap)
+        steps = [model_step(model, state)]
+        for t in range(continuation.shape[1]):
+            tok = continuation[:, t:t + 1]
+            state = StepState(tok, torch.cat([state.attention_mask, torch.ones_like(tok)], 1),
+                              state.position_ids[:, -1:] + 1, step=t + 1, done=state.done, caches=state.caches,
+                              capacity=cap)
+            steps.append(model_step(model, state))
+        logits[cap] = torch.stack(steps, 1)
+        layers = state.caches["main"].layers
+        assert all(type(layer) is (DynamicLayer if cap is None else PreallocatedLayer) for layer in layers)
+        assert layers[0].keys.shape[-2] == ids.shape[1] + continuation.shape[1]
+    assert torch.equal(logits[None], logits[capacity])
+    assert layers[0].capacity >= ids.shape[1] + continuation.shape[1]
+
+
 def test_logits_fn_can_step_a_second_model(tokenizer):
     main, other = tiny_model(tokenizer, seed=0), tiny_model(tokenizer, seed=1)
     kw = dict(max_new_tokens=8, batch_size=3)

@@ -13,7 +13,9 @@ end-of-turn token when the template is on). `generate` tokenizes text prompts, r
 prompts at a time and returns one `Sample` per prompt; PPO's rollout calls the loop directly.
 Each step builds a `StepState` (the tokens fed at this step, the mask over all positions so far,
 their position ids) and calls `model_step(model, state)`, which keeps the model's KV cache in
-`state.caches`. A `logits_fn(logits, state)` hook may replace the next-token
+`state.caches`. The cache's full-attention layers write each step's keys and values in place into
+buffers sized for the whole loop (`PreallocatedLayer`; Hugging Face's `DynamicLayer` concatenates, copying
+the cache into a fresh allocation at every step and layer). A `logits_fn(logits, state)` hook may replace the next-token
 logits before they are processed; to combine two models (divergent sampling) the hook steps the
 second model on the same state under its own cache key:
 
@@ -45,6 +47,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from rewardlab.errors import InputError
 from rewardlab.text import (check_generation_fits, config_context_length, encode_prompts, pad_token_id,
@@ -129,7 +133,9 @@ class StepState:
     position_ids (B, T): position of each fed token counting real tokens only;
     step: 0 for the prompt pass, then 1, 2, ...;  done (B,): rows that have emitted eos (what they
     are fed and what is sampled for them afterwards is ignored);
-    caches: KV caches by key ("main" for the sampled model), owned by `model_step`.
+    caches: KV caches by key ("main" for the sampled model), owned by `model_step`;
+    capacity: the positions the loop feeds at most (prompt + new tokens), the size `model_step` gives a
+    new cache's buffers (None: Hugging Face's own growing cache).
     """
 
     input_ids: torch.Tensor
@@ -138,6 +144,61 @@ class StepState:
     step: int
     done: torch.Tensor
     caches: dict[str, Any] = field(default_factory=dict)
+    capacity: int | None = None
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer whose keys and values [B, heads, positions, head_dim] live in buffers of
+    `capacity` positions, allocated at the first update: each update writes its positions in place, and
+    `keys`/`values` are views of the filled part (what `DynamicLayer` holds, without its `torch.cat`
+    copying the whole cache into a fresh allocation at every step). An update past the capacity moves
+    the cache into buffers twice as large, so a loop that feeds more than it said still runs."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self._allocate(key_states, value_states, max(self.capacity, key_states.shape[-2]))
+        self.is_initialized = True
+
+    def _allocate(self, key_states: torch.Tensor, value_states: torch.Tensor, capacity: int) -> None:
+        filled = 0 if self.keys is None else self.keys.shape[-2]
+        key_buffer = key_states.new_empty(*key_states.shape[:-2], capacity, key_states.shape[-1])
+        value_buffer = value_states.new_empty(*value_states.shape[:-2], capacity, value_states.shape[-1])
+        if filled:
+            key_buffer[..., :filled, :] = self.keys
+            value_buffer[..., :filled, :] = self.values
+        self._key_buffer, self._value_buffer, self.capacity = key_buffer, value_buffer, capacity
+        self.keys, self.values = key_buffer[..., :filled, :], value_buffer[..., :filled, :]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        if end > self.capacity:
+            self._allocate(key_states, value_states, max(end, 2 * self.capacity))
+        self._key_buffer[..., start:end, :] = key_states
+        self._value_buffer[..., start:end, :] = value_states
+        self.keys, self.values = self._key_buffer[..., :end, :], self._value_buffer[..., :end, :]
+        return self.keys, self.values
+
+
+def preallocated_cache(model: torch.nn.Module, capacity: int) -> DynamicCache | None:
+    """Hugging Face's `DynamicCache` for `model`'s config with every plain full-attention layer a
+    `PreallocatedLayer` of `capacity` positions (sliding-window and other layer kinds stay as Hugging
+    Face makes them); None for a model without a Hugging Face config (it then makes its own cache)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return None
+    cache = DynamicCache(config=config)
+    if not cache.layers:  # a config whose layer kinds Hugging Face does not list: it grows the layers itself
+        return None
+    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 @torch.no_grad()
@@ -145,8 +206,11 @@ def model_step(model: torch.nn.Module, state: StepState, key: str = "main") -> t
     """Run `model` on the step's new tokens with its KV cache `state.caches[key]`; return the float32
     next-token logits (B, V) at the last position and keep the updated cache."""
     kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    cache = state.caches.get(key)
+    if cache is None and state.capacity is not None:
+        cache = preallocated_cache(model, state.capacity)
     out = model(input_ids=state.input_ids, attention_mask=state.attention_mask,
-                position_ids=state.position_ids, cache=state.caches.get(key), use_cache=True, **kwargs)
+                position_ids=state.position_ids, cache=cache, use_cache=True, **kwargs)
     state.caches[key] = out.cache
     return out.logits[:, -1, :].float()
 
@@ -214,7 +278,8 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     attention_mask = attention_mask.long()
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    state = StepState(input_ids, attention_mask, positions, step=0, done=done)
+    state = StepState(input_ids, attention_mask, positions, step=0, done=done,
+                      capacity=input_ids.shape[1] + max_new_tokens)
     tokens, real, logprobs = [], [], []
     for step in range(max_new_tokens):
         logits = model_step(model, state)
@@ -230,7 +295,8 @@ def sample_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
             logprobs.append(gather_logprobs(logits.log_softmax(dim=-1), next_tok))
         done = state.done | torch.isin(next_tok, stops) if stops is not None else state.done
         state = StepState(next_tok[:, None], torch.cat([state.attention_mask, torch.ones_like(next_tok)[:, None]], 1),
-                          state.position_ids[:, -1:] + 1, step=step + 1, done=done, caches=state.caches)
+                          state.position_ids[:, -1:] + 1, step=step + 1, done=done, caches=state.caches,
+                          capacity=state.capacity)
         if bool(done.all()):
             break
     return Decoded(torch.stack(tokens, 1), torch.stack(real, 1).long(),
