@@ -66,7 +66,7 @@ class SteerConfig:
     temperature: float = 1.0  # sampling temperature
     top_k: int = 0  # sample from the k most likely tokens (0: off)
     top_p: float = 1.0  # nucleus sampling mass (1.0: off)
-    batch_size: int = 64  # prompts per generation batch
+    batch_size: int = 64  # prompts per generation batch, and samples per forward pass when measuring them (probe score, implicit reward, perplexity)
     seed: int = 0  # sampling seed (same for every alpha and direction) and random-direction seed
     n_boot: int = 1000  # bootstrap resamples per CI
     max_perplexity_ratio: float = 2.0  # fluency holds while perplexity <= this x the unsteered (no checker)
@@ -267,7 +267,8 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
     bar.update()
     scale = typical_norm(model, tokenizer, [{"prompt": s.prompt, "completion": s.completion}
                                             for s in reference_samples], cfg.site, cfg.batch_size)
-    reference_measures = _text_measures(model, tokenizer, reference_samples, probe, base, checker, groups, kw)
+    reference_measures = _text_measures(model, tokenizer, reference_samples, probe, base, checker, groups, kw,
+                                        cfg.batch_size)
     result = {"config": asdict(cfg), "typical_norm": scale, "n_prompts": len(prompts), "alphas": list(cfg.alphas),
               "directions": {}, "samples": []}
     # every (direction or random control, nonzero alpha) run, sampled together (`steered_runs`)
@@ -289,7 +290,7 @@ def dose_response(model, tokenizer, prompts: Sequence[str], directions: dict, cf
             row = {"alpha": alpha, "reward_mean": stats.mean(reward, groups=groups, **kw).to_dict(),
                    "effect": stats.mean(reward - reference, groups=groups, **kw).to_dict()}
             row.update(reference_measures if alpha == 0 else
-                       _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw))
+                       _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw, cfg.batch_size))
             row.update(fluency(row, reference_measures, cfg))
             row["kl_neutral"] = 0.0 if alpha == 0 else stats.mean(steered_kl[name, alpha], **kw).to_dict()
             rows.append(row)
@@ -320,25 +321,27 @@ def fluency(row: dict, reference: dict, cfg: SteerConfig) -> dict:
             "fluent": bool(np.isfinite(ratio) and ratio <= cfg.max_perplexity_ratio)}
 
 
-def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw) -> dict:
-    """Probe score, implicit reward, grammatical rate or perplexity of generated samples."""
+def _text_measures(model, tokenizer, samples, probe, base, checker, groups, kw, batch_size: int) -> dict:
+    """Probe score, implicit reward, grammatical rate or perplexity of generated samples, `batch_size`
+    samples per forward pass."""
     prompts = [s.prompt for s in samples]
     completions = [s.completion for s in samples]
     out = {}
     if probe is not None:
         site, position = probe.meta["site"], probe.meta["position"]
         records = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
-        x = collect_activations(model, tokenizer, records, [site], [position])[f"{site}|{position}"].numpy()
+        x = collect_activations(model, tokenizer, records, [site], [position], batch_size)[f"{site}|{position}"].numpy()
         out["probe_score"] = stats.mean(probe.predict(x), groups=groups, **kw).to_dict()
     if base is not None:
-        scores = implicit_rewards(base, model, tokenizer, prompts, completions, ScoreConfig())
+        scores = implicit_rewards(base, model, tokenizer, prompts, completions, ScoreConfig(batch_size=batch_size))
         out["implicit_reward"] = stats.mean([s["implicit_reward"] for s in scores], groups=groups, **kw).to_dict()
     if checker is not None:
         ok = [float(checker(c, p)) for c, p in zip(completions, prompts)]
         out["grammatical_rate"] = stats.mean(ok, groups=groups, **kw).to_dict()
     else:
         keep = [i for i, c in enumerate(completions) if c]
-        logps = completion_logprobs(model, tokenizer, [prompts[i] for i in keep], [completions[i] for i in keep])
+        logps = completion_logprobs(model, tokenizer, [prompts[i] for i in keep], [completions[i] for i in keep],
+                                    batch_size)
         nll = float(np.mean([-float(lp.mean()) for lp in logps if len(lp)])) if logps else float("nan")
         out["perplexity"] = float(np.exp(nll))
     return out
