@@ -271,7 +271,7 @@ def test_reward_gradient_against_brute_force(setup):
 
 
 def test_decoding_loops_stay_within_their_memory_budget(setup):
-    """`decoding_row_bytes` counts a row's KV cache exactly (twice, for a growing cache's copy) plus four
+    """`decoding_row_bytes` counts a row's KV cache exactly (once: the loop's cache is preallocated) plus four
     float32 logit rows; `run_groups` puts fewer runs in a loop when rows are big, never fewer than one."""
     from rewardlab.sampling import decoding_row_bytes
     from rewardlab.steer import run_groups
@@ -281,7 +281,7 @@ def test_decoding_loops_stay_within_their_memory_budget(setup):
     with torch.no_grad():
         cache = model(input_ids=ids, use_cache=True).cache
     kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-    assert decoding_row_bytes(model, 7) == 2 * kv + 16 * model.config.vocab_size
+    assert decoding_row_bytes(model, 7) == kv + 16 * model.config.vocab_size
     cfg = SteerConfig(site="blocks.1.hook_resid_post", batch_size=4, max_rows=64, max_loop_mib=1.0)
     assert [len(g) for g in run_groups(10, cfg)] == [10]  # no row size given: max_rows alone (16 runs a loop)
     assert [len(g) for g in run_groups(10, cfg, row_bytes=2**20 // 12)] == [3, 3, 3, 1]  # 12 rows: 3 runs of 4

@@ -217,16 +217,17 @@ def model_step(model: torch.nn.Module, state: StepState, key: str = "main") -> t
 
 def decoding_row_bytes(model: torch.nn.Module, n_tokens: int) -> int:
     """Bytes one row of a decoding loop holds at its longest (`n_tokens` = prompt + new tokens): its KV
-    cache (layers x 2 x KV heads x head size x the weights' element size per token), counted twice for
-    the copy a growing cache makes, plus four float32 rows of next-token logits (the logits, the
-    processed logits, the probabilities and a temporary)."""
+    cache (layers x 2 x KV heads x head size x the weights' element size per token), once, since the
+    loop's cache is allocated at its full size and written in place (`PreallocatedLayer`), plus four
+    float32 rows of next-token logits (the logits, the processed logits, the probabilities and a
+    temporary)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     element = next(model.parameters()).element_size()
     kv_per_token = config.num_hidden_layers * 2 * kv_heads * head_dim * element
-    return 2 * kv_per_token * n_tokens + 4 * 4 * config.vocab_size
+    return kv_per_token * n_tokens + 4 * 4 * config.vocab_size
 
 
 @dataclass
