@@ -15,6 +15,13 @@ process uses one torch thread; set OMP_WAIT_POLICY=PASSIVE on a shared machine).
 
 Prints one row per seed (figures from RUNS/NAME/seed-S/summary.json, over `eval_samples` held-out
 samples, CIs bootstrap 95%) and writes the rows to RUNS/NAME/table.json.
+
+Beside each run, the reward's KL-optimal policy on that world (`rewardlab.rl.frontier`: the base tilted by
+exp(reward / beta), what PPO's KL-penalized objective aims at), from `--frontier-samples` base samples of each
+of `--frontier-prompts` prompts (drawn with the world seed; kept in WORLDS/seed-S.frontier.safetensors):
+its gain and grammatical rate at the run's KL, and its KL and grammatical rate at the target gain. Where
+that optimum meets the targets and the run does not, the run's path, not the objective, missed them.
+`--frontier-prompts 0` skips it.
 """
 
 from __future__ import annotations
@@ -70,6 +77,38 @@ def row(seed: int, run: Path) -> dict:
             "meets": gain >= MIN_GAIN and kl["value"] <= MAX_KL and gram["value"] >= MIN_GRAMMATICAL}
 
 
+def optimum(worlds: Path, r: dict, n_prompts: int, per_prompt: int) -> dict:
+    """The KL-optimal policy of world r["seed"]'s reward at the run's KL and at the target gain (module docstring)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rewardlab import rewards
+    from rewardlab.rl import inputs
+    from rewardlab.rl.frontier import beta_for, frontier_point, reference_samples
+
+    seed, base = r["seed"], str(worlds / f"seed-{r['seed']}" / "base")
+    path = worlds / f"seed-{seed}.frontier-{n_prompts}x{per_prompt}.safetensors"
+    if not path.is_file():
+        model, tokenizer = inputs.load_policy_and_tokenizer(base)
+        prompts = inputs.load_prompts(base, None)
+        chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n_prompts].tolist()
+        grammatical = inputs.grammar_checker(base)
+        samples = reference_samples(model, tokenizer, [prompts[i] for i in chosen], per_prompt,
+                                    rewards.get_reward("utility"),
+                                    {"grammatical": lambda text, prompt: grammatical(text, prompt=prompt)},
+                                    max_new_tokens=inputs.completion_length(base, None), seed=seed, progress=True)
+        save_file({k: torch.from_numpy(v) for k, v in samples.items()}, str(path))
+    samples = {k: v.numpy() for k, v in load_file(str(path)).items()}
+    out = {}
+    for name, target in (("at_run_kl", {"kl": r["kl"]["value"]}), ("at_target_gain", {"gain": MIN_GAIN})):
+        point = frontier_point(samples["rewards"], beta_for(samples["rewards"], **target),
+                               {"grammatical": samples["grammatical"]})
+        out[name] = {"beta": point.beta, "gain": point.gain.to_dict(), "kl": point.kl.to_dict(),
+                     "grammatical": point.measures["grammatical"].to_dict(), "ess": point.ess}
+    return out
+
+
 def ci(e: dict, digits: int) -> str:
     return f"{e['value']:.{digits}f} [{e['ci'][0]:.{digits}f}, {e['ci'][1]:.{digits}f}]"
 
@@ -85,6 +124,16 @@ def table(rows: list[dict]) -> str:
     met = sum(r["meets"] for r in rows)
     lines.append(f"\n{met} of {len(rows)} worlds meet gain >= {MIN_GAIN}, KL <= {MAX_KL:g}, "
                  f"grammatical >= {MIN_GRAMMATICAL} (n = {rows[0]['n']} samples each)")
+    if all("optimum" in r for r in rows):
+        lines += ["", f"The KL-optimal policy (the base tilted by exp(reward / beta)), from {rows[0]['optimum']['at_run_kl']['kl']['n']}"
+                  " prompts' base samples:", "",
+                  "| world seed | at the run's KL: gain | grammatical | at gain 1.5: KL (nats) | grammatical | ESS per prompt |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            at_kl, at_gain = r["optimum"]["at_run_kl"], r["optimum"]["at_target_gain"]
+            lines.append(f"| {r['seed']} | {ci(at_kl['gain'], 2)} | {ci(at_kl['grammatical'], 3)} | "
+                         f"{ci(at_gain['kl'], 2)} | {ci(at_gain['grammatical'], 3)} | "
+                         f"{at_kl['ess']:.0f}, {at_gain['ess']:.0f} |")
     return "\n".join(lines)
 
 
@@ -100,6 +149,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="seeds run at a time")
     p.add_argument("--preset", default="tiny", choices=["micro", "tiny"],
                    help="world preset (micro: a quick check of this script; the targets are the tiny world's)")
+    p.add_argument("--frontier-prompts", type=int, default=64, help="prompts of the KL-optimal frontier (0: skip it)")
+    p.add_argument("--frontier-samples", type=int, default=512, help="base samples per prompt for the frontier")
     a = p.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
@@ -114,6 +165,9 @@ def main() -> None:
     flags_file.write_text(json.dumps(ppo_flags))
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         rows = list(pool.map(lambda s: one_seed(s, Path(a.worlds) / a.preset, runs, ppo_flags, a.preset), seeds))
+    if a.frontier_prompts > 0:
+        for r in rows:
+            r["optimum"] = optimum(Path(a.worlds) / a.preset, r, a.frontier_prompts, a.frontier_samples)
     (runs / "table.json").write_text(json.dumps(rows, indent=1))
     print(f"PPO settings {a.name!r}: {' '.join(ppo_flags) or 'defaults'}")
     print(table(rows))
