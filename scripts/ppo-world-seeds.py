@@ -37,6 +37,7 @@ from pathlib import Path
 
 # issue 22's world targets
 MIN_GAIN, MAX_KL, MIN_GRAMMATICAL = 1.5, 8.0, 0.85
+MIN_ESS = 10  # effective base samples per prompt below which a frontier point is flagged (rl.frontier's bias)
 
 
 def rewardlab(*args: str, log: Path) -> None:
@@ -133,7 +134,7 @@ def table(rows: list[dict]) -> str:
             at_kl, at_gain = r["optimum"]["at_run_kl"], r["optimum"]["at_target_gain"]
             lines.append(f"| {r['seed']} | {ci(at_kl['gain'], 2)} | {ci(at_kl['grammatical'], 3)} | "
                          f"{ci(at_gain['kl'], 2)} | {ci(at_gain['grammatical'], 3)} | "
-                         f"{at_kl['ess']:.0f}, {at_gain['ess']:.0f} |")
+                         f"{at_kl['ess']:.0f}, {at_gain['ess']:.0f}{' (low: leans to the base)' if min(at_kl['ess'], at_gain['ess']) < MIN_ESS else ''} |")
     return "\n".join(lines)
 
 
