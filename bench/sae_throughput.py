@@ -71,28 +71,29 @@ def cache_acts(scale: str, world: str, n_train: int) -> Path:
 
 
 def rewardlab_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int,
-                   lr: float) -> tuple[float, float]:
+                   lr: float, seed: int) -> tuple[float, float]:
     from rewardlab.sae.metrics import reconstruction_metrics
     from rewardlab.sae.model import SAEConfig
     from rewardlab.sae.train import TrainConfig, train_sae
 
     cfg = SAEConfig(d_in=train.shape[1], d_sae=d_sae, architecture="batchtopk", k=k)
-    result = train_sae(train, cfg, TrainConfig(batch_size=batch, n_tokens=len(train), lr=lr, progress=False))
+    result = train_sae(train, cfg, TrainConfig(batch_size=batch, n_tokens=len(train), lr=lr, seed=seed,
+                                                       progress=False))
     return result.tokens_per_second, reconstruction_metrics(result.sae, held)["fvu"]
 
 
 def saelens_side(train: torch.Tensor, held: torch.Tensor, d_sae: int, k: int, batch: int,
-                 lr: float) -> tuple[float, float]:
+                 lr: float, seed: int) -> tuple[float, float]:
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
     d_in = train.shape[1]
     scale = (d_in / train[:batch].pow(2).sum(-1).mean()).sqrt()  # expected_average_only_in
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
 
     def step(i: int) -> None:
         x = train[order[i * batch:(i + 1) * batch]] * scale
@@ -126,6 +127,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=300, help="training steps = one pass over steps * batch tokens")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the same on both sides")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the SAE's initialization and the token order")
     a = ap.parse_args()
     setup(a.threads)
     n_train = a.steps * a.batch
@@ -138,9 +140,9 @@ def main() -> None:
     train, held = tensors["train"], tensors["held_out"]
     d_sae = a.expansion * train.shape[1]
     side = rewardlab_side if a.side == "rewardlab" else saelens_side
-    tokens_per_s, fvu = side(train, held, d_sae, a.k, a.batch, a.lr)
+    tokens_per_s, fvu = side(train, held, d_sae, a.k, a.batch, a.lr, a.seed)
     emit(a.side, a.scale, tokens_per_s, "tokens/s", n_train / tokens_per_s, fvu=fvu, d_in=train.shape[1],
-         d_sae=d_sae, k=a.k, batch=a.batch, steps=a.steps, lr=a.lr, threads=a.threads, held_out_tokens=len(held),
+         d_sae=d_sae, k=a.k, batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed, threads=a.threads, held_out_tokens=len(held),
          model=f"cached activations {path.name}")
 
 
