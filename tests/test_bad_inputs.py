@@ -184,6 +184,8 @@ CASES = [
      "KL coefficients must be at least 0, got [-1.0]"),
     ("sweep-parallel-runs-0", "train sweep --base {in}/model --kl-coefs 0.1,1 --parallel-runs 0 --out {out}",
      "parallel_runs must be at least 1, got 0"),
+    ("sweep-optimum-samples-1", "train sweep --base {in}/model --kl-coefs 0.1 --optimum-prompts 4 --optimum-samples 1 "
+     "--out {out}", "optimum_samples must be at least 2, got 1"),
     ("pairs-per-prompt-1", "data pairs --model {in}/model --per-prompt 1 --out {out}/p.jsonl",
      "per_prompt must be at least 2"),
     # the model's context (64 tokens): checked before any model work

@@ -29,10 +29,11 @@ def test_the_tilt_of_a_uniform_reference_is_exact_against_brute_force():
         kls.append(sum(p * math.log(p * len(r)) for p in pi))
         gram.append(sum(p * x for p, x in zip(pi, g)))
     mu, sd = rewards.mean(), rewards.std()
+    assert point.reward.value == pytest.approx(np.mean(tilted), abs=1e-12)
     assert point.gain.value == pytest.approx((np.mean(tilted) - mu) / sd, abs=1e-12)
     assert point.kl.value == pytest.approx(np.mean(kls), abs=1e-12)
     assert point.measures["grammatical"].value == pytest.approx(np.mean(gram), abs=1e-12)
-    for e in (point.gain, point.kl, point.measures["grammatical"]):
+    for e in (point.reward, point.gain, point.kl, point.measures["grammatical"]):
         assert e.ci[0] <= e.value <= e.ci[1] and e.n == 3
     assert np.allclose(tilt_weights(rewards, beta).sum(1), 1.0)
 

@@ -314,9 +314,29 @@ def test_kl_sweep_writes_frontier(tmp_path):
         s = read_json(tmp_path / "sweep" / f"kl_{r['kl_coef']:g}" / "summary.json")
         assert r["kl_exact"] == s["kl_exact"] and r["reward_policy"] == s["reward_policy"]
     assert table.count("\n") == 3
-    points = save_frontier(tmp_path / "sweep")  # as the sweep stage and `train sweep` do
-    assert [p.kl_exact for p in points] == [r["kl_exact"] for r in rows]
+    section = save_frontier(tmp_path / "sweep")  # as the sweep stage and `train sweep` do
+    assert [p.kl_exact for p in section.points] == [r["kl_exact"] for r in rows]
+    assert section.optimum == [] and not (tmp_path / "sweep" / "optimum.jsonl").exists()  # optimum_prompts 0: none
     assert (tmp_path / "sweep" / "frontier.png").stat().st_size > 1000
+
+
+def test_kl_sweep_draws_the_rewards_kl_optimal_curve(tmp_path):
+    from rewardlab.rl.sweep import OPTIMUM_BETAS, sweep_kl
+    from rewardlab.stages.sweep import save_frontier
+
+    cfg = tiny_config(tmp_path, phases=1, eval_samples=4)
+    sweep_kl(cfg, [0.0, 0.5], tmp_path / "sweep", optimum_prompts=3, optimum_samples=16)
+    section = save_frontier(tmp_path / "sweep")
+    assert [o.beta for o in section.optimum] == sorted(set(OPTIMUM_BETAS) | {0.5})  # kl_coef 0 has no optimum
+    kls = [o.kl.value for o in section.optimum]
+    tilted = [o.reward.value for o in section.optimum]
+    # a larger beta tilts less: both the KL and the tilted mean reward fall (weakly) as beta grows
+    assert all(a >= b - 1e-12 for a, b in zip(kls, kls[1:])) and all(a >= b - 1e-12 for a, b in zip(tilted, tilted[1:]))
+    assert all(0 <= k <= math.log(16) for k in kls) and all(1 <= o.ess <= 16 for o in section.optimum)
+    assert all(o.kl.n == 3 and o.kl.ci[0] <= o.kl.value <= o.kl.ci[1] for o in section.optimum)
+    assert all(o.grammatical is None for o in section.optimum)  # not a review world's model
+    with pytest.raises(InputError, match="optimum_samples must be at least 2"):
+        sweep_kl(cfg, [0.5], tmp_path / "bad", optimum_prompts=3, optimum_samples=1)
 
 
 def test_kl_sweep_runs_in_parallel_processes_give_the_same_numbers(tmp_path):

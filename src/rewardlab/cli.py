@@ -738,7 +738,8 @@ def _train_sweep(a: argparse.Namespace) -> None:
     from rewardlab.rl.sweep import sweep_kl
     from rewardlab.stages.sweep import save_frontier
 
-    print(sweep_kl(config_from_args(PPOConfig, a), a.kl_coefs, a.out, a.parallel_runs))
+    print(sweep_kl(config_from_args(PPOConfig, a), a.kl_coefs, a.out, a.parallel_runs, a.optimum_prompts,
+                   a.optimum_samples))
     save_frontier(Path(a.out))
 
 
@@ -751,6 +752,11 @@ def _train_sweep_options(p: argparse.ArgumentParser) -> None:
                    help="KL coefficients, one PPO run each, e.g. 0,0.05,0.1,0.3")
     p.add_argument("--parallel-runs", type=int, default=SweepConfig.parallel_runs, metavar="N",
                    help="runs trained at once, each in its own process (the same numbers)")
+    p.add_argument("--optimum-prompts", type=int, default=SweepConfig.optimum_prompts, metavar="N",
+                   help="prompts of the reward's KL-optimal curve (the base tilted by exp(reward / beta)), "
+                        "written to optimum.jsonl and drawn in frontier.png; 0: not drawn")
+    p.add_argument("--optimum-samples", type=int, default=SweepConfig.optimum_samples, metavar="N",
+                   help="base samples per prompt for that curve")
     add_config_args(p, PPOConfig, required=("base",), exclude=("kl_coef",))
 
 

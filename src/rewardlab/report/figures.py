@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from rewardlab.io import atomic_path
 
 POST, BASE, RANDOM = "#1f6feb", "#d1242f", "#8c959f"
+OPTIMUM = "#1a7f37"  # the reward's KL-optimal curve
 PNG_URI_PREFIX = "data:image/png;base64,"
 
 
@@ -72,9 +73,11 @@ def training_curves(
 def frontier(
     kl: Sequence[float], reward: Sequence[float], reward_err: Sequence[tuple[float, float]] | None,
     labels: Sequence[str], reward_base: float | None = None,
+    optimum: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> str:
     """Reward-KL frontier: one point per run of a sweep, true reward (with its 95% CI) against exact
-    KL to the base model, labelled; `reward_base`, the base model's mean reward, as a dashed line."""
+    KL to the base model, labelled; `reward_base`, the base model's mean reward, as a dashed line;
+    `optimum` (KLs, rewards), the reward's KL-optimal policies, as a line."""
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
     order = sorted(range(len(kl)), key=lambda i: kl[i])
@@ -86,8 +89,13 @@ def frontier(
     ax.errorbar(kl, reward, yerr=yerr, fmt="o", color=POST, capsize=3, zorder=2, label="policy")
     for x, y, label in zip(kl, reward, labels):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if optimum is not None:
+        order_opt = sorted(range(len(optimum[0])), key=lambda i: optimum[0][i])
+        ax.plot([optimum[0][i] for i in order_opt], [optimum[1][i] for i in order_opt], color=OPTIMUM, linewidth=1.5,
+                zorder=1, label="KL-optimal (base tilted by exp(r / beta))")
     if reward_base is not None:
         ax.axhline(reward_base, color=BASE, linestyle="--", linewidth=1, label="base model")
+    if reward_base is not None or optimum is not None:
         ax.legend(loc="best", fontsize=8)
     ax.set(xlabel="exact KL to base (nats / completion)", ylabel="true reward (mean, 95% CI)",
            title="Reward-KL frontier")

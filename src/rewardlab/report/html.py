@@ -182,9 +182,12 @@ def ev_frontier(run: Run) -> str:
     s = run.results.sweep
     if s is None:
         return ""
-    return (figure(frontier_figure(s.points), "Reward-KL frontier: true reward against exact KL, one point per KL "
-                                              "coefficient; dashed: the base model's reward")
-            + table([to_json(p) for p in s.points]))
+    optimum = ("; line: the reward's KL-optimal policies (the base tilted by exp(reward / beta), from base samples; "
+               "table below)" if s.optimum else "")
+    return (figure(frontier_figure(s), "Reward-KL frontier: true reward against exact KL, one point per KL "
+                                       "coefficient; dashed: the base model's reward" + optimum)
+            + table([to_json(p) for p in s.points])
+            + (table([to_json(o) for o in s.optimum]) if s.optimum else ""))
 
 
 def ev_probe(run: Run) -> str:

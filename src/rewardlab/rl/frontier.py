@@ -39,6 +39,7 @@ class FrontierPoint:
     """The tilted policy pi_beta's figures, each with a bootstrap CI over prompts (n = prompts)."""
 
     beta: float                    # reward units per nat
+    reward: Estimate               # tilted mean reward, reward units
     gain: Estimate                 # (tilted mean reward - reference mean) / reference std, over all samples
     kl: Estimate                   # KL(pi_beta || pi_ref), nats per completion
     measures: dict[str, Estimate] = field(default_factory=dict)  # tilted mean of each per-sample measure
@@ -92,6 +93,7 @@ def frontier_point(rewards, beta: float, measures: dict[str, np.ndarray] | None 
     kw = dict(n_boot=n_boot, seed=seed)
     return FrontierPoint(
         beta=beta,
+        reward=bootstrap(np.mean, per["tilted"], **kw),
         gain=bootstrap(_gain, per["tilted"], per["ref"], per["ref_sq"], **kw),
         kl=bootstrap(np.mean, per["kl"], **kw),
         measures={k: bootstrap(np.mean, per[f"m:{k}"], **kw) for k in measures},

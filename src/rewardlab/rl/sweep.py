@@ -1,7 +1,10 @@
 """Reward-KL frontier: PPO at several KL coefficients, true reward against exact KL to the base.
 
 Writes one PPO run per coefficient into OUT/kl_{coef}/ (each resumable), then OUT/frontier.jsonl
-and OUT/frontier.md (a table); `report.figures.frontier` draws it.
+and OUT/frontier.md (a table); `report.figures.frontier` draws it. With `optimum_prompts` > 0 it also writes
+OUT/optimum.jsonl: the reward's KL-optimal policies (`rl.frontier`: the base tilted by exp(reward / beta), what
+each run's objective aims at) at OPTIMUM_BETAS and at the runs' coefficients, from `optimum_samples` base samples
+of each of `optimum_prompts` prompts, so that each run can be read against the best any optimizer could do.
 
 With `parallel_runs` > 1 the runs train at once, that many at a time, each in its own Python process
 (`python -m rewardlab.rl.sweep CONFIG_JSON OUT/kl_{coef}`, its output in OUT/kl_{coef}.log): PPO on a small
@@ -18,17 +21,21 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from tqdm.auto import tqdm
 
-from rewardlab import distributed
+from rewardlab import distributed, rewards
 from rewardlab.config import from_dict
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, read_json, write_jsonl
 from rewardlab.processes import Child, child_main
 from rewardlab.rl.config import PPOConfig
+from rewardlab.rl.frontier import frontier_point, reference_samples
+from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.rl.ppo import train_ppo
 
 COLUMNS = ("kl_coef", "reward_policy", "reward_base", "kl_exact", "grammatical_rate", "seconds")
+OPTIMUM_BETAS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0)  # reward units per nat: the optimum's curve
 
 
 def _count_lines(path: Path) -> int:
@@ -63,8 +70,10 @@ def train_in_processes(configs: dict[Path, PPOConfig], parallel_runs: int) -> di
     return {folder: read_json(folder / "summary.json") for folder in configs}
 
 
-def check_sweep(kl_coefs: Sequence[float], parallel_runs: int = 1) -> None:
-    """Raise InputError unless the coefficients are at least 0, one or more, none repeated, and parallel_runs >= 1."""
+def check_sweep(kl_coefs: Sequence[float], parallel_runs: int = 1, optimum_prompts: int = 0,
+                optimum_samples: int = 2) -> None:
+    """Raise InputError unless the coefficients are at least 0, one or more, none repeated, parallel_runs >= 1,
+    optimum_prompts >= 0 and optimum_samples >= 2."""
     bad = [c for c in kl_coefs if not c >= 0]
     if bad or not kl_coefs:
         raise InputError(f"KL coefficients must be at least 0, got {bad}" if bad else "no KL coefficient given",
@@ -75,12 +84,44 @@ def check_sweep(kl_coefs: Sequence[float], parallel_runs: int = 1) -> None:
     if parallel_runs < 1:
         raise InputError(f"parallel_runs must be at least 1, got {parallel_runs}", "parallel_runs",
                          "1 trains the runs one after another")
+    if optimum_prompts < 0:
+        raise InputError(f"optimum_prompts must be at least 0, got {optimum_prompts}", "optimum_prompts",
+                         "0 skips the KL-optimal curve")
+    if optimum_samples < 2:
+        raise InputError(f"optimum_samples must be at least 2, got {optimum_samples}", "optimum_samples",
+                         "a few hundred base samples per prompt (512 keep 50 effective samples at 1.5 nats)")
 
 
-def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path, parallel_runs: int = 1) -> str:
-    """Train PPO at each KL coefficient, `parallel_runs` at a time (module docstring); returns the frontier as a
-    Markdown table."""
-    check_sweep(kl_coefs, parallel_runs)
+def optimum_curve(cfg: PPOConfig, betas: Sequence[float], n_prompts: int, per_prompt: int) -> list[dict]:
+    """The KL-optimal policies of cfg's reward relative to cfg's base under cfg's sampling settings, one row per
+    beta ({beta, reward, gain, kl, grammatical (review world only): Estimate dicts with CIs over prompts, ess}),
+    from `per_prompt` base samples of each of `n_prompts` prompts (the first of a permutation seeded with cfg.seed;
+    all of them when there are fewer)."""
+    model, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template, cfg.dtype)
+    prompts = load_prompts(cfg.base, cfg.prompts)
+    chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed))[:n_prompts].tolist()
+    is_grammatical = grammar_checker(cfg.base)
+    measures = None if is_grammatical is None else {"grammatical": lambda t, p: is_grammatical(t, prompt=p)}
+    samples = reference_samples(model, tokenizer, [prompts[i] for i in chosen], per_prompt,
+                                rewards.get_reward(cfg.reward), measures,
+                                max_new_tokens=completion_length(cfg.base, cfg.max_new_tokens),
+                                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                                progress=True)
+    rows = []
+    for beta in betas:
+        point = frontier_point(samples["rewards"], beta, {k: v for k, v in samples.items() if k != "rewards"},
+                               seed=cfg.seed)
+        rows.append({"beta": beta, "reward": point.reward.to_dict(), "gain": point.gain.to_dict(),
+                     "kl": point.kl.to_dict(), **{k: e.to_dict() for k, e in point.measures.items()},
+                     "ess": point.ess})
+    return rows
+
+
+def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path, parallel_runs: int = 1,
+             optimum_prompts: int = 0, optimum_samples: int = 512) -> str:
+    """Train PPO at each KL coefficient, `parallel_runs` at a time, and with `optimum_prompts` > 0 the KL-optimal
+    curve (module docstring); returns the frontier as a Markdown table."""
+    check_sweep(kl_coefs, parallel_runs, optimum_prompts, optimum_samples)
     for coef in kl_coefs:  # every run's config is checked before the first one trains
         dataclasses.replace(cfg, kl_coef=coef).validate()
     out = Path(out)
@@ -94,6 +135,9 @@ def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path, paralle
         rows.append({"kl_coef": coef, **{k: summary.get(k) for k in COLUMNS[1:]},
                      "reward_mean": summary["reward_policy_ci"]})  # the policy's mean reward: value, ci, n
     write_jsonl(out / "frontier.jsonl", rows)
+    if optimum_prompts > 0:
+        betas = sorted(set(OPTIMUM_BETAS) | {c for c in kl_coefs if c > 0})
+        write_jsonl(out / "optimum.jsonl", optimum_curve(cfg, betas, optimum_prompts, optimum_samples))
     table = "\n".join(
         ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         + ["| " + " | ".join("-" if r[c] is None else f"{r[c]:.3g}" for c in COLUMNS) + " |" for r in rows])
