@@ -28,6 +28,7 @@ from rewardlab import distributed, rewards
 from rewardlab.config import from_dict
 from rewardlab.errors import InputError
 from rewardlab.io import atomic_path, read_json, write_jsonl
+from rewardlab.models import pick_device
 from rewardlab.processes import Child, child_main
 from rewardlab.rl.config import PPOConfig
 from rewardlab.rl.frontier import frontier_point, reference_samples
@@ -96,8 +97,9 @@ def optimum_curve(cfg: PPOConfig, betas: Sequence[float], n_prompts: int, per_pr
     """The KL-optimal policies of cfg's reward relative to cfg's base under cfg's sampling settings, one row per
     beta ({beta, reward, gain, kl, grammatical (review world only): Estimate dicts with CIs over prompts, ess}),
     from `per_prompt` base samples of each of `n_prompts` prompts (the first of a permutation seeded with cfg.seed;
-    all of them when there are fewer)."""
+    all of them when there are fewer), sampled on cfg's device."""
     model, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template, cfg.dtype)
+    model.to(pick_device(cfg.device))
     prompts = load_prompts(cfg.base, cfg.prompts)
     chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed))[:n_prompts].tolist()
     is_grammatical = grammar_checker(cfg.base)
