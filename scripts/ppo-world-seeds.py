@@ -84,21 +84,15 @@ def optimum(worlds: Path, r: dict, n_prompts: int, per_prompt: int) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rewardlab import rewards
-    from rewardlab.rl import inputs
-    from rewardlab.rl.frontier import beta_for, frontier_point, reference_samples
+    from rewardlab.rl.config import PPOConfig
+    from rewardlab.rl.frontier import beta_for, frontier_point
+    from rewardlab.rl.sweep import base_samples
 
-    seed, base = r["seed"], str(worlds / f"seed-{r['seed']}" / "base")
+    seed = r["seed"]
     path = worlds / f"seed-{seed}.frontier-{n_prompts}x{per_prompt}.safetensors"
-    if not path.is_file():
-        model, tokenizer = inputs.load_policy_and_tokenizer(base)
-        prompts = inputs.load_prompts(base, None)
-        chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n_prompts].tolist()
-        grammatical = inputs.grammar_checker(base)
-        samples = reference_samples(model, tokenizer, [prompts[i] for i in chosen], per_prompt,
-                                    rewards.get_reward("utility"),
-                                    {"grammatical": lambda text, prompt: grammatical(text, prompt=prompt)},
-                                    max_new_tokens=inputs.completion_length(base, None), seed=seed, progress=True)
+    if not path.is_file():  # the base's samples under PPO's sampling defaults, prompts and samples drawn with the seed
+        samples = base_samples(PPOConfig(base=str(worlds / f"seed-{seed}" / "base"), reward="utility", seed=seed),
+                               n_prompts, per_prompt)
         save_file({k: torch.from_numpy(v) for k, v in samples.items()}, str(path))
     samples = {k: v.numpy() for k, v in load_file(str(path)).items()}
     out = {}

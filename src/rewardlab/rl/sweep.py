@@ -93,22 +93,28 @@ def check_sweep(kl_coefs: Sequence[float], parallel_runs: int = 1, optimum_promp
                          "a few hundred base samples per prompt (512 keep 50 effective samples at 1.5 nats)")
 
 
-def optimum_curve(cfg: PPOConfig, betas: Sequence[float], n_prompts: int, per_prompt: int) -> list[dict]:
-    """The KL-optimal policies of cfg's reward relative to cfg's base under cfg's sampling settings, one row per
-    beta ({beta, reward, gain, kl, grammatical (review world only): Estimate dicts with CIs over prompts, ess}),
-    from `per_prompt` base samples of each of `n_prompts` prompts (the first of a permutation seeded with cfg.seed;
-    all of them when there are fewer), sampled on cfg's device."""
+def base_samples(cfg: PPOConfig, n_prompts: int, per_prompt: int) -> dict:
+    """`per_prompt` samples of cfg's base (the reference) for each of `n_prompts` of cfg's prompts (the first of a
+    permutation seeded with cfg.seed; all of them when there are fewer), under cfg's sampling settings on cfg's
+    device, scored by cfg's reward and, in the review world, the grammar: {"rewards": [P, N], "grammatical": [P, N]}
+    (`rl.frontier.reference_samples`)."""
     model, tokenizer = load_policy_and_tokenizer(cfg.base, cfg.chat_template, cfg.dtype)
     model.to(pick_device(cfg.device))
     prompts = load_prompts(cfg.base, cfg.prompts)
     chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed))[:n_prompts].tolist()
     is_grammatical = grammar_checker(cfg.base)
     measures = None if is_grammatical is None else {"grammatical": lambda t, p: is_grammatical(t, prompt=p)}
-    samples = reference_samples(model, tokenizer, [prompts[i] for i in chosen], per_prompt,
-                                rewards.get_reward(cfg.reward), measures,
-                                max_new_tokens=completion_length(cfg.base, cfg.max_new_tokens),
-                                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
-                                progress=True)
+    return reference_samples(model, tokenizer, [prompts[i] for i in chosen], per_prompt,
+                             rewards.get_reward(cfg.reward), measures,
+                             max_new_tokens=completion_length(cfg.base, cfg.max_new_tokens),
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                             progress=True)
+
+
+def optimum_curve(cfg: PPOConfig, betas: Sequence[float], n_prompts: int, per_prompt: int) -> list[dict]:
+    """The KL-optimal policies of cfg's reward relative to cfg's base, one row per beta ({beta, reward, gain, kl,
+    grammatical (review world only): Estimate dicts with CIs over prompts, ess}), from `base_samples`."""
+    samples = base_samples(cfg, n_prompts, per_prompt)
     rows = []
     for beta in betas:
         point = frontier_point(samples["rewards"], beta, {k: v for k, v in samples.items() if k != "rewards"},
