@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -254,6 +255,72 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert full["reward_policy"] == resumed["reward_policy"]
     strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]
     assert strip(read_jsonl(tmp_path / "full" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+
+
+def test_tail_average_is_the_uniform_mean_of_the_weights_from_its_start_phase():
+    from rewardlab.rl.ppo import TailAverage
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    average = TailAverage([w], start=2)
+    seen = []
+    for phase in range(5):
+        with torch.no_grad():
+            w.copy_(torch.randn(3))
+        seen.append(w.detach().clone())
+        average.update(phase)
+    assert average.n == 3
+    average.apply()
+    torch.testing.assert_close(w.detach(), torch.stack(seen[2:]).mean(0), atol=1e-6, rtol=0)
+    off = TailAverage([w], start=None)
+    before = w.detach().clone()
+    for phase in range(3):
+        off.update(phase)
+    off.apply()
+    assert off.n == 0 and torch.equal(w.detach(), before)
+
+
+def test_the_run_policy_is_the_mean_of_the_second_halfs_weights(tmp_path):
+    """A 4-phase run with average_from 0.5 saves the mean of the weights after phases 2 and 3 (0-based), which
+    are the policies of runs of 3 and 4 phases without averaging (a run's first phases do not depend on its
+    length)."""
+    cfg = tiny_config(tmp_path, phases=4, eval_samples=4)
+    averaged = train_ppo(dataclasses.replace(cfg, average_from=0.5), tmp_path / "averaged")
+    assert averaged["phases_averaged"] == 2
+    for phases in (3, 4):  # the default: no averaging
+        assert train_ppo(dataclasses.replace(cfg, phases=phases), tmp_path / f"off-{phases}")["phases_averaged"] == 0
+    mean = load_file(tmp_path / "averaged" / "policy" / "model.safetensors")
+    w2 = load_file(tmp_path / "off-3" / "policy" / "model.safetensors")
+    w3 = load_file(tmp_path / "off-4" / "policy" / "model.safetensors")
+    assert any(not torch.equal(w2[k], w3[k]) for k in w2)  # the two phases' weights differ
+    for k in mean:
+        torch.testing.assert_close(mean[k], (w2[k] + w3[k]) / 2, atol=1e-6, rtol=0)
+
+
+def test_resume_continues_the_weights_mean(tmp_path):
+    # average_from 0.34 starts at phase 1 for 3 phases and for 4: a 3-phase run resumed to 4 keeps its mean
+    cfg = tiny_config(tmp_path, phases=4, eval_samples=4, average_from=0.34)
+    full = train_ppo(cfg, tmp_path / "full")
+    train_ppo(dataclasses.replace(cfg, phases=3, keep_checkpoint=True), tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "checkpoint" / "average.safetensors").is_file()
+    resumed = train_ppo(cfg, tmp_path / "resumed")
+    assert full["phases_averaged"] == resumed["phases_averaged"] == 3
+    a = load_file(tmp_path / "full" / "policy" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "policy" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_setting_existed(tmp_path):
+    cfg = tiny_config(tmp_path, phases=1, eval_samples=4, keep_checkpoint=True)
+    train_ppo(cfg, tmp_path / "out")
+    state_path = tmp_path / "out" / "checkpoint" / "state.json"
+    state = read_json(state_path)
+    del state["config"]["average_from"]  # as written before average_from existed: the run had its default
+    state_path.write_text(json.dumps(state))
+    assert train_ppo(dataclasses.replace(cfg, phases=2), tmp_path / "out")["phases"] == 2
+    assert [m["phase"] for m in read_jsonl(tmp_path / "out" / "metrics.jsonl")] == [0, 1]  # resumed
+    with pytest.raises(InputError, match="different config"):  # not when the run asks for another value
+        train_ppo(dataclasses.replace(cfg, phases=3, average_from=0.5), tmp_path / "out")
 
 
 def test_resume_refuses_other_config(tmp_path):

@@ -108,6 +108,7 @@ class PPOConfig:
     ent_coef: float = 0.0            # entropy bonus per nat (TRL: none; ARENA: 0.001)
     max_grad_norm: float = 1.0       # gradient clipping norm (ARENA: 1.0; TRL: none)
     whiten_advantages: bool = True   # normalize advantages to mean 0, std 1 over each phase's real tokens
+    average_from: float | None = None  # tail averaging: the run's policy (saved and evaluated) is the mean of the policy's trainable weights after each phase from this fraction of the phases on (0.5: the second half), while rollouts use the current weights; holds one more copy of the trainable weights; None: the last phase's weights
     samples_per_phase: int = 8       # completions kept in samples.jsonl per phase
     eval_samples: int = 512          # fresh samples from base and policy for summary.json
     checkpoint_every: int | None = None  # also checkpoint every this many phases (None: by time only)
@@ -136,6 +137,8 @@ class PPOConfig:
              "phases, batch_size, minibatch_size and ppo_epochs must be positive", None),
             (self.kl_target is None or self.kl_target > 0, "kl_target must be positive", None),
             (self.lr == "auto" or self.lr > 0, f"lr must be above 0 or auto, got {self.lr!r}", None),
+            (self.average_from is None or 0 <= self.average_from < 1,
+             f"average_from must be in [0, 1) or None, got {self.average_from!r}", "e.g. --average-from 0.5"),
             (self.value_lr > 0, f"value_lr must be above 0, got {self.value_lr}", None),
             (self.kl_coef >= 0, f"kl_coef must be at least 0, got {self.kl_coef}", None),
             (self.kl_horizon > 0, "kl_horizon must be above 0", None),

@@ -15,7 +15,13 @@ One phase:
   4. learn: `ppo_epochs` passes over shuffled minibatches: clipped policy loss, clipped value loss,
      entropy bonus, KL loss term (when the KL is a loss term), gradient clipping;
   5. log: one line of metrics.jsonl, sample completions appended to samples.jsonl; a checkpoint when
-     `checkpoint_due` (every `checkpoint_minutes`, after the last phase, every `checkpoint_every` phases if set).
+     `checkpoint_due` (every `checkpoint_minutes`, after the last phase, every `checkpoint_every` phases if set);
+  6. average (when `average_from` is set): from phase `average_from * phases` on, the running mean of the
+     policy's trainable weights takes this phase's weights in (`TailAverage`).
+With averaging, after the last phase the policy's weights are replaced by that mean (tail, or Polyak-Ruppert,
+averaging) before the evaluation and the saved policy: the per-phase metrics describe the current weights that
+sampled, summary.json and policy/ the mean. The mean of weights that fluctuate around the same point keeps their
+common direction and drops part of the noise each minibatch added, which cost KL without reward.
 
 Tensors of one phase: prompts [B, P] left-padded; completions [B, T] right-padded after EOS.
 `mask` [B, T] is 1 on real completion tokens (up to and including EOS): pads contribute nothing to
@@ -237,8 +243,54 @@ def _load_untied_state(model: nn.Module, path: Path) -> None:
                          f"{len(trained_missing)} trained ones missing)", str(path), "use another --out folder")
 
 
+class TailAverage:
+    """The running mean of the policy's trainable weights after each phase from `start` (0-based) on: after the
+    n-th such phase mean <- mean + (weights - mean) / n, so it is their uniform average. Holds one copy of the
+    trainable weights (allocated at `start`)."""
+
+    def __init__(self, params: list[nn.Parameter], start: int | None):
+        self.params, self.start = params, start
+        self.mean: list[torch.Tensor] = []
+        self.n = 0  # phases averaged so far
+
+    @classmethod
+    def for_policy(cls, policy: nn.Module, cfg: PPOConfig) -> "TailAverage":
+        """The average `cfg.average_from` asks for (its start: that fraction of the phases, rounded down)."""
+        frac = cfg.average_from
+        return cls(trainable(policy), None if frac is None else min(int(frac * cfg.phases), cfg.phases - 1))
+
+    @torch.no_grad()
+    def update(self, phase: int) -> None:
+        """Take the weights after `phase` into the mean when averaging has started."""
+        if self.start is None or phase < self.start:
+            return
+        if not self.mean:
+            self.mean = [p.detach().clone() for p in self.params]
+        else:
+            for m, p in zip(self.mean, self.params):
+                m.add_(p.detach() - m, alpha=1.0 / (self.n + 1))
+        self.n += 1
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Replace the policy's weights by the mean (nothing when no phase was averaged)."""
+        for m, p in zip(self.mean, self.params):
+            p.copy_(m)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return {str(i): m for i, m in enumerate(self.mean)}, {"phases_averaged": self.n, "start": self.start}
+
+    def load(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """A checkpoint's mean. A run resumed with another phase count starts averaging at another phase: the
+        saved mean is then dropped, and the new one begins at the later of that phase and the resumed one."""
+        if meta.get("start") != self.start:
+            return
+        self.mean = [tensors[str(i)].to(p.device) for i, p in enumerate(self.params)]
+        self.n = int(meta["phases_averaged"])
+
+
 def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, generator: torch.Generator, rank: int,
-                    is_main: bool, state: dict) -> None:
+                    is_main: bool, state: dict, average: TailAverage | None = None) -> None:
     """Write this process's part of a checkpoint into `.checkpoint.partial` (`commit_checkpoint` swaps it in)."""
     partial = folder / ".checkpoint.partial"
     save_tensors(partial / f"rng_{rank}.safetensors", {"generator": generator.get_state()})
@@ -246,6 +298,8 @@ def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, generator: 
         save_tensors(partial / "model.safetensors", *_untied_state(model))
         tensors, meta = _optimizer_tensors(optimizer)
         save_tensors(partial / "optimizer.safetensors", tensors, meta)
+        if average is not None and average.n:
+            save_tensors(partial / "average.safetensors", *average.state())
         write_json(partial / "state.json", state)
 
 
@@ -537,10 +591,12 @@ def policy_and_reference(cfg: PPOConfig, device):
 
 
 def checkpoint(out: Path, model: PolicyWithValue, optimizer, generator: torch.Generator, accelerator,
-               state: dict) -> None:
-    """Save and commit a checkpoint with `state` (phase, seconds, kl_coef, config), all processes in step."""
+               state: dict, average: TailAverage | None = None) -> None:
+    """Save and commit a checkpoint with `state` (phase, seconds, kl_coef, config) and the weights' running mean,
+    all processes in step."""
     accelerator.wait_for_everyone()
-    save_checkpoint(out, model, optimizer, generator, accelerator.process_index, accelerator.is_main_process, state)
+    save_checkpoint(out, model, optimizer, generator, accelerator.process_index, accelerator.is_main_process, state,
+                    average)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         commit_checkpoint(out)
@@ -568,15 +624,17 @@ def _resolved(value):
 
 
 def resume(out: Path, cfg: PPOConfig, model: PolicyWithValue, optimizer, generator: torch.Generator, rank: int,
-           kl_ctl: KLController) -> tuple[int, float, list[dict], list[dict]]:
-    """Load the checkpoint in `out` (if any) into the model, optimizer, generator and KL controller;
+           kl_ctl: KLController, average: TailAverage) -> tuple[int, float, list[dict], list[dict]]:
+    """Load the checkpoint in `out` (if any) into the model, optimizer, generator, KL controller and weights' mean;
     returns (first phase to run, seconds already trained, metrics rows and samples kept so far). A checkpoint
     written with another config is refused; the phase count and the runtime settings (threads) may differ."""
     ckpt = find_checkpoint(out)
     if ckpt is None:
         return 0, 0.0, [], []
     state = read_json(ckpt / "state.json")
-    saved = {k: _resolved(v) for k, v in without_runtime(state["config"]).items() if k != "phases"}
+    # a setting added after the checkpoint was written counts at its default (what that run trained with)
+    defaults = {f.name: f.default for f in dataclasses.fields(PPOConfig) if f.default is not dataclasses.MISSING}
+    saved = {k: _resolved(v) for k, v in without_runtime({**defaults, **state["config"]}).items() if k != "phases"}
     mine = {k: _resolved(v) for k, v in without_runtime(dataclasses.asdict(cfg)).items() if k != "phases"}
     if saved != mine:
         diff = sorted(k for k in mine if saved.get(k) != mine[k])
@@ -585,6 +643,8 @@ def resume(out: Path, cfg: PPOConfig, model: PolicyWithValue, optimizer, generat
     _load_untied_state(model, ckpt / "model.safetensors")
     _load_optimizer(optimizer, *load_tensors(ckpt / "optimizer.safetensors"))
     generator.set_state(load_tensors(ckpt / f"rng_{rank}.safetensors")[0]["generator"])
+    if (ckpt / "average.safetensors").is_file():
+        average.load(*load_tensors(ckpt / "average.safetensors"))
     start_phase, elapsed_before, kl_ctl.coef = state["phase"], state["seconds"], state["kl_coef"]
     metrics = [m for m in read_jsonl(out / "metrics.jsonl") if m["phase"] < start_phase] \
         if (out / "metrics.jsonl").is_file() else []
@@ -625,6 +685,20 @@ def _base_eval(out: Path, ref, tokenizer, prompts: list[str], reward, is_grammat
     return base_eval
 
 
+def _accelerator_and_local_batch(cfg: PPOConfig) -> tuple[Accelerator, int]:
+    """The run's Accelerator (an unavailable cuda or mps is one clear error here, before any work) and the
+    completions each process samples per phase; a batch the processes or minibatches do not divide is refused."""
+    accelerator = Accelerator(cpu=pick_device(cfg.device).type == "cpu")
+    world_size = accelerator.num_processes
+    if cfg.batch_size % world_size:
+        raise InputError(f"batch_size {cfg.batch_size} is not divisible by {world_size} processes", "PPO config")
+    local_batch = cfg.batch_size // world_size
+    if local_batch % cfg.minibatch_size:
+        raise InputError(f"per-process batch {local_batch} is not divisible by minibatch_size {cfg.minibatch_size}",
+                         "PPO config")
+    return accelerator, local_batch
+
+
 def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train a policy with PPO into `out_dir`; resume from `out_dir/checkpoint` if one is there.
 
@@ -641,15 +715,8 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     apply_mmap_threshold(cfg.mmap_threshold_kib)
-    wanted = pick_device(cfg.device)  # an unavailable cuda or mps is one clear error here, before any work
-    accelerator = Accelerator(cpu=wanted.type == "cpu")
+    accelerator, local_batch = _accelerator_and_local_batch(cfg)
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if cfg.batch_size % world_size:
-        raise InputError(f"batch_size {cfg.batch_size} is not divisible by {world_size} processes", "PPO config")
-    local_batch = cfg.batch_size // world_size
-    if local_batch % cfg.minibatch_size:
-        raise InputError(f"per-process batch {local_batch} is not divisible by minibatch_size {cfg.minibatch_size}",
-                         "PPO config")
 
     reward = rewards.get_reward(cfg.reward)
     prompts = load_prompts(cfg.base, cfg.prompts)
@@ -661,7 +728,9 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     lr, lr_source = _logged_lr(policy, cfg, progress and accelerator.is_main_process)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    start_phase, elapsed_before, metrics, samples = resume(out, cfg, model, optimizer, generator, rank, kl_ctl)
+    average = TailAverage.for_policy(model.policy, cfg)
+    start_phase, elapsed_before, metrics, samples = resume(out, cfg, model, optimizer, generator, rank, kl_ctl,
+                                                           average)
     model, optimizer = prepare_for_learning(accelerator, model, optimizer)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
     is_grammatical = grammar_checker(cfg.base)
@@ -705,19 +774,23 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         if accelerator.is_main_process:
             write_jsonl(out / "metrics.jsonl", metrics)
             write_jsonl(out / "samples.jsonl", samples)
+        average.update(phase)
         if checkpoint_due(cfg, phase, time.perf_counter() - last_checkpoint, accelerator):
             checkpoint(out, unwrapped, optimizer, generator, accelerator, {
-                "phase": phase + 1, "seconds": elapsed, "kl_coef": kl_ctl.coef, "config": dataclasses.asdict(cfg)})
+                "phase": phase + 1, "seconds": elapsed, "kl_coef": kl_ctl.coef, "config": dataclasses.asdict(cfg)},
+                average)
             last_checkpoint = time.perf_counter()
 
     bar.close()
+    average.apply()  # the run's policy: the mean of the averaged phases' weights (after the last checkpoint)
     t_eval = time.perf_counter()
     policy_eval = _evaluate(unwrapped.policy, ref, tokenizer, prompts, reward, is_grammatical, cfg, max_new_tokens,
                             seed=cfg.seed + 20_000)
     summary = {"reward": cfg.reward, **eval_summary(base_eval, policy_eval), "phases": cfg.phases,
                "lr": lr, "lr_source": lr_source,
                "phases_over_step_size_limits": [m["phase"] for m in metrics if step_size_warning(m, cfg)],
-               "processes": world_size, "train_seconds": elapsed_before + t_eval - t_start}
+               "processes": world_size, "train_seconds": elapsed_before + t_eval - t_start,
+               "phases_averaged": average.n}
     summary["seconds"] = elapsed_before + time.perf_counter() - t_start
     if accelerator.is_main_process:
         write_outputs(out, unwrapped, peft_model, tokenizer, cfg, policy_eval, summary)

@@ -29,6 +29,7 @@ class PPOSection:
     grammatical_rate: Estimate | None = None  # review world only
     grammatical_rate_base: float | None = None
     phases_over_step_size_limits: list[int] = field(default_factory=list)  # approx_kl or clip fraction too high
+    phases_averaged: int = 0       # phases whose weights the policy is the mean of (0: the last phase's weights)
 
 
 @dataclass
@@ -44,7 +45,8 @@ def section_of(summary: dict) -> PPOSection:
                       reward_gain_base_std=summary["reward_gain_base_std"], seconds=summary["seconds"],
                       grammatical_rate=None if grammatical is None else from_json(Estimate, grammatical),
                       grammatical_rate_base=summary.get("grammatical_rate_base"),
-                      phases_over_step_size_limits=summary.get("phases_over_step_size_limits", []))
+                      phases_over_step_size_limits=summary.get("phases_over_step_size_limits", []),
+                      phases_averaged=summary.get("phases_averaged", 0))
 
 
 def plan(run: RunConfig, p: Planner) -> None:
