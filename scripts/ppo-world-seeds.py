@@ -95,13 +95,9 @@ def optimum(worlds: Path, r: dict, n_prompts: int, per_prompt: int) -> dict:
                                n_prompts, per_prompt)
         save_file({k: torch.from_numpy(v) for k, v in samples.items()}, str(path))
     samples = {k: v.numpy() for k, v in load_file(str(path)).items()}
-    out = {}
-    for name, target in (("at_run_kl", {"kl": r["kl"]["value"]}), ("at_target_gain", {"gain": MIN_GAIN})):
-        point = frontier_point(samples["rewards"], beta_for(samples["rewards"], **target),
-                               {"grammatical": samples["grammatical"]})
-        out[name] = {"beta": point.beta, "gain": point.gain.to_dict(), "kl": point.kl.to_dict(),
-                     "grammatical": point.measures["grammatical"].to_dict(), "ess": point.ess}
-    return out
+    return {name: frontier_point(samples["rewards"], beta_for(samples["rewards"], **target),
+                                 {"grammatical": samples["grammatical"]}).to_dict()
+            for name, target in (("at_run_kl", {"kl": r["kl"]["value"]}), ("at_target_gain", {"gain": MIN_GAIN}))}
 
 
 def ci(e: dict, digits: int) -> str:

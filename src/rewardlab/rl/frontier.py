@@ -45,6 +45,11 @@ class FrontierPoint:
     measures: dict[str, Estimate] = field(default_factory=dict)  # tilted mean of each per-sample measure
     ess: float = 0.0               # effective samples per prompt, mean over prompts (of N)
 
+    def to_dict(self) -> dict:
+        """{beta, reward, gain, kl, each measure by name (Estimate dicts), ess}"""
+        return {"beta": self.beta, "reward": self.reward.to_dict(), "gain": self.gain.to_dict(),
+                "kl": self.kl.to_dict(), **{k: e.to_dict() for k, e in self.measures.items()}, "ess": self.ess}
+
 
 def tilt_weights(rewards: np.ndarray, beta: float) -> np.ndarray:
     """[P, N]: each prompt's self-normalized weights softmax(rewards[p] / beta) (rows sum to 1)."""

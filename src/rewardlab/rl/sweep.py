@@ -115,14 +115,8 @@ def optimum_curve(cfg: PPOConfig, betas: Sequence[float], n_prompts: int, per_pr
     """The KL-optimal policies of cfg's reward relative to cfg's base, one row per beta ({beta, reward, gain, kl,
     grammatical (review world only): Estimate dicts with CIs over prompts, ess}), from `base_samples`."""
     samples = base_samples(cfg, n_prompts, per_prompt)
-    rows = []
-    for beta in betas:
-        point = frontier_point(samples["rewards"], beta, {k: v for k, v in samples.items() if k != "rewards"},
-                               seed=cfg.seed)
-        rows.append({"beta": beta, "reward": point.reward.to_dict(), "gain": point.gain.to_dict(),
-                     "kl": point.kl.to_dict(), **{k: e.to_dict() for k, e in point.measures.items()},
-                     "ess": point.ess})
-    return rows
+    measures = {k: v for k, v in samples.items() if k != "rewards"}
+    return [frontier_point(samples["rewards"], beta, measures, seed=cfg.seed).to_dict() for beta in betas]
 
 
 def sweep_kl(cfg: PPOConfig, kl_coefs: Sequence[float], out: str | Path, parallel_runs: int = 1,
