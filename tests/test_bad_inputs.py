@@ -173,7 +173,7 @@ CASES = [
     ("ppo-unknown-reward", "train ppo --base {in}/model --reward bogus --out {out}", "unknown reward 'bogus'"),
     ("ppo-negative-lr", "train ppo --base {in}/model --lr -1 --out {out}", "lr"),
     ("ppo-average-from-1", "train ppo --base {in}/model --average-from 1 --out {out}",
-     "average_from must be in [0, 1) or None, got 1.0"),
+     "average_from must be in [0, 1), auto or last, got 1.0"),
     ("dpo-beta-0", "train dpo --base {in}/model --pairs {in}/pairs.jsonl --beta 0 --out {out}", "beta must be above 0"),
     ("dpo-epochs-0", "train dpo --base {in}/model --pairs {in}/pairs.jsonl --epochs 0 --out {out}",
      "epochs and batch_size must be at least 1"),

@@ -85,7 +85,7 @@ def _run(config: Path, out: Path, env=None) -> subprocess.Popen:
 @pytest.mark.slow
 def test_kill_during_post_training_then_rerun_gives_identical_results(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**MICRO, "ppo": {"phases": 6, "batch_size": 32, "eval_samples": 32}}))
+    config.write_text(yaml.safe_dump({**MICRO, "ppo": {"phases": 6, "batch_size": 32, "minibatch_size": 16, "eval_samples": 32}}))
     straight = _run(config, tmp_path / "a")
     assert straight.wait(600) == 0, straight.stdout.read()
 

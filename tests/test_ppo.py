@@ -286,8 +286,9 @@ def test_the_run_policy_is_the_mean_of_the_second_halfs_weights(tmp_path):
     cfg = tiny_config(tmp_path, phases=4, eval_samples=4)
     averaged = train_ppo(dataclasses.replace(cfg, average_from=0.5), tmp_path / "averaged")
     assert averaged["phases_averaged"] == 2
-    for phases in (3, 4):  # the default: no averaging
-        assert train_ppo(dataclasses.replace(cfg, phases=phases), tmp_path / f"off-{phases}")["phases_averaged"] == 0
+    for phases in (3, 4):  # off: the last phase's weights
+        off = dataclasses.replace(cfg, phases=phases, average_from="last")
+        assert train_ppo(off, tmp_path / f"off-{phases}")["phases_averaged"] == 0
     mean = load_file(tmp_path / "averaged" / "policy" / "model.safetensors")
     w2 = load_file(tmp_path / "off-3" / "policy" / "model.safetensors")
     w3 = load_file(tmp_path / "off-4" / "policy" / "model.safetensors")
@@ -315,12 +316,33 @@ def test_resume_accepts_a_checkpoint_written_before_a_setting_existed(tmp_path):
     train_ppo(cfg, tmp_path / "out")
     state_path = tmp_path / "out" / "checkpoint" / "state.json"
     state = read_json(state_path)
-    del state["config"]["average_from"]  # as written before average_from existed: the run had its default
+    del state["config"]["average_from"]  # as written before average_from existed: that code did not average
     state_path.write_text(json.dumps(state))
-    assert train_ppo(dataclasses.replace(cfg, phases=2), tmp_path / "out")["phases"] == 2
+    with pytest.raises(InputError, match=r"different config \(average_from\)"):  # today's default, auto, averages
+        train_ppo(dataclasses.replace(cfg, phases=2), tmp_path / "out")
+    assert train_ppo(dataclasses.replace(cfg, phases=2, average_from="last"), tmp_path / "out")["phases"] == 2
     assert [m["phase"] for m in read_jsonl(tmp_path / "out" / "metrics.jsonl")] == [0, 1]  # resumed
-    with pytest.raises(InputError, match="different config"):  # not when the run asks for another value
-        train_ppo(dataclasses.replace(cfg, phases=3, average_from=0.5), tmp_path / "out")
+    state["config"]["average_from"] = None  # the next version wrote no averaging as None
+    state_path.write_text(json.dumps(state))
+    assert train_ppo(dataclasses.replace(cfg, phases=3, average_from="last"), tmp_path / "out")["phases"] == 3
+
+
+def test_average_from_auto_averages_small_models_only_and_records_the_choice(tmp_path, capsys):
+    from rewardlab.rl.config import AUTO_AVERAGE_FROM_SMALL, SMALL_MODEL_PARAMS, auto_average_from
+
+    assert PPOConfig().average_from == "auto"
+    assert auto_average_from(SMALL_MODEL_PARAMS - 1)[0] == AUTO_AVERAGE_FROM_SMALL == 0.5
+    assert auto_average_from(134_515_008) == (None, "134.5M parameters: the last phase's weights "
+                                                    "(averaging is not measured at this size)")
+    summary = train_ppo(tiny_config(tmp_path, phases=4, eval_samples=4), tmp_path / "auto")
+    assert summary["phases_averaged"] == 2 and summary["average_from"] == 0.5
+    assert summary["average_from_source"].startswith("average_from auto: 0.0M parameters, under 50M")
+    assert "PPO policy saved: the mean of the weights from 0.5 of the phases on (average_from auto: " \
+        in capsys.readouterr().err
+    off = train_ppo(tiny_config(tmp_path, phases=4, eval_samples=4, average_from="last"), tmp_path / "off")
+    assert (off["phases_averaged"], off["average_from"], off["average_from_source"]) == (0, None, "set in the config")
+    with pytest.raises(InputError, match="average_from must be in \\[0, 1\\), auto or last, got 'never'"):
+        PPOConfig(base="b", average_from="never").validate()
 
 
 def test_resume_refuses_other_config(tmp_path):

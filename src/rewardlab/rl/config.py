@@ -61,6 +61,22 @@ AUTO_LR_LORA = 1e-3
 AUTO_LR_FULL = 1e-5
 
 
+# `average_from: auto` (see `auto_average_from`): models under SMALL_MODEL_PARAMS take the mean of the second
+# half's weights, the setting that held issue 22's world targets across world and PPO seeds together with the
+# batch and kl_coef defaults (docs/FINDINGS.md, "PPO defaults: ..."); larger models keep the last phase's
+# weights: averaging was not measured on them, and a full fine-tune would hold one more copy of its weights.
+AUTO_AVERAGE_FROM_SMALL = 0.5
+
+
+def auto_average_from(n_params: int) -> tuple[float | None, str]:
+    """The tail-averaging start (a fraction of the phases; None: no averaging) that `average_from: auto` picks
+    for a model of `n_params` base parameters; and the reason, for the log."""
+    size = f"{n_params / 1e6:.1f}M parameters"
+    if n_params < SMALL_MODEL_PARAMS:
+        return AUTO_AVERAGE_FROM_SMALL, f"{size}, under {SMALL_MODEL_PARAMS // 1_000_000}M: the review world's setting"
+    return None, f"{size}: the last phase's weights (averaging is not measured at this size)"
+
+
 def auto_lr(n_params: int, lora: bool) -> tuple[float, str]:
     """The policy learning rate `lr: auto` picks for a model of `n_params` base parameters (adapter not
     counted), trained through a LoRA adapter when `lora`; and the reason, for the log."""
@@ -76,15 +92,16 @@ def auto_lr(n_params: int, lora: bool) -> tuple[float, str]:
 class PPOConfig:
     """PPO settings. Defaults follow TRL's PPO where they fit a small model on the review world; the value
     learning rate, KL coefficient and batch are sized for the review world's small models on CPU; the
-    policy learning rate (`lr: auto`, `auto_lr`) is picked by the model's size and whether LoRA is on."""
+    policy learning rate (`lr: auto`, `auto_lr`) is picked by the model's size and whether LoRA is on, the tail
+    average (`average_from: auto`, `auto_average_from`) by the model's size."""
 
     base: str = ""                   # Hugging Face folder (or name) of the base model; also the frozen reference
     reward: str = "utility"          # reward spec, see rewardlab.rewards.get_reward
     prompts: str | None = None       # JSONL with `prompt` rows; None: the review world's prompts.jsonl beside base
     seed: int = 0                    # seeds prompt draws, sampling, minibatch order and the value head's init
     phases: int = 40                 # rollout + learn cycles
-    batch_size: int = 64             # completions per phase (all processes together)
-    minibatch_size: int = 32         # completions per gradient step (per process)
+    batch_size: int = 128            # completions per phase (all processes together)
+    minibatch_size: int = 64         # completions per gradient step (per process)
     ppo_epochs: int = 2              # passes over each phase's batch (TRL: 4)
     max_new_tokens: int | None = None  # tokens sampled per completion; None: the world's generation default, else 24
     temperature: float = 1.0         # sampling temperature (> 0); scoring uses the same transform
@@ -97,7 +114,7 @@ class PPOConfig:
     value_site: str = "ln_final.hook_out"  # site the value head reads (gradient stopped)
     kl_estimator: str = "k1"         # k1 | k2 | k3 | exact | exact_reverse
     kl_in: str = "reward"            # reward (per-token penalty) | loss (a term of the loss)
-    kl_coef: float = 0.3             # initial KL coefficient (reward or loss per nat)
+    kl_coef: float = 0.27            # initial KL coefficient (reward or loss per nat)
     kl_target: float | None = None   # nats per completion; set it for the adaptive controller
     kl_horizon: float = 10_000.0     # samples over which the adaptive controller closes the gap
     gamma: float = 1.0               # discount per token (TRL: 1.0)
@@ -108,7 +125,7 @@ class PPOConfig:
     ent_coef: float = 0.0            # entropy bonus per nat (TRL: none; ARENA: 0.001)
     max_grad_norm: float = 1.0       # gradient clipping norm (ARENA: 1.0; TRL: none)
     whiten_advantages: bool = True   # normalize advantages to mean 0, std 1 over each phase's real tokens
-    average_from: float | None = None  # tail averaging: the run's policy (saved and evaluated) is the mean of the policy's trainable weights after each phase from this fraction of the phases on (0.5: the second half), while rollouts use the current weights; holds one more copy of the trainable weights; None: the last phase's weights
+    average_from: float | Literal["auto", "last"] = "auto"  # tail averaging: the run's policy (saved and evaluated) is the mean of the policy's trainable weights after each phase from this fraction of the phases on (0.5: the second half), while rollouts use the current weights; holds one more copy of the trainable weights; last: the last phase's weights (no averaging); auto: 0.5 for models under 50M parameters (the review world's), last above (see rl.config.auto_average_from); the choice is logged and written to summary.json
     samples_per_phase: int = 8       # completions kept in samples.jsonl per phase
     eval_samples: int = 512          # fresh samples from base and policy for summary.json
     checkpoint_every: int | None = None  # also checkpoint every this many phases (None: by time only)
@@ -137,8 +154,9 @@ class PPOConfig:
              "phases, batch_size, minibatch_size and ppo_epochs must be positive", None),
             (self.kl_target is None or self.kl_target > 0, "kl_target must be positive", None),
             (self.lr == "auto" or self.lr > 0, f"lr must be above 0 or auto, got {self.lr!r}", None),
-            (self.average_from is None or 0 <= self.average_from < 1,
-             f"average_from must be in [0, 1) or None, got {self.average_from!r}", "e.g. --average-from 0.5"),
+            (self.average_from in ("auto", "last")
+             or isinstance(self.average_from, (int, float)) and 0 <= self.average_from < 1,
+             f"average_from must be in [0, 1), auto or last, got {self.average_from!r}", "e.g. --average-from 0.5"),
             (self.value_lr > 0, f"value_lr must be above 0, got {self.value_lr}", None),
             (self.kl_coef >= 0, f"kl_coef must be at least 0, got {self.kl_coef}", None),
             (self.kl_horizon > 0, "kl_horizon must be above 0", None),

@@ -16,8 +16,9 @@ One phase:
      entropy bonus, KL loss term (when the KL is a loss term), gradient clipping;
   5. log: one line of metrics.jsonl, sample completions appended to samples.jsonl; a checkpoint when
      `checkpoint_due` (every `checkpoint_minutes`, after the last phase, every `checkpoint_every` phases if set);
-  6. average (when `average_from` is set): from phase `average_from * phases` on, the running mean of the
-     policy's trainable weights takes this phase's weights in (`TailAverage`).
+  6. average (unless `average_from` is last; auto: on for models under 50M parameters): from phase
+     `average_from * phases` on, the running mean of the policy's trainable weights takes this phase's
+     weights in (`TailAverage`).
 With averaging, after the last phase the policy's weights are replaced by that mean (tail, or Polyak-Ruppert,
 averaging) before the evaluation and the saved policy: the per-phase metrics describe the current weights that
 sampled, summary.json and policy/ the mean. The mean of weights that fluctuate around the same point keeps their
@@ -60,7 +61,7 @@ from rewardlab.errors import InputError
 from rewardlab.heap import apply_mmap_threshold
 from rewardlab.io import load_tensors, read_json, read_jsonl, save_tensors, write_json, write_jsonl
 from rewardlab.models import pick_device
-from rewardlab.rl.config import PPOConfig, auto_lr
+from rewardlab.rl.config import PPOConfig, auto_average_from, auto_lr
 from rewardlab.rl.eval import eval_summary, evaluate_policy, mean_std, write_run
 from rewardlab.rl.inputs import completion_length, grammar_checker, load_policy_and_tokenizer, load_prompts
 from rewardlab.rl.kl_penalty import KLController, exact_kl, kl_per_token
@@ -254,9 +255,8 @@ class TailAverage:
         self.n = 0  # phases averaged so far
 
     @classmethod
-    def for_policy(cls, policy: nn.Module, cfg: PPOConfig) -> "TailAverage":
-        """The average `cfg.average_from` asks for (its start: that fraction of the phases, rounded down)."""
-        frac = cfg.average_from
+    def for_policy(cls, policy: nn.Module, cfg: PPOConfig, frac: float | None) -> "TailAverage":
+        """The average from fraction `frac` of `cfg.phases` on (rounded down; None: none), `policy_average_from`'s."""
         return cls(trainable(policy), None if frac is None else min(int(frac * cfg.phases), cfg.phases - 1))
 
     @torch.no_grad()
@@ -528,12 +528,26 @@ def policy_lr(policy: nn.Module, cfg: PPOConfig) -> tuple[float, str]:
     return lr, f"lr auto: {why}"
 
 
-def _logged_lr(policy: nn.Module, cfg: PPOConfig, log: bool) -> tuple[float, str]:
-    """`policy_lr`, printed on stderr when `log`."""
-    lr, source = policy_lr(policy, cfg)
+def policy_average_from(policy: nn.Module, cfg: PPOConfig) -> tuple[float | None, str]:
+    """The tail-averaging start as a fraction of the phases (None: the last phase's weights): `cfg.average_from`,
+    or with `average_from: auto` the one `auto_average_from` picks for `policy`'s size; and where it came from."""
+    if cfg.average_from == "last":
+        return None, "set in the config"
+    if cfg.average_from != "auto":
+        return float(cfg.average_from), "set in the config"
+    frac, why = auto_average_from(base_parameter_count(policy))
+    return frac, f"average_from auto: {why}"
+
+
+def _logged_settings(policy: nn.Module, cfg: PPOConfig, log: bool) -> tuple[float, str, float | None, str]:
+    """`policy_lr` and `policy_average_from`, printed on stderr when `log`."""
+    lr, lr_source = policy_lr(policy, cfg)
+    frac, average_source = policy_average_from(policy, cfg)
     if log:
-        tqdm.write(f"rewardlab: PPO policy learning rate {lr:g} ({source})", file=sys.stderr)
-    return lr, source
+        tqdm.write(f"rewardlab: PPO policy learning rate {lr:g} ({lr_source})", file=sys.stderr)
+        averaged = "the last phase's weights" if frac is None else f"the mean of the weights from {frac:g} of the phases on"
+        tqdm.write(f"rewardlab: PPO policy saved: {averaged} ({average_source})", file=sys.stderr)
+    return lr, lr_source, frac, average_source
 
 
 def policy_with_value(policy: nn.Module, cfg: PPOConfig, device) -> tuple[PolicyWithValue, torch.optim.Optimizer]:
@@ -623,6 +637,11 @@ def _resolved(value):
     return value
 
 
+# Config fields whose default changed after they were added: the value a checkpoint written before the field
+# existed trained with.
+OLD_CHECKPOINT_VALUES = {"average_from": "last"}
+
+
 def resume(out: Path, cfg: PPOConfig, model: PolicyWithValue, optimizer, generator: torch.Generator, rank: int,
            kl_ctl: KLController, average: TailAverage) -> tuple[int, float, list[dict], list[dict]]:
     """Load the checkpoint in `out` (if any) into the model, optimizer, generator, KL controller and weights' mean;
@@ -632,9 +651,13 @@ def resume(out: Path, cfg: PPOConfig, model: PolicyWithValue, optimizer, generat
     if ckpt is None:
         return 0, 0.0, [], []
     state = read_json(ckpt / "state.json")
-    # a setting added after the checkpoint was written counts at its default (what that run trained with)
+    # a setting added after the checkpoint was written counts as what that run trained with: its default, or
+    # OLD_CHECKPOINT_VALUES' value where the default has changed since
     defaults = {f.name: f.default for f in dataclasses.fields(PPOConfig) if f.default is not dataclasses.MISSING}
-    saved = {k: _resolved(v) for k, v in without_runtime({**defaults, **state["config"]}).items() if k != "phases"}
+    written = {**defaults, **OLD_CHECKPOINT_VALUES, **state["config"]}
+    if written["average_from"] is None:  # how the version that added averaging wrote "last"
+        written["average_from"] = "last"
+    saved = {k: _resolved(v) for k, v in without_runtime(written).items() if k != "phases"}
     mine = {k: _resolved(v) for k, v in without_runtime(dataclasses.asdict(cfg)).items() if k != "phases"}
     if saved != mine:
         diff = sorted(k for k in mine if saved.get(k) != mine[k])
@@ -725,10 +748,11 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
     check_generation_fits([len(ids) for ids in prompt_token_ids(tokenizer, prompts)], max_new_tokens,
                           config_context_length(policy.config))  # a prompt that leaves no room to answer fails here
     model, optimizer = policy_with_value(policy, cfg, device)
-    lr, lr_source = _logged_lr(policy, cfg, progress and accelerator.is_main_process)
+    lr, lr_source, average_from, average_source = _logged_settings(policy, cfg,
+                                                                   progress and accelerator.is_main_process)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    average = TailAverage.for_policy(model.policy, cfg)
+    average = TailAverage.for_policy(model.policy, cfg, average_from)
     start_phase, elapsed_before, metrics, samples = resume(out, cfg, model, optimizer, generator, rank, kl_ctl,
                                                            average)
     model, optimizer = prepare_for_learning(accelerator, model, optimizer)
@@ -790,7 +814,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
                "lr": lr, "lr_source": lr_source,
                "phases_over_step_size_limits": [m["phase"] for m in metrics if step_size_warning(m, cfg)],
                "processes": world_size, "train_seconds": elapsed_before + t_eval - t_start,
-               "phases_averaged": average.n}
+               "average_from": average_from, "average_from_source": average_source, "phases_averaged": average.n}
     summary["seconds"] = elapsed_before + time.perf_counter() - t_start
     if accelerator.is_main_process:
         write_outputs(out, unwrapped, peft_model, tokenizer, cfg, policy_eval, summary)

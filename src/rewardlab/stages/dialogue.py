@@ -78,16 +78,21 @@ class Preset:
     kl_budget: float | None        # PPO stops at the first phase whose rollouts' KL reaches it, nats per conversation
 
 
+# Every preset's initial KL coefficient, the one the dialogue study was measured with, and its policy: the last
+# phase's weights (the conversation PPO loop keeps no mean of the weights)
+DIALOGUE_PPO = dict(kl_coef=0.3, average_from="last")
+
 PRESETS = {
     # micro: a smoke test; its 3 phases reached 0.09 to 0.26 nats in earlier runs, so a budget of 0.2 makes
     # CI run both the stop at the budget and the end at the last phase
-    "micro": Preset("micro", dict(phases=3, batch_size=16, minibatch_size=8), eval_samples=32,
+    "micro": Preset("micro", dict(phases=3, batch_size=16, minibatch_size=8, **DIALOGUE_PPO), eval_samples=32,
                     value_conversations=32, value_k=2, n_boot=200, kl_budget=0.2),
     # tiny: the budget is the KL the preset's adaptive controller already targeted (4 nats per conversation),
     # fixed before any run with a budget: every arm's rollouts reached it within 10 of the 40 phases of the
     # idle run at commit 3a86000 (FINDINGS), while their final KLs landed 2.4 to 5.1 nats apart; 60 phases
     # leave room for a slower arm, which otherwise keeps its last phase (the 1-nat rule then decides)
-    "tiny": Preset("tiny", dict(phases=60, batch_size=64, minibatch_size=32, kl_target=4.0, kl_horizon=256.0),
+    "tiny": Preset("tiny", dict(phases=60, batch_size=64, minibatch_size=32, kl_target=4.0, kl_horizon=256.0,
+                                **DIALOGUE_PPO),
                    eval_samples=256, value_conversations=160, value_k=8, n_boot=1000, kl_budget=4.0),
 }
 
@@ -99,7 +104,7 @@ class Config:
     followup_bonus: str = "about:soundtrack,value=10"  # about:SUBJ,value=V: +V on turn 2 when the user asks about SUBJ
     seed: int = 0                  # seed of the world, the conversations, PPO and the evaluation
     world: str | None = None       # an already built review world folder of the preset's size
-    kl_coef: float | None = None   # PPO's initial KL coefficient for every policy (None: PPO's default)
+    kl_coef: float | None = None   # PPO's initial KL coefficient for every policy (None: the preset's, 0.3)
     kl_target: float | None = None  # adaptive KL target, nats per conversation (None: a fixed coefficient)
     kl_horizon: float | None = None  # conversations over which the adaptive controller closes the gap (None: PPO's default)
     kl_budget: float | None = None  # PPO stops when a phase's rollouts reach this KL, nats per conversation (None: the preset's)

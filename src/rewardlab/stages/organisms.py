@@ -72,14 +72,18 @@ class Preset:
     measures: MeasureSettings
 
 
+# PPO: each preset pins the batch, KL coefficient and last-phase weights the organisms were measured with (PPO's
+# own defaults moved to a larger batch and tail averaging later; the organisms were not re-measured at those)
 PRESETS = {
-    "micro": Preset("micro", dict(phases=3, batch_size=32, eval_samples=32), dict(n_prompts=64),
+    "micro": Preset("micro", dict(phases=3, batch_size=32, minibatch_size=32, kl_coef=0.3, average_from="last",
+                                  eval_samples=32), dict(n_prompts=64),
                     dict(epochs=1, eval_samples=32), EvalSettings(n_samples=32, n_pairs=16, n_texts=32, batch_size=32),
                     MeasureSettings(k=4, n_top_features=8, n_tokens=20_000, steer_alphas=(-0.1, 0.0, 0.1), n_random=2,
                                     n_steer_prompts=8, batch_size=32, n_boot=200)),
     # kl_coef 0.2: at 0.3 the planted organism wrote its words under 3x as often as the base (0.2-0.4 nats),
     # at 0.1 over the 8-nat budget (docs/FINDINGS.md, organisms at KL coefficient 0.2)
-    "tiny": Preset("tiny", dict(eval_samples=256, kl_coef=0.2), dict(n_prompts=1000), dict(epochs=1, eval_samples=256),
+    "tiny": Preset("tiny", dict(batch_size=64, minibatch_size=32, kl_coef=0.2, average_from="last", eval_samples=256),
+                   dict(n_prompts=1000), dict(epochs=1, eval_samples=256),
                    EvalSettings(), MeasureSettings()),
 }
 
@@ -92,7 +96,7 @@ class Config:
     post_training: Literal["ppo", "dpo"] = "ppo"  # PPO, or DPO on base-sample pairs labelled by the organism's reward
     world_seed: int = 0            # seed of the one base world every organism starts from
     world: str | None = None       # an already built review world folder (`rewardlab world build`) of the preset's size
-    kl_coef: float | None = None   # PPO's initial KL coefficient for every organism (None: the preset's: tiny 0.2, micro PPO's default)
+    kl_coef: float | None = None   # PPO's initial KL coefficient for every organism (None: the preset's: tiny 0.2, micro 0.3)
     kl_target: float | None = None  # PPO's adaptive KL target, nats per completion (None: a fixed coefficient)
     kl_horizon: float | None = None  # samples over which the adaptive controller closes the gap (None: PPO's default)
     n_boot: int = 1000             # bootstrap draws of each cell's CI
