@@ -286,7 +286,7 @@ def test_the_run_policy_is_the_mean_of_the_second_halfs_weights(tmp_path):
     cfg = tiny_config(tmp_path, phases=4, eval_samples=4)
     averaged = train_ppo(dataclasses.replace(cfg, average_from=0.5), tmp_path / "averaged")
     assert averaged["phases_averaged"] == 2
-    for phases in (3, 4):  # off: the last phase's weights
+    for phases in (3, 4):  # last: the last phase's weights, no averaging
         off = dataclasses.replace(cfg, phases=phases, average_from="last")
         assert train_ppo(off, tmp_path / f"off-{phases}")["phases_averaged"] == 0
     mean = load_file(tmp_path / "averaged" / "policy" / "model.safetensors")
