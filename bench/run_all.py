@@ -16,7 +16,8 @@ docs/benchmarks.json is a list of rows, one per benchmark, scale and peer:
   {benchmark: ppo|score|acts|sae, scale: tiny|135m, peer, median_ratio (rewardlab / peer), runs
    (each round's ratio), peak_rss_mb: {rewardlab: MiB, peer: MiB}, throughput: {rewardlab, peer}
    (medians, in `unit`), unit, target, met, model, threads, command, measured (date),
-   [fvu: {rewardlab, peer} medians (sae)], [check_max_rel_diff (score, acts)]}
+   [fvu, dead_fraction: {rewardlab, peer} medians (sae; held-out), fvu_runs: each round's FVU per side; round i
+   trains with --seed i], [check_max_rel_diff (score, acts)]}
 A benchmark without a peer (value: no other library computes Monte Carlo value targets) has one row
 per scale with peer "none", its wall time against a stated workload and time limit instead of a ratio:
   {benchmark: value, scale: tiny, peer: none, median_seconds, runs (each round's seconds),
@@ -57,7 +58,11 @@ BENCHMARKS = {
                  args={"tiny": ["--batch", "8", "--n-batches", "4"], "135m": ["--batch", "4", "--n-batches", "1"]},
                  what="activation caching tokens/s, one residual site, seq 128", target=3.0),
     "sae": dict(script="bench/sae_throughput.py", sides=["rewardlab", "saelens"],
-                args={"tiny": ["--world", "{world}", "--steps", "300"], "135m": ["--world", "{world}", "--steps", "30"]},
+                # tiny: each side at its best lr over seeds 0-2 (docs/FINDINGS.md, "SAE training vs SAELens at equal
+                # dead-latent windows"); 135m: 30 steps at the common 1e-3
+                args={"tiny": ["--world", "{world}", "--steps", "300", "--lr", "1e-2", "--peer-lr", "7e-3"],
+                      "135m": ["--world", "{world}", "--steps", "30"]},
+                seed_per_round=True,  # round i trains with --seed i: the FVU medians span seeds
                 what="SAE training tokens/s (BatchTopK, 4x, k 16, batch 1024, one pass), FVU no worse", target=3.0),
     "value": dict(script="bench/value_targets.py", sides=["rewardlab"],
                   args={"tiny": ["--world", "{world}", "--prefixes", "256", "--k", "16"]},
@@ -133,7 +138,11 @@ def build_rows(name: str, scale: str, rounds: list[dict[str, dict]], command: st
         if "fvu" in ours[0]:
             row["fvu"] = {"rewardlab": round(statistics.median(o["fvu"] for o in ours), 4),
                           "peer": round(statistics.median(t["fvu"] for t in theirs), 4)}
+            row["fvu_runs"] = {"rewardlab": [round(o["fvu"], 5) for o in ours], "peer": [round(t["fvu"], 5) for t in theirs]}
             met = met and row["fvu"]["rewardlab"] <= row["fvu"]["peer"]
+        if "dead_fraction" in ours[0]:
+            row["dead_fraction"] = {"rewardlab": round(statistics.median(o["dead_fraction"] for o in ours), 3),
+                                    "peer": round(statistics.median(t["dead_fraction"] for t in theirs), 3)}
         if "check" in ours[0]:
             row["check_max_rel_diff"] = max(_max_rel_diff(o["check"], t["check"]) for o, t in zip(ours, theirs))
         row["met"] = met
@@ -158,7 +167,9 @@ def table_line(r: dict) -> str:
         return (f"| {r['benchmark']} | {r['scale']} | none | **{r['median_seconds']:.1f} s** | "
                 f"{', '.join(f'{v:.1f}' for v in r['runs'])} s | {r['throughput']['rewardlab']:,.1f} {r['unit']} | "
                 f"{rss['rewardlab']:.0f} | {r['target']}: {'met' if r['met'] else '**not met**'} | `{r['command']}` |")
-    fvu = f"; FVU {r['fvu']['rewardlab']:.3f} vs {r['fvu']['peer']:.3f}" if "fvu" in r else ""
+    fvu = f"; FVU {r['fvu']['rewardlab']:.4f} vs {r['fvu']['peer']:.4f}" if "fvu" in r else ""
+    if "dead_fraction" in r:
+        fvu += f", dead latents {r['dead_fraction']['rewardlab']:.2f} vs {r['dead_fraction']['peer']:.2f}"
     return (f"| {r['benchmark']} | {r['scale']} | {PEERS.get(r['peer'], r['peer'])} | **{r['median_ratio']:.2f}x** | "
             f"{', '.join(f'{v:.2f}' for v in r['runs'])} | {r['throughput']['rewardlab']:,.1f} vs "
             f"{r['throughput']['peer']:,.1f} {r['unit']}{fvu} | {rss['rewardlab']:.0f} vs {rss['peer']:.0f} | "
@@ -228,13 +239,14 @@ def measure(name: str, scale: str, world: str, repeats: int, threads: int) -> li
     rounds = []
     for i in range(repeats):
         t0, got = time.perf_counter(), {}
+        seed = ["--seed", str(i)] if spec.get("seed_per_round") else []
         for side in side_order(spec["sides"], i):
-            got[side] = run_side([spec["script"], *args, "--side", side])
+            got[side] = run_side([spec["script"], *args, *seed, "--side", side])
         rounds.append(got)
         print(f"{name} {scale} round {i}: " + ", ".join(f"{s} {g['throughput']:.1f} {g['unit']} "
                                                      f"{g['peak_rss_mb']:.0f} MiB" for s, g in got.items())
               + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
-    command = f"python {spec['script']} {' '.join(args)} --side SIDE"
+    command = f"python {spec['script']} {' '.join(args)}{' --seed ROUND' if spec.get('seed_per_round') else ''} --side SIDE"
     return build_rows(name, scale, rounds, command, time.strftime("%Y-%m-%d"))
 
 

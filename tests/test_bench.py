@@ -26,15 +26,21 @@ def side(name, throughput, rss, **extra):
 
 
 def test_rows_hold_per_round_ratios_their_median_and_each_sides_peak_rss(run_all):
-    rounds = [{"rewardlab": side("rewardlab", 300.0, 500.0, fvu=0.10), "saelens": side("saelens", 100.0, 700.0, fvu=0.12)},
-              {"rewardlab": side("rewardlab", 200.0, 520.0, fvu=0.11), "saelens": side("saelens", 100.0, 650.0, fvu=0.13)},
-              {"rewardlab": side("rewardlab", 500.0, 510.0, fvu=0.09), "saelens": side("saelens", 125.0, 690.0, fvu=0.12)}]
+    rounds = [{"rewardlab": side("rewardlab", 300.0, 500.0, fvu=0.10, dead_fraction=0.5),
+               "saelens": side("saelens", 100.0, 700.0, fvu=0.12, dead_fraction=0.8)},
+              {"rewardlab": side("rewardlab", 200.0, 520.0, fvu=0.11, dead_fraction=0.4),
+               "saelens": side("saelens", 100.0, 650.0, fvu=0.13, dead_fraction=0.7)},
+              {"rewardlab": side("rewardlab", 500.0, 510.0, fvu=0.09, dead_fraction=0.6),
+               "saelens": side("saelens", 125.0, 690.0, fvu=0.12, dead_fraction=0.9)}]
     (row,) = run_all.build_rows("sae", "tiny", rounds, "python bench/sae_throughput.py", "2026-12-01")
     assert row["runs"] == [3.0, 2.0, 4.0]
     assert row["median_ratio"] == 3.0
     assert row["peak_rss_mb"] == {"rewardlab": 520.0, "peer": 700.0}
     assert row["throughput"] == {"rewardlab": 300.0, "peer": 100.0}
     assert row["fvu"] == {"rewardlab": 0.10, "peer": 0.12}
+    assert row["dead_fraction"] == {"rewardlab": 0.5, "peer": 0.8}
+    assert row["fvu_runs"] == {"rewardlab": [0.10, 0.11, 0.09], "peer": [0.12, 0.13, 0.12]}
+    assert "FVU 0.1000 vs 0.1200, dead latents 0.50 vs 0.80" in run_all.table_line(row)
     assert row["met"] is True  # 3.0 >= 3, less memory, lower FVU
     rounds[0]["rewardlab"]["peak_rss_mb"] = 800.0
     assert run_all.build_rows("sae", "tiny", rounds, "c", "d")[0]["met"] is False  # more memory than the peer
@@ -87,6 +93,23 @@ def value_round(seconds, prefixes=256, k=16):
     n = 2 * prefixes * k
     return {"rewardlab": side("rewardlab", n / seconds, 600.0 + seconds, seconds=seconds, unit="continuations/s",
                               prefixes=prefixes, models=2, k=k, continuations=n)}
+
+
+def test_the_sae_benchmark_trains_round_i_with_seed_i(run_all, monkeypatch):
+    commands = []
+
+    def fake_side(command):
+        commands.append(command)
+        name = command[command.index("--side") + 1]
+        return side(name, 100.0, 500.0, fvu=0.1, dead_fraction=0.5)
+
+    monkeypatch.setattr(run_all, "run_side", fake_side)
+    (row,) = run_all.measure("sae", "tiny", "W", repeats=2, threads=1)
+    seeds = [(c[c.index("--seed") + 1], c[-1]) for c in commands if "--seed" in c]
+    assert seeds == [("0", "rewardlab"), ("0", "saelens"), ("1", "saelens"), ("1", "rewardlab")]
+    assert "--seed" not in commands[0] and commands[0][-1] == "prepare"
+    assert ["--lr", "1e-2", "--peer-lr", "7e-3"] == commands[1][commands[1].index("--lr"):commands[1].index("--lr") + 4]
+    assert row["command"].endswith("--seed ROUND --side SIDE")
 
 
 def test_the_value_benchmark_has_one_row_without_a_peer(run_all):
