@@ -13,7 +13,7 @@ bench/common.model_135m() at blocks.6.hook_resid_post (a shallow layer keeps the
 Both sides train a BatchTopK SAE of width expansion * d_in, k, batch, float32, Adam (rewardlab at `--lr`,
 SAELens at `--peer-lr`, by default the same), with the same dead-latent rule: a latent that has not fired for
 more than `--dead-window-steps` steps is dead and takes part in the AuxK loss (default 1000, SAELens'
-`dead_feature_window`; rewardlab's `dead_window` is set to that many steps' tokens), for
+`dead_feature_window`; rewardlab's `dead_window` is set to (N + 1) x batch tokens, the same rule), for
 exactly one pass over the same training tokens (each shuffles with its own seeded permutation), with
 inputs scaled so that mean |x|^2 = d_in (SAELens' `normalize_activations="expected_average_only_in"`,
 rewardlab's fixed rule). rewardlab: `train_sae` (its batching, AuxK bookkeeping, lr decay, decoder
