@@ -174,6 +174,8 @@ CASES = [
     ("ppo-negative-lr", "train ppo --base {in}/model --lr -1 --out {out}", "lr"),
     ("ppo-average-from-1", "train ppo --base {in}/model --average-from 1 --out {out}",
      "average_from must be in [0, 1), auto or last, got 1.0"),
+    ("ppo-batch-under-minibatch", "train ppo --base {in}/model --batch-size 32 --out {out}",
+     "batch_size 32 is not divisible by minibatch_size 64"),
     ("ppo-average-from-word", "train ppo --base {in}/model --average-from never --out {out}",
      "argument --average-from: could not convert string to float: 'never' (or one of: auto, last)"),
     ("dpo-beta-0", "train dpo --base {in}/model --pairs {in}/pairs.jsonl --beta 0 --out {out}", "beta must be above 0"),

@@ -41,6 +41,7 @@ def test_config_errors_name_the_key_before_any_work(tmp_path, capsys):
     ({**MICRO, "ppo": {"value_site": "blocks.1.hook_resid_post"}},
      r"config.ppo.value_site: layer 1 does not exist.*\n.*layers 0..0"),
     ({**MICRO, "ppo": {"eval_samples": 1}}, "eval_samples must be at least 2"),
+    ({**MICRO, "ppo": {"batch_size": 32}}, "batch_size 32 is not divisible by minibatch_size 64"),
     ({**MICRO, "probes": {"steer_alphas": [0.05, 0.1]}}, r"steer_alphas must be finite and include 0"),
     ({**MICRO, "probes": {"steer_site": "blocks.5.hook_resid_post"}},
      "config.probes.steer_site: layer 5 does not exist"),

@@ -152,6 +152,9 @@ class PPOConfig:
              f"use one of {', '.join(VALUE_HEAD_KINDS)}"),
             (self.phases >= 1 and self.batch_size >= 1 and self.minibatch_size >= 1 and self.ppo_epochs >= 1,
              "phases, batch_size, minibatch_size and ppo_epochs must be positive", None),
+            (self.batch_size % max(1, self.minibatch_size) == 0,
+             f"batch_size {self.batch_size} is not divisible by minibatch_size {self.minibatch_size}",
+             "set minibatch_size to a divisor of the batch (the defaults: 128 and 64)"),
             (self.kl_target is None or self.kl_target > 0, "kl_target must be positive", None),
             (self.lr == "auto" or self.lr > 0, f"lr must be above 0 or auto, got {self.lr!r}", None),
             (self.average_from in ("auto", "last")
