@@ -100,7 +100,8 @@ def train_dialogue_ppo(dialogue: Dialogue, cfg: PPOConfig, reward: TurnRewards, 
                        progress: bool = False, kl_budget: float | None = None) -> DialoguePolicy:
     """Train a policy from the dialogue world's base with multi-turn PPO (`cfg`: the PPO settings, its
     `base` the dialogue world's base; chat template on) for at most `cfg.phases` phases, stopping at the
-    KL budget (nats per conversation; module docstring). Deterministic for a seed on CPU."""
+    KL budget (nats per conversation; module docstring). The policy is the stopping phase's weights:
+    `cfg.average_from` is not used (no mean of the weights is kept). Deterministic for a seed on CPU."""
     cfg = dataclasses.replace(cfg, base=str(dialogue.base_path), chat_template="on")
     cfg.validate()
     if cfg.threads is not None:
