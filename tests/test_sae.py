@@ -9,7 +9,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 from rewardlab.sae.compare import compare_dictionaries, random_baseline
 from rewardlab.sae.export import load_sae, save_sae
 from rewardlab.sae.metrics import reconstruction_metrics
-from rewardlab.sae.model import Pairs, SAEConfig, SparseAutoencoder, batch_top_indices, nth_largest
+from rewardlab.sae.model import (Pairs, SAEConfig, SparseAutoencoder, SparseCodes, batch_top_indices, indices_at_least,
+                                  nth_largest, stable_argsort)
 from rewardlab.sae import train as train_module
 from rewardlab.sae.crosscoder import Crosscoder
 from rewardlab.sae.train import SAEJob, TrainConfig, _aux_k_loss, train_sae, train_saes
@@ -290,5 +291,44 @@ def test_gather_pre_backward_equals_dense_autograd():
     pre = (x @ sae.W_enc + sae.encoder_bias()).detach()
     got = torch.autograd.grad((sae.gather_pre(x, pre, Pairs(rows, latent, 10)) * weight).sum(), params)
     ref = torch.autograd.grad(((x @ sae.W_enc + sae.encoder_bias())[rows, latent] * weight).sum(), params)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_keys", [1, 512, 70_000, 300_000])
+def test_stable_argsort_equals_torchs_stable_argsort(n_keys):
+    """The CPU radix path (one 16-bit pass, or two above 2^16 keys) gives torch's stable permutation, ties in order."""
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.randint(0, n_keys, (5000,), generator=gen)
+    keys[::7] = keys[0]  # many ties
+    torch.testing.assert_close(stable_argsort(keys, n_keys), torch.argsort(keys, stable=True), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_indices_at_least_equals_nonzero_of_the_comparison(dtype):
+    """numpy's flatnonzero (float32, float64) and torch's nonzero (other dtypes) give the same increasing indices,
+    ties at the bound, infinities and NaN (never >= anything) included."""
+    gen = torch.Generator().manual_seed(4)
+    flat = torch.randn(4000, generator=gen).mul(4).round().to(dtype)
+    flat[[3, 10]], flat[20], flat[30] = float("inf"), float("-inf"), float("nan")
+    for bound in (flat[0], torch.tensor(0.0, dtype=dtype), torch.tensor(float("inf"), dtype=dtype)):
+        torch.testing.assert_close(indices_at_least(flat, bound), (flat >= bound).nonzero().squeeze(1))
+
+
+def test_decode_sparse_backward_equals_dense_autograd():
+    """The sparse decoder's gradients (values and W_dec; repeated pairs, a token without pairs, unused latents)
+    equal autograd through the dense f @ W_dec + b_dec."""
+    gen = torch.Generator().manual_seed(5)
+    sae = SparseAutoencoder(SAEConfig(d_in=6, d_sae=10, k=2), generator=gen).double()
+    rows = torch.tensor([0, 0, 0, 2, 2, 3])  # grouped by token; token 1 has no pairs
+    latent = torch.tensor([4, 1, 4, 9, 0, 4])
+    value = torch.rand(6, generator=gen, dtype=torch.float64, requires_grad=True)
+    offsets = torch.tensor([0, 3, 3, 5])
+    codes = SparseCodes(Pairs(rows, latent, 10), value, offsets, torch.zeros(4, 10), torch.zeros(()))
+    target = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    params = [value, sae.W_dec, sae.b_dec]
+    got = torch.autograd.grad(((sae.decode_sparse(codes) - target) ** 2).sum(), params)
+    f = torch.zeros(4, 10, dtype=torch.float64).index_put((rows, latent), value, accumulate=True)
+    ref = torch.autograd.grad(((f @ sae.W_dec + sae.b_dec - target) ** 2).sum(), params)
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
