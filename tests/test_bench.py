@@ -44,6 +44,11 @@ def test_rows_hold_per_round_ratios_their_median_and_each_sides_peak_rss(run_all
     assert row["met"] is True  # 3.0 >= 3, less memory, lower FVU
     rounds[0]["rewardlab"]["peak_rss_mb"] = 800.0
     assert run_all.build_rows("sae", "tiny", rounds, "c", "d")[0]["met"] is False  # more memory than the peer
+    rounds[0]["rewardlab"]["peak_rss_mb"] = 500.0
+    for r, ours in zip(rounds, (0.120004, 0.130004, 0.120004)):
+        r["rewardlab"]["fvu"] = ours  # equal medians at 4 decimals, rewardlab's higher
+    row = run_all.build_rows("sae", "tiny", rounds, "c", "d")[0]
+    assert row["fvu"] == {"rewardlab": 0.12, "peer": 0.12} and row["met"] is False
 
 
 def test_one_row_per_peer_with_the_check_difference(run_all):
@@ -108,7 +113,7 @@ def test_the_sae_benchmark_trains_round_i_with_seed_i(run_all, monkeypatch):
     seeds = [(c[c.index("--seed") + 1], c[-1]) for c in commands if "--seed" in c]
     assert seeds == [("0", "rewardlab"), ("0", "saelens"), ("1", "saelens"), ("1", "rewardlab")]
     assert "--seed" not in commands[0] and commands[0][-1] == "prepare"
-    assert ["--lr", "1e-2", "--peer-lr", "7e-3"] == commands[1][commands[1].index("--lr"):commands[1].index("--lr") + 4]
+    assert ["--lr", "1.7e-2", "--peer-lr", "6e-3"] == commands[1][commands[1].index("--lr"):commands[1].index("--lr") + 4]
     assert row["command"].endswith("--seed ROUND --side SIDE")
 
 
