@@ -8,9 +8,10 @@ world's prompts.jsonl, as plain text (no chat template on any side: TRL applies 
 prompts). Every side runs `steps` updates of `batch` completions of at most `max-new-tokens` tokens
 on CPU with `threads` threads, a Python reward (rewardlab's utility) and a frozen reference for the
 KL (TRL beta 0.05), and the same number of optimization passes over each batch (`--epochs`:
-rewardlab's ppo_epochs = TRL's num_iterations; default 1, TRL's default). rewardlab: one phase per
-step (sampling, scoring, value head, minibatches of min(32, batch)); TRL: 4 generations per prompt,
-one optimizer step per batch, plain `generate` (no vLLM on CPU). Timed: the training loop only
+rewardlab's ppo_epochs = TRL's num_iterations; default 1, TRL's default) with one optimizer step per
+batch on every side (rewardlab's minibatch is the batch, as TRL's per-device batch is). rewardlab: one
+phase per step (sampling, scoring, value head, learning); TRL: 4 generations per prompt, plain
+`generate` (no vLLM on CPU). Timed: the training loop only
 (model loading and rewardlab's evaluation excluded; rewardlab's time is the sum of its per-phase
 generation and learning seconds, TRL's the wall time of `trainer.train()`). Prints one JSON line.
 """
@@ -35,7 +36,7 @@ def bench_rewardlab(base: str, prompts: str, a, out: Path) -> float:
     from rewardlab.rl.ppo import train_ppo
 
     train_ppo(PPOConfig(base=base, prompts=prompts, phases=a.steps, batch_size=a.batch,
-                        minibatch_size=min(32, a.batch), max_new_tokens=a.max_new_tokens, ppo_epochs=a.epochs,
+                        minibatch_size=a.batch, max_new_tokens=a.max_new_tokens, ppo_epochs=a.epochs,
                         eval_samples=8, chat_template="off", threads=a.threads), out)
     return sum(m["gen_seconds"] + m["learn_seconds"] for m in read_jsonl(out / "metrics.jsonl"))
 

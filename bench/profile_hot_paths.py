@@ -65,7 +65,7 @@ def ppo_path(world: str, scale: str):
     def run():
         with tempfile.TemporaryDirectory() as tmp:
             train_ppo(PPOConfig(base=base, prompts=str(Path(world) / "prompts.jsonl"), phases=steps, batch_size=batch,
-                                minibatch_size=min(32, batch), max_new_tokens=32, ppo_epochs=1, eval_samples=8,
+                                minibatch_size=batch, max_new_tokens=32, ppo_epochs=1, eval_samples=8,
                                 chat_template="off"), tmp, progress=False)
             m = read_jsonl(Path(tmp) / "metrics.jsonl")
             print(f"ppo phases: generation {sum(r['gen_seconds'] for r in m):.2f} s, "
