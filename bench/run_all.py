@@ -58,8 +58,8 @@ BENCHMARKS = {
                  args={"tiny": ["--batch", "8", "--n-batches", "4"], "135m": ["--batch", "4", "--n-batches", "1"]},
                  what="activation caching tokens/s, one residual site, seq 128", target=3.0),
     "sae": dict(script="bench/sae_throughput.py", sides=["rewardlab", "saelens"],
-                # tiny: each side at its best lr over seeds 0-2 (docs/FINDINGS.md, "SAE training vs SAELens at equal
-                # dead-latent windows"); 135m: 30 steps at the common 1e-3
+                # tiny: each side at its best lr over seeds 0-2 on an equal grid (docs/FINDINGS.md, "the SAE step's CPU
+                # scans through numpy"; activations of the demo's tiny world); 135m: 30 steps at the common 1e-3
                 args={"tiny": ["--world", "{world}", "--steps", "300", "--lr", "1.7e-2", "--peer-lr", "6e-3"],
                       "135m": ["--world", "{world}", "--steps", "30"]},
                 seed_per_round=True,  # round i trains with --seed i: the FVU medians span seeds
