@@ -44,3 +44,60 @@ def test_mean_difference_and_to_dict():
     assert d.value == pytest.approx(1.5)
     assert d.ci[0] > 0
     assert d.to_dict() == {"value": d.value, "ci": list(d.ci), "n": 120}
+
+
+@pytest.mark.parametrize("values", [
+    [3.0, 1.0, 2.0],
+    [2.0, 2.0, 1.0, 2.0, 5.0, 1.0],
+    [7, 7, 7],
+    [1.5],
+    [],
+    [0.0, -0.0, 1.0],
+    list(np.random.default_rng(5).integers(0, 6, size=400)),
+])
+def test_average_ranks_equal_scipy_rankdata(values):
+    assert np.array_equal(stats.average_ranks(values), sps.rankdata(values))
+
+
+def test_average_ranks_of_nan_are_nan_as_scipy():
+    assert np.isnan(stats.average_ranks([1.0, np.nan, 0.5])).all()
+    assert np.isnan(sps.rankdata([1.0, np.nan, 0.5])).all()
+
+
+def test_pearson_r_matches_numpy_and_is_nan_when_undefined():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=50), rng.normal(size=50)
+    assert stats.pearson_r(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-14)
+    assert stats.pearson_r(x, 2 * x + 1) == pytest.approx(1.0, abs=1e-15)
+    assert stats.pearson_r(x, -x) == pytest.approx(-1.0, abs=1e-15)
+    # constant in exact arithmetic though its float mean is not 0.1: undefined, not +-1
+    assert np.isnan(stats.pearson_r([0.1, 0.1, 0.1], [1.0, 2.0, 3.0]))
+    assert np.isnan(stats.pearson_r([1.0], [2.0]))
+    assert np.isnan(stats.pearson_r([1.0, np.nan], [2.0, 3.0]))
+
+
+def test_group_draw_concatenates_the_picked_groups_in_order():
+    rng = np.random.default_rng(4)
+    groups = rng.choice(["a", "b", "c", "d", "e"], size=40)
+    units = stats.group_rows(groups, len(groups))
+    draw = stats._GroupDraw(units)
+    for _ in range(20):
+        picked = rng.integers(0, len(units), size=len(units))
+        assert np.array_equal(draw(picked), np.concatenate([units[i] for i in picked]))
+
+
+def test_bootstrap_draws_equal_the_row_by_row_reference():
+    """The percentile CI from the same rng stream as a plain loop that resamples whole groups."""
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=90), rng.normal(size=90)
+    groups = rng.integers(0, 25, size=90)
+    units = stats.group_rows(groups, 90)
+    ref_rng, expected = np.random.default_rng(11), []
+    for _ in range(200):
+        idx = np.concatenate([units[i] for i in ref_rng.integers(0, len(units), size=len(units))])
+        expected.append(sps.spearmanr(x[idx], y[idx])[0])
+    got: list = []
+    est = stats.spearman(x, y, groups=groups, n_boot=200, seed=11, draws_out=got)
+    assert np.allclose(got, expected, rtol=0, atol=1e-12)
+    assert est.ci == pytest.approx(tuple(np.quantile(expected, [0.025, 0.975])), abs=1e-12)
+    assert est.n_groups == len(units)

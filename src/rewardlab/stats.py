@@ -6,11 +6,11 @@ prompts, not rows, so the interval is not made falsely narrow by correlated rows
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 N_BOOT = 1000
 
@@ -42,8 +42,9 @@ def describe(estimate: dict, digits: int = 3) -> str:
     return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (n={estimate['n']}{groups})"
 
 
-def _group_index(groups: Sequence | None, n: int) -> list[np.ndarray]:
-    """Row indices of each resampling unit: one per row, or one per group."""
+def group_rows(groups: Sequence | None, n: int) -> list[np.ndarray]:
+    """Row indices of each resampling unit, in order of first sorted group id: one per row when `groups`
+    is None, else one per distinct group (rows in their original order within it)."""
     if groups is None:
         return [np.array([i]) for i in range(n)]
     groups = np.asarray(groups)
@@ -53,6 +54,22 @@ def _group_index(groups: Sequence | None, n: int) -> list[np.ndarray]:
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse))[:-1]
     return np.split(order, bounds)
+
+
+class _GroupDraw:
+    """Row indices of one bootstrap draw of whole groups: the rows of each picked unit, concatenated in
+    the order picked (the same array as `np.concatenate([units[i] for i in picked])`, without the loop)."""
+
+    def __init__(self, units: list[np.ndarray]):
+        self.rows = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
+        self.sizes = np.array([len(u) for u in units], dtype=np.int64)
+        self.starts = np.cumsum(self.sizes) - self.sizes  # where each unit's rows begin in `rows`
+
+    def __call__(self, picked: np.ndarray) -> np.ndarray:
+        sizes = self.sizes[picked]
+        out_starts = np.cumsum(sizes) - sizes  # where each picked unit's rows begin in the draw
+        offsets = np.arange(sizes.sum()) + np.repeat(self.starts[picked] - out_starts, sizes)
+        return self.rows[offsets]
 
 
 def bootstrap(
@@ -71,12 +88,13 @@ def bootstrap(
     if any(len(a) != n for a in arrays):
         raise ValueError("all arrays must have the same length")
     value = float(statistic(*arrays))
-    units = _group_index(groups, n)
+    units = group_rows(groups, n)
+    draw_rows = _GroupDraw(units) if groups is not None else None
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
         picked = rng.integers(0, len(units), size=len(units))
-        idx = np.concatenate([units[i] for i in picked]) if groups is not None else picked
+        idx = draw_rows(picked) if draw_rows is not None else picked
         draws.append(statistic(*[a[idx] for a in arrays]))
     draws = np.asarray(draws, dtype=np.float64)
     draws = draws[np.isfinite(draws)]
@@ -87,16 +105,46 @@ def bootstrap(
     return Estimate(value, (float(lo), float(hi)), n, None if groups is None else len(units))
 
 
-def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson's r of two arrays; nan when either is constant."""
-    if np.std(x) == 0 or np.std(y) == 0:
+def average_ranks(a) -> np.ndarray:
+    """Ranks 1..n of a 1-D array [n] as float64, tied values sharing the mean of their ranks (scipy's
+    `rankdata(method="average")`, the same numbers); all nan when any value is nan."""
+    a = np.asarray(a)
+    n = len(a)
+    order = np.argsort(a, kind="stable")
+    ordered = a[order]
+    if n and ordered.dtype.kind == "f" and np.isnan(ordered[-1]):  # argsort puts nan last
+        return np.full(n, np.nan)
+    new_run = np.empty(n + 1, dtype=bool)  # sorted position i starts a run of ties; position n closes the last
+    new_run[0], new_run[n:] = True, True
+    np.not_equal(ordered[1:], ordered[:-1], out=new_run[1:n])
+    bounds = np.flatnonzero(new_run)
+    run_ranks = 0.5 * (bounds[:-1] + bounds[1:] + 1)  # a run at sorted positions s..e-1 holds ranks s+1..e
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.repeat(run_ranks, np.diff(bounds))
+    return ranks
+
+
+def _r_of_centered(dx: np.ndarray, dy: np.ndarray) -> float:
+    """Pearson's r of two centred arrays; nan when either is all zeros."""
+    sxx, syy = float(dx @ dx), float(dy @ dy)
+    if sxx == 0 or syy == 0:
         return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+    r = float(dx @ dy) / (math.sqrt(sxx) * math.sqrt(syy))
+    return r if not (r > 1.0 or r < -1.0) else math.copysign(1.0, r)  # rounding can step past +-1; nan passes
+
+
+def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r of two 1-D arrays; nan when either is constant (or has fewer than two values)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or x.min() == x.max() or y.min() == y.max():
+        return float("nan")
+    return _r_of_centered(x - x.mean(), y - y.mean())
 
 
 def spearman_r(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rho (Pearson's r of average ranks); nan when either is constant."""
-    return pearson_r(sps.rankdata(x), sps.rankdata(y))
+    centre = (len(x) + 1) / 2  # the mean of average ranks 1..n, exactly: centring is exact, constant ranks give 0
+    return _r_of_centered(average_ranks(x) - centre, average_ranks(y) - centre)
 
 
 def pearson(x, y, groups=None, **kw) -> Estimate:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from rewardlab import stats
 from rewardlab.stats import Estimate
@@ -35,7 +34,7 @@ def auc_score(labels: np.ndarray, score: np.ndarray) -> float:
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = sps.rankdata(score)
+    ranks = stats.average_ranks(score)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -47,29 +46,23 @@ def binary_labels(y: np.ndarray) -> np.ndarray:
     return (y > np.median(y)).astype(np.float64)
 
 
-def _group_codes(groups: Sequence) -> list[np.ndarray]:
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-
-
 def within_prompt_spearman_values(y: np.ndarray, score: np.ndarray, groups: Sequence) -> np.ndarray:
     """One Spearman correlation per prompt with non-constant targets (0 when the score is constant)."""
     out = []
-    for idx in _group_codes(groups):
+    for idx in stats.group_rows(groups, len(y)):
         if len(idx) < 2 or np.ptp(y[idx]) == 0:
             continue
         if np.ptp(score[idx]) == 0:
             out.append(0.0)
             continue
-        out.append(float(np.corrcoef(sps.rankdata(y[idx]), sps.rankdata(score[idx]))[0, 1]))
+        out.append(stats.spearman_r(y[idx], score[idx]))
     return np.asarray(out, dtype=np.float64)
 
 
 def pairwise_counts(y: np.ndarray, score: np.ndarray, groups: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt: (correctly ordered pairs, pairs with different targets); score ties are wrong."""
     correct, total = [], []
-    for idx in _group_codes(groups):
+    for idx in stats.group_rows(groups, len(y)):
         dy = y[idx][:, None] - y[idx][None, :]
         ds = score[idx][:, None] - score[idx][None, :]
         upper = np.triu(np.ones_like(dy, dtype=bool), k=1) & (dy != 0)
