@@ -62,6 +62,7 @@ def test_pooled_pearson_pools_tokens():
     pred = [[0, 8, 1], [4, 0]]
     assert pooled_pearson(true, pred) == pytest.approx(np.corrcoef([0, 10, 0, 5, 0], [0, 8, 1, 4, 0])[0, 1])
     assert pooled_pearson(true, [[0, 0, 0], [0, 0]]) == 0.0
+    assert np.isnan(pooled_pearson([[1, 1], [1]], pred[:1] + [[3]]))  # constant truth: undefined
 
 
 def test_simulator_and_detector():

@@ -29,11 +29,9 @@ def pooled_pearson(true: list[list[float]], pred: list[list[float]]) -> float:
     """Pearson over the concatenation of all records' tokens. A constant prediction carries no
     information and scores 0; constant true activations make the score undefined (nan)."""
     t, p = np.concatenate([np.asarray(x, float) for x in true]), np.concatenate([np.asarray(x, float) for x in pred])
-    if t.std() == 0:
-        return float("nan")
-    if p.std() == 0:
+    if len(p) and p.min() == p.max() and t.min() != t.max():
         return 0.0
-    return float(np.corrcoef(t, p)[0, 1])
+    return stats.pearson_r(t, p)
 
 
 class LexicalDetector:
