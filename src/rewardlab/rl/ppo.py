@@ -343,6 +343,13 @@ class Scored:
     returns: torch.Tensor
 
 
+def loop_logprobs_exact(cfg: PPOConfig) -> bool:
+    """Whether the decoding loop's log-probs and value inputs can stand for the scoring forward's: in float32
+    its KV-cached steps match one full pass to rounding (RATIO_TOLERANCE holds); in bfloat16 the two orders of
+    computation round apart by more, so the old log-probs come from a full forward, as the learning pass's do."""
+    return cfg.dtype == "float32"
+
+
 def _logprobs(logits: torch.Tensor, completion_ids: torch.Tensor, cfg: PPOConfig,
               truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """`completion_logprobs_from_logits` (logits [B, T, V] at the completion positions) under the config's
@@ -772,7 +779,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, progress: bool = True) -> 
         ro = rollout(unwrapped.policy, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                      eos_id=stop_ids(tokenizer), pad_id=tokenizer.pad_token_id, generator=generator,
-                     record_site=unwrapped.value_head.site)
+                     record_site=unwrapped.value_head.site if loop_logprobs_exact(cfg) else None)
         texts = completion_texts(tokenizer, ro)
         t_gen = time.perf_counter() - t0
 
