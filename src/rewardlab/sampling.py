@@ -41,6 +41,7 @@ copies differently: R steering runs share one loop and each keeps its own random
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -120,7 +121,14 @@ def kept_logits(model: torch.nn.Module, keep: int | torch.Tensor, **inputs) -> t
 
 
 def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    params = inspect.signature(model.forward).parameters
+    forward = model.forward
+    return _forward_takes_logits_to_keep(getattr(forward, "__func__", forward))  # a class's forward is one function
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_takes_logits_to_keep(forward) -> bool:
+    """Whether `forward` accepts logits_to_keep (by name or **kwargs); cached, since decoding asks every step."""
+    params = inspect.signature(forward).parameters
     return "logits_to_keep" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
