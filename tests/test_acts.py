@@ -136,3 +136,63 @@ def test_collect_in_memory_equals_store(setup, tmp_path):
     for site in SITES:
         torch.testing.assert_close(mem[f"{site}|last_prompt"], store.load(site, "last_prompt"))
         torch.testing.assert_close(mem[f"{site}|tokens"], store.load(site, "tokens"))
+
+
+def test_shard_written_while_next_is_computed(setup, tmp_path, monkeypatch):
+    """The write of shard k waits (up to 30 s) for shard k + 1's forward (one batch a shard here): it goes on at
+    once when the writes run beside the computation, and would time out if the write blocked the forwards."""
+    import threading
+
+    import rewardlab.acts as acts_mod
+
+    model, tok = setup
+    forwards, written = [], []
+    forward_started = threading.Condition()
+    real_forward, real_save = acts_mod.run_with_capture, acts_mod.save_tensors
+
+    def forward(*a, **k):
+        with forward_started:
+            forwards.append(threading.current_thread().name)
+            forward_started.notify_all()
+        return real_forward(*a, **k)
+
+    def save(path, tensors, metadata=None):
+        shard = int(path.name[len("shard-"):-len(".safetensors")])
+        with forward_started:  # shard k's write saw shard k + 1's forward start (the last shard has none)
+            overlapped = forward_started.wait_for(lambda: len(forwards) >= shard + 2, timeout=30) if shard < 2 else None
+        written.append((shard, overlapped, threading.current_thread().name))
+        real_save(path, tensors, metadata)
+
+    monkeypatch.setattr(acts_mod, "run_with_capture", forward)
+    monkeypatch.setattr(acts_mod, "save_tensors", save)
+    cfg = CacheConfig(sites=SITES, positions=["last_prompt", "tokens"], shard_rows=2, batch_size=2)
+    store = cache_activations(model, tok, RECORDS, tmp_path / "c", cfg)
+    assert [(shard, overlapped) for shard, overlapped, _ in written] == [(0, True), (1, True), (2, None)]
+    assert set(forwards) == {threading.main_thread().name} != {thread for _, _, thread in written}
+    monkeypatch.setattr(acts_mod, "run_with_capture", real_forward)
+    monkeypatch.setattr(acts_mod, "save_tensors", real_save)
+    fresh = cache_activations(model, tok, RECORDS, tmp_path / "fresh", cfg)
+    for site in SITES:
+        for position in ("last_prompt", "tokens"):
+            assert torch.equal(store.load(site, position), fresh.load(site, position))
+
+
+def test_failed_shard_write_raises_and_leaves_cache_incomplete(setup, tmp_path, monkeypatch):
+    import rewardlab.acts as acts_mod
+
+    model, tok = setup
+    real_save = acts_mod.save_tensors
+
+    def save(path, tensors, metadata=None):
+        if path.name == "shard-00001.safetensors":
+            raise OSError("No space left on device")
+        real_save(path, tensors, metadata)
+
+    monkeypatch.setattr(acts_mod, "save_tensors", save)
+    cfg = CacheConfig(sites=SITES, positions=["last_completion"], shard_rows=2, batch_size=2)
+    with pytest.raises(OSError, match="No space left"):
+        cache_activations(model, tok, RECORDS, tmp_path / "c", cfg)
+    with pytest.raises(InputError, match="incomplete"):
+        ActivationStore(tmp_path / "c")
+    assert (tmp_path / "c" / "shard-00000.safetensors").is_file()
+    assert not (tmp_path / "c" / "shard-00002.safetensors").exists()  # the run stopped at the failed write

@@ -22,6 +22,7 @@ prompt id, token ids, n_prompt_tokens, n_completion_tokens and the numeric field
 shards, complete) and `shard-NNNNN.safetensors` with tensors named `SITE|POSITION` plus `row_ids`
 (and `token_row_ids`, `token_ids`, `token_index` in per-token mode). Shards are written atomically
 and a re-run with the same inputs skips the shards already there, so an interrupted cache resumes.
+A shard is written in a thread while the next one is computed.
 Readers open one shard at a time, so a store larger than memory streams.
 Several processes (`accelerate launch --num_processes N`, see `rewardlab.distributed`): process p computes and
 writes shards p, p + N, p + 2N, ... and process 0 writes the manifest, so the folder is the one a single
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -132,6 +134,20 @@ def _collect(model, pad: int, encoded: Sequence, layout: Sequence, rows: range, 
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
+def _write_shard(path: Path, parts: dict[str, torch.Tensor], rows: range, encoded: Sequence, layout: Sequence,
+                 positions: list[str | int], store_dtype: torch.dtype, fingerprint: str) -> None:
+    """One shard file (atomically): `_collect`'s parts for `rows` in the store's dtype, the row ids, and in
+    per-token mode each token's row id, token id and index in its completion."""
+    tensors = {key: v.to(store_dtype) for key, v in parts.items()}
+    tensors["row_ids"] = torch.arange(rows.start, rows.stop, dtype=torch.long)
+    if "tokens" in positions:
+        tensors["token_row_ids"] = torch.tensor([i for i in rows for _ in layout[i][1]], dtype=torch.long)
+        tensors["token_ids"] = torch.tensor([encoded[i].ids[p] for i in rows for p in layout[i][1]], dtype=torch.long)
+        tensors["token_index"] = torch.tensor([p - encoded[i].prompt_len for i in rows for p in layout[i][1]],
+                                              dtype=torch.long)
+    save_tensors(path, tensors, {"fingerprint": fingerprint})
+
+
 def _encode(model, tokenizer, records: Sequence[dict], sites: Sequence[str], positions: Sequence):
     """Checked site names, positions, encodings and per-row (last prompt, completion) indices."""
     positions = [parse_position(p) for p in positions]
@@ -196,22 +212,24 @@ def cache_activations(model, tokenizer, records: Sequence[dict], out: str | Path
     mine = range(rank, n_shards, world)  # several processes: shard k is written by process k % world
     bar = tqdm(total=sum(len(shard_rows[k]) for k in mine), desc=f"caching activations ({Path(model_name).name})",
                unit="row", leave=False, disable=not progress or rank != 0)
-    for k in mine:
-        name, rows = manifest["shards"][k], shard_rows[k]
-        if (out / name).is_file():
-            bar.update(len(rows))
-            continue
-        parts = _collect(model, pad_token_id(tokenizer), encoded, layout, rows, sites, positions, cfg.batch_size,
-                         bar)
-        tensors = {key: v.to(store_dtype) for key, v in parts.items()}
-        tensors["row_ids"] = torch.arange(rows.start, rows.stop, dtype=torch.long)
-        if "tokens" in positions:
-            tensors["token_row_ids"] = torch.tensor([i for i in rows for _ in layout[i][1]], dtype=torch.long)
-            tensors["token_ids"] = torch.tensor([encoded[i].ids[p] for i in rows for p in layout[i][1]],
-                                                dtype=torch.long)
-            tensors["token_index"] = torch.tensor([p - encoded[i].prompt_len for i in rows for p in layout[i][1]],
-                                                  dtype=torch.long)
-        save_tensors(out / name, tensors, {"fingerprint": fingerprint})
+    # shard k is written by a writer thread while shard k + 1 is computed here; before handing it shard k + 1
+    # this waits for shard k's write (raising its error), so memory holds two shards at most. Leaving the `with`,
+    # an interrupted run still finishes the write it started: no finished shard is lost.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardlab-shard-writer") as writer:
+        writing = None
+        for k in mine:
+            name, rows = manifest["shards"][k], shard_rows[k]
+            if (out / name).is_file():
+                bar.update(len(rows))
+                continue
+            parts = _collect(model, pad_token_id(tokenizer), encoded, layout, rows, sites, positions,
+                             cfg.batch_size, bar)
+            if writing is not None:
+                writing.result()
+            writing = writer.submit(_write_shard, out / name, parts, rows, encoded, layout, positions,
+                                    store_dtype, fingerprint)
+        if writing is not None:
+            writing.result()
     bar.close()
     distributed.barrier()  # every shard is on disk
     if rank == 0:
