@@ -155,3 +155,19 @@ def test_the_value_script_speaks_the_protocol(run_all, fast_demo, tmp_path):
     assert line["throughput"] == pytest.approx(32 / line["seconds"]) and line["peak_rss_mb"] > 0
     (row,) = run_all.build_rows("value", "tiny", [{"rewardlab": line}], "c", "d")
     assert row["workload"] == {"prefixes": 8, "k": 2, "models": 2} and row["met"] is False
+
+
+def test_the_header_names_versions_that_kept_rows_were_measured_with(run_all, monkeypatch):
+    now = {"torch": "2.13.0", "trl": "1.16.0"}
+    rows = [{"measured": "2026-12-01", "versions": {"torch": "2.13.0", "nnsight": "0.8.1"}},
+            {"measured": "2026-11-30", "versions": {"nnsight": "0.8.1", "trl": "1.15.0"}},
+            {"measured": "2026-12-02", "versions": dict(now)},
+            {"measured": "2026-11-01"}]  # a row from before versions were kept
+    assert run_all.versions_line(now, rows) == (
+        "torch 2.13.0, trl 1.16.0"
+        "; nnsight 0.8.1 in the rows measured with it (2026-11-30, 2026-12-01; not installed for this regeneration)"
+        "; trl 1.15.0 in the rows measured with it (2026-11-30; 1.16.0 now)")
+    assert run_all.versions_line(now, rows[2:]) == "torch 2.13.0, trl 1.16.0"
+    monkeypatch.setattr(run_all, "versions", lambda: now)
+    header = "\n".join(run_all.header_lines(1, "idle", rows))
+    assert "nnsight 0.8.1 in the rows measured with it" in header
